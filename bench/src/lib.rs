@@ -1,0 +1,2 @@
+//! Benchmarks live in `benches/`; see `bench/RESULTS.md` for the figures.
+#![forbid(unsafe_code)]

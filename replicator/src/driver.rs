@@ -1,0 +1,96 @@
+//! The tokio driver: a thin loop that moves bytes between a TCP socket and a sans-IO
+//! endpoint ([`crate::Sender`] or [`crate::Receiver`]), owned by the caller.
+//!
+//! Each turn, the caller's `step` gets the bytes just read (or none, on a wake-up or a
+//! deadline), feeds them to its state machine, handles the events and returns the frames to
+//! write and the next deadline. The driver writes all of a turn's frames with vectored writes,
+//! one syscall for the lot when the socket takes it, and then waits for the first of: bytes
+//! to read, a wake-up from the caller (new batches sealed), or the deadline.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+/// What the caller wants after a turn.
+pub struct Turn {
+    /// Call `step` again no later than this.
+    pub deadline: Option<Instant>,
+    /// The endpoint is finished: write what is queued and return.
+    pub done: bool,
+}
+
+/// How many frames one vectored write gathers at most.
+const IOV_MAX: usize = 64;
+const READ_BYTES: usize = 64 << 10;
+
+/// Sets the socket options every replication link uses.
+pub fn configure(stream: &TcpStream) -> io::Result<()> {
+    stream.set_nodelay(true)
+}
+
+/// Writes every frame in `frames`, gathering up to `IOV_MAX` per `writev`.
+pub async fn write_frames(stream: &mut TcpStream, frames: &mut VecDeque<Bytes>) -> io::Result<()> {
+    while !frames.is_empty() {
+        let slices: Vec<IoSlice<'_>> = frames.iter().take(IOV_MAX).map(|f| IoSlice::new(f)).collect();
+        let mut written = stream.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 {
+            let front = frames.front_mut().expect("written bytes belong to queued frames");
+            if written >= front.len() {
+                written -= front.len();
+                frames.pop_front();
+            } else {
+                front.advance(written);
+                written = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs one link until `step` says it is done or the socket fails. `wake` is notified by the
+/// caller when there is something new to send.
+pub async fn run<F>(mut stream: TcpStream, wake: &Notify, mut step: F) -> io::Result<()>
+where
+    F: FnMut(Instant, &[u8], &mut VecDeque<Bytes>) -> Turn,
+{
+    let mut rx = BytesMut::with_capacity(READ_BYTES);
+    let mut tx: VecDeque<Bytes> = VecDeque::new();
+    let mut input_len = 0usize;
+    let mut closed_by_peer = false;
+    loop {
+        let turn = step(Instant::now(), &rx[..input_len], &mut tx);
+        rx.clear();
+        write_frames(&mut stream, &mut tx).await?;
+        if turn.done {
+            let _ = stream.shutdown().await;
+            return Ok(());
+        }
+        if closed_by_peer {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let sleep = async {
+            match turn.deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        rx.reserve(READ_BYTES);
+        tokio::select! {
+            biased;
+            read = stream.read_buf(&mut rx) => {
+                input_len = read?;
+                closed_by_peer = input_len == 0;
+            }
+            _ = wake.notified() => input_len = 0,
+            _ = sleep => input_len = 0,
+        }
+    }
+}

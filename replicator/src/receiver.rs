@@ -1,0 +1,234 @@
+//! The standby's end of a replication link, as a sans-IO state machine.
+//!
+//! It opens with a [`Hello`], then turns the active's frames into [`ReceiverEvent`]s for the
+//! engine to apply: snapshot chunks, batches (checked to be contiguous, validated whole before
+//! they are handed out), heartbeats and the step-up signal. The engine reports what it applied
+//! with [`Receiver::applied`], which queues one cumulative ack per call: the driver calls it
+//! once per read, so a burst of batches costs one ack.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::frame::{self, Frame, FrameError, Kind};
+use crate::handshake::{negotiate, Hello, HelloReply, Identity, Start};
+use crate::link::{self, frame_bytes, LinkConfig, SnapshotEnd, StepUp};
+use crate::record::Records;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReceiverEvent {
+    /// The active accepted us; `start` says whether a snapshot follows.
+    Accepted { protocol: u8, active: Identity, start: Start },
+    /// Records of the snapshot (payload: count, then records). Apply in order.
+    SnapshotChunk(Bytes),
+    /// The snapshot is complete at this sequence.
+    SnapshotEnd(SnapshotEnd),
+    /// A batch of updates ending at `seq_last` (payload: count, then records), validated.
+    Batch { seq_first: u64, seq_last: u64, payload: Bytes },
+    /// The active's heartbeat: its epoch, and whether it counts us as in sync.
+    Heartbeat { epoch: u64, in_sync: bool },
+    /// The step-up signal: check it with [`Receiver::step_up_verdict`] and answer.
+    StepUp(StepUp),
+    /// The link is finished; the reason says why.
+    Closed { reason: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    AwaitReply,
+    Snapshot,
+    Streaming,
+    Closed,
+}
+
+pub struct Receiver {
+    config: LinkConfig,
+    state: State,
+    rx: BytesMut,
+    out: VecDeque<Bytes>,
+    events: VecDeque<ReceiverEvent>,
+    /// Last sequence received (handed out as an event).
+    seq_received: u64,
+    /// Last sequence acknowledged to the active.
+    seq_acked: u64,
+    last_rx: Instant,
+    last_tx: Instant,
+}
+
+impl Receiver {
+    /// Starts a link by queueing the hello.
+    pub fn new(now: Instant, config: LinkConfig, hello: &Hello) -> Receiver {
+        let mut out = VecDeque::new();
+        out.push_back(frame_bytes(|o| hello.encode(o)));
+        Receiver {
+            config,
+            state: State::AwaitReply,
+            rx: BytesMut::with_capacity(64 << 10),
+            out,
+            events: VecDeque::new(),
+            seq_received: hello.seq_applied,
+            seq_acked: hello.seq_applied,
+            last_rx: now,
+            last_tx: now,
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    pub fn seq_received(&self) -> u64 {
+        self.seq_received
+    }
+
+    /// The receive buffer, for drivers that read straight into it.
+    pub fn rx_buffer(&mut self) -> &mut BytesMut {
+        &mut self.rx
+    }
+
+    /// Bytes received from the active (or, after reading into `rx_buffer`, none).
+    pub fn handle_input(&mut self, now: Instant, data: &[u8]) {
+        if self.state == State::Closed {
+            return;
+        }
+        self.last_rx = now;
+        self.rx.extend_from_slice(data);
+        while self.state != State::Closed {
+            match frame::decode(&mut self.rx) {
+                Ok(Some(f)) => {
+                    if let Err(e) = self.handle_frame(f) {
+                        self.close(format!("bad frame from active: {e}"));
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => self.close(format!("bad frame from active: {e}")),
+            }
+        }
+    }
+
+    fn handle_frame(&mut self, f: Frame) -> Result<(), FrameError> {
+        match (self.state, f.kind) {
+            (State::AwaitReply, Kind::HelloReply) => match HelloReply::decode(f.payload)? {
+                HelloReply::Accept { protocol, identity, start } => {
+                    if let Err(e) = negotiate((frame::PROTOCOL_MIN, frame::PROTOCOL_MAX), (protocol, protocol)) {
+                        self.close(e);
+                        return Ok(());
+                    }
+                    self.state = match start {
+                        Start::Resume => State::Streaming,
+                        Start::Snapshot { .. } => {
+                            // A snapshot replaces whatever this engine held.
+                            self.seq_received = 0;
+                            self.seq_acked = 0;
+                            State::Snapshot
+                        }
+                    };
+                    self.events.push_back(ReceiverEvent::Accepted { protocol, active: identity, start });
+                }
+                HelloReply::Refuse { reason } => self.close(format!("active refused this standby: {reason}")),
+            },
+            (State::Snapshot, Kind::SnapshotChunk) => {
+                Records::validate(Kind::SnapshotChunk, &f.payload)?;
+                self.events.push_back(ReceiverEvent::SnapshotChunk(f.payload));
+            }
+            (State::Snapshot, Kind::SnapshotEnd) => {
+                let end = SnapshotEnd::decode(f.seq, f.payload)?;
+                self.seq_received = end.seq;
+                self.state = State::Streaming;
+                self.events.push_back(ReceiverEvent::SnapshotEnd(end));
+            }
+            (State::Streaming, Kind::Batch) => {
+                let count = Records::validate(Kind::Batch, &f.payload)? as u64;
+                let seq_first = f.seq.wrapping_sub(count).wrapping_add(1);
+                if count == 0 || seq_first != self.seq_received + 1 {
+                    self.close(format!(
+                        "batch {}..={} does not follow {}: updates missing",
+                        seq_first, f.seq, self.seq_received
+                    ));
+                    return Ok(());
+                }
+                self.seq_received = f.seq;
+                self.events.push_back(ReceiverEvent::Batch { seq_first, seq_last: f.seq, payload: f.payload });
+            }
+            (State::Streaming, Kind::StepUp) => {
+                let signal = StepUp::decode(f.seq, f.payload)?;
+                self.events.push_back(ReceiverEvent::StepUp(signal));
+            }
+            (State::Snapshot | State::Streaming, Kind::Heartbeat) => {
+                let (epoch, in_sync) = link::decode_heartbeat(f.payload)?;
+                self.events.push_back(ReceiverEvent::Heartbeat { epoch, in_sync });
+            }
+            (_, Kind::Goodbye) => {
+                let (_, reason) = link::decode_status(f.kind, f.payload)?;
+                self.close(format!("active said goodbye: {reason}"));
+            }
+            (state, kind) => self.close(format!("unexpected {kind:?} frame while {state:?}")),
+        }
+        Ok(())
+    }
+
+    /// The engine applied everything up to `seq`: queue a cumulative ack.
+    pub fn applied(&mut self, seq: u64) {
+        assert!(seq <= self.seq_received, "applied {seq} beyond received {}", self.seq_received);
+        if seq > self.seq_acked {
+            self.seq_acked = seq;
+            self.out.push_back(frame_bytes(|o| frame::encode(o, Kind::Ack, seq, &[])));
+        }
+    }
+
+    /// The answer to a step-up signal: `Ok` if this engine holds everything it describes.
+    pub fn step_up_verdict(&self, signal: &StepUp, seq_applied: u64, work_units: u64, work_units_digest: u64) -> Result<(), String> {
+        if seq_applied != signal.seq_final {
+            return Err(format!("applied up to {seq_applied}, step-up says {}", signal.seq_final));
+        }
+        if work_units != signal.work_units || work_units_digest != signal.work_units_digest {
+            return Err(format!(
+                "work units differ: {work_units} here (digest {work_units_digest:016x}), {} on the active (digest {:016x})",
+                signal.work_units, signal.work_units_digest
+            ));
+        }
+        Ok(())
+    }
+
+    /// Queues the step-up acknowledgement (or refusal).
+    pub fn answer_step_up(&mut self, seq: u64, verdict: &Result<(), String>) {
+        let reason = verdict.as_ref().err().map(String::as_str).unwrap_or("");
+        self.out.push_back(frame_bytes(|o| link::encode_status(o, Kind::StepUpAck, seq, verdict.is_ok(), reason)));
+    }
+
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
+        let f = self.out.pop_front().or_else(|| {
+            (self.state != State::Closed && now >= self.last_tx + self.config.heartbeat_interval)
+                .then(|| frame_bytes(|o| frame::encode(o, Kind::Heartbeat, self.seq_acked, &[0; 9])))
+        })?;
+        self.last_tx = now;
+        Some(f)
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.state == State::Closed {
+            return None;
+        }
+        Some((self.last_tx + self.config.heartbeat_interval).min(self.last_rx + self.config.peer_timeout))
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.state != State::Closed && now >= self.last_rx + self.config.peer_timeout {
+            self.close(format!("active silent for {} ms", self.config.peer_timeout.as_millis()));
+        }
+    }
+
+    pub fn poll_event(&mut self) -> Option<ReceiverEvent> {
+        self.events.pop_front()
+    }
+
+    pub fn close(&mut self, reason: String) {
+        if self.state == State::Closed {
+            return;
+        }
+        self.state = State::Closed;
+        self.out.push_back(frame_bytes(|o| link::encode_status(o, Kind::Goodbye, 0, false, &reason)));
+        self.events.push_back(ReceiverEvent::Closed { reason });
+    }
+}

@@ -1,0 +1,220 @@
+//! Run-state update records: the work-unit descriptions and database activities that the
+//! active streams to the standby (claims 9 and 11).
+//!
+//! The replicator knows the *shape* of an update, not its meaning: a work unit has an id and a
+//! description body, a database activity a key and a value, and the bodies are the
+//! application's own encoding. Every record is an 8-byte header and two byte strings:
+//!
+//! ```text
+//! | kind u8 | op u8 | key_len u16 | value_len u32 | key | value |
+//! ```
+//!
+//! Records are appended straight into the frame being built, and decoded as zero-copy slices
+//! of the received frame.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::frame::{FrameError, Kind};
+use crate::wire::Reader;
+
+pub const RECORD_HEADER_BYTES: usize = 8;
+pub const KEY_BYTES_MAX: usize = u16::MAX as usize;
+pub const VALUE_BYTES_MAX: usize = 8 << 20;
+
+/// What a record says happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// A work unit was created (or, in a snapshot, exists) with this description.
+    UnitCreate,
+    /// A work unit's description changed.
+    UnitUpdate,
+    /// A work unit ended and leaves the registry.
+    UnitEnd,
+    /// A database record was written.
+    DbPut,
+    /// A database record was deleted.
+    DbDelete,
+    /// A pair-level event that travels in order with the updates (e.g. features enabled);
+    /// the code is the engine's.
+    Control(u8),
+}
+
+impl Op {
+    fn to_wire(self) -> (u8, u8) {
+        match self {
+            Op::UnitCreate => (1, 1),
+            Op::UnitUpdate => (1, 2),
+            Op::UnitEnd => (1, 3),
+            Op::DbPut => (2, 1),
+            Op::DbDelete => (2, 2),
+            Op::Control(code) => (3, code),
+        }
+    }
+
+    fn from_wire(kind: u8, op: u8) -> Option<Op> {
+        Some(match (kind, op) {
+            (1, 1) => Op::UnitCreate,
+            (1, 2) => Op::UnitUpdate,
+            (1, 3) => Op::UnitEnd,
+            (2, 1) => Op::DbPut,
+            (2, 2) => Op::DbDelete,
+            (3, code) => Op::Control(code),
+            _ => return None,
+        })
+    }
+
+    pub fn is_unit(self) -> bool {
+        matches!(self, Op::UnitCreate | Op::UnitUpdate | Op::UnitEnd)
+    }
+}
+
+/// One decoded update; `key` and `value` share the frame's buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub op: Op,
+    pub key: Bytes,
+    pub value: Bytes,
+}
+
+/// The encoded size of a record, to check limits before appending.
+pub fn encoded_len(key: &[u8], value: &[u8]) -> usize {
+    RECORD_HEADER_BYTES + key.len() + value.len()
+}
+
+/// Appends one record. Panics if the key or value is over its limit: callers validate client
+/// input before it becomes an update.
+pub fn put(out: &mut BytesMut, op: Op, key: &[u8], value: &[u8]) {
+    assert!(key.len() <= KEY_BYTES_MAX && value.len() <= VALUE_BYTES_MAX);
+    let (kind, code) = op.to_wire();
+    out.reserve(encoded_len(key, value));
+    out.put_u8(kind);
+    out.put_u8(code);
+    out.put_u16_le(key.len() as u16);
+    out.put_u32_le(value.len() as u32);
+    out.put_slice(key);
+    out.put_slice(value);
+}
+
+/// Iterates over the records of a batch or snapshot payload (after its count prefix).
+/// Yields at most one error, then ends.
+pub struct Records {
+    reader: Reader,
+    left: u32,
+    frame: Kind,
+    failed: bool,
+}
+
+impl Records {
+    /// `payload` is a batch or snapshot-chunk payload: a u32 record count, then the records.
+    pub fn new(frame: Kind, payload: Bytes) -> Result<Records, FrameError> {
+        let mut reader = Reader::new(payload);
+        let left = reader.u32().ok_or(FrameError::Malformed { kind: frame, what: "count" })?;
+        Ok(Records { reader, left, frame, failed: false })
+    }
+
+    pub fn remaining(&self) -> u32 {
+        self.left
+    }
+
+    fn next_record(&mut self) -> Option<Record> {
+        let kind = self.reader.u8()?;
+        let code = self.reader.u8()?;
+        let op = Op::from_wire(kind, code)?;
+        let key_len = self.reader.u16()? as usize;
+        let value_len = self.reader.u32()? as usize;
+        if value_len > VALUE_BYTES_MAX {
+            return None;
+        }
+        let key = self.reader.bytes(key_len)?;
+        let value = self.reader.bytes(value_len)?;
+        Some(Record { op, key, value })
+    }
+
+    fn fail(&mut self, what: &'static str) -> Option<Result<Record, FrameError>> {
+        self.failed = true;
+        Some(Err(FrameError::Malformed { kind: self.frame, what }))
+    }
+
+    /// Checks that the payload holds exactly the announced records, without applying any:
+    /// a standby validates a whole batch before it changes its state.
+    pub fn validate(frame: Kind, payload: &Bytes) -> Result<u32, FrameError> {
+        let mut records = Records::new(frame, payload.clone())?;
+        let count = records.left;
+        for r in records.by_ref() {
+            r?;
+        }
+        Ok(count)
+    }
+}
+
+impl Iterator for Records {
+    type Item = Result<Record, FrameError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        if self.left == 0 {
+            return if self.reader.is_empty() { None } else { self.fail("bytes after the last record") };
+        }
+        self.left -= 1;
+        match self.next_record() {
+            Some(r) => Some(Ok(r)),
+            None => self.fail("record"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            Just(Op::UnitCreate),
+            Just(Op::UnitUpdate),
+            Just(Op::UnitEnd),
+            Just(Op::DbPut),
+            Just(Op::DbDelete),
+            any::<u8>().prop_map(Op::Control),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn records_round_trip(recs in proptest::collection::vec(
+            (arb_op(), proptest::collection::vec(any::<u8>(), 0..40), proptest::collection::vec(any::<u8>(), 0..100)), 0..20)) {
+            let mut out = BytesMut::new();
+            out.put_u32_le(recs.len() as u32);
+            for (op, k, v) in &recs { put(&mut out, *op, k, v); }
+            let payload = out.freeze();
+            prop_assert_eq!(Records::validate(Kind::Batch, &payload).unwrap() as usize, recs.len());
+            let got: Vec<Record> = Records::new(Kind::Batch, payload).unwrap().map(|r| r.unwrap()).collect();
+            prop_assert_eq!(got.len(), recs.len());
+            for (g, (op, k, v)) in got.iter().zip(&recs) {
+                prop_assert_eq!(g.op, *op);
+                prop_assert_eq!(&g.key[..], &k[..]);
+                prop_assert_eq!(&g.value[..], &v[..]);
+            }
+        }
+
+        #[test]
+        fn garbage_payloads_are_errors_not_panics(garbage in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let payload = Bytes::from(garbage);
+            let _ = Records::validate(Kind::Batch, &payload);
+            if let Ok(records) = Records::new(Kind::Batch, payload) {
+                for _ in records.take(1000) {}
+            }
+        }
+    }
+
+    #[test]
+    fn truncated_record_is_malformed() {
+        let mut out = BytesMut::new();
+        out.put_u32_le(1);
+        put(&mut out, Op::DbPut, b"key", b"value");
+        let payload = out.freeze().slice(..10);
+        assert!(Records::validate(Kind::Batch, &payload).is_err());
+    }
+}
