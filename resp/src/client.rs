@@ -90,8 +90,8 @@ impl Client {
         self.timeout = timeout;
     }
 
-    /// Sends one request and reads its reply. Requests queued before are flushed with it,
-    /// so their replies must have been read first.
+    /// Sends one request and reads its reply. Use it only when no earlier request is
+    /// still queued or awaiting its reply: that reply would be taken for this one.
     pub async fn call(&mut self, args: &[&[u8]]) -> Result<Reply, ClientError> {
         self.queue(args);
         self.flush().await?;
@@ -105,56 +105,41 @@ impl Client {
 
     /// Writes all queued requests with one `write_all`.
     pub async fn flush(&mut self) -> Result<(), ClientError> {
-        if self.write_buf.is_empty() {
-            return Ok(());
+        let (stream, write_buf) = (&mut self.stream, &mut self.write_buf);
+        if !write_buf.is_empty() {
+            bounded(self.timeout, async {
+                Ok(stream.write_all(write_buf).await?)
+            })
+            .await?;
+            write_buf.clear();
         }
-        let Client {
-            stream, write_buf, ..
-        } = self;
-        bounded(self.timeout, async {
-            Ok(stream.write_all(write_buf).await?)
-        })
-        .await?;
-        self.write_buf.clear();
         Ok(())
     }
 
     /// Reads the next reply. A server error reply is `Ok(Reply::Error(_))`.
     pub async fn read_reply(&mut self) -> Result<Reply, ClientError> {
-        let Client {
-            stream,
-            read_buf,
-            limits,
-            ..
-        } = self;
-        bounded(self.timeout, next_reply(stream, read_buf, limits)).await
+        let read = next_reply(&mut self.stream, &mut self.read_buf, &self.limits);
+        bounded(self.timeout, read).await
     }
 
-    /// Sends queued requests and then `reqs`, writing and reading concurrently, and
-    /// returns the replies to `reqs`; nothing may be queued when it is called.
+    /// Sends `reqs`, writing and reading concurrently, and returns their replies in
+    /// order. Like [`Client::call`], only when no earlier request is pending.
     pub async fn pipeline(&mut self, reqs: &[Vec<Bytes>]) -> Result<Vec<Reply>, ClientError> {
         for req in reqs {
             encode_args(&mut self.write_buf, req);
         }
-        let Client {
-            stream,
-            read_buf,
-            write_buf,
-            limits,
-            timeout,
-            ..
-        } = self;
-        let (mut reader, mut writer) = stream.split();
+        let (mut reader, mut writer) = self.stream.split();
+        let (read_buf, write_buf) = (&mut self.read_buf, &self.write_buf);
         let write = async { Ok(writer.write_all(write_buf).await?) };
         let read = async {
             let mut replies = Vec::with_capacity(reqs.len());
             for _ in reqs {
-                replies.push(next_reply(&mut reader, read_buf, limits).await?);
+                replies.push(next_reply(&mut reader, read_buf, &self.limits).await?);
             }
             Ok(replies)
         };
-        let result = bounded(*timeout, async { tokio::try_join!(write, read) }).await;
-        write_buf.clear();
+        let result = bounded(self.timeout, async { tokio::try_join!(write, read) }).await;
+        self.write_buf.clear();
         result.map(|((), replies)| replies)
     }
 }

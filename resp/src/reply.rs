@@ -144,15 +144,8 @@ impl Reply {
                 f.write_char('"')?;
                 for &c in b.iter() {
                     match c {
-                        b'\\' => f.write_str("\\\\"),
-                        b'"' => f.write_str("\\\""),
-                        b'\n' => f.write_str("\\n"),
-                        b'\r' => f.write_str("\\r"),
-                        b'\t' => f.write_str("\\t"),
-                        7 => f.write_str("\\a"),
-                        8 => f.write_str("\\b"),
-                        c if c == b' ' || c.is_ascii_graphic() => f.write_char(char::from(c)),
-                        c => write!(f, "\\x{c:02x}"),
+                        b'\'' => f.write_char('\''),
+                        c => write!(f, "{}", c.escape_ascii()),
                     }?;
                 }
                 f.write_char('"')

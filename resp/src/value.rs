@@ -7,7 +7,7 @@
 //! `Limits::args_max`, bulk strings by `bulk_bytes_max`, status and error lines by
 //! `inline_bytes_max`.
 
-use crate::command::{bulk_body, crlf_line, number_line, Limits, ProtocolError};
+use crate::command::{bulk_body, crlf_line, need, number_line, Limits, Parsed, ProtocolError};
 use crate::reply::Reply;
 use bytes::{Bytes, BytesMut};
 
@@ -16,10 +16,8 @@ pub const REPLY_DEPTH_MAX: usize = 32;
 
 /// Parses one complete reply from the front of `buf` and consumes it; `Ok(None)`, with
 /// `buf` untouched, if more bytes are needed.
-pub fn parse_reply(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Reply>, ProtocolError> {
-    let Some((_, used)) = element(buf, None, 0, limits, 0)? else {
-        return Ok(None);
-    };
+pub fn parse_reply(buf: &mut BytesMut, limits: &Limits) -> Parsed<Reply> {
+    let (_, used) = need!(element(buf, None, 0, limits, 0));
     let frame = buf.split_to(used).freeze();
     Ok(element(&frame, Some(&frame), 0, limits, 0)?.map(|(reply, _)| reply))
 }
@@ -33,7 +31,7 @@ fn element(
     pos: usize,
     limits: &Limits,
     depth: usize,
-) -> Result<Option<(Reply, usize)>, ProtocolError> {
+) -> Parsed<(Reply, usize)> {
     let Some(&kind) = buf.get(pos) else {
         return Ok(None);
     };
@@ -41,63 +39,49 @@ fn element(
     let parsed = match kind {
         b'+' | b'-' => {
             let max = limits.inline_bytes_max;
-            let too_long = ProtocolError::InlineTooLong { max };
-            let Some((end, next)) = crlf_line(buf, pos, max, too_long)? else {
-                return Ok(None);
-            };
+            let (end, next) = need!(crlf_line(buf, pos, max, ProtocolError::InlineTooLong(max)));
             let text = match frame {
                 Some(_) => String::from_utf8_lossy(buf.get(pos..end).unwrap_or_default()).into(),
                 None => String::new(),
             };
-            let reply = if kind == b'+' {
-                Reply::Simple(text)
-            } else {
-                Reply::Error(text)
-            };
-            (reply, next)
+            (
+                if kind == b'+' {
+                    Reply::Simple(text)
+                } else {
+                    Reply::Error(text)
+                },
+                next,
+            )
         }
         b':' => {
-            let Some((n, next)) = number_line(buf, pos, ProtocolError::InvalidInteger)? else {
-                return Ok(None);
-            };
+            let (n, next) = need!(number_line(buf, pos, ProtocolError::InvalidInteger));
             (Reply::Integer(n), next)
         }
         b'$' if buf.get(pos..pos + 4) == Some(b"-1\r\n") => (Reply::Nil, pos + 4),
         b'$' => {
-            let Some((start, end)) = bulk_body(buf, pos, limits)? else {
-                return Ok(None);
-            };
+            let (start, end) = need!(bulk_body(buf, pos, limits));
             (
                 frame.map_or(Reply::Nil, |f| Reply::Bulk(f.slice(start..end))),
                 end + 2,
             )
         }
         b'*' => {
-            let Some((count, mut next)) =
-                number_line(buf, pos, ProtocolError::InvalidMultibulkLength)?
-            else {
-                return Ok(None);
-            };
+            let (count, mut next) =
+                need!(number_line(buf, pos, ProtocolError::InvalidMultibulkLength));
             if count == -1 {
                 return Ok(Some((Reply::NilArray, next)));
             }
             let count =
                 usize::try_from(count).map_err(|_| ProtocolError::InvalidMultibulkLength)?;
             if count > limits.args_max {
-                return Err(ProtocolError::TooManyArgs {
-                    max: limits.args_max,
-                });
+                return Err(ProtocolError::TooManyArgs(limits.args_max));
             }
             if depth >= REPLY_DEPTH_MAX {
-                return Err(ProtocolError::TooDeep {
-                    max: REPLY_DEPTH_MAX,
-                });
+                return Err(ProtocolError::TooDeep(REPLY_DEPTH_MAX));
             }
             let mut items = Vec::with_capacity(if frame.is_some() { count } else { 0 });
             for _ in 0..count {
-                let Some((item, after)) = element(buf, frame, next, limits, depth + 1)? else {
-                    return Ok(None);
-                };
+                let (item, after) = need!(element(buf, frame, next, limits, depth + 1));
                 if frame.is_some() {
                     items.push(item);
                 }
@@ -122,25 +106,26 @@ mod tests {
 
     #[test]
     fn nils_errors_and_depth() {
+        use ProtocolError::*;
         assert_eq!(parse(b"$-1\r\n"), Ok(Some(Reply::Nil)));
         assert_eq!(parse(b"*-1\r\n"), Ok(Some(Reply::NilArray)));
         assert_eq!(parse(b"$-1\r"), Ok(None));
-        assert_eq!(parse(b"$-2\r\n"), Err(ProtocolError::InvalidBulkLength));
-        assert_eq!(
-            parse(b"*-2\r\n"),
-            Err(ProtocolError::InvalidMultibulkLength)
-        );
-        assert_eq!(parse(b":1x\r\n"), Err(ProtocolError::InvalidInteger));
-        assert_eq!(parse(b"?\r\n"), Err(ProtocolError::UnexpectedType(b'?')));
         let nested = |levels: usize| [b"*1\r\n".repeat(levels), b":7\r\n".to_vec()].concat();
         assert!(matches!(
             parse(&nested(REPLY_DEPTH_MAX)),
             Ok(Some(Reply::Array(_)))
         ));
-        assert_eq!(
-            parse(&nested(REPLY_DEPTH_MAX + 1)),
-            Err(ProtocolError::TooDeep { max: 32 })
-        );
+        let deep = nested(REPLY_DEPTH_MAX + 1);
+        let cases: [(&[u8], ProtocolError); 5] = [
+            (b"$-2\r\n", InvalidBulkLength),
+            (b"*-2\r\n", InvalidMultibulkLength),
+            (b":1x\r\n", InvalidInteger),
+            (b"?\r\n", UnexpectedType(b'?')),
+            (&deep, TooDeep(32)),
+        ];
+        for (input, want) in cases {
+            assert_eq!(parse(input), Err(want));
+        }
     }
 
     fn reply() -> impl Strategy<Value = Reply> {
@@ -157,10 +142,6 @@ mod tests {
         })
     }
 
-    const TOKENS: &[&str] = &[
-        "+", "-", ":", "$", "*", "\r\n", "\n", "-1", "0", "1", "2", "OK",
-    ];
-
     proptest! {
         #[test]
         fn encode_then_parse_round_trips(r in reply()) {
@@ -176,7 +157,7 @@ mod tests {
         }
 
         #[test]
-        fn arbitrary_bytes_never_panic(data in soup(TOKENS)) {
+        fn arbitrary_bytes_never_panic(data in soup("+|-|:|$|*|\r\n|\n|-1|0|1|2|OK")) {
             let limits = Limits { args_max: 8, bulk_bytes_max: 64, inline_bytes_max: 64 };
             let mut buf = BytesMut::from(&data[..]);
             while let Ok(Some(_)) = parse_reply(&mut buf, &limits) {}

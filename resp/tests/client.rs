@@ -71,23 +71,12 @@ async fn queued_and_pipelined_requests() {
     client.queue(&[b"PING"]);
     client.queue(&[b"ECHO", b"one"]);
     client.flush().await.unwrap();
-    assert_eq!(
-        client.read_reply().await.unwrap().as_bytes(),
-        Some(&b"PONG"[..])
-    );
-    assert_eq!(
-        client.read_reply().await.unwrap().as_bytes(),
-        Some(&b"one"[..])
-    );
+    for want in [&b"PONG"[..], b"one"] {
+        assert_eq!(client.read_reply().await.unwrap().as_bytes(), Some(want));
+    }
 
-    let reqs: Vec<Vec<Bytes>> = (0..1000)
-        .map(|i| {
-            vec![
-                Bytes::from_static(b"ECHO"),
-                Bytes::from(format!("value-{i}")),
-            ]
-        })
-        .collect();
+    let echo = |i| vec![Bytes::from_static(b"ECHO"), format!("value-{i}").into()];
+    let reqs: Vec<Vec<Bytes>> = (0..1000).map(echo).collect();
     let replies = client.pipeline(&reqs).await.unwrap();
     assert_eq!(replies.len(), 1000);
     for (i, r) in replies.iter().enumerate() {
