@@ -1,1 +1,20 @@
-//! engine
+//! The tandem engine: an application of work units and a database, run as one of a
+//! fault-tolerant pair (active and standby) that replicates every change and can be upgraded
+//! one engine at a time while it serves.
+//!
+//! [`app`] is the trait a user implements ([`sessions`] is the reference application),
+//! [`state`] the replicated state and its digest, [`node`] one engine's roles and release
+//! rule, [`server`] the RESP client server, [`replication`] the two ends of the link,
+//! [`control`] the supervisor's commands, [`run`] starts an engine process, and
+//! [`supervisor`] runs a pair.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod control;
+pub mod node;
+pub mod replication;
+pub mod run;
+pub mod server;
+pub mod sessions;
+pub mod state;
+pub mod supervisor;

@@ -1,1 +1,228 @@
-fn main() {}
+//! `tandem`: the front door. Runs a pair, talks to its supervisor, and is also every engine
+//! process (`tandem engine ...`, started by the supervisor from this same executable).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use engine::run::{run_engine, EngineArgs};
+use engine::supervisor::{run_pair, PairArgs};
+use replicator::{BatchConfig, LinkConfig};
+use resp::{Client, Reply};
+
+#[derive(Parser)]
+#[command(name = "tandem", version, about = "Fault-tolerant engine pairs, upgraded while they serve")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start or stop a pair (engine A active, engine B standby) under a supervisor.
+    Pair {
+        #[command(subcommand)]
+        command: PairCmd,
+    },
+    /// Show both engines of a pair: role, version, epoch, sequence, work units, digest.
+    Status {
+        /// The supervisor's admin address (see pair.json).
+        #[arg(long)]
+        admin: String,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Planned switchover: the standby becomes active, the active its standby.
+    Switchover {
+        #[arg(long)]
+        admin: String,
+    },
+    /// Run one engine process (the supervisor starts these).
+    #[command(hide = true)]
+    Engine(EngineCli),
+}
+
+#[derive(Subcommand)]
+enum PairCmd {
+    /// Start a pair; the supervisor runs in the foreground unless --detach.
+    Up {
+        /// Directory for pair.json and the engines' logs.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Admin endpoint port; the engines take the four ports after it. 0: the OS chooses.
+        #[arg(long, default_value_t = 7400)]
+        base_port: u16,
+        /// Application version both engines start with.
+        #[arg(long, default_value = "1.0")]
+        app_version: String,
+        /// Start the supervisor in the background and return once the pair is ready.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Stop a pair and its engines.
+    Down {
+        #[arg(long)]
+        admin: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct EngineCli {
+    #[arg(long)]
+    name: String,
+    #[arg(long, default_value = "127.0.0.1:0")]
+    client_addr: String,
+    #[arg(long, default_value = "127.0.0.1:0")]
+    replication_addr: String,
+    #[arg(long, default_value = "1.0")]
+    app_version: String,
+    /// Inject a fault: slow or errors.
+    #[arg(long)]
+    fault: Option<String>,
+    /// Start as the active of this epoch.
+    #[arg(long)]
+    active_epoch: Option<u64>,
+    /// Start as standby following this replication address.
+    #[arg(long)]
+    follow: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    epoch: u64,
+    /// Run simplex only under the supervisor's lease.
+    #[arg(long)]
+    supervised: bool,
+    /// Exit when standard input closes.
+    #[arg(long)]
+    exit_with_stdin: bool,
+    /// A batch closes at this many bytes...
+    #[arg(long, default_value_t = 256 << 10)]
+    batch_bytes_max: usize,
+    /// ...or this many updates.
+    #[arg(long, default_value_t = 4096)]
+    batch_updates_max: u32,
+    /// Batches in flight to the standby, at most.
+    #[arg(long, default_value_t = 4)]
+    batches_in_flight_max: usize,
+    /// A silent peer is declared dead after this long.
+    #[arg(long, default_value_t = 1000)]
+    peer_timeout_ms: u64,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("tandem: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Cmd::Engine(e) => run_engine(EngineArgs {
+            name: e.name,
+            client_addr: e.client_addr,
+            replication_addr: e.replication_addr,
+            app_version: e.app_version,
+            fault: e.fault,
+            active_epoch: e.active_epoch,
+            follow: e.follow,
+            epoch: e.epoch,
+            supervised: e.supervised,
+            exit_with_stdin: e.exit_with_stdin,
+            batch: BatchConfig {
+                batch_bytes_max: e.batch_bytes_max,
+                batch_updates_max: e.batch_updates_max,
+                ..BatchConfig::default()
+            },
+            link: LinkConfig {
+                batches_in_flight_max: e.batches_in_flight_max,
+                peer_timeout: Duration::from_millis(e.peer_timeout_ms),
+                ..LinkConfig::default()
+            },
+        }),
+        Cmd::Pair { command: PairCmd::Up { dir, base_port, app_version, detach } } => {
+            if detach {
+                return detach_pair(dir, base_port, app_version);
+            }
+            run_pair(PairArgs { dir, base_port, app_version })
+        }
+        Cmd::Pair { command: PairCmd::Down { admin } } => {
+            let msg = admin_call(&admin, &["SHUTDOWN"])?;
+            println!("{msg}");
+            Ok(())
+        }
+        Cmd::Status { admin, json } => {
+            let text = admin_call(&admin, &["STATUS"])?;
+            if json {
+                println!("{text}");
+            } else {
+                print_status(&text)?;
+            }
+            Ok(())
+        }
+        Cmd::Switchover { admin } => {
+            println!("{}", admin_call(&admin, &["SWITCHOVER"])?);
+            Ok(())
+        }
+    }
+}
+
+fn admin_call(admin: &str, args: &[&str]) -> anyhow::Result<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let mut client = Client::connect_timeout(admin, Duration::from_secs(3))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach the supervisor at {admin}: {e:?} (is the pair up? see pair.json)"))?;
+        let parts: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        match client.call(&parts).await.map_err(|e| anyhow::anyhow!("{e:?}"))? {
+            Reply::Error(e) => bail!("{e}"),
+            Reply::Simple(s) => Ok(s),
+            Reply::Bulk(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
+            other => Ok(other.to_string()),
+        }
+    })
+}
+
+fn print_status(text: &str) -> anyhow::Result<()> {
+    let pair: serde_json::Value = serde_json::from_str(text).context("status is not JSON")?;
+    println!("pair: epoch {}, active {}, standby promotable: {}", pair["epoch"], pair["active"], pair["standby_promotable"]);
+    println!(
+        "{:<4} {:<15} {:<7} {:<9} {:<8} {:<21} {:<21} {:>5} {:>10} {:>10} {:<16}",
+        "name", "role", "version", "features", "pid", "client", "replication", "epoch", "seq", "work_units", "digest"
+    );
+    for e in pair["engines"].as_array().into_iter().flatten() {
+        let s = |k: &str| e[k].as_str().map(str::to_string).unwrap_or_else(|| e[k].to_string());
+        let features = format!("L{}{}", s("feature_level"), if e["features_enabled"] == true { "+on" } else { "" });
+        println!(
+            "{:<4} {:<15} {:<7} {:<9} {:<8} {:<21} {:<21} {:>5} {:>10} {:>10} {:<16}",
+            s("name"), s("role"), s("app_version"), features, s("pid"), s("client_addr"), s("replication_addr"),
+            s("epoch"), s("seq_applied"), s("work_units"), s("digest")
+        );
+    }
+    Ok(())
+}
+
+/// Starts the supervisor in the background and waits for it to say it is ready.
+fn detach_pair(dir: PathBuf, base_port: u16, app_version: String) -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader};
+    std::fs::create_dir_all(&dir)?;
+    let log = std::fs::File::create(dir.join("supervisor.log"))?;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(["pair", "up", "--dir"])
+        .arg(&dir)
+        .args(["--base-port", &base_port.to_string(), "--app-version", &app_version])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .spawn()?;
+    let stdout = child.stdout.take().expect("piped");
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        if let Some(admin) = line.strip_prefix("READY admin=") {
+            println!("pair up (supervisor pid {}), admin {admin}; details in {}", child.id(), dir.join("pair.json").display());
+            return Ok(());
+        }
+    }
+    bail!("the supervisor exited before the pair was ready; see {}", dir.join("supervisor.log").display())
+}

@@ -54,6 +54,8 @@ pub struct Outbox {
     seq_sealed: u64,
     backlog: VecDeque<Sealed>,
     backlog_bytes: usize,
+    /// The oldest sequence a standby still needs from the backlog.
+    pin: Option<u64>,
 }
 
 const COUNT_BYTES: usize = 4;
@@ -77,6 +79,7 @@ impl Outbox {
             seq_sealed: seq_last,
             backlog: VecDeque::new(),
             backlog_bytes: 0,
+            pin: None,
         }
     }
 
@@ -143,17 +146,21 @@ impl Outbox {
         self.open_since = None;
         self.backlog_bytes += sealed.frame.len();
         self.backlog.push_back(sealed);
-        self.trim(None);
+        self.trim();
         self.backlog.back()
     }
 
-    /// Drops the oldest frames over the byte limit, but never one after `keep_after` (the
-    /// oldest sequence some standby still needs) unless the hard limit of twice the
-    /// configured bytes is reached.
-    pub fn trim(&mut self, keep_after: Option<u64>) {
+    /// Keeps the frames after `seq` while a standby still needs them (None: no standby).
+    pub fn pin(&mut self, seq: Option<u64>) {
+        self.pin = seq;
+    }
+
+    /// Drops the oldest frames over the byte limit, but never one after the pin unless the
+    /// hard limit of twice the configured bytes is reached.
+    fn trim(&mut self) {
         while self.backlog_bytes > self.config.backlog_bytes_max {
             let Some(front) = self.backlog.front() else { break };
-            let needed = keep_after.is_some_and(|s| front.seq_last > s);
+            let needed = self.pin.is_some_and(|s| front.seq_last > s);
             if needed && self.backlog_bytes <= 2 * self.config.backlog_bytes_max {
                 break;
             }

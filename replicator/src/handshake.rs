@@ -15,6 +15,9 @@ use crate::wire::{put_string, Reader};
 pub struct Identity {
     pub engine: String,
     pub epoch: u64,
+    /// The lineage of the data: kept across a planned switchover, new at every failover, so
+    /// that only an engine with the same history may resume from its sequence.
+    pub history: u64,
     pub app_name: String,
     pub app_version: String,
     pub feature_level: u32,
@@ -29,10 +32,10 @@ pub struct Hello {
     pub protocol_min: u8,
     pub protocol_max: u8,
     pub identity: Identity,
-    /// The last sequence this engine applied, and the epoch whose history it belongs to
-    /// (0 and 0 for an empty engine).
+    /// The last sequence this engine applied, and the history it belongs to (0 and 0 for an
+    /// empty engine).
     pub seq_applied: u64,
-    pub epoch_applied: u64,
+    pub history: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +56,7 @@ pub enum HelloReply {
 fn put_identity(out: &mut BytesMut, id: &Identity) {
     put_string(out, &id.engine);
     out.put_u64_le(id.epoch);
+    out.put_u64_le(id.history);
     put_string(out, &id.app_name);
     put_string(out, &id.app_version);
     out.put_u32_le(id.feature_level);
@@ -65,6 +69,7 @@ fn read_identity(r: &mut Reader) -> Option<Identity> {
     Some(Identity {
         engine: r.string()?,
         epoch: r.u64()?,
+        history: r.u64()?,
         app_name: r.string()?,
         app_version: r.string()?,
         feature_level: r.u32()?,
@@ -75,8 +80,8 @@ fn read_identity(r: &mut Reader) -> Option<Identity> {
 }
 
 impl Hello {
-    pub fn new(identity: Identity, seq_applied: u64, epoch_applied: u64) -> Hello {
-        Hello { protocol_min: PROTOCOL_MIN, protocol_max: PROTOCOL_MAX, identity, seq_applied, epoch_applied }
+    pub fn new(identity: Identity, seq_applied: u64, history: u64) -> Hello {
+        Hello { protocol_min: PROTOCOL_MIN, protocol_max: PROTOCOL_MAX, identity, seq_applied, history }
     }
 
     pub fn encode(&self, out: &mut BytesMut) {
@@ -85,7 +90,7 @@ impl Hello {
         p.put_u8(self.protocol_max);
         put_identity(&mut p, &self.identity);
         p.put_u64_le(self.seq_applied);
-        p.put_u64_le(self.epoch_applied);
+        p.put_u64_le(self.history);
         frame::encode(out, Kind::Hello, self.seq_applied, &p);
     }
 
@@ -98,7 +103,7 @@ impl Hello {
                 protocol_max: r.u8()?,
                 identity: read_identity(r)?,
                 seq_applied: r.u64()?,
-                epoch_applied: r.u64()?,
+                history: r.u64()?,
             })
         };
         parse(&mut r).ok_or(bad)
@@ -186,6 +191,7 @@ mod tests {
         Identity {
             engine: "b".into(),
             epoch: 3,
+            history: 1,
             app_name: "sessions".into(),
             app_version: "2.0".into(),
             feature_level: 2,

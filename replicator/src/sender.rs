@@ -268,10 +268,14 @@ impl Sender {
 
     /// When the driver must call [`Sender::handle_timeout`] at the latest.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.state == State::Closed {
-            return None;
+        let silence = self.last_rx + self.config.peer_timeout;
+        match self.state {
+            State::Closed => None,
+            State::Streaming => Some((self.last_tx + self.config.heartbeat_interval).min(silence)),
+            // No heartbeats while waiting on the standby (hello, accept, step-up answer): a
+            // heartbeat deadline here would be past and never move, and the driver would spin.
+            _ => Some(silence),
         }
-        Some((self.last_tx + self.config.heartbeat_interval).min(self.last_rx + self.config.peer_timeout))
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {

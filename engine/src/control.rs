@@ -1,0 +1,114 @@
+//! Control commands (`TANDEM.*`), spoken by the supervisor over the client port in RESP.
+//!
+//! Roles and epochs only change here or on the replication link: the supervisor grants epochs
+//! (promote, switchover, follow) and leases; an engine refuses anything from an older epoch and
+//! steps down when it learns of a newer one.
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use replicator::StepUp;
+use resp::{reply, Command};
+
+use crate::node::{Engine, Follow, Role};
+use crate::server::Outcome;
+
+fn arg_u64(cmd: &Command, i: usize) -> Option<u64> {
+    std::str::from_utf8(cmd.arg(i)?).ok()?.parse().ok()
+}
+
+fn arg_str(cmd: &Command, i: usize) -> Option<String> {
+    String::from_utf8(cmd.arg(i)?.to_vec()).ok()
+}
+
+pub fn dispatch(eng: &mut Engine, upper: &[u8], cmd: &Command, out: &mut BytesMut, now: Instant) -> Outcome {
+    let result: Result<Option<String>, String> = match upper {
+        b"TANDEM.STATUS" => Ok(None),
+        b"TANDEM.LEASE" => match (arg_u64(cmd, 1), arg_u64(cmd, 2), cmd.arg(3).map(|m| &m[..])) {
+            (Some(epoch), Some(ttl_ms), Some(mode @ (b"simplex" | b"sync"))) => eng
+                .grant_lease(epoch, Duration::from_millis(ttl_ms), mode == b"simplex", now)
+                .map(|_| None),
+            _ => Err("ERR usage: TANDEM.LEASE epoch ttl_ms simplex|sync".into()),
+        },
+        b"TANDEM.PROMOTE" => match arg_u64(cmd, 1) {
+            Some(epoch) if epoch > eng.epoch => {
+                eng.become_active(epoch, true, now);
+                eprintln!("[{}] promoted to active, epoch {epoch}, seq {}", eng.config.name, eng.seq_applied);
+                Ok(Some("OK".into()))
+            }
+            Some(epoch) => Err(format!("STALEEPOCH epoch {epoch} is not above {}", eng.epoch)),
+            None => Err("ERR usage: TANDEM.PROMOTE epoch".into()),
+        },
+        b"TANDEM.FOLLOW" => match (arg_str(cmd, 1), arg_u64(cmd, 2)) {
+            (Some(addr), Some(epoch)) if epoch >= eng.epoch => {
+                if eng.role == Role::Active && epoch == eng.epoch {
+                    Err("ERR the active of this epoch cannot follow: grant a new epoch".into())
+                } else {
+                    eng.step_down(Role::Standby, epoch);
+                    eng.active_hint = arg_str(cmd, 3).or(eng.active_hint.take());
+                    eng.follow = Some(Follow { replication_addr: addr, ..Follow::default() });
+                    eng.follow_wake.notify_one();
+                    Ok(Some("OK".into()))
+                }
+            }
+            (Some(_), Some(epoch)) => Err(format!("STALEEPOCH epoch {epoch} is below {}", eng.epoch)),
+            _ => Err("ERR usage: TANDEM.FOLLOW replication_addr epoch [active_client_addr]".into()),
+        },
+        b"TANDEM.OUTOFSERVICE" => {
+            eng.follow = None;
+            eng.step_down(Role::OutOfService, eng.epoch);
+            Ok(Some("OK".into()))
+        }
+        b"TANDEM.SWITCHOVER" => match arg_u64(cmd, 1) {
+            Some(epoch) => return switchover(eng, epoch, out),
+            None => Err("ERR usage: TANDEM.SWITCHOVER epoch".into()),
+        },
+        _ => Err(format!("ERR unknown control command '{}'", String::from_utf8_lossy(upper))),
+    };
+    match result {
+        Ok(Some(msg)) => reply::simple(out, &msg),
+        Ok(None) => {
+            let json = serde_json::to_string(&eng.status()).expect("status serializes");
+            reply::bulk(out, json.as_bytes());
+        }
+        Err(msg) => reply::error(out, &msg),
+    }
+    Outcome::Done { seq: 0 }
+}
+
+/// Starts a planned switchover: stop taking writes, drain, send the step-up signal with the
+/// work-unit description (claim 13); the reply comes when the standby has taken over.
+fn switchover(eng: &mut Engine, epoch: u64, out: &mut BytesMut) -> Outcome {
+    let refuse = |out: &mut BytesMut, msg: String| {
+        reply::error(out, &msg);
+        Outcome::Done { seq: 0 }
+    };
+    if eng.role != Role::Active {
+        return refuse(out, format!("ERR {} is not active", eng.config.name));
+    }
+    if epoch <= eng.epoch {
+        return refuse(out, format!("STALEEPOCH epoch {epoch} is not above {}", eng.epoch));
+    }
+    if eng.stepping_down.is_some() {
+        return refuse(out, "ERR a switchover is already in progress".into());
+    }
+    if !eng.standby_in_sync() {
+        return refuse(out, "ERR no standby in sync: nothing to switch over to".into());
+    }
+    eng.outbox.seal();
+    let signal = StepUp {
+        seq_final: eng.outbox.seq_last(),
+        epoch,
+        work_units: eng.state.units.len() as u64,
+        work_units_digest: eng.state.units.digest(),
+        state_digest: eng.app.digest(&eng.state),
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    eng.stepping_down = Some(tx);
+    eng.stepping_down_epoch = Some(epoch);
+    if let Some(link) = eng.link.as_mut() {
+        link.sender.step_up(signal);
+    }
+    eng.link_wake.notify_one();
+    Outcome::Later(rx)
+}

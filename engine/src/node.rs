@@ -1,0 +1,363 @@
+//! One engine: its role, epoch, state, outbox and replication link, and the rules that decide
+//! when a client may be told that its write is done.
+//!
+//! An engine runs on one thread (a current-thread tokio runtime): client connections, the
+//! replication link and the control commands all borrow the same `Engine` in turn, so the hot
+//! path has no locks and no cross-thread hand-off. The one rule that keeps acknowledged writes
+//! safe lives in [`Engine::refresh_released`]: a reply that saw sequence `s` is released when
+//! the in-sync standby has acknowledged `s`, or, with no in-sync standby, only while the
+//! supervisor's simplex lease is valid (an active that has lost both its standby and the
+//! supervisor stops acknowledging writes).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use replicator::{BatchConfig, Identity, LinkConfig, Outbox, Sender, VersionCheck};
+
+use serde::Serialize;
+use tokio::sync::{oneshot, watch, Notify};
+
+use crate::app::Application;
+use crate::state::State;
+
+pub type Shared = Rc<RefCell<Engine>>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Active,
+    Standby,
+    OutOfService,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Active => "active",
+            Role::Standby => "standby",
+            Role::OutOfService => "out_of_service",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub name: String,
+    pub client_addr: String,
+    pub replication_addr: String,
+    /// Under a supervisor, simplex operation needs its lease; standalone engines run simplex
+    /// freely.
+    pub supervised: bool,
+    pub batch: BatchConfig,
+    pub link: LinkConfig,
+    pub snapshot_chunk_bytes: usize,
+}
+
+/// The active's link to its standby.
+pub struct Link {
+    pub id: u64,
+    pub sender: Sender,
+    pub peer: Option<Identity>,
+}
+
+/// The standby's view of the active it follows.
+#[derive(Default)]
+pub struct Follow {
+    pub replication_addr: String,
+    pub connected: bool,
+    pub in_sync: bool,
+    pub active: Option<Identity>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Default, Serialize, Clone)]
+pub struct Counters {
+    pub client_protocol_errors: u64,
+    pub replication_links_refused: u64,
+    pub replication_links_closed: u64,
+    pub snapshots_sent: u64,
+    pub snapshots_received: u64,
+}
+
+pub struct Engine {
+    pub config: Config,
+    pub app: Box<dyn Application>,
+    pub state: State,
+    pub role: Role,
+    pub epoch: u64,
+    pub history: u64,
+    /// The last applied sequence (on the active, the last one handed out).
+    pub seq_applied: u64,
+    /// Replies that saw up to this sequence may be sent.
+    pub seq_released: u64,
+    /// The highest sequence released without a standby's acknowledgement.
+    pub seq_released_simplex: u64,
+    pub outbox: Outbox,
+    pub link: Option<Link>,
+    next_link_id: u64,
+    pub follow: Option<Follow>,
+    pub simplex_lease_until: Option<Instant>,
+    /// The client address of the active, for `-NOTACTIVE` answers.
+    pub active_hint: Option<String>,
+    /// A switchover in progress: writes are refused, the caller waits for the outcome.
+    pub stepping_down: Option<oneshot::Sender<Result<String, String>>>,
+    /// The epoch the standby takes over with, during a switchover.
+    pub stepping_down_epoch: Option<u64>,
+    pub versions: Option<VersionCheck>,
+    pub counters: Counters,
+    /// Bumped whenever something a waiting client may care about changes.
+    pub progress: watch::Sender<u64>,
+    /// Wakes the replication task (new batches to send, role changes).
+    pub link_wake: Rc<Notify>,
+    /// Wakes the standby task when it should stop following.
+    pub follow_wake: Rc<Notify>,
+    pub started: Instant,
+}
+
+impl Engine {
+    pub fn new(config: Config, app: Box<dyn Application>) -> Engine {
+        let outbox = Outbox::new(config.batch.clone(), 0);
+        Engine {
+            config,
+            app,
+            state: State::default(),
+            role: Role::OutOfService,
+            epoch: 0,
+            history: 0,
+            seq_applied: 0,
+            seq_released: 0,
+            seq_released_simplex: 0,
+            outbox,
+            link: None,
+            next_link_id: 1,
+            follow: None,
+            simplex_lease_until: None,
+            active_hint: None,
+            stepping_down: None,
+            stepping_down_epoch: None,
+            versions: None,
+            counters: Counters::default(),
+            progress: watch::channel(0).0,
+            link_wake: Rc::new(Notify::new()),
+            follow_wake: Rc::new(Notify::new()),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn identity(&self) -> Identity {
+        Identity {
+            engine: self.config.name.clone(),
+            epoch: self.epoch,
+            history: self.history,
+            app_name: self.app.name().to_string(),
+            app_version: self.app.version().to_string(),
+            feature_level: self.app.feature_level(),
+            features_enabled: self.state.features_enabled,
+            client_addr: self.config.client_addr.clone(),
+            replication_addr: self.config.replication_addr.clone(),
+        }
+    }
+
+    pub fn bump(&self) {
+        self.progress.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Is the standby following closely enough that writes wait for its acknowledgement?
+    pub fn sync_mode(&self) -> bool {
+        self.link.as_ref().is_some_and(|l| !l.sender.is_closed() && l.sender.caught_up())
+    }
+
+    /// Does the standby hold every write ever released? Only then may it be promoted.
+    pub fn standby_in_sync(&self) -> bool {
+        self.sync_mode()
+            && self.link.as_ref().is_some_and(|l| l.sender.seq_acked() >= self.seq_released_simplex)
+    }
+
+    fn simplex_allowed(&self, now: Instant) -> bool {
+        !self.config.supervised || self.simplex_lease_until.is_some_and(|t| now < t)
+    }
+
+    /// Recomputes how far replies may be released. Call after acks, lease and link changes.
+    pub fn refresh_released(&mut self, now: Instant) {
+        if self.role != Role::Active {
+            return;
+        }
+        let before = self.seq_released;
+        if self.sync_mode() {
+            let acked = self.link.as_ref().map_or(0, |l| l.sender.seq_acked());
+            self.seq_released = self.seq_released.max(acked);
+            if self.standby_in_sync() {
+                // From here on only the standby's acks release writes: a simplex lease from
+                // before must not outlive the moment the supervisor learns we are in sync.
+                self.simplex_lease_until = None;
+            }
+        } else if self.simplex_allowed(now) {
+            self.seq_released = self.seq_released.max(self.outbox.seq_last());
+            self.seq_released_simplex = self.seq_released;
+        }
+        if self.seq_released != before {
+            self.bump();
+        }
+        let in_sync = self.standby_in_sync();
+        if let Some(link) = self.link.as_mut() {
+            link.sender.set_in_sync_flag(in_sync);
+        }
+    }
+
+    /// After a client's commands have written: seal now when no link will, or wake the link.
+    pub fn after_writes(&mut self, now: Instant) {
+        self.seq_applied = self.outbox.seq_last();
+        match &self.link {
+            Some(l) if !l.sender.is_closed() => self.link_wake.notify_one(),
+            _ => {
+                self.outbox.seal();
+            }
+        }
+        self.refresh_released(now);
+    }
+
+    pub fn next_link_id(&mut self) -> u64 {
+        self.next_link_id += 1;
+        self.next_link_id
+    }
+
+    pub fn close_link(&mut self, id: u64, now: Instant) {
+        if self.link.as_ref().is_some_and(|l| l.id == id) {
+            self.link = None;
+            self.outbox.pin(None);
+            self.counters.replication_links_closed += 1;
+            if let Some(done) = self.stepping_down.take() {
+                let _ = done.send(Err("the standby link closed during the switchover".into()));
+            }
+            self.refresh_released(now);
+            self.bump();
+        }
+    }
+
+    /// Becomes the active of `epoch` (promotion by the supervisor, or a step-up).
+    pub fn become_active(&mut self, epoch: u64, new_history: bool, now: Instant) {
+        assert!(epoch >= self.epoch, "epoch goes back from {} to {epoch}", self.epoch);
+        self.role = Role::Active;
+        self.epoch = epoch;
+        if new_history || self.history == 0 {
+            self.history = epoch;
+        }
+        self.follow = None;
+        self.follow_wake.notify_one();
+        self.outbox.reset(self.seq_applied);
+        self.seq_released = self.seq_applied;
+        self.seq_released_simplex = self.seq_applied;
+        self.active_hint = Some(self.config.client_addr.clone());
+        self.refresh_released(now);
+        self.bump();
+    }
+
+    /// Leaves the active role (fenced by a higher epoch, or taken out of service).
+    pub fn step_down(&mut self, role: Role, epoch: u64) {
+        self.role = role;
+        self.epoch = self.epoch.max(epoch);
+        self.link = None;
+        self.simplex_lease_until = None;
+        self.link_wake.notify_one();
+        self.follow_wake.notify_one();
+        self.bump();
+    }
+
+    pub fn grant_lease(&mut self, epoch: u64, ttl: Duration, simplex: bool, now: Instant) -> Result<(), String> {
+        if epoch < self.epoch {
+            return Err(format!("STALEEPOCH lease for epoch {epoch}, this engine is at {}", self.epoch));
+        }
+        if epoch > self.epoch {
+            if self.role == Role::Active {
+                self.step_down(Role::OutOfService, epoch);
+                return Err(format!("STALEEPOCH epoch {epoch} granted elsewhere: stepped down"));
+            }
+            self.epoch = epoch;
+        }
+        if simplex && self.role == Role::Active && !self.standby_in_sync() {
+            self.simplex_lease_until = Some(now + ttl);
+        }
+        self.refresh_released(now);
+        Ok(())
+    }
+
+    pub fn not_active_reply(&self) -> String {
+        match (&self.active_hint, self.role) {
+            (_, Role::Active) if self.stepping_down.is_some() => match self.link.as_ref().and_then(|l| l.peer.as_ref()) {
+                Some(peer) => format!("NOTACTIVE {}", peer.client_addr),
+                None => "NOTACTIVE switchover in progress".into(),
+            },
+            (Some(addr), _) if *addr != self.config.client_addr => format!("NOTACTIVE {addr}"),
+            _ => "NOTACTIVE no active engine known".into(),
+        }
+    }
+
+    pub fn status(&self) -> EngineStatus {
+        let link = self.link.as_ref();
+        EngineStatus {
+            name: self.config.name.clone(),
+            role: self.role,
+            app_version: self.app.version().to_string(),
+            feature_level: self.app.feature_level(),
+            features_enabled: self.state.features_enabled,
+            pid: std::process::id(),
+            client_addr: self.config.client_addr.clone(),
+            replication_addr: self.config.replication_addr.clone(),
+            epoch: self.epoch,
+            history: self.history,
+            seq_applied: if self.role == Role::Active { self.outbox.seq_last() } else { self.seq_applied },
+            seq_released: self.seq_released,
+            work_units: self.state.units.len() as u64,
+            db_records: self.state.db.len() as u64,
+            digest: format!("{:016x}", self.app.digest(&self.state)),
+            simplex: self.role == Role::Active && !self.sync_mode(),
+            standby: link.and_then(|l| l.peer.as_ref()).map(|p| p.engine.clone()),
+            standby_in_sync: self.standby_in_sync(),
+            standby_seq_acked: link.map(|l| l.sender.seq_acked()),
+            following: self.follow.as_ref().map(|f| f.replication_addr.clone()),
+            in_sync: match self.role {
+                Role::Active => self.standby_in_sync(),
+                _ => self.follow.as_ref().is_some_and(|f| f.connected && f.in_sync),
+            },
+            peer_app_version: self.versions.as_ref().map(|v| v.theirs.clone()),
+            versions_differ: self.versions.as_ref().is_some_and(|v| v.differ()),
+            follow_error: self.follow.as_ref().and_then(|f| f.last_error.clone()),
+            backlog_bytes: self.outbox.backlog_bytes() as u64,
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            counters: self.counters.clone(),
+        }
+    }
+}
+
+/// What `TANDEM.STATUS` reports; the names are the DESIGN.md contract.
+#[derive(Serialize, Clone)]
+pub struct EngineStatus {
+    pub name: String,
+    pub role: Role,
+    pub app_version: String,
+    pub feature_level: u32,
+    pub features_enabled: bool,
+    pub pid: u32,
+    pub client_addr: String,
+    pub replication_addr: String,
+    pub epoch: u64,
+    pub history: u64,
+    pub seq_applied: u64,
+    pub seq_released: u64,
+    pub work_units: u64,
+    pub db_records: u64,
+    pub digest: String,
+    pub simplex: bool,
+    pub standby: Option<String>,
+    pub standby_in_sync: bool,
+    pub standby_seq_acked: Option<u64>,
+    pub following: Option<String>,
+    pub in_sync: bool,
+    pub peer_app_version: Option<String>,
+    pub versions_differ: bool,
+    pub follow_error: Option<String>,
+    pub backlog_bytes: u64,
+    pub uptime_ms: u64,
+    pub counters: Counters,
+}

@@ -1,0 +1,104 @@
+//! Starting one engine process: bind the ports, take the initial role, announce readiness on
+//! stdout (one `READY {json}` line the supervisor reads), and serve until told to stop.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Instant;
+
+use anyhow::Context;
+use replicator::{BatchConfig, LinkConfig};
+use serde::Serialize;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+
+use crate::node::{Config, Engine, Follow, Role};
+use crate::sessions::{AppVersion, Fault, Sessions};
+
+#[derive(Clone, Debug)]
+pub struct EngineArgs {
+    pub name: String,
+    pub client_addr: String,
+    pub replication_addr: String,
+    pub app_version: String,
+    pub fault: Option<String>,
+    /// Start as the active of this epoch...
+    pub active_epoch: Option<u64>,
+    /// ...or as a standby following this replication address.
+    pub follow: Option<String>,
+    pub epoch: u64,
+    pub supervised: bool,
+    /// Exit when standard input closes (the supervisor holds the other end).
+    pub exit_with_stdin: bool,
+    pub batch: BatchConfig,
+    pub link: LinkConfig,
+}
+
+#[derive(Serialize)]
+struct Ready<'a> {
+    name: &'a str,
+    pid: u32,
+    client_addr: String,
+    replication_addr: String,
+}
+
+pub fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
+    let version = AppVersion::parse(&args.app_version).map_err(anyhow::Error::msg)?;
+    let fault = args.fault.as_deref().map(Fault::parse).transpose().map_err(anyhow::Error::msg)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let client = TcpListener::bind(&args.client_addr)
+            .await
+            .with_context(|| format!("binding the client address {}", args.client_addr))?;
+        let replication = TcpListener::bind(&args.replication_addr)
+            .await
+            .with_context(|| format!("binding the replication address {}", args.replication_addr))?;
+        let client_addr = client.local_addr()?.to_string();
+        let replication_addr = replication.local_addr()?.to_string();
+        let config = Config {
+            name: args.name.clone(),
+            client_addr: client_addr.clone(),
+            replication_addr: replication_addr.clone(),
+            supervised: args.supervised,
+            batch: args.batch.clone(),
+            link: args.link.clone(),
+            snapshot_chunk_bytes: 256 << 10,
+        };
+        let mut engine = Engine::new(config, Box::new(Sessions::new(version, fault)));
+        engine.epoch = args.epoch;
+        if let Some(epoch) = args.active_epoch {
+            engine.become_active(epoch, true, Instant::now());
+        } else if let Some(addr) = &args.follow {
+            engine.role = Role::Standby;
+            engine.follow = Some(Follow { replication_addr: addr.clone(), ..Follow::default() });
+        }
+        eprintln!(
+            "[{}] {} {} {} on {client_addr} (replication {replication_addr})",
+            args.name,
+            engine.app.name(),
+            engine.app.version(),
+            engine.role.as_str()
+        );
+        let engine = Rc::new(RefCell::new(engine));
+        tokio::task::spawn_local(crate::server::serve(engine.clone(), client));
+        tokio::task::spawn_local(crate::replication::serve(engine.clone(), replication));
+        tokio::task::spawn_local(crate::replication::follow(engine.clone()));
+        let ready = Ready { name: &args.name, pid: std::process::id(), client_addr, replication_addr };
+        println!("READY {}", serde_json::to_string(&ready)?);
+        let stop = async {
+            if args.exit_with_stdin {
+                let mut stdin = tokio::io::stdin();
+                let mut buf = [0u8; 64];
+                while !matches!(stdin.read(&mut buf).await, Ok(0) | Err(_)) {}
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            _ = stop => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        eprintln!("[{}] stopping", args.name);
+        Ok(())
+    })
+}
