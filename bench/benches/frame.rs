@@ -20,18 +20,24 @@ fn encode(c: &mut Criterion) {
     let mut group = c.benchmark_group("batch_encode");
     for &updates in &[1usize, 16, 256] {
         let value = vec![7u8; 100];
-        let keys: Vec<Vec<u8>> = (0..updates).map(|i| format!("key:{i:08}").into_bytes()).collect();
+        let keys: Vec<Vec<u8>> = (0..updates)
+            .map(|i| format!("key:{i:08}").into_bytes())
+            .collect();
         group.throughput(Throughput::Elements(updates as u64));
-        group.bench_with_input(BenchmarkId::new("updates_100B", updates), &updates, |b, _| {
-            let mut outbox = Outbox::new(BatchConfig::default(), 0);
-            let now = Instant::now();
-            b.iter(|| {
-                for k in &keys {
-                    outbox.push(now, Op::DbPut, k, &value);
-                }
-                outbox.seal().map(|s| s.frame.len())
-            });
-        });
+        group.bench_with_input(
+            BenchmarkId::new("updates_100B", updates),
+            &updates,
+            |b, _| {
+                let mut outbox = Outbox::new(BatchConfig::default(), 0);
+                let now = Instant::now();
+                b.iter(|| {
+                    for k in &keys {
+                        outbox.push(now, Op::DbPut, k, &value);
+                    }
+                    outbox.seal().map(|s| s.frame.len())
+                });
+            },
+        );
     }
     group.finish();
 }
@@ -41,17 +47,21 @@ fn decode(c: &mut Criterion) {
     for &updates in &[1usize, 16, 256] {
         let bytes = sealed_batch(updates, 100);
         group.throughput(Throughput::Elements(updates as u64));
-        group.bench_with_input(BenchmarkId::new("updates_100B", updates), &bytes, |b, bytes| {
-            b.iter(|| {
-                let mut buf = BytesMut::from(&bytes[..]);
-                let f = frame::decode(&mut buf).unwrap().unwrap();
-                let mut n = 0;
-                for r in Records::new(Kind::Batch, f.payload).unwrap() {
-                    n += r.unwrap().value.len();
-                }
-                n
-            });
-        });
+        group.bench_with_input(
+            BenchmarkId::new("updates_100B", updates),
+            &bytes,
+            |b, bytes| {
+                b.iter(|| {
+                    let mut buf = BytesMut::from(&bytes[..]);
+                    let f = frame::decode(&mut buf).unwrap().unwrap();
+                    let mut n = 0;
+                    for r in Records::new(Kind::Batch, f.payload).unwrap() {
+                        n += r.unwrap().value.len();
+                    }
+                    n
+                });
+            },
+        );
     }
     group.finish();
 }

@@ -59,9 +59,11 @@ pub struct Outbox {
 }
 
 const COUNT_BYTES: usize = 4;
+/// Batches are built one after another in one arena of this size.
+const ARENA_BYTES: usize = 64 << 10;
 
-fn fresh_batch(capacity: usize) -> FrameBuf {
-    let mut frame = FrameBuf::with_capacity(capacity);
+fn fresh_batch() -> FrameBuf {
+    let mut frame = FrameBuf::with_capacity(ARENA_BYTES);
     frame.payload_mut().put_u32_le(0); // update count, filled in when sealed
     frame
 }
@@ -69,10 +71,9 @@ fn fresh_batch(capacity: usize) -> FrameBuf {
 impl Outbox {
     /// `seq_last` is the last sequence already applied (the outbox continues after it).
     pub fn new(config: BatchConfig, seq_last: u64) -> Outbox {
-        let capacity = config.batch_bytes_max.min(64 << 10);
         Outbox {
             config,
-            open: fresh_batch(capacity),
+            open: fresh_batch(),
             open_updates: 0,
             open_since: None,
             seq_last,
@@ -131,14 +132,16 @@ impl Outbox {
         if !self.has_open() {
             return None;
         }
-        let capacity = self.config.batch_bytes_max.min(64 << 10);
-        let mut frame = std::mem::replace(&mut self.open, fresh_batch(capacity));
-        frame.payload_mut()[crate::frame::HEADER_BYTES..][..COUNT_BYTES]
+        self.open.payload_mut()[crate::frame::HEADER_BYTES..][..COUNT_BYTES]
             .copy_from_slice(&self.open_updates.to_le_bytes());
+        let frame = self
+            .open
+            .seal_and_continue(Kind::Batch, self.seq_last, ARENA_BYTES);
+        self.open.payload_mut().put_u32_le(0);
         let sealed = Sealed {
             seq_first: self.seq_sealed + 1,
             seq_last: self.seq_last,
-            frame: frame.seal(Kind::Batch, self.seq_last),
+            frame,
         };
         debug_assert!(sealed.seq_first <= sealed.seq_last);
         self.seq_sealed = self.seq_last;
@@ -159,7 +162,9 @@ impl Outbox {
     /// hard limit of twice the configured bytes is reached.
     fn trim(&mut self) {
         while self.backlog_bytes > self.config.backlog_bytes_max {
-            let Some(front) = self.backlog.front() else { break };
+            let Some(front) = self.backlog.front() else {
+                break;
+            };
             let needed = self.pin.is_some_and(|s| front.seq_last > s);
             if needed && self.backlog_bytes <= 2 * self.config.backlog_bytes_max {
                 break;
@@ -169,9 +174,10 @@ impl Outbox {
         }
     }
 
-    /// Can a standby that has applied `seq` be streamed from the backlog alone?
+    /// Can a standby that has applied `seq` be streamed from the backlog alone? Only from a
+    /// batch boundary: batches are never split.
     pub fn covers(&self, seq: u64) -> bool {
-        seq == self.seq_sealed || self.backlog.front().is_some_and(|f| f.seq_first <= seq + 1 && seq < self.seq_sealed)
+        seq == self.seq_sealed || self.batch_after(seq).is_some()
     }
 
     /// The sealed batch that starts right after `seq`, if still in the backlog.
@@ -193,7 +199,6 @@ impl Outbox {
     pub fn reset(&mut self, seq: u64) {
         *self = Outbox::new(self.config.clone(), seq);
     }
-
 }
 
 #[cfg(test)]
@@ -203,7 +208,13 @@ mod tests {
     use crate::record::Records;
 
     fn outbox() -> Outbox {
-        Outbox::new(BatchConfig { backlog_bytes_max: 1 << 20, ..BatchConfig::default() }, 0)
+        Outbox::new(
+            BatchConfig {
+                backlog_bytes_max: 1 << 20,
+                ..BatchConfig::default()
+            },
+            0,
+        )
     }
 
     #[test]
@@ -235,7 +246,11 @@ mod tests {
     fn a_full_batch_is_ready_and_a_delayed_one_waits() {
         let now = Instant::now();
         let mut out = Outbox::new(
-            BatchConfig { batch_updates_max: 3, batch_delay: Duration::from_millis(5), ..BatchConfig::default() },
+            BatchConfig {
+                batch_updates_max: 3,
+                batch_delay: Duration::from_millis(5),
+                ..BatchConfig::default()
+            },
             0,
         );
         out.push(now, Op::DbPut, b"a", b"1");
@@ -249,7 +264,13 @@ mod tests {
     #[test]
     fn the_backlog_is_bounded() {
         let now = Instant::now();
-        let mut out = Outbox::new(BatchConfig { backlog_bytes_max: 10_000, ..BatchConfig::default() }, 100);
+        let mut out = Outbox::new(
+            BatchConfig {
+                backlog_bytes_max: 10_000,
+                ..BatchConfig::default()
+            },
+            100,
+        );
         for _ in 0..1000 {
             out.push(now, Op::DbPut, b"key", &[7u8; 100]);
             out.seal();

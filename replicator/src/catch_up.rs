@@ -52,7 +52,13 @@ mod tests {
     #[test]
     fn chunks_hold_every_entry_in_order_and_respect_the_bound() {
         let entries: Vec<Entry> = (0..10_000u32)
-            .map(|i| (Op::DbPut, Bytes::from(format!("key{i}")), Bytes::from(vec![i as u8; (i % 50) as usize])))
+            .map(|i| {
+                (
+                    Op::DbPut,
+                    Bytes::from(format!("key{i}")),
+                    Bytes::from(vec![i as u8; (i % 50) as usize]),
+                )
+            })
             .collect();
         let chunks = encode_snapshot(&entries, 77, 4096);
         assert!(chunks.len() > 10);

@@ -36,13 +36,19 @@ pub fn configure(stream: &TcpStream) -> io::Result<()> {
 /// Writes every frame in `frames`, gathering up to `IOV_MAX` per `writev`.
 pub async fn write_frames(stream: &mut TcpStream, frames: &mut VecDeque<Bytes>) -> io::Result<()> {
     while !frames.is_empty() {
-        let slices: Vec<IoSlice<'_>> = frames.iter().take(IOV_MAX).map(|f| IoSlice::new(f)).collect();
+        let slices: Vec<IoSlice<'_>> = frames
+            .iter()
+            .take(IOV_MAX)
+            .map(|f| IoSlice::new(f))
+            .collect();
         let mut written = stream.write_vectored(&slices).await?;
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
         while written > 0 {
-            let front = frames.front_mut().expect("written bytes belong to queued frames");
+            let front = frames
+                .front_mut()
+                .expect("written bytes belong to queued frames");
             if written >= front.len() {
                 written -= front.len();
                 frames.pop_front();

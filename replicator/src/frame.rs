@@ -117,7 +117,13 @@ fn parse_header(head: &[u8]) -> Result<Header, FrameError> {
     }
     let seq = h.get_u64_le();
     let crc = h.get_u32_le();
-    Ok(Header { version, kind, length, seq, crc })
+    Ok(Header {
+        version,
+        kind,
+        length,
+        seq,
+        crc,
+    })
 }
 
 fn checksum(head: &[u8], payload: &[u8]) -> u32 {
@@ -141,7 +147,12 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
     }
     let mut whole = buf.split_to(total).freeze();
     let payload = whole.split_off(HEADER_BYTES);
-    Ok(Some(Frame { version: header.version, kind: header.kind, seq: header.seq, payload }))
+    Ok(Some(Frame {
+        version: header.version,
+        kind: header.kind,
+        seq: header.seq,
+        payload,
+    }))
 }
 
 /// Decodes a buffer that must hold exactly one frame (tests, files, fuzzing).
@@ -156,7 +167,10 @@ pub fn decode_exact(bytes: &[u8]) -> Result<Frame, FrameError> {
             } else {
                 HEADER_BYTES + parse_header(bytes)?.length
             };
-            Err(FrameError::Truncated { have: bytes.len(), need })
+            Err(FrameError::Truncated {
+                have: bytes.len(),
+                need,
+            })
         }
     }
 }
@@ -181,14 +195,6 @@ impl FrameBuf {
         FrameBuf { buf }
     }
 
-    /// Reuses the allocation of `buf` (which must be empty) for the next frame.
-    pub fn reuse(mut buf: BytesMut, payload_bytes: usize) -> FrameBuf {
-        debug_assert!(buf.is_empty());
-        buf.reserve(HEADER_BYTES + payload_bytes);
-        buf.put_bytes(0, HEADER_BYTES);
-        FrameBuf { buf }
-    }
-
     /// The payload written so far, to append to.
     pub fn payload_mut(&mut self) -> &mut BytesMut {
         &mut self.buf
@@ -204,8 +210,29 @@ impl FrameBuf {
 
     /// Fills in the header and returns the finished frame. The payload must fit the limit.
     pub fn seal(mut self, kind: Kind, seq: u64) -> Bytes {
+        self.seal_in_place(kind, seq);
+        self.buf.freeze()
+    }
+
+    /// Seals the frame, splits it off, and starts the next frame in the same allocation: a
+    /// stream of frames costs an allocation only when the arena's capacity runs out (and
+    /// `reserve` reclaims it once the sent frames are dropped).
+    pub fn seal_and_continue(&mut self, kind: Kind, seq: u64, arena_bytes: usize) -> Bytes {
+        self.seal_in_place(kind, seq);
+        let frame = self.buf.split().freeze();
+        if self.buf.capacity() < arena_bytes / 8 {
+            self.buf.reserve(arena_bytes);
+        }
+        self.buf.put_bytes(0, HEADER_BYTES);
+        frame
+    }
+
+    fn seal_in_place(&mut self, kind: Kind, seq: u64) {
         let length = self.payload_len();
-        assert!(length <= PAYLOAD_BYTES_MAX, "frame payload {length} over the limit");
+        assert!(
+            length <= PAYLOAD_BYTES_MAX,
+            "frame payload {length} over the limit"
+        );
         let mut head = &mut self.buf[..HEADER_BYTES];
         head.put_u32_le(MAGIC);
         head.put_u8(PROTOCOL_MAX);
@@ -215,7 +242,6 @@ impl FrameBuf {
         head.put_u64_le(seq);
         let crc = checksum(&self.buf[..HEADER_BYTES], &self.buf[HEADER_BYTES..]);
         self.buf[20..24].copy_from_slice(&crc.to_le_bytes());
-        self.buf.freeze()
     }
 }
 
@@ -238,7 +264,11 @@ mod tests {
     ];
 
     fn arb_frame() -> impl Strategy<Value = (Kind, u64, Vec<u8>)> {
-        (0..KINDS.len(), any::<u64>(), proptest::collection::vec(any::<u8>(), 0..300))
+        (
+            0..KINDS.len(),
+            any::<u64>(),
+            proptest::collection::vec(any::<u8>(), 0..300),
+        )
             .prop_map(|(k, seq, payload)| (KINDS[k], seq, payload))
     }
 

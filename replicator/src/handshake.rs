@@ -49,8 +49,14 @@ pub enum Start {
 /// Active -> standby.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HelloReply {
-    Accept { protocol: u8, identity: Identity, start: Start },
-    Refuse { reason: String },
+    Accept {
+        protocol: u8,
+        identity: Identity,
+        start: Start,
+    },
+    Refuse {
+        reason: String,
+    },
 }
 
 fn put_identity(out: &mut BytesMut, id: &Identity) {
@@ -81,7 +87,13 @@ fn read_identity(r: &mut Reader) -> Option<Identity> {
 
 impl Hello {
     pub fn new(identity: Identity, seq_applied: u64, history: u64) -> Hello {
-        Hello { protocol_min: PROTOCOL_MIN, protocol_max: PROTOCOL_MAX, identity, seq_applied, history }
+        Hello {
+            protocol_min: PROTOCOL_MIN,
+            protocol_max: PROTOCOL_MAX,
+            identity,
+            seq_applied,
+            history,
+        }
     }
 
     pub fn encode(&self, out: &mut BytesMut) {
@@ -95,7 +107,10 @@ impl Hello {
     }
 
     pub fn decode(payload: Bytes) -> Result<Hello, FrameError> {
-        let bad = FrameError::Malformed { kind: Kind::Hello, what: "hello" };
+        let bad = FrameError::Malformed {
+            kind: Kind::Hello,
+            what: "hello",
+        };
         let mut r = Reader::new(payload);
         let parse = |r: &mut Reader| -> Option<Hello> {
             Some(Hello {
@@ -114,7 +129,11 @@ impl HelloReply {
     pub fn encode(&self, out: &mut BytesMut) {
         let mut p = BytesMut::new();
         match self {
-            HelloReply::Accept { protocol, identity, start } => {
+            HelloReply::Accept {
+                protocol,
+                identity,
+                start,
+            } => {
                 p.put_u8(1);
                 p.put_u8(*protocol);
                 put_identity(&mut p, identity);
@@ -138,7 +157,9 @@ impl HelloReply {
         let mut r = Reader::new(payload);
         let parse = |r: &mut Reader| -> Option<HelloReply> {
             Some(match r.u8()? {
-                0 => HelloReply::Refuse { reason: r.string()? },
+                0 => HelloReply::Refuse {
+                    reason: r.string()?,
+                },
                 1 => {
                     let protocol = r.u8()?;
                     let identity = read_identity(r)?;
@@ -147,12 +168,19 @@ impl HelloReply {
                         2 => Start::Snapshot { seq: r.u64()? },
                         _ => return None,
                     };
-                    HelloReply::Accept { protocol, identity, start }
+                    HelloReply::Accept {
+                        protocol,
+                        identity,
+                        start,
+                    }
                 }
                 _ => return None,
             })
         };
-        parse(&mut r).ok_or(FrameError::Malformed { kind: Kind::HelloReply, what: "hello reply" })
+        parse(&mut r).ok_or(FrameError::Malformed {
+            kind: Kind::HelloReply,
+            what: "hello reply",
+        })
     }
 }
 
@@ -213,9 +241,19 @@ mod tests {
     #[test]
     fn replies_round_trip() {
         for reply in [
-            HelloReply::Accept { protocol: 1, identity: identity(), start: Start::Snapshot { seq: 9 } },
-            HelloReply::Accept { protocol: 1, identity: identity(), start: Start::Resume },
-            HelloReply::Refuse { reason: "epoch 2 is stale".into() },
+            HelloReply::Accept {
+                protocol: 1,
+                identity: identity(),
+                start: Start::Snapshot { seq: 9 },
+            },
+            HelloReply::Accept {
+                protocol: 1,
+                identity: identity(),
+                start: Start::Resume,
+            },
+            HelloReply::Refuse {
+                reason: "epoch 2 is stale".into(),
+            },
         ] {
             let mut out = BytesMut::new();
             reply.encode(&mut out);

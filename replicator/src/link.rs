@@ -17,6 +17,9 @@ pub struct LinkConfig {
     pub heartbeat_interval: Duration,
     /// A link that hears nothing for this long is dead.
     pub peer_timeout: Duration,
+    /// How long a standby waits for the active's answer to its hello (the active may be
+    /// encoding a large snapshot meanwhile).
+    pub handshake_timeout: Duration,
 }
 
 impl Default for LinkConfig {
@@ -26,6 +29,7 @@ impl Default for LinkConfig {
             bytes_in_flight_max: 8 << 20,
             heartbeat_interval: Duration::from_millis(100),
             peer_timeout: Duration::from_millis(1000),
+            handshake_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -62,7 +66,10 @@ impl StepUp {
                 state_digest: r.u64()?,
             })
         };
-        parse(&mut r).ok_or(FrameError::Malformed { kind: Kind::StepUp, what: "step-up" })
+        parse(&mut r).ok_or(FrameError::Malformed {
+            kind: Kind::StepUp,
+            what: "step-up",
+        })
     }
 }
 
@@ -85,8 +92,15 @@ impl SnapshotEnd {
     pub fn decode(seq: u64, payload: Bytes) -> Result<SnapshotEnd, FrameError> {
         let mut r = Reader::new(payload);
         match (r.u64(), r.u64()) {
-            (Some(records), Some(state_digest)) => Ok(SnapshotEnd { seq, records, state_digest }),
-            _ => Err(FrameError::Malformed { kind: Kind::SnapshotEnd, what: "snapshot end" }),
+            (Some(records), Some(state_digest)) => Ok(SnapshotEnd {
+                seq,
+                records,
+                state_digest,
+            }),
+            _ => Err(FrameError::Malformed {
+                kind: Kind::SnapshotEnd,
+                what: "snapshot end",
+            }),
         }
     }
 }
@@ -103,7 +117,10 @@ pub fn decode_status(kind: Kind, payload: Bytes) -> Result<(bool, String), Frame
     let mut r = Reader::new(payload);
     match (r.u8(), r.string()) {
         (Some(ok), Some(reason)) => Ok((ok != 0, reason)),
-        _ => Err(FrameError::Malformed { kind, what: "status" }),
+        _ => Err(FrameError::Malformed {
+            kind,
+            what: "status",
+        }),
     }
 }
 
@@ -120,7 +137,10 @@ pub fn decode_heartbeat(payload: Bytes) -> Result<(u64, bool), FrameError> {
     let mut r = Reader::new(payload);
     match (r.u64(), r.u8()) {
         (Some(epoch), Some(flag)) => Ok((epoch, flag != 0)),
-        _ => Err(FrameError::Malformed { kind: Kind::Heartbeat, what: "heartbeat" }),
+        _ => Err(FrameError::Malformed {
+            kind: Kind::Heartbeat,
+            what: "heartbeat",
+        }),
     }
 }
 

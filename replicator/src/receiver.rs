@@ -19,13 +19,21 @@ use crate::record::Records;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReceiverEvent {
     /// The active accepted us; `start` says whether a snapshot follows.
-    Accepted { protocol: u8, active: Identity, start: Start },
+    Accepted {
+        protocol: u8,
+        active: Identity,
+        start: Start,
+    },
     /// Records of the snapshot (payload: count, then records). Apply in order.
     SnapshotChunk(Bytes),
     /// The snapshot is complete at this sequence.
     SnapshotEnd(SnapshotEnd),
     /// A batch of updates ending at `seq_last` (payload: count, then records), validated.
-    Batch { seq_first: u64, seq_last: u64, payload: Bytes },
+    Batch {
+        seq_first: u64,
+        seq_last: u64,
+        payload: Bytes,
+    },
     /// The active's heartbeat: its epoch, and whether it counts us as in sync.
     Heartbeat { epoch: u64, in_sync: bool },
     /// The step-up signal: check it with [`Receiver::step_up_verdict`] and answer.
@@ -110,8 +118,15 @@ impl Receiver {
     fn handle_frame(&mut self, f: Frame) -> Result<(), FrameError> {
         match (self.state, f.kind) {
             (State::AwaitReply, Kind::HelloReply) => match HelloReply::decode(f.payload)? {
-                HelloReply::Accept { protocol, identity, start } => {
-                    if let Err(e) = negotiate((frame::PROTOCOL_MIN, frame::PROTOCOL_MAX), (protocol, protocol)) {
+                HelloReply::Accept {
+                    protocol,
+                    identity,
+                    start,
+                } => {
+                    if let Err(e) = negotiate(
+                        (frame::PROTOCOL_MIN, frame::PROTOCOL_MAX),
+                        (protocol, protocol),
+                    ) {
                         self.close(e);
                         return Ok(());
                     }
@@ -124,13 +139,20 @@ impl Receiver {
                             State::Snapshot
                         }
                     };
-                    self.events.push_back(ReceiverEvent::Accepted { protocol, active: identity, start });
+                    self.events.push_back(ReceiverEvent::Accepted {
+                        protocol,
+                        active: identity,
+                        start,
+                    });
                 }
-                HelloReply::Refuse { reason } => self.close(format!("active refused this standby: {reason}")),
+                HelloReply::Refuse { reason } => {
+                    self.close(format!("active refused this standby: {reason}"))
+                }
             },
             (State::Snapshot, Kind::SnapshotChunk) => {
                 Records::validate(Kind::SnapshotChunk, &f.payload)?;
-                self.events.push_back(ReceiverEvent::SnapshotChunk(f.payload));
+                self.events
+                    .push_back(ReceiverEvent::SnapshotChunk(f.payload));
             }
             (State::Snapshot, Kind::SnapshotEnd) => {
                 let end = SnapshotEnd::decode(f.seq, f.payload)?;
@@ -149,7 +171,11 @@ impl Receiver {
                     return Ok(());
                 }
                 self.seq_received = f.seq;
-                self.events.push_back(ReceiverEvent::Batch { seq_first, seq_last: f.seq, payload: f.payload });
+                self.events.push_back(ReceiverEvent::Batch {
+                    seq_first,
+                    seq_last: f.seq,
+                    payload: f.payload,
+                });
             }
             (State::Streaming, Kind::StepUp) => {
                 let signal = StepUp::decode(f.seq, f.payload)?;
@@ -157,7 +183,8 @@ impl Receiver {
             }
             (State::Snapshot | State::Streaming, Kind::Heartbeat) => {
                 let (epoch, in_sync) = link::decode_heartbeat(f.payload)?;
-                self.events.push_back(ReceiverEvent::Heartbeat { epoch, in_sync });
+                self.events
+                    .push_back(ReceiverEvent::Heartbeat { epoch, in_sync });
             }
             (_, Kind::Goodbye) => {
                 let (_, reason) = link::decode_status(f.kind, f.payload)?;
@@ -170,17 +197,31 @@ impl Receiver {
 
     /// The engine applied everything up to `seq`: queue a cumulative ack.
     pub fn applied(&mut self, seq: u64) {
-        assert!(seq <= self.seq_received, "applied {seq} beyond received {}", self.seq_received);
+        assert!(
+            seq <= self.seq_received,
+            "applied {seq} beyond received {}",
+            self.seq_received
+        );
         if seq > self.seq_acked {
             self.seq_acked = seq;
-            self.out.push_back(frame_bytes(|o| frame::encode(o, Kind::Ack, seq, &[])));
+            self.out
+                .push_back(frame_bytes(|o| frame::encode(o, Kind::Ack, seq, &[])));
         }
     }
 
     /// The answer to a step-up signal: `Ok` if this engine holds everything it describes.
-    pub fn step_up_verdict(&self, signal: &StepUp, seq_applied: u64, work_units: u64, work_units_digest: u64) -> Result<(), String> {
+    pub fn step_up_verdict(
+        &self,
+        signal: &StepUp,
+        seq_applied: u64,
+        work_units: u64,
+        work_units_digest: u64,
+    ) -> Result<(), String> {
         if seq_applied != signal.seq_final {
-            return Err(format!("applied up to {seq_applied}, step-up says {}", signal.seq_final));
+            return Err(format!(
+                "applied up to {seq_applied}, step-up says {}",
+                signal.seq_final
+            ));
         }
         if work_units != signal.work_units || work_units_digest != signal.work_units_digest {
             return Err(format!(
@@ -194,28 +235,46 @@ impl Receiver {
     /// Queues the step-up acknowledgement (or refusal).
     pub fn answer_step_up(&mut self, seq: u64, verdict: &Result<(), String>) {
         let reason = verdict.as_ref().err().map(String::as_str).unwrap_or("");
-        self.out.push_back(frame_bytes(|o| link::encode_status(o, Kind::StepUpAck, seq, verdict.is_ok(), reason)));
+        self.out.push_back(frame_bytes(|o| {
+            link::encode_status(o, Kind::StepUpAck, seq, verdict.is_ok(), reason)
+        }));
     }
 
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
         let f = self.out.pop_front().or_else(|| {
             (self.state != State::Closed && now >= self.last_tx + self.config.heartbeat_interval)
-                .then(|| frame_bytes(|o| frame::encode(o, Kind::Heartbeat, self.seq_acked, &[0; 9])))
+                .then(|| {
+                    frame_bytes(|o| frame::encode(o, Kind::Heartbeat, self.seq_acked, &[0; 9]))
+                })
         })?;
         self.last_tx = now;
         Some(f)
+    }
+
+    /// How long the active may stay silent in the current state.
+    fn silence_allowed(&self) -> std::time::Duration {
+        match self.state {
+            State::AwaitReply => self.config.handshake_timeout,
+            _ => self.config.peer_timeout,
+        }
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.state == State::Closed {
             return None;
         }
-        Some((self.last_tx + self.config.heartbeat_interval).min(self.last_rx + self.config.peer_timeout))
+        Some(
+            (self.last_tx + self.config.heartbeat_interval)
+                .min(self.last_rx + self.silence_allowed()),
+        )
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.state != State::Closed && now >= self.last_rx + self.config.peer_timeout {
-            self.close(format!("active silent for {} ms", self.config.peer_timeout.as_millis()));
+        if self.state != State::Closed && now >= self.last_rx + self.silence_allowed() {
+            self.close(format!(
+                "active silent for {} ms",
+                self.silence_allowed().as_millis()
+            ));
         }
     }
 
@@ -228,7 +287,9 @@ impl Receiver {
             return;
         }
         self.state = State::Closed;
-        self.out.push_back(frame_bytes(|o| link::encode_status(o, Kind::Goodbye, 0, false, &reason)));
+        self.out.push_back(frame_bytes(|o| {
+            link::encode_status(o, Kind::Goodbye, 0, false, &reason)
+        }));
         self.events.push_back(ReceiverEvent::Closed { reason });
     }
 }

@@ -108,8 +108,16 @@ impl Records {
     /// `payload` is a batch or snapshot-chunk payload: a u32 record count, then the records.
     pub fn new(frame: Kind, payload: Bytes) -> Result<Records, FrameError> {
         let mut reader = Reader::new(payload);
-        let left = reader.u32().ok_or(FrameError::Malformed { kind: frame, what: "count" })?;
-        Ok(Records { reader, left, frame, failed: false })
+        let left = reader.u32().ok_or(FrameError::Malformed {
+            kind: frame,
+            what: "count",
+        })?;
+        Ok(Records {
+            reader,
+            left,
+            frame,
+            failed: false,
+        })
     }
 
     pub fn remaining(&self) -> u32 {
@@ -132,7 +140,10 @@ impl Records {
 
     fn fail(&mut self, what: &'static str) -> Option<Result<Record, FrameError>> {
         self.failed = true;
-        Some(Err(FrameError::Malformed { kind: self.frame, what }))
+        Some(Err(FrameError::Malformed {
+            kind: self.frame,
+            what,
+        }))
     }
 
     /// Checks that the payload holds exactly the announced records, without applying any:
@@ -155,7 +166,11 @@ impl Iterator for Records {
             return None;
         }
         if self.left == 0 {
-            return if self.reader.is_empty() { None } else { self.fail("bytes after the last record") };
+            return if self.reader.is_empty() {
+                None
+            } else {
+                self.fail("bytes after the last record")
+            };
         }
         self.left -= 1;
         match self.next_record() {

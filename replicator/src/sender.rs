@@ -161,7 +161,9 @@ impl Sender {
                 Err(e) => self.close(e.to_string()),
             },
             (_, Kind::Goodbye) => {
-                let reason = link::decode_status(f.kind, f.payload).map(|(_, r)| r).unwrap_or_default();
+                let reason = link::decode_status(f.kind, f.payload)
+                    .map(|(_, r)| r)
+                    .unwrap_or_default();
                 self.close(format!("standby said goodbye: {reason}"));
             }
             (state, kind) => self.close(format!("unexpected {kind:?} frame while {state:?}")),
@@ -170,7 +172,10 @@ impl Sender {
 
     fn handle_ack(&mut self, seq: u64) {
         if seq < self.seq_acked || seq > self.seq_sent {
-            self.close(format!("standby acknowledged {seq}, outside {}..={}", self.seq_acked, self.seq_sent));
+            self.close(format!(
+                "standby acknowledged {seq}, outside {}..={}",
+                self.seq_acked, self.seq_sent
+            ));
             return;
         }
         let was_caught_up = self.caught_up();
@@ -191,21 +196,42 @@ impl Sender {
     /// Accepts the standby. With `Start::Snapshot`, `snapshot` holds the chunk frames of the
     /// state at `seq` (see `catch_up`); with `Start::Resume` the stream continues after the
     /// standby's own `seq_applied`, which the outbox must cover.
-    pub fn accept(&mut self, identity: Identity, start: Start, resume_from: u64, snapshot: Snapshot) {
+    pub fn accept(
+        &mut self,
+        now: Instant,
+        identity: Identity,
+        start: Start,
+        resume_from: u64,
+        snapshot: Snapshot,
+    ) {
         debug_assert_eq!(self.state, State::AwaitAccept);
-        let reply = HelloReply::Accept { protocol: frame::PROTOCOL_MAX, identity, start };
+        // The standby has been waiting while the snapshot was prepared; its silence is ours.
+        self.last_rx = now;
+        let reply = HelloReply::Accept {
+            protocol: frame::PROTOCOL_MAX,
+            identity,
+            start,
+        };
         self.out.push_back(frame_bytes(|o| reply.encode(o)));
         let seq = match start {
             Start::Resume => resume_from,
             Start::Snapshot { seq } => {
                 self.out.extend(snapshot.chunks);
-                let end = SnapshotEnd { seq, records: snapshot.records, state_digest: snapshot.state_digest };
+                let end = SnapshotEnd {
+                    seq,
+                    records: snapshot.records,
+                    state_digest: snapshot.state_digest,
+                };
                 self.out.push_back(frame_bytes(|o| end.encode(o)));
                 seq
             }
         };
         self.seq_sent = seq;
-        self.seq_acked = if start == Start::Resume { resume_from } else { 0 };
+        self.seq_acked = if start == Start::Resume {
+            resume_from
+        } else {
+            0
+        };
         self.seq_caught_up = Some(seq);
         self.state = State::Streaming;
         if self.caught_up() {
@@ -214,7 +240,9 @@ impl Sender {
     }
 
     pub fn refuse(&mut self, reason: &str) {
-        let reply = HelloReply::Refuse { reason: reason.to_string() };
+        let reply = HelloReply::Refuse {
+            reason: reason.to_string(),
+        };
         self.out.push_back(frame_bytes(|o| reply.encode(o)));
         self.close(reason.to_string());
     }
@@ -248,12 +276,16 @@ impl Sender {
                 return None;
             };
             self.seq_sent = batch.seq_last;
-            self.in_flight.push_back((batch.seq_last, batch.frame.len()));
+            self.in_flight
+                .push_back((batch.seq_last, batch.frame.len()));
             self.bytes_in_flight += batch.frame.len();
             return Some(batch.frame.clone());
         }
         if let Some(signal) = &self.step_up {
-            if self.seq_sent == outbox.seq_sealed() && self.seq_acked == self.seq_sent && !outbox.has_open() {
+            if self.seq_sent == outbox.seq_sealed()
+                && self.seq_acked == self.seq_sent
+                && !outbox.has_open()
+            {
                 debug_assert_eq!(signal.seq_final, self.seq_sent);
                 let f = frame_bytes(|o| signal.encode(o));
                 self.state = State::SteppingUp;
@@ -261,7 +293,9 @@ impl Sender {
             }
         }
         if now >= self.last_tx + self.config.heartbeat_interval {
-            return Some(frame_bytes(|o| link::encode_heartbeat(o, self.seq_sent, self.epoch, self.in_sync_flag)));
+            return Some(frame_bytes(|o| {
+                link::encode_heartbeat(o, self.seq_sent, self.epoch, self.in_sync_flag)
+            }));
         }
         None
     }
@@ -280,7 +314,10 @@ impl Sender {
 
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.state != State::Closed && now >= self.last_rx + self.config.peer_timeout {
-            self.close(format!("standby silent for {} ms", self.config.peer_timeout.as_millis()));
+            self.close(format!(
+                "standby silent for {} ms",
+                self.config.peer_timeout.as_millis()
+            ));
         }
     }
 
@@ -294,7 +331,9 @@ impl Sender {
             return;
         }
         self.state = State::Closed;
-        self.out.push_back(frame_bytes(|o| link::encode_status(o, Kind::Goodbye, 0, false, &reason)));
+        self.out.push_back(frame_bytes(|o| {
+            link::encode_status(o, Kind::Goodbye, 0, false, &reason)
+        }));
         self.events.push_back(SenderEvent::Closed { reason });
     }
 

@@ -107,9 +107,13 @@ impl State {
 fn digest(map: &HashMap<Vec<u8>, Vec<u8>>) -> u64 {
     map.iter().fold(0u64, |sum, (k, v)| {
         let len = (k.len() as u32).to_le_bytes();
-        let h = len.iter().chain(k).chain(v).fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-        });
+        let h = len
+            .iter()
+            .chain(k)
+            .chain(v)
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+            });
         sum.wrapping_add(h)
     })
 }
@@ -260,13 +264,21 @@ impl Pair {
     fn resumed(link: LinkConfig, batch: BatchConfig) -> Pair {
         let mut pair = Pair::new(link, batch);
         let hello = pair.hello();
-        pair.sender
-            .accept(identity("active", 1), Start::Resume, hello.seq_applied, Snapshot::default());
+        pair.sender.accept(
+            pair.now,
+            identity("active", 1),
+            Start::Resume,
+            hello.seq_applied,
+            Snapshot::default(),
+        );
         pair.pump();
         assert!(
             matches!(
                 pair.receiver_events[..],
-                [ReceiverEvent::Accepted { start: Start::Resume, .. }]
+                [ReceiverEvent::Accepted {
+                    start: Start::Resume,
+                    ..
+                }]
             ),
             "{:?}",
             pair.receiver_events
@@ -415,7 +427,11 @@ impl Pair {
                 self.standby.state.apply(r.op, &r.key, &r.value);
                 count += 1;
             }
-            assert_eq!(count, seq_last - seq_first + 1, "batch {seq_first}..={seq_last}");
+            assert_eq!(
+                count,
+                seq_last - seq_first + 1,
+                "batch {seq_first}..={seq_last}"
+            );
             self.standby.seq_applied = seq_last;
         }
         if !self.receiver.is_closed() {
@@ -441,7 +457,10 @@ impl Pair {
         while let Some(ev) = self.receiver.poll_event() {
             let standby = &mut self.standby;
             match &ev {
-                ReceiverEvent::Accepted { start: Start::Snapshot { .. }, .. } => {
+                ReceiverEvent::Accepted {
+                    start: Start::Snapshot { .. },
+                    ..
+                } => {
                     // A snapshot replaces whatever the standby held.
                     *standby = Standby::default();
                 }
@@ -458,11 +477,21 @@ impl Pair {
                     standby.seq_applied = end.seq;
                     standby.seq_received = end.seq;
                 }
-                ReceiverEvent::Batch { seq_first, seq_last, payload } => {
-                    assert_eq!(*seq_first, standby.seq_received + 1, "batches must be contiguous");
+                ReceiverEvent::Batch {
+                    seq_first,
+                    seq_last,
+                    payload,
+                } => {
+                    assert_eq!(
+                        *seq_first,
+                        standby.seq_received + 1,
+                        "batches must be contiguous"
+                    );
                     assert!(seq_first <= seq_last);
                     standby.seq_received = *seq_last;
-                    standby.pending.push_back((*seq_first, *seq_last, payload.clone()));
+                    standby
+                        .pending
+                        .push_back((*seq_first, *seq_last, payload.clone()));
                 }
                 _ => {}
             }
@@ -522,7 +551,11 @@ impl Pair {
     /// `(seq_first, seq_last)` of every batch the receiver handed out.
     fn batches(&self) -> Vec<(u64, u64)> {
         let batches = self.receiver_events.iter().filter_map(|ev| match ev {
-            ReceiverEvent::Batch { seq_first, seq_last, .. } => Some((*seq_first, *seq_last)),
+            ReceiverEvent::Batch {
+                seq_first,
+                seq_last,
+                ..
+            } => Some((*seq_first, *seq_last)),
             _ => None,
         });
         batches.collect()
@@ -609,11 +642,20 @@ fn handshake_then_resume_streams_a_thousand_updates_in_order() {
     assert_eq!(hello.identity.engine, "standby");
     assert_eq!((hello.seq_applied, hello.history), (0, 0));
     assert!(pair.outbox.covers(hello.seq_applied));
-    pair.sender
-        .accept(identity("active", 1), Start::Resume, hello.seq_applied, Snapshot::default());
+    pair.sender.accept(
+        pair.now,
+        identity("active", 1),
+        Start::Resume,
+        hello.seq_applied,
+        Snapshot::default(),
+    );
     pair.pump();
     match &pair.receiver_events[..] {
-        [ReceiverEvent::Accepted { protocol: 1, active, start: Start::Resume }] => {
+        [ReceiverEvent::Accepted {
+            protocol: 1,
+            active,
+            start: Start::Resume,
+        }] => {
             assert_eq!(active.engine, "active");
         }
         other => panic!("expected the active's acceptance, got {other:?}"),
@@ -652,7 +694,10 @@ fn handshake_then_resume_streams_a_thousand_updates_in_order() {
         assert_eq!(w[1].0, w[0].1 + 1, "batches {:?} and {:?}", w[0], w[1]);
     }
     assert!(window_was_full, "the window never filled");
-    assert!(batches.len() < 1000, "updates were grouped while the window was full");
+    assert!(
+        batches.len() < 1000,
+        "updates were grouped while the window was full"
+    );
     assert_eq!(pair.max_in_flight, link.batches_in_flight_max);
 
     let acked = pair.sender_acked();
@@ -672,7 +717,10 @@ fn a_refused_standby_is_told_why() {
     pair.sender.refuse("this active already has a standby");
     pair.pump();
     let reason = pair.receiver_closed_reason().expect("the receiver closes");
-    assert!(reason.contains("refused") && reason.contains("already has a standby"), "{reason}");
+    assert!(
+        reason.contains("refused") && reason.contains("already has a standby"),
+        "{reason}"
+    );
     assert!(pair.sender.is_closed() && pair.receiver.is_closed());
 }
 
@@ -683,13 +731,24 @@ fn a_refused_standby_is_told_why() {
 #[test]
 fn a_new_standby_catches_up_from_a_snapshot_while_updates_keep_coming() {
     // A backlog too small for the history: an empty standby cannot resume from it.
-    let batch = BatchConfig { backlog_bytes_max: 32 << 10, ..BatchConfig::default() };
+    let batch = BatchConfig {
+        backlog_bytes_max: 32 << 10,
+        ..BatchConfig::default()
+    };
     let mut pair = Pair::new(LinkConfig::default(), batch);
     for i in 0..5000u32 {
         if i % 10 == 0 {
-            pair.push(Op::UnitCreate, format!("unit{i}").as_bytes(), format!("desc {i}").as_bytes());
+            pair.push(
+                Op::UnitCreate,
+                format!("unit{i}").as_bytes(),
+                format!("desc {i}").as_bytes(),
+            );
         } else {
-            pair.push(Op::DbPut, format!("key{i}").as_bytes(), format!("value {i}").as_bytes());
+            pair.push(
+                Op::DbPut,
+                format!("key{i}").as_bytes(),
+                format!("value {i}").as_bytes(),
+            );
         }
         if i % 100 == 99 {
             pair.outbox.seal();
@@ -700,14 +759,26 @@ fn a_new_standby_catches_up_from_a_snapshot_while_updates_keep_coming() {
     let seq = pair.outbox.seq_sealed();
 
     let hello = pair.hello();
-    assert!(!pair.outbox.covers(hello.seq_applied), "the backlog should not reach back to 0");
+    assert!(
+        !pair.outbox.covers(hello.seq_applied),
+        "the backlog should not reach back to 0"
+    );
     let chunks = catch_up::encode_snapshot(&pair.active.entries(), seq, 4 << 10);
     let chunk_count = chunks.len();
     assert!(chunk_count > 10);
     let digest = pair.active.digest();
-    let snapshot = Snapshot { chunks, records: 5000, state_digest: digest };
-    pair.sender
-        .accept(identity("active", 1), Start::Snapshot { seq }, hello.seq_applied, snapshot);
+    let snapshot = Snapshot {
+        chunks,
+        records: 5000,
+        state_digest: digest,
+    };
+    pair.sender.accept(
+        pair.now,
+        identity("active", 1),
+        Start::Snapshot { seq },
+        hello.seq_applied,
+        snapshot,
+    );
     assert!(!pair.sender.caught_up());
 
     // The snapshot goes out a few frames at a time while the active keeps writing.
@@ -719,7 +790,11 @@ fn a_new_standby_catches_up_from_a_snapshot_while_updates_keep_coming() {
             if rng.one_in(5) {
                 pair.push(Op::DbDelete, key.as_bytes(), b"");
             } else {
-                pair.push(Op::DbPut, key.as_bytes(), format!("live {round}").as_bytes());
+                pair.push(
+                    Op::DbPut,
+                    key.as_bytes(),
+                    format!("live {round}").as_bytes(),
+                );
             }
         }
         if pair.sender.window_open() {
@@ -728,7 +803,10 @@ fn a_new_standby_catches_up_from_a_snapshot_while_updates_keep_coming() {
         pair.transmit_sender(3);
         pair.deliver_to_receiver(ALL);
         if sealed_when_snapshot_ended.is_none()
-            && matches!(pair.receiver_events.last(), Some(ReceiverEvent::SnapshotEnd(_)))
+            && matches!(
+                pair.receiver_events.last(),
+                Some(ReceiverEvent::SnapshotEnd(_))
+            )
         {
             sealed_when_snapshot_ended = Some(pair.outbox.seq_sealed());
         }
@@ -750,7 +828,10 @@ fn a_new_standby_catches_up_from_a_snapshot_while_updates_keep_coming() {
         .all(|ev| matches!(ev, ReceiverEvent::SnapshotChunk(_))));
     match &events[chunk_count + 1] {
         ReceiverEvent::SnapshotEnd(end) => {
-            assert_eq!((end.seq, end.records, end.state_digest), (seq, 5000, digest));
+            assert_eq!(
+                (end.seq, end.records, end.state_digest),
+                (seq, 5000, digest)
+            );
         }
         other => panic!("expected the end of the snapshot, got {other:?}"),
     }
@@ -802,14 +883,20 @@ fn step_up_waits_for_every_ack_then_the_standby_takes_over() {
     assert!(signal.work_units > 0);
     pair.sender.step_up(signal.clone());
     pair.transmit_sender(ALL);
-    assert!(!pair.to_receiver.holds(Kind::StepUp), "step-up sent ahead of unacked batches");
+    assert!(
+        !pair.to_receiver.holds(Kind::StepUp),
+        "step-up sent ahead of unacked batches"
+    );
 
     // The standby applies the batches, but its acks are still on their way.
     pair.deliver_to_receiver(ALL);
     pair.apply(ALL);
     pair.transmit_receiver();
     pair.transmit_sender(ALL);
-    assert!(!pair.to_receiver.holds(Kind::StepUp), "step-up sent before the acks were read");
+    assert!(
+        !pair.to_receiver.holds(Kind::StepUp),
+        "step-up sent before the acks were read"
+    );
 
     // The acks arrive: now the signal goes out.
     pair.deliver_to_sender(ALL);
@@ -825,7 +912,12 @@ fn step_up_waits_for_every_ack_then_the_standby_takes_over() {
     pair.receiver.answer_step_up(got.seq_final, &verdict);
     pair.pump();
 
-    assert_eq!(pair.sender_events.last(), Some(&SenderEvent::SteppedUp { seq: signal.seq_final }));
+    assert_eq!(
+        pair.sender_events.last(),
+        Some(&SenderEvent::SteppedUp {
+            seq: signal.seq_final
+        })
+    );
     assert!(pair.sender.is_closed());
     assert!(!pair.receiver.is_closed());
     assert_eq!(pair.standby.seq_applied, signal.seq_final);
@@ -846,12 +938,17 @@ fn a_step_up_with_the_wrong_work_units_is_refused_and_streaming_goes_on() {
     pair.pump();
     let got = pair.received_step_up();
     let verdict = pair.standby_verdict(&got);
-    let reason = verdict.clone().expect_err("the standby holds one work unit fewer");
+    let reason = verdict
+        .clone()
+        .expect_err("the standby holds one work unit fewer");
     assert!(reason.contains("work units differ"), "{reason}");
     pair.receiver.answer_step_up(got.seq_final, &verdict);
     pair.pump();
 
-    assert_eq!(pair.sender_events.last(), Some(&SenderEvent::StepUpRefused { reason }));
+    assert_eq!(
+        pair.sender_events.last(),
+        Some(&SenderEvent::StepUpRefused { reason })
+    );
     assert!(pair.sender.is_streaming());
 
     // The active stays active and the link carries on.
@@ -888,15 +985,24 @@ fn a_corrupted_batch_frame_closes_the_receiver() {
     pair.to_receiver.frames[i] = Bytes::from(bad);
 
     pair.deliver_to_receiver(ALL);
-    let reason = pair.receiver_closed_reason().expect("the receiver closes").to_string();
-    assert!(reason.contains("bad frame") && reason.contains("checksum"), "{reason}");
+    let reason = pair
+        .receiver_closed_reason()
+        .expect("the receiver closes")
+        .to_string();
+    assert!(
+        reason.contains("bad frame") && reason.contains("checksum"),
+        "{reason}"
+    );
     assert!(pair.batches().is_empty());
     assert_eq!(pair.standby.state, State::default());
 
     // The receiver's goodbye tells the active why.
     pair.pump();
     let reason = pair.sender_closed_reason().expect("the sender closes");
-    assert!(reason.contains("goodbye") && reason.contains("checksum"), "{reason}");
+    assert!(
+        reason.contains("goodbye") && reason.contains("checksum"),
+        "{reason}"
+    );
 }
 
 #[test]
@@ -910,13 +1016,19 @@ fn a_flipped_byte_anywhere_in_a_batch_frame_never_gets_the_batch_applied() {
             pair.to_receiver.frames[0] = Bytes::from(bad);
 
             pair.deliver_to_receiver(ALL);
-            assert!(pair.batches().is_empty(), "byte {at} ^ {mask:#04x}: batch handed out");
+            assert!(
+                pair.batches().is_empty(),
+                "byte {at} ^ {mask:#04x}: batch handed out"
+            );
             match pair.receiver_closed_reason() {
                 Some(reason) => assert!(reason.contains("bad frame"), "byte {at}: {reason}"),
                 None => {
                     // Only a length grown by the flip leaves the receiver waiting for the rest
                     // of the frame; the peer timeout ends that wait.
-                    assert!((8..12).contains(&at), "byte {at} ^ {mask:#04x}: not detected");
+                    assert!(
+                        (8..12).contains(&at),
+                        "byte {at} ^ {mask:#04x}: not detected"
+                    );
                     assert!(pair.receiver_events.is_empty());
                     pair.advance(pair.link.peer_timeout);
                     pair.handle_timeouts();
@@ -930,17 +1042,23 @@ fn a_flipped_byte_anywhere_in_a_batch_frame_never_gets_the_batch_applied() {
 #[test]
 fn garbage_from_the_standby_closes_the_sender() {
     let mut pair = Pair::resumed(LinkConfig::default(), BatchConfig::default());
-    pair.to_sender
-        .frames
-        .push_back(Bytes::from_static(b"GET / HTTP/1.1\r\nHost: tandem\r\n\r\n"));
+    pair.to_sender.frames.push_back(Bytes::from_static(
+        b"GET / HTTP/1.1\r\nHost: tandem\r\n\r\n",
+    ));
     pair.deliver_to_sender(ALL);
     let reason = pair.sender_closed_reason().expect("the sender closes");
-    assert!(reason.contains("bad frame from standby") && reason.contains("bad magic"), "{reason}");
+    assert!(
+        reason.contains("bad frame from standby") && reason.contains("bad magic"),
+        "{reason}"
+    );
 
     // Its goodbye reaches the standby.
     pair.pump();
     let reason = pair.receiver_closed_reason().expect("the receiver closes");
-    assert!(reason.contains("active said goodbye") && reason.contains("bad magic"), "{reason}");
+    assert!(
+        reason.contains("active said goodbye") && reason.contains("bad magic"),
+        "{reason}"
+    );
 }
 
 #[test]
@@ -961,7 +1079,10 @@ fn a_dropped_batch_is_a_gap_that_closes_the_receiver() {
 
     assert_eq!(pair.batches(), [(1, 5)]);
     let reason = pair.receiver_closed_reason().expect("the receiver closes");
-    assert!(reason.contains("updates missing") && reason.contains("11..=15"), "{reason}");
+    assert!(
+        reason.contains("updates missing") && reason.contains("11..=15"),
+        "{reason}"
+    );
     assert_eq!(pair.receiver.seq_received(), 5);
 }
 
@@ -980,7 +1101,10 @@ fn a_silent_peer_times_out_on_both_ends() {
     pair.to_receiver.clear();
     pair.to_sender.clear();
     pair.handle_timeouts();
-    assert!(!pair.sender.is_closed() && !pair.receiver.is_closed(), "closed too early");
+    assert!(
+        !pair.sender.is_closed() && !pair.receiver.is_closed(),
+        "closed too early"
+    );
 
     pair.advance(MS);
     assert!(pair.sender.poll_timeout().is_some_and(|d| d <= pair.now));
@@ -1001,14 +1125,24 @@ fn an_idle_link_exchanges_heartbeats_and_stays_up() {
     pair.sender.set_in_sync_flag(true);
 
     pair.advance(link.heartbeat_interval - MS);
-    assert_eq!(pair.transmit_sender(ALL) + pair.transmit_receiver(), 0, "nothing is due yet");
+    assert_eq!(
+        pair.transmit_sender(ALL) + pair.transmit_receiver(),
+        0,
+        "nothing is due yet"
+    );
     pair.advance(MS);
     assert_eq!(pair.transmit_sender(ALL), 1);
     assert!(pair.to_receiver.holds(Kind::Heartbeat));
     assert_eq!(pair.transmit_receiver(), 1);
     assert!(pair.to_sender.holds(Kind::Heartbeat));
     pair.pump();
-    assert_eq!(pair.receiver_events, [ReceiverEvent::Heartbeat { epoch: 1, in_sync: true }]);
+    assert_eq!(
+        pair.receiver_events,
+        [ReceiverEvent::Heartbeat {
+            epoch: 1,
+            in_sync: true
+        }]
+    );
     assert!(pair.sender_events.is_empty());
 
     // Heartbeats alone keep an idle link up for many peer timeouts.
@@ -1042,8 +1176,13 @@ fn a_sender_waiting_on_its_standby_is_not_woken_in_a_busy_loop() {
     let hello = pair.hello();
     pair.advance(a_while);
     pair.pump();
-    pair.sender
-        .accept(identity("active", 1), Start::Resume, hello.seq_applied, Snapshot::default());
+    pair.sender.accept(
+        pair.now,
+        identity("active", 1),
+        Start::Resume,
+        hello.seq_applied,
+        Snapshot::default(),
+    );
     pair.pump();
 
     // Waiting for the standby's answer to a step-up.
@@ -1052,7 +1191,10 @@ fn a_sender_waiting_on_its_standby_is_not_woken_in_a_busy_loop() {
     pair.pump();
     pair.sender.step_up(pair.step_up_signal(2));
     pair.pump();
-    assert!(matches!(pair.receiver_events.last(), Some(ReceiverEvent::StepUp(_))));
+    assert!(matches!(
+        pair.receiver_events.last(),
+        Some(ReceiverEvent::StepUp(_))
+    ));
     pair.advance(a_while);
     pair.pump();
     assert!(!pair.sender.is_closed() && !pair.receiver.is_closed());
@@ -1092,7 +1234,13 @@ fn random_run(seed: u64) {
     let active = identity("active", 1);
     if rng.one_in(2) {
         assert!(pair.outbox.covers(hello.seq_applied));
-        pair.sender.accept(active, Start::Resume, hello.seq_applied, Snapshot::default());
+        pair.sender.accept(
+            pair.now,
+            active,
+            Start::Resume,
+            hello.seq_applied,
+            Snapshot::default(),
+        );
     } else {
         let seq = pair.outbox.seq_sealed();
         let entries = pair.active.entries();
@@ -1101,7 +1249,8 @@ fn random_run(seed: u64) {
             records: entries.len() as u64,
             state_digest: pair.active.digest(),
         };
-        pair.sender.accept(active, Start::Snapshot { seq }, hello.seq_applied, snapshot);
+        pair.sender
+            .accept(pair.now, active, Start::Snapshot { seq }, hello.seq_applied, snapshot);
     }
 
     for step in 0..600 {
@@ -1132,7 +1281,7 @@ fn random_run(seed: u64) {
                 let n = rng.below(pair.to_sender.len() + 1);
                 pair.deliver_to_sender(n);
             }
-            _ => pair.advance(MS * rng.below(10) as u32),
+            _ => pair.advance(MS * rng.below(40) as u32),
         }
         assert!(
             !pair.sender.is_closed() && !pair.receiver.is_closed(),
@@ -1145,8 +1294,16 @@ fn random_run(seed: u64) {
     pair.outbox.seal();
     pair.pump();
     assert_eq!(pair.standby.state, pair.active, "seed {seed}");
-    assert_eq!(pair.standby.seq_applied, pair.outbox.seq_last(), "seed {seed}");
-    assert_eq!(pair.sender.seq_acked(), pair.outbox.seq_last(), "seed {seed}");
+    assert_eq!(
+        pair.standby.seq_applied,
+        pair.outbox.seq_last(),
+        "seed {seed}"
+    );
+    assert_eq!(
+        pair.sender.seq_acked(),
+        pair.outbox.seq_last(),
+        "seed {seed}"
+    );
     assert!(pair.sender.caught_up(), "seed {seed}");
     assert!(pair.unacked.is_empty(), "seed {seed}");
 }
