@@ -51,7 +51,18 @@ pub trait Application {
     fn access(&self, name: &[u8]) -> Option<Access>;
     /// Executes a command on the active; the reply is written to `out` (RESP). Writes go
     /// through `ctx`, which produces the run-state updates.
-    fn execute(&mut self, cmd: &Command, ctx: &mut Ctx<'_>, out: &mut BytesMut) -> Result<(), CommandError>;
+    fn execute(
+        &mut self,
+        cmd: &Command,
+        ctx: &mut Ctx<'_>,
+        out: &mut BytesMut,
+    ) -> Result<(), CommandError>;
+
+    /// How long to hold back the reply of the command just executed (a deliberately slow
+    /// build uses it; the engine delays that connection's replies, never the engine).
+    fn reply_delay(&mut self) -> Option<std::time::Duration> {
+        None
+    }
 
     /// Checks an update from the active before the standby applies it: a version that cannot
     /// read a work unit's description refuses it here, before its state changes.
@@ -110,7 +121,9 @@ impl<'a> Ctx<'a> {
 
     /// Changes the state and records the update; nothing is recorded if the change is refused.
     pub fn write(&mut self, op: Op, key: &[u8], value: &[u8]) -> Result<u64, ApplyError> {
-        if key.len() > replicator::record::KEY_BYTES_MAX || value.len() > replicator::record::VALUE_BYTES_MAX {
+        if key.len() > replicator::record::KEY_BYTES_MAX
+            || value.len() > replicator::record::VALUE_BYTES_MAX
+        {
             return Err(ApplyError::Limit("key of 64 KiB or value of 8 MiB"));
         }
         self.state.apply(op, key, value)?;

@@ -21,22 +21,39 @@ fn arg_str(cmd: &Command, i: usize) -> Option<String> {
     String::from_utf8(cmd.arg(i)?.to_vec()).ok()
 }
 
-pub fn dispatch(eng: &mut Engine, upper: &[u8], cmd: &Command, out: &mut BytesMut, now: Instant) -> Outcome {
+pub fn dispatch(
+    eng: &mut Engine,
+    upper: &[u8],
+    cmd: &Command,
+    out: &mut BytesMut,
+    now: Instant,
+) -> Outcome {
     let result: Result<Option<String>, String> = match upper {
         b"TANDEM.STATUS" => Ok(None),
         b"TANDEM.LEASE" => match (arg_u64(cmd, 1), arg_u64(cmd, 2), cmd.arg(3).map(|m| &m[..])) {
             (Some(epoch), Some(ttl_ms), Some(mode @ (b"simplex" | b"sync"))) => eng
-                .grant_lease(epoch, Duration::from_millis(ttl_ms), mode == b"simplex", now)
+                .grant_lease(
+                    epoch,
+                    Duration::from_millis(ttl_ms),
+                    mode == b"simplex",
+                    now,
+                )
                 .map(|_| None),
             _ => Err("ERR usage: TANDEM.LEASE epoch ttl_ms simplex|sync".into()),
         },
         b"TANDEM.PROMOTE" => match arg_u64(cmd, 1) {
             Some(epoch) if epoch > eng.epoch => {
                 eng.become_active(epoch, true, now);
-                eprintln!("[{}] promoted to active, epoch {epoch}, seq {}", eng.config.name, eng.seq_applied);
+                eprintln!(
+                    "[{}] promoted to active, epoch {epoch}, seq {}",
+                    eng.config.name, eng.seq_applied
+                );
                 Ok(Some("OK".into()))
             }
-            Some(epoch) => Err(format!("STALEEPOCH epoch {epoch} is not above {}", eng.epoch)),
+            Some(epoch) => Err(format!(
+                "STALEEPOCH epoch {epoch} is not above {}",
+                eng.epoch
+            )),
             None => Err("ERR usage: TANDEM.PROMOTE epoch".into()),
         },
         b"TANDEM.FOLLOW" => match (arg_str(cmd, 1), arg_u64(cmd, 2)) {
@@ -46,12 +63,17 @@ pub fn dispatch(eng: &mut Engine, upper: &[u8], cmd: &Command, out: &mut BytesMu
                 } else {
                     eng.step_down(Role::Standby, epoch);
                     eng.active_hint = arg_str(cmd, 3).or(eng.active_hint.take());
-                    eng.follow = Some(Follow { replication_addr: addr, ..Follow::default() });
+                    eng.follow = Some(Follow {
+                        replication_addr: addr,
+                        ..Follow::default()
+                    });
                     eng.follow_wake.notify_one();
                     Ok(Some("OK".into()))
                 }
             }
-            (Some(_), Some(epoch)) => Err(format!("STALEEPOCH epoch {epoch} is below {}", eng.epoch)),
+            (Some(_), Some(epoch)) => {
+                Err(format!("STALEEPOCH epoch {epoch} is below {}", eng.epoch))
+            }
             _ => Err("ERR usage: TANDEM.FOLLOW replication_addr epoch [active_client_addr]".into()),
         },
         b"TANDEM.OUTOFSERVICE" => {
@@ -63,7 +85,10 @@ pub fn dispatch(eng: &mut Engine, upper: &[u8], cmd: &Command, out: &mut BytesMu
             Some(epoch) => return switchover(eng, epoch, out),
             None => Err("ERR usage: TANDEM.SWITCHOVER epoch".into()),
         },
-        _ => Err(format!("ERR unknown control command '{}'", String::from_utf8_lossy(upper))),
+        _ => Err(format!(
+            "ERR unknown control command '{}'",
+            String::from_utf8_lossy(upper)
+        )),
     };
     match result {
         Ok(Some(msg)) => reply::simple(out, &msg),
@@ -87,13 +112,19 @@ fn switchover(eng: &mut Engine, epoch: u64, out: &mut BytesMut) -> Outcome {
         return refuse(out, format!("ERR {} is not active", eng.config.name));
     }
     if epoch <= eng.epoch {
-        return refuse(out, format!("STALEEPOCH epoch {epoch} is not above {}", eng.epoch));
+        return refuse(
+            out,
+            format!("STALEEPOCH epoch {epoch} is not above {}", eng.epoch),
+        );
     }
     if eng.stepping_down.is_some() {
         return refuse(out, "ERR a switchover is already in progress".into());
     }
     if !eng.standby_in_sync() {
-        return refuse(out, "ERR no standby in sync: nothing to switch over to".into());
+        return refuse(
+            out,
+            "ERR no standby in sync: nothing to switch over to".into(),
+        );
     }
     eng.outbox.seal();
     let signal = StepUp {

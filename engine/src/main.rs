@@ -12,7 +12,11 @@ use replicator::{BatchConfig, LinkConfig};
 use resp::{Client, Reply};
 
 #[derive(Parser)]
-#[command(name = "tandem", version, about = "Fault-tolerant engine pairs, upgraded while they serve")]
+#[command(
+    name = "tandem",
+    version,
+    about = "Fault-tolerant engine pairs, upgraded while they serve"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -141,13 +145,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ..LinkConfig::default()
             },
         }),
-        Cmd::Pair { command: PairCmd::Up { dir, base_port, app_version, detach } } => {
+        Cmd::Pair {
+            command:
+                PairCmd::Up {
+                    dir,
+                    base_port,
+                    app_version,
+                    detach,
+                },
+        } => {
             if detach {
                 return detach_pair(dir, base_port, app_version);
             }
-            run_pair(PairArgs { dir, base_port, app_version })
+            run_pair(PairArgs {
+                dir,
+                base_port,
+                app_version,
+            })
         }
-        Cmd::Pair { command: PairCmd::Down { admin } } => {
+        Cmd::Pair {
+            command: PairCmd::Down { admin },
+        } => {
             let msg = admin_call(&admin, &["SHUTDOWN"])?;
             println!("{msg}");
             Ok(())
@@ -169,13 +187,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn admin_call(admin: &str, args: &[&str]) -> anyhow::Result<String> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let mut client = Client::connect_timeout(admin, Duration::from_secs(3))
             .await
-            .map_err(|e| anyhow::anyhow!("cannot reach the supervisor at {admin}: {e:?} (is the pair up? see pair.json)"))?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot reach the supervisor at {admin}: {e:?} (is the pair up? see pair.json)"
+                )
+            })?;
         let parts: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-        match client.call(&parts).await.map_err(|e| anyhow::anyhow!("{e:?}"))? {
+        match client
+            .call(&parts)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?
+        {
             Reply::Error(e) => bail!("{e}"),
             Reply::Simple(s) => Ok(s),
             Reply::Bulk(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
@@ -186,18 +214,52 @@ fn admin_call(admin: &str, args: &[&str]) -> anyhow::Result<String> {
 
 fn print_status(text: &str) -> anyhow::Result<()> {
     let pair: serde_json::Value = serde_json::from_str(text).context("status is not JSON")?;
-    println!("pair: epoch {}, active {}, standby promotable: {}", pair["epoch"], pair["active"], pair["standby_promotable"]);
+    println!(
+        "pair: epoch {}, active {}, standby promotable: {}",
+        pair["epoch"], pair["active"], pair["standby_promotable"]
+    );
     println!(
         "{:<4} {:<15} {:<7} {:<9} {:<8} {:<21} {:<21} {:>5} {:>10} {:>10} {:<16}",
-        "name", "role", "version", "features", "pid", "client", "replication", "epoch", "seq", "work_units", "digest"
+        "name",
+        "role",
+        "version",
+        "features",
+        "pid",
+        "client",
+        "replication",
+        "epoch",
+        "seq",
+        "work_units",
+        "digest"
     );
     for e in pair["engines"].as_array().into_iter().flatten() {
-        let s = |k: &str| e[k].as_str().map(str::to_string).unwrap_or_else(|| e[k].to_string());
-        let features = format!("L{}{}", s("feature_level"), if e["features_enabled"] == true { "+on" } else { "" });
+        let s = |k: &str| {
+            e[k].as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| e[k].to_string())
+        };
+        let features = format!(
+            "L{}{}",
+            s("feature_level"),
+            if e["features_enabled"] == true {
+                "+on"
+            } else {
+                ""
+            }
+        );
         println!(
             "{:<4} {:<15} {:<7} {:<9} {:<8} {:<21} {:<21} {:>5} {:>10} {:>10} {:<16}",
-            s("name"), s("role"), s("app_version"), features, s("pid"), s("client_addr"), s("replication_addr"),
-            s("epoch"), s("seq_applied"), s("work_units"), s("digest")
+            s("name"),
+            s("role"),
+            s("app_version"),
+            features,
+            s("pid"),
+            s("client_addr"),
+            s("replication_addr"),
+            s("epoch"),
+            s("seq_applied"),
+            s("work_units"),
+            s("digest")
         );
     }
     Ok(())
@@ -211,7 +273,12 @@ fn detach_pair(dir: PathBuf, base_port: u16, app_version: String) -> anyhow::Res
     let mut child = std::process::Command::new(std::env::current_exe()?)
         .args(["pair", "up", "--dir"])
         .arg(&dir)
-        .args(["--base-port", &base_port.to_string(), "--app-version", &app_version])
+        .args([
+            "--base-port",
+            &base_port.to_string(),
+            "--app-version",
+            &app_version,
+        ])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(log)
@@ -220,9 +287,16 @@ fn detach_pair(dir: PathBuf, base_port: u16, app_version: String) -> anyhow::Res
     for line in BufReader::new(stdout).lines() {
         let line = line?;
         if let Some(admin) = line.strip_prefix("READY admin=") {
-            println!("pair up (supervisor pid {}), admin {admin}; details in {}", child.id(), dir.join("pair.json").display());
+            println!(
+                "pair up (supervisor pid {}), admin {admin}; details in {}",
+                child.id(),
+                dir.join("pair.json").display()
+            );
             return Ok(());
         }
     }
-    bail!("the supervisor exited before the pair was ready; see {}", dir.join("supervisor.log").display())
+    bail!(
+        "the supervisor exited before the pair was ready; see {}",
+        dir.join("supervisor.log").display()
+    )
 }

@@ -165,13 +165,18 @@ impl Engine {
 
     /// Is the standby following closely enough that writes wait for its acknowledgement?
     pub fn sync_mode(&self) -> bool {
-        self.link.as_ref().is_some_and(|l| !l.sender.is_closed() && l.sender.caught_up())
+        self.link
+            .as_ref()
+            .is_some_and(|l| !l.sender.is_closed() && l.sender.caught_up())
     }
 
     /// Does the standby hold every write ever released? Only then may it be promoted.
     pub fn standby_in_sync(&self) -> bool {
         self.sync_mode()
-            && self.link.as_ref().is_some_and(|l| l.sender.seq_acked() >= self.seq_released_simplex)
+            && self
+                .link
+                .as_ref()
+                .is_some_and(|l| l.sender.seq_acked() >= self.seq_released_simplex)
     }
 
     fn simplex_allowed(&self, now: Instant) -> bool {
@@ -237,7 +242,11 @@ impl Engine {
 
     /// Becomes the active of `epoch` (promotion by the supervisor, or a step-up).
     pub fn become_active(&mut self, epoch: u64, new_history: bool, now: Instant) {
-        assert!(epoch >= self.epoch, "epoch goes back from {} to {epoch}", self.epoch);
+        assert!(
+            epoch >= self.epoch,
+            "epoch goes back from {} to {epoch}",
+            self.epoch
+        );
         self.role = Role::Active;
         self.epoch = epoch;
         if new_history || self.history == 0 {
@@ -264,14 +273,25 @@ impl Engine {
         self.bump();
     }
 
-    pub fn grant_lease(&mut self, epoch: u64, ttl: Duration, simplex: bool, now: Instant) -> Result<(), String> {
+    pub fn grant_lease(
+        &mut self,
+        epoch: u64,
+        ttl: Duration,
+        simplex: bool,
+        now: Instant,
+    ) -> Result<(), String> {
         if epoch < self.epoch {
-            return Err(format!("STALEEPOCH lease for epoch {epoch}, this engine is at {}", self.epoch));
+            return Err(format!(
+                "STALEEPOCH lease for epoch {epoch}, this engine is at {}",
+                self.epoch
+            ));
         }
         if epoch > self.epoch {
             if self.role == Role::Active {
                 self.step_down(Role::OutOfService, epoch);
-                return Err(format!("STALEEPOCH epoch {epoch} granted elsewhere: stepped down"));
+                return Err(format!(
+                    "STALEEPOCH epoch {epoch} granted elsewhere: stepped down"
+                ));
             }
             self.epoch = epoch;
         }
@@ -284,10 +304,12 @@ impl Engine {
 
     pub fn not_active_reply(&self) -> String {
         match (&self.active_hint, self.role) {
-            (_, Role::Active) if self.stepping_down.is_some() => match self.link.as_ref().and_then(|l| l.peer.as_ref()) {
-                Some(peer) => format!("NOTACTIVE {}", peer.client_addr),
-                None => "NOTACTIVE switchover in progress".into(),
-            },
+            (_, Role::Active) if self.stepping_down.is_some() => {
+                match self.link.as_ref().and_then(|l| l.peer.as_ref()) {
+                    Some(peer) => format!("NOTACTIVE {}", peer.client_addr),
+                    None => "NOTACTIVE switchover in progress".into(),
+                }
+            }
             (Some(addr), _) if *addr != self.config.client_addr => format!("NOTACTIVE {addr}"),
             _ => "NOTACTIVE no active engine known".into(),
         }
@@ -306,7 +328,11 @@ impl Engine {
             replication_addr: self.config.replication_addr.clone(),
             epoch: self.epoch,
             history: self.history,
-            seq_applied: if self.role == Role::Active { self.outbox.seq_last() } else { self.seq_applied },
+            seq_applied: if self.role == Role::Active {
+                self.outbox.seq_last()
+            } else {
+                self.seq_applied
+            },
             seq_released: self.seq_released,
             work_units: self.state.units.len() as u64,
             db_records: self.state.db.len() as u64,
@@ -318,7 +344,10 @@ impl Engine {
             following: self.follow.as_ref().map(|f| f.replication_addr.clone()),
             in_sync: match self.role {
                 Role::Active => self.standby_in_sync(),
-                _ => self.follow.as_ref().is_some_and(|f| f.connected && f.in_sync),
+                _ => self
+                    .follow
+                    .as_ref()
+                    .is_some_and(|f| f.connected && f.in_sync),
             },
             peer_app_version: self.versions.as_ref().map(|v| v.theirs.clone()),
             versions_differ: self.versions.as_ref().is_some_and(|v| v.differ()),

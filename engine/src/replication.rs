@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use replicator::driver::{self, Turn};
 use replicator::handshake::negotiate;
-use replicator::{catch_up, frame, Hello, Kind, Receiver, ReceiverEvent, Records, Sender, SenderEvent, Snapshot, Start, VersionCheck};
+use replicator::{
+    catch_up, frame, Hello, Kind, Receiver, ReceiverEvent, Records, Sender, SenderEvent, Snapshot,
+    Start, VersionCheck,
+};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -19,20 +22,97 @@ use crate::state::State;
 
 pub async fn serve(engine: Shared, listener: TcpListener) {
     loop {
-        let Ok((stream, peer)) = listener.accept().await else { continue };
+        let Ok((stream, peer)) = listener.accept().await else {
+            continue;
+        };
         let engine = engine.clone();
         tokio::task::spawn_local(async move {
             if let Err(reason) = active_link(engine.clone(), stream).await {
                 let mut eng = engine.borrow_mut();
                 eng.counters.replication_links_refused += 1;
-                eprintln!("[{}] replication link from {peer} refused: {reason}", eng.config.name);
+                eprintln!(
+                    "[{}] replication link from {peer} refused: {reason}",
+                    eng.config.name
+                );
             }
         });
     }
 }
 
+/// Decides, under one borrow, whether a standby may attach and how it starts: resuming from
+/// the backlog, or with a snapshot (the entries and digest of one consistent state).
+fn admit(
+    eng: &mut Engine,
+    hello: &Hello,
+) -> Result<(Start, Vec<catch_up::Entry>, replicator::Identity, u64), String> {
+    if eng.role != Role::Active || eng.stepping_down.is_some() {
+        return Err(format!(
+            "{} is not active ({})",
+            eng.config.name,
+            eng.not_active_reply()
+        ));
+    }
+    if hello.identity.epoch > eng.epoch {
+        let reason = format!(
+            "standby is at epoch {}, above this engine's {}: stepping down",
+            hello.identity.epoch, eng.epoch
+        );
+        eng.step_down(Role::OutOfService, hello.identity.epoch);
+        return Err(reason);
+    }
+    negotiate(
+        (frame::PROTOCOL_MIN, frame::PROTOCOL_MAX),
+        (hello.protocol_min, hello.protocol_max),
+    )?;
+    if eng.state.features_enabled && hello.identity.feature_level < eng.app.feature_level() {
+        return Err(format!(
+            "standby runs {} {} but the new features of {} are enabled",
+            hello.identity.app_name,
+            hello.identity.app_version,
+            eng.app.version()
+        ));
+    }
+    if eng.link.as_ref().is_some_and(|l| !l.sender.is_closed()) {
+        return Err("this active already has a standby".into());
+    }
+    let versions = VersionCheck {
+        ours: eng.app.version().into(),
+        theirs: hello.identity.app_version.clone(),
+    };
+    if versions.differ() {
+        eprintln!(
+            "[{}] standby {} runs {} {}, this engine runs {}: replicating in the older state format",
+            eng.config.name, hello.identity.engine, hello.identity.app_name, versions.theirs, versions.ours
+        );
+    }
+    eng.versions = Some(versions);
+    let resume = hello.history == eng.history
+        && hello.history != 0
+        && hello.seq_applied <= eng.outbox.seq_sealed()
+        && eng.outbox.covers(hello.seq_applied);
+    if resume {
+        eng.outbox.pin(Some(hello.seq_applied));
+        return Ok((Start::Resume, Vec::new(), eng.identity(), 0));
+    }
+    eng.outbox.seal();
+    let seq = eng.outbox.seq_sealed();
+    eng.outbox.pin(Some(seq));
+    eng.counters.snapshots_sent += 1;
+    let entries = eng.app.snapshot(&eng.state);
+    Ok((
+        Start::Snapshot { seq },
+        entries,
+        eng.identity(),
+        eng.state.digest(),
+    ))
+}
+
 /// Reads until the sender has decided about the hello, within the peer timeout.
-async fn read_hello(stream: &mut TcpStream, sender: &mut Sender, timeout: Duration) -> Result<Hello, String> {
+async fn read_hello(
+    stream: &mut TcpStream,
+    sender: &mut Sender,
+    timeout: Duration,
+) -> Result<Hello, String> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut buf = [0u8; 4096];
     loop {
@@ -71,59 +151,10 @@ async fn active_link(engine: Shared, mut stream: TcpStream) -> Result<(), String
         Ok(h) => h,
         Err(reason) => return refuse(sender, stream, reason).await,
     };
-    // Decide, under one borrow, whether this standby may attach and how it starts.
-    let (start, entries, identity, digest) = {
-        let mut eng = engine.borrow_mut();
-        if eng.role != Role::Active || eng.stepping_down.is_some() {
-            let reason = format!("{} is not active ({})", eng.config.name, eng.not_active_reply());
-            drop(eng);
-            return refuse(sender, stream, reason).await;
-        }
-        if hello.identity.epoch > eng.epoch {
-            let reason = format!("standby is at epoch {}, above this engine's {}: stepping down", hello.identity.epoch, eng.epoch);
-            eng.step_down(Role::OutOfService, hello.identity.epoch);
-            drop(eng);
-            return refuse(sender, stream, reason).await;
-        }
-        if let Err(reason) = negotiate((frame::PROTOCOL_MIN, frame::PROTOCOL_MAX), (hello.protocol_min, hello.protocol_max)) {
-            drop(eng);
-            return refuse(sender, stream, reason).await;
-        }
-        if eng.state.features_enabled && hello.identity.feature_level < eng.app.feature_level() {
-            let reason = format!(
-                "standby runs {} {} but the new features of {} are enabled",
-                hello.identity.app_name,
-                hello.identity.app_version,
-                eng.app.version()
-            );
-            drop(eng);
-            return refuse(sender, stream, reason).await;
-        }
-        if eng.link.as_ref().is_some_and(|l| !l.sender.is_closed()) {
-            drop(eng);
-            return refuse(sender, stream, "this active already has a standby".into()).await;
-        }
-        let versions = VersionCheck { ours: eng.app.version().into(), theirs: hello.identity.app_version.clone() };
-        if versions.differ() {
-            eprintln!(
-                "[{}] standby {} runs {} {}, this engine runs {}: replicating in the older state format",
-                eng.config.name, hello.identity.engine, hello.identity.app_name, versions.theirs, versions.ours
-            );
-        }
-        eng.versions = Some(versions);
-        let resume = hello.history == eng.history && hello.history != 0 && eng.outbox.covers(hello.seq_applied);
-        let resume = resume && hello.seq_applied <= eng.outbox.seq_sealed();
-        if resume {
-            eng.outbox.pin(Some(hello.seq_applied));
-            (Start::Resume, Vec::new(), eng.identity(), 0)
-        } else {
-            eng.outbox.seal();
-            let seq = eng.outbox.seq_sealed();
-            eng.outbox.pin(Some(seq));
-            eng.counters.snapshots_sent += 1;
-            let entries = eng.app.snapshot(&eng.state);
-            (Start::Snapshot { seq }, entries, eng.identity(), eng.state.digest())
-        }
+    let decision = admit(&mut engine.borrow_mut(), &hello);
+    let (start, entries, identity, digest) = match decision {
+        Ok(d) => d,
+        Err(reason) => return refuse(sender, stream, reason).await,
     };
     let snapshot = match start {
         Start::Resume => Snapshot::default(),
@@ -132,15 +163,21 @@ async fn active_link(engine: Shared, mut stream: TcpStream) -> Result<(), String
             // state, which may move on while the chunks are encoded off this thread.
             let chunk_bytes = engine.borrow().config.snapshot_chunk_bytes;
             let records = entries.len() as u64;
-            let chunks = tokio::task::spawn_blocking(move || catch_up::encode_snapshot(&entries, seq, chunk_bytes))
-                .await
-                .map_err(|e| format!("snapshot encoding failed: {e}"))?;
-            Snapshot { chunks, records, state_digest: digest }
+            let chunks = tokio::task::spawn_blocking(move || {
+                catch_up::encode_snapshot(&entries, seq, chunk_bytes)
+            })
+            .await
+            .map_err(|e| format!("snapshot encoding failed: {e}"))?;
+            Snapshot {
+                chunks,
+                records,
+                state_digest: digest,
+            }
         }
     };
     let id = {
         let mut eng = engine.borrow_mut();
-        sender.accept(identity, start, hello.seq_applied, snapshot);
+        sender.accept(Instant::now(), identity, start, hello.seq_applied, snapshot);
         let Some(id) = eng.open_link(sender) else {
             return Err("another standby attached meanwhile".into());
         };
@@ -159,7 +196,10 @@ async fn active_link(engine: Shared, mut stream: TcpStream) -> Result<(), String
         id
     };
     let wake = engine.borrow().link_wake.clone();
-    let result = driver::run(stream, &wake, |now, input, tx| active_turn(&engine, id, now, input, tx)).await;
+    let result = driver::run(stream, &wake, |now, input, tx| {
+        active_turn(&engine, id, now, input, tx)
+    })
+    .await;
     let mut eng = engine.borrow_mut();
     eng.close_link(id, Instant::now());
     if let Err(e) = result {
@@ -168,13 +208,22 @@ async fn active_link(engine: Shared, mut stream: TcpStream) -> Result<(), String
     Ok(())
 }
 
-fn active_turn(engine: &Shared, id: u64, now: Instant, input: &[u8], tx: &mut VecDeque<bytes::Bytes>) -> Turn {
+fn active_turn(
+    engine: &Shared,
+    id: u64,
+    now: Instant,
+    input: &[u8],
+    tx: &mut VecDeque<bytes::Bytes>,
+) -> Turn {
     let mut eng = engine.borrow_mut();
     let mut events = Vec::new();
     {
         let Engine { link, .. } = &mut *eng;
         let Some(link) = link.as_mut().filter(|l| l.id == id) else {
-            return Turn { deadline: None, done: true };
+            return Turn {
+                deadline: None,
+                done: true,
+            };
         };
         if !input.is_empty() {
             link.sender.handle_input(now, input);
@@ -192,7 +241,11 @@ fn active_turn(engine: &Shared, id: u64, now: Instant, input: &[u8], tx: &mut Ve
                 eng.refresh_released(now);
             }
             SenderEvent::CaughtUp => {
-                eprintln!("[{}] standby caught up at {}", eng.config.name, eng.outbox.seq_sealed());
+                eprintln!(
+                    "[{}] standby caught up at {}",
+                    eng.config.name,
+                    eng.outbox.seq_sealed()
+                );
                 eng.refresh_released(now);
                 eng.bump();
             }
@@ -213,9 +266,17 @@ fn active_turn(engine: &Shared, id: u64, now: Instant, input: &[u8], tx: &mut Ve
             SenderEvent::Hello(_) => {}
         }
     }
-    let Engine { link, outbox, progress, .. } = &mut *eng;
+    let Engine {
+        link,
+        outbox,
+        progress,
+        ..
+    } = &mut *eng;
     let Some(link) = link.as_mut().filter(|l| l.id == id) else {
-        return Turn { deadline: None, done: true };
+        return Turn {
+            deadline: None,
+            done: true,
+        };
     };
     // Group commit: seal what has gathered whenever the window has room for it.
     if link.sender.window_open() && outbox.ready(now) {
@@ -230,22 +291,34 @@ fn active_turn(engine: &Shared, id: u64, now: Instant, input: &[u8], tx: &mut Ve
         (Some(a), Some(b)) if link.sender.window_open() => Some(a.min(b)),
         (a, _) => a,
     };
-    Turn { deadline, done: done || link.sender.is_closed() }
+    Turn {
+        deadline,
+        done: done || link.sender.is_closed(),
+    }
 }
 
 fn on_stepped_up(eng: &mut Engine, seq: u64) {
     let peer = eng.link.as_ref().and_then(|l| l.peer.clone());
     let Some(peer) = peer else { return };
     let epoch = eng.epoch.max(peer.epoch);
-    eprintln!("[{}] {} stepped up at {seq}: following it as standby", eng.config.name, peer.engine);
+    eprintln!(
+        "[{}] {} stepped up at {seq}: following it as standby",
+        eng.config.name, peer.engine
+    );
     eng.seq_applied = seq;
     let new_epoch = eng.stepping_down_epoch.take().unwrap_or(epoch);
     eng.step_down(Role::Standby, new_epoch);
     eng.active_hint = Some(peer.client_addr.clone());
-    eng.follow = Some(crate::node::Follow { replication_addr: peer.replication_addr.clone(), ..Default::default() });
+    eng.follow = Some(crate::node::Follow {
+        replication_addr: peer.replication_addr.clone(),
+        ..Default::default()
+    });
     eng.follow_wake.notify_one();
     if let Some(done) = eng.stepping_down.take() {
-        let _ = done.send(Ok(format!("OK {} is active at epoch {new_epoch}", peer.engine)));
+        let _ = done.send(Ok(format!(
+            "OK {} is active at epoch {new_epoch}",
+            peer.engine
+        )));
     }
 }
 
@@ -256,7 +329,9 @@ pub async fn follow(engine: Shared) {
     loop {
         let target = {
             let eng = engine.borrow();
-            (eng.role == Role::Standby).then(|| eng.follow.as_ref().map(|f| f.replication_addr.clone())).flatten()
+            (eng.role == Role::Standby)
+                .then(|| eng.follow.as_ref().map(|f| f.replication_addr.clone()))
+                .flatten()
         };
         let Some(addr) = target else {
             wake.notified().await;
@@ -281,18 +356,22 @@ pub async fn follow(engine: Shared) {
             let hello = Hello::new(eng.identity(), eng.seq_applied, eng.history);
             Receiver::new(Instant::now(), eng.config.link.clone(), &hello)
         };
-        let result = driver::run(stream, &wake, |now, input, tx| standby_turn(&engine, &addr, &mut receiver, now, input, tx)).await;
-        let mut eng = engine.borrow_mut();
-        if let Some(f) = eng.follow.as_mut() {
-            f.connected = false;
-            f.in_sync = false;
-            if let Err(e) = result {
-                f.last_error = Some(format!("link to {addr}: {e}"));
+        let result = driver::run(stream, &wake, |now, input, tx| {
+            standby_turn(&engine, &addr, &mut receiver, now, input, tx)
+        })
+        .await;
+        let still_following = {
+            let mut eng = engine.borrow_mut();
+            if let Some(f) = eng.follow.as_mut() {
+                f.connected = false;
+                f.in_sync = false;
+                if let Err(e) = result {
+                    f.last_error = Some(format!("link to {addr}: {e}"));
+                }
             }
-        }
-        eng.bump();
-        let still_following = eng.role == Role::Standby;
-        drop(eng);
+            eng.bump();
+            eng.role == Role::Standby
+        };
         if still_following {
             retry_pause(&wake).await;
         }
@@ -319,7 +398,11 @@ fn standby_turn(
     tx: &mut VecDeque<bytes::Bytes>,
 ) -> Turn {
     let mut eng = engine.borrow_mut();
-    let still_mine = eng.role == Role::Standby && eng.follow.as_ref().is_some_and(|f| f.replication_addr == addr);
+    let still_mine = eng.role == Role::Standby
+        && eng
+            .follow
+            .as_ref()
+            .is_some_and(|f| f.replication_addr == addr);
     if !still_mine {
         receiver.close("this engine is no longer a standby of this active".into());
     }
@@ -330,8 +413,13 @@ fn standby_turn(
     let mut applied = None;
     let mut stepped_up = false;
     while let Some(ev) = receiver.poll_event() {
-        if let Err(reason) = standby_event(&mut eng, receiver, ev, now, &mut applied, &mut stepped_up) {
-            eprintln!("[{}] replication from {addr} stopped: {reason}", eng.config.name);
+        if let Err(reason) =
+            standby_event(&mut eng, receiver, ev, now, &mut applied, &mut stepped_up)
+        {
+            eprintln!(
+                "[{}] replication from {addr} stopped: {reason}",
+                eng.config.name
+            );
             receiver.close(reason);
         }
     }
@@ -341,7 +429,10 @@ fn standby_turn(
     while let Some(f) = receiver.poll_transmit(now) {
         tx.push_back(f);
     }
-    Turn { deadline: receiver.poll_timeout(), done: receiver.is_closed() || stepped_up }
+    Turn {
+        deadline: receiver.poll_timeout(),
+        done: receiver.is_closed() || stepped_up,
+    }
 }
 
 fn standby_event(
@@ -354,7 +445,10 @@ fn standby_event(
 ) -> Result<(), String> {
     match ev {
         ReceiverEvent::Accepted { active, start, .. } => {
-            let versions = VersionCheck { ours: eng.app.version().into(), theirs: active.app_version.clone() };
+            let versions = VersionCheck {
+                ours: eng.app.version().into(),
+                theirs: active.app_version.clone(),
+            };
             if versions.differ() {
                 eprintln!(
                     "[{}] active {} runs {}, this engine runs {}: following across versions",
@@ -381,12 +475,17 @@ fn standby_event(
         ReceiverEvent::SnapshotEnd(end) => {
             let digest = eng.state.digest();
             if digest != end.state_digest {
-                return Err(format!("snapshot digest {digest:016x} differs from the active's {:016x}", end.state_digest));
+                return Err(format!(
+                    "snapshot digest {digest:016x} differs from the active's {:016x}",
+                    end.state_digest
+                ));
             }
             eng.seq_applied = end.seq;
             *applied = Some(end.seq);
         }
-        ReceiverEvent::Batch { seq_last, payload, .. } => {
+        ReceiverEvent::Batch {
+            seq_last, payload, ..
+        } => {
             apply_records(eng, Kind::Batch, payload)?;
             eng.seq_applied = seq_last;
             *applied = Some(seq_last);
@@ -398,11 +497,19 @@ fn standby_event(
             }
         }
         ReceiverEvent::StepUp(signal) => {
-            let verdict = receiver.step_up_verdict(&signal, eng.seq_applied, eng.state.units.len() as u64, eng.state.units.digest());
+            let verdict = receiver.step_up_verdict(
+                &signal,
+                eng.seq_applied,
+                eng.state.units.len() as u64,
+                eng.state.units.digest(),
+            );
             receiver.answer_step_up(eng.seq_applied, &verdict);
             match verdict {
                 Ok(()) => {
-                    eprintln!("[{}] step-up at {}: active at epoch {}", eng.config.name, signal.seq_final, signal.epoch);
+                    eprintln!(
+                        "[{}] step-up at {}: active at epoch {}",
+                        eng.config.name, signal.seq_final, signal.epoch
+                    );
                     eng.become_active(signal.epoch, false, now);
                     *stepped_up = true;
                 }
@@ -434,7 +541,11 @@ impl Engine {
             return None;
         }
         let id = self.next_link_id();
-        self.link = Some(Link { id, sender, peer: None });
+        self.link = Some(Link {
+            id,
+            sender,
+            peer: None,
+        });
         Some(id)
     }
 }

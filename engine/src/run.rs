@@ -43,8 +43,15 @@ struct Ready<'a> {
 
 pub fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
     let version = AppVersion::parse(&args.app_version).map_err(anyhow::Error::msg)?;
-    let fault = args.fault.as_deref().map(Fault::parse).transpose().map_err(anyhow::Error::msg)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let fault = args
+        .fault
+        .as_deref()
+        .map(Fault::parse)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
         let client = TcpListener::bind(&args.client_addr)
@@ -52,7 +59,9 @@ pub fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
             .with_context(|| format!("binding the client address {}", args.client_addr))?;
         let replication = TcpListener::bind(&args.replication_addr)
             .await
-            .with_context(|| format!("binding the replication address {}", args.replication_addr))?;
+            .with_context(|| {
+                format!("binding the replication address {}", args.replication_addr)
+            })?;
         let client_addr = client.local_addr()?.to_string();
         let replication_addr = replication.local_addr()?.to_string();
         let config = Config {
@@ -70,7 +79,10 @@ pub fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
             engine.become_active(epoch, true, Instant::now());
         } else if let Some(addr) = &args.follow {
             engine.role = Role::Standby;
-            engine.follow = Some(Follow { replication_addr: addr.clone(), ..Follow::default() });
+            engine.follow = Some(Follow {
+                replication_addr: addr.clone(),
+                ..Follow::default()
+            });
         }
         eprintln!(
             "[{}] {} {} {} on {client_addr} (replication {replication_addr})",
@@ -83,7 +95,12 @@ pub fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
         tokio::task::spawn_local(crate::server::serve(engine.clone(), client));
         tokio::task::spawn_local(crate::replication::serve(engine.clone(), replication));
         tokio::task::spawn_local(crate::replication::follow(engine.clone()));
-        let ready = Ready { name: &args.name, pid: std::process::id(), client_addr, replication_addr };
+        let ready = Ready {
+            name: &args.name,
+            pid: std::process::id(),
+            client_addr,
+            replication_addr,
+        };
         println!("READY {}", serde_json::to_string(&ready)?);
         let stop = async {
             if args.exit_with_stdin {

@@ -24,7 +24,9 @@ const RELEASE_RECHECK: Duration = Duration::from_millis(20);
 
 pub async fn serve(engine: Shared, listener: TcpListener) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         tokio::task::spawn_local(connection(engine.clone(), stream));
     }
 }
@@ -60,6 +62,7 @@ async fn connection(engine: Shared, mut stream: TcpStream) {
             let mut later = None;
             let mut quit = false;
             let mut need_more = false;
+            let mut delay = None;
             let epoch_seen;
             {
                 let now = Instant::now();
@@ -84,7 +87,10 @@ async fn connection(engine: Shared, mut stream: TcpStream) {
                         }
                     };
                     match dispatch(&mut eng, &cmd, &mut out, now) {
-                        Outcome::Done { seq } => wait_seq = wait_seq.max(seq),
+                        Outcome::Done { seq } => {
+                            wait_seq = wait_seq.max(seq);
+                            delay = delay.max(eng.app.reply_delay());
+                        }
                         Outcome::Later(rx) => {
                             later = Some(rx);
                             break;
@@ -101,6 +107,9 @@ async fn connection(engine: Shared, mut stream: TcpStream) {
             }
             if !wait_until_released(&engine, &mut progress, wait_seq, epoch_seen).await {
                 break 'conn; // fenced or stepped down: the outcome of these writes is unknown
+            }
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await; // an injected fault: a slow build's latency
             }
             if let Some(pending) = later {
                 if !out.is_empty() && stream.write_all(&out).await.is_err() {
@@ -188,6 +197,11 @@ pub fn dispatch(eng: &mut Engine, cmd: &Command, out: &mut BytesMut, now: Instan
         b"ROLE" => role_reply(eng, out),
         b"INFO" => reply::bulk(out, info(eng).as_bytes()),
         // Clients and benchmarks probe these on connect; tandem has nothing to configure here.
+        b"CONFIG" if cmd.len() == 3 && cmd.args[1].eq_ignore_ascii_case(b"GET") => {
+            reply::array_len(out, 2);
+            reply::bulk(out, &cmd.args[2]);
+            reply::bulk(out, b"");
+        }
         b"COMMAND" | b"CONFIG" => reply::array_len(out, 0),
         b"CLIENT" | b"SELECT" => reply::simple(out, "OK"),
         _ => return execute(eng, upper, cmd, out, now),
@@ -195,7 +209,13 @@ pub fn dispatch(eng: &mut Engine, cmd: &Command, out: &mut BytesMut, now: Instan
     Outcome::Done { seq: visible }
 }
 
-fn execute(eng: &mut Engine, upper: &[u8], cmd: &Command, out: &mut BytesMut, now: Instant) -> Outcome {
+fn execute(
+    eng: &mut Engine,
+    upper: &[u8],
+    cmd: &Command,
+    out: &mut BytesMut,
+    now: Instant,
+) -> Outcome {
     let builtin = match upper {
         b"GET" | b"EXISTS" | b"DBSIZE" => Some(Access::Read),
         b"SET" | b"DEL" => Some(Access::Write),
@@ -210,7 +230,9 @@ fn execute(eng: &mut Engine, upper: &[u8], cmd: &Command, out: &mut BytesMut, no
         reply::error(out, &eng.not_active_reply());
         return Outcome::Done { seq: 0 };
     }
-    let Engine { state, outbox, app, .. } = eng;
+    let Engine {
+        state, outbox, app, ..
+    } = eng;
     let mut ctx = crate::app::Ctx::new(state, outbox, now);
     let result = match (builtin.is_some(), upper) {
         (true, b"GET") if cmd.len() == 2 => {
@@ -221,7 +243,10 @@ fn execute(eng: &mut Engine, upper: &[u8], cmd: &Command, out: &mut BytesMut, no
             Ok(())
         }
         (true, b"EXISTS") if cmd.len() >= 2 => {
-            let n = cmd.args[1..].iter().filter(|k| ctx.db_get(k).is_some()).count();
+            let n = cmd.args[1..]
+                .iter()
+                .filter(|k| ctx.db_get(k).is_some())
+                .count();
             reply::integer(out, n as i64);
             Ok(())
         }
@@ -229,7 +254,10 @@ fn execute(eng: &mut Engine, upper: &[u8], cmd: &Command, out: &mut BytesMut, no
             reply::integer(out, ctx.db_len() as i64);
             Ok(())
         }
-        (true, b"SET") if cmd.len() == 3 => ctx.db_put(&cmd.args[1], &cmd.args[2]).map(|_| reply::simple(out, "OK")).map_err(Into::into),
+        (true, b"SET") if cmd.len() == 3 => ctx
+            .db_put(&cmd.args[1], &cmd.args[2])
+            .map(|_| reply::simple(out, "OK"))
+            .map_err(Into::into),
         (true, b"DEL") if cmd.len() >= 2 => {
             let mut n = 0;
             let mut result = Ok(());
@@ -244,7 +272,10 @@ fn execute(eng: &mut Engine, upper: &[u8], cmd: &Command, out: &mut BytesMut, no
         }
         (true, _) => {
             let shown = String::from_utf8_lossy(&cmd.args[0]).to_lowercase();
-            reply::error(out, &format!("ERR wrong number of arguments for '{shown}' command"));
+            reply::error(
+                out,
+                &format!("ERR wrong number of arguments for '{shown}' command"),
+            );
             Ok(())
         }
         (false, _) => app.execute(cmd, &mut ctx, out),
@@ -252,7 +283,9 @@ fn execute(eng: &mut Engine, upper: &[u8], cmd: &Command, out: &mut BytesMut, no
     if let Err(e) = result {
         reply::error(out, &e.0);
     }
-    Outcome::Done { seq: eng.outbox.seq_last() }
+    Outcome::Done {
+        seq: eng.outbox.seq_last(),
+    }
 }
 
 fn role_reply(eng: &Engine, out: &mut BytesMut) {

@@ -34,7 +34,9 @@ impl AppVersion {
         match text {
             "1.0" => Ok(AppVersion::V1_0),
             "2.0" => Ok(AppVersion::V2_0),
-            other => Err(format!("unknown application version '{other}': expected 1.0 or 2.0")),
+            other => Err(format!(
+                "unknown application version '{other}': expected 1.0 or 2.0"
+            )),
         }
     }
 
@@ -89,7 +91,9 @@ impl Fault {
                 share_percent: Fault::SLOW_SHARE_PERCENT,
                 delay_ms: Fault::SLOW_DELAY_MS,
             }),
-            "errors" => Ok(Fault::Errors { share_percent: Fault::ERRORS_SHARE_PERCENT }),
+            "errors" => Ok(Fault::Errors {
+                share_percent: Fault::ERRORS_SHARE_PERCENT,
+            }),
             other => Err(format!("unknown fault '{other}': expected slow or errors")),
         }
     }
@@ -109,6 +113,9 @@ pub struct Sessions {
     /// xorshift64 state deciding which requests a fault hits; never zero.
     fault_rng: u64,
 }
+
+/// The scratch description buffer gives back memory above this size.
+const SCRATCH_BYTES_KEPT: usize = 64 << 10;
 
 /// Seed of the fault generator: any non-zero constant, so that runs repeat.
 const FAULT_SEED: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -137,9 +144,10 @@ impl Sessions {
     /// once per command. Only a [`Fault::Slow`] build ever says anything but None.
     pub fn fault_delay(&mut self) -> Option<Duration> {
         match self.fault() {
-            Some(Fault::Slow { share_percent, delay_ms }) if self.roll(share_percent) => {
-                Some(Duration::from_millis(delay_ms))
-            }
+            Some(Fault::Slow {
+                share_percent,
+                delay_ms,
+            }) if self.roll(share_percent) => Some(Duration::from_millis(delay_ms)),
             _ => None,
         }
     }
@@ -196,16 +204,24 @@ impl Sessions {
         id: &[u8],
         body: &'a [u8],
     ) -> Result<(u8, Session<'a>), CommandError> {
-        self.read(body).map_err(|e| CommandError(format!("ERR session {}: {e}", lossy(id))))
+        self.read(body)
+            .map_err(|e| CommandError(format!("ERR session {}: {e}", lossy(id))))
     }
 
     /// Encodes `session` into the scratch body and checks its size, before any write: a
     /// command that writes twice must not fail between the two.
     fn encode_body(&mut self, format: u8, session: &Session<'_>) -> Result<(), CommandError> {
-        encode(&mut self.body, format, session);
-        if self.body.len() > VALUE_BYTES_MAX {
-            return Err(CommandError::new("ERR session description longer than 8 MiB"));
+        let body_bytes = encoded_len(format, session);
+        if body_bytes > VALUE_BYTES_MAX {
+            return Err(CommandError::new(
+                "ERR session description longer than 8 MiB",
+            ));
         }
+        if self.body.capacity() > SCRATCH_BYTES_KEPT && body_bytes <= SCRATCH_BYTES_KEPT {
+            // One large session must not pin its size in memory for good.
+            self.body = Vec::with_capacity(SCRATCH_BYTES_KEPT);
+        }
+        encode(&mut self.body, format, session);
         Ok(())
     }
 
@@ -219,7 +235,9 @@ impl Sessions {
     ) -> Result<(), CommandError> {
         self.injected_fault()?;
         if id.len() > ID_BYTES_MAX {
-            return Err(CommandError(format!("ERR session id longer than {ID_BYTES_MAX} bytes")));
+            return Err(CommandError(format!(
+                "ERR session id longer than {ID_BYTES_MAX} bytes"
+            )));
         }
         if subscriber.len() > SUBSCRIBER_BYTES_MAX {
             return Err(CommandError(format!(
@@ -229,8 +247,13 @@ impl Sessions {
         if ctx.unit_get(id).is_some() {
             return Err(CommandError(format!("ERR session {} exists", lossy(id))));
         }
-        let session =
-            Session { state: SessionState::Open, counter: 0, priority: 0, subscriber, payload };
+        let session = Session {
+            state: SessionState::Open,
+            counter: 0,
+            priority: 0,
+            subscriber,
+            payload,
+        };
         self.encode_body(self.format_for(ctx, FORMAT_1), &session)?;
         ctx.unit_create(id, &self.body)?;
         reply::simple(out, "OK");
@@ -263,14 +286,22 @@ impl Sessions {
         Ok(())
     }
 
-    fn hold(&mut self, ctx: &mut Ctx<'_>, id: &[u8], out: &mut BytesMut) -> Result<(), CommandError> {
+    fn hold(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        id: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<(), CommandError> {
         self.injected_fault()?;
         let body = self.load(ctx, id)?;
         let (format, current) = self.decode_loaded(id, &body)?;
         if current.state != SessionState::Active {
             return Err(not_in_state(id, current.state));
         }
-        let next = Session { state: SessionState::Held, ..current };
+        let next = Session {
+            state: SessionState::Held,
+            ..current
+        };
         self.encode_body(self.format_for(ctx, format), &next)?;
         ctx.unit_update(id, &self.body)?;
         reply::simple(out, "OK");
@@ -278,7 +309,12 @@ impl Sessions {
     }
 
     /// Ends the session from any state, leaving its call detail record in the database.
-    fn end(&mut self, ctx: &mut Ctx<'_>, id: &[u8], out: &mut BytesMut) -> Result<(), CommandError> {
+    fn end(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        id: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<(), CommandError> {
         self.injected_fault()?;
         let body = self.load(ctx, id)?;
         let (_, current) = self.decode_loaded(id, &body)?;
@@ -330,7 +366,10 @@ impl Sessions {
         if current.state == SessionState::Transferred {
             return Err(not_in_state(id, current.state));
         }
-        let next = Session { state: SessionState::Transferred, ..current };
+        let next = Session {
+            state: SessionState::Transferred,
+            ..current
+        };
         self.encode_body(self.format_for(ctx, format), &next)?;
         self.db_key.clear();
         self.db_key.extend_from_slice(TRANSFER_PREFIX);
@@ -352,11 +391,16 @@ impl Sessions {
     ) -> Result<(), CommandError> {
         self.injected_fault()?;
         let priority = parse_priority(priority).ok_or_else(|| {
-            CommandError(format!("ERR priority must be an integer from 0 to {PRIORITY_MAX}"))
+            CommandError(format!(
+                "ERR priority must be an integer from 0 to {PRIORITY_MAX}"
+            ))
         })?;
         let body = self.load(ctx, id)?;
         let (format, current) = self.decode_loaded(id, &body)?;
-        let next = Session { priority, ..current };
+        let next = Session {
+            priority,
+            ..current
+        };
         self.encode_body(self.format_for(ctx, format), &next)?;
         ctx.unit_update(id, &self.body)?;
         reply::simple(out, "OK");
@@ -365,6 +409,10 @@ impl Sessions {
 }
 
 impl Application for Sessions {
+    fn reply_delay(&mut self) -> Option<Duration> {
+        self.fault_delay()
+    }
+
     fn name(&self) -> &str {
         "sessions"
     }
@@ -385,12 +433,20 @@ impl Application for Sessions {
         Some(name.access())
     }
 
-    fn execute(&mut self, cmd: &Command, ctx: &mut Ctx<'_>, out: &mut BytesMut) -> Result<(), CommandError> {
+    fn execute(
+        &mut self,
+        cmd: &Command,
+        ctx: &mut Ctx<'_>,
+        out: &mut BytesMut,
+    ) -> Result<(), CommandError> {
         let raw_name = cmd.arg(0).map_or(&[][..], |n| &n[..]);
         let name = match Name::parse(raw_name) {
             Some(name) if !(name.is_2_0_only() && self.version == AppVersion::V1_0) => name,
             _ => {
-                return Err(CommandError(format!("ERR unknown command '{}'", lossy(raw_name))));
+                return Err(CommandError(format!(
+                    "ERR unknown command '{}'",
+                    lossy(raw_name)
+                )));
             }
         };
         // A feature that is not enabled yet behaves as absent, whatever the arguments.
@@ -421,8 +477,13 @@ impl Application for Sessions {
     fn check_update(&self, record: &Record) -> Result<(), String> {
         match record.op {
             Op::UnitCreate | Op::UnitUpdate => self.read(&record.value).map(drop),
-            Op::DbPut if self.version == AppVersion::V1_0 && record.key.starts_with(TRANSFER_PREFIX) => {
-                Err(format!("database record '{}' needs version 2.0", lossy(&record.key)))
+            Op::DbPut
+                if self.version == AppVersion::V1_0 && record.key.starts_with(TRANSFER_PREFIX) =>
+            {
+                Err(format!(
+                    "database record '{}' needs version 2.0",
+                    lossy(&record.key)
+                ))
             }
             Op::Control(control::FEATURES_ENABLED) if self.version == AppVersion::V1_0 => {
                 Err("the 2.0 features need version 2.0".into())
@@ -477,7 +538,10 @@ impl Name {
         if !prefix.eq_ignore_ascii_case(NAME_PREFIX) {
             return None;
         }
-        VERBS.iter().find(|(v, _)| verb.eq_ignore_ascii_case(v)).map(|&(_, name)| name)
+        VERBS
+            .iter()
+            .find(|(v, _)| verb.eq_ignore_ascii_case(v))
+            .map(|&(_, name)| name)
     }
 
     fn access(self) -> Access {
@@ -581,10 +645,15 @@ impl fmt::Display for BodyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             BodyError::Empty => f.write_str("empty session description"),
-            BodyError::UnknownFormat(format) => write!(f, "session description format {format} is unknown"),
+            BodyError::UnknownFormat(format) => {
+                write!(f, "session description format {format} is unknown")
+            }
             BodyError::Truncated => f.write_str("truncated session description"),
             BodyError::State { code, format } => {
-                write!(f, "session state {code} does not exist in description format {format}")
+                write!(
+                    f,
+                    "session state {code} does not exist in description format {format}"
+                )
             }
             BodyError::Priority(p) => write!(f, "session priority {p} is over {PRIORITY_MAX}"),
         }
@@ -612,10 +681,26 @@ fn decode(body: &[u8]) -> Result<(u8, Session<'_>), BodyError> {
         (0, rest)
     };
     let (subscriber_len, rest) = rest.split_first_chunk::<2>().ok_or(BodyError::Truncated)?;
-    let (subscriber, payload) =
-        rest.split_at_checked(usize::from(u16::from_le_bytes(*subscriber_len))).ok_or(BodyError::Truncated)?;
+    let (subscriber, payload) = rest
+        .split_at_checked(usize::from(u16::from_le_bytes(*subscriber_len)))
+        .ok_or(BodyError::Truncated)?;
     let counter = u64::from_le_bytes(*counter);
-    Ok((format, Session { state, counter, priority, subscriber, payload }))
+    Ok((
+        format,
+        Session {
+            state,
+            counter,
+            priority,
+            subscriber,
+            payload,
+        },
+    ))
+}
+
+/// The size of `session` encoded in `format`.
+fn encoded_len(format: u8, session: &Session<'_>) -> usize {
+    let priority_bytes = usize::from(format == FORMAT_2);
+    1 + 1 + 8 + priority_bytes + 2 + session.subscriber.len() + session.payload.len()
 }
 
 /// Writes `session` in `format` into `out` (cleared first). The subscriber is at most
@@ -624,7 +709,7 @@ fn encode(out: &mut Vec<u8>, format: u8, session: &Session<'_>) {
     debug_assert!(session.subscriber.len() <= SUBSCRIBER_BYTES_MAX);
     debug_assert!(format == FORMAT_2 || session.state != SessionState::Transferred);
     out.clear();
-    out.reserve(14 + session.subscriber.len() + session.payload.len());
+    out.reserve(encoded_len(format, session));
     out.push(format);
     out.push(session.state as u8);
     out.extend_from_slice(&session.counter.to_le_bytes());
@@ -634,6 +719,7 @@ fn encode(out: &mut Vec<u8>, format: u8, session: &Session<'_>) {
     out.extend_from_slice(&(session.subscriber.len() as u16).to_le_bytes());
     out.extend_from_slice(session.subscriber);
     out.extend_from_slice(session.payload);
+    debug_assert_eq!(out.len(), encoded_len(format, session));
 }
 
 fn parse_priority(text: &[u8]) -> Option<u8> {
@@ -691,7 +777,8 @@ mod tests {
             };
             if features_enabled {
                 let mut ctx = Ctx::new(&mut active.state, &mut active.outbox, Instant::now());
-                ctx.control(control::FEATURES_ENABLED).expect("control record");
+                ctx.control(control::FEATURES_ENABLED)
+                    .expect("control record");
                 active.seal();
             }
             active
@@ -706,9 +793,14 @@ mod tests {
         /// Runs one command as the engine would and returns the RESP reply. Checks on the way
         /// that a failed command changed nothing and a read wrote nothing.
         fn run_args(&mut self, args: &[&[u8]]) -> String {
-            let cmd = Command { args: args.iter().map(|a| Bytes::copy_from_slice(a)).collect() };
+            let cmd = Command {
+                args: args.iter().map(|a| Bytes::copy_from_slice(a)).collect(),
+            };
             let mut out = BytesMut::new();
-            let upper = args.first().map(|n| n.to_ascii_uppercase()).unwrap_or_default();
+            let upper = args
+                .first()
+                .map(|n| n.to_ascii_uppercase())
+                .unwrap_or_default();
             let Some(access) = self.app.access(&upper) else {
                 return "-ERR unknown command\r\n".into();
             };
@@ -738,7 +830,8 @@ mod tests {
             let mut standby = State::default();
             for bytes in &self.frames {
                 let frame = frame::decode_exact(bytes).map_err(|e| e.to_string())?;
-                let records = Records::new(Kind::Batch, frame.payload).map_err(|e| e.to_string())?;
+                let records =
+                    Records::new(Kind::Batch, frame.payload).map_err(|e| e.to_string())?;
                 for record in records {
                     let record = record.map_err(|e| e.to_string())?;
                     app.apply(&mut standby, &record)?;
@@ -748,7 +841,11 @@ mod tests {
         }
 
         fn body(&self, id: &str) -> Bytes {
-            self.state.units.get(id.as_bytes()).cloned().expect("registered session")
+            self.state
+                .units
+                .get(id.as_bytes())
+                .cloned()
+                .expect("registered session")
         }
     }
 
@@ -775,9 +872,15 @@ mod tests {
         assert_eq!(AppVersion::parse("2.0").map(AppVersion::as_str), Ok("2.0"));
         assert!(AppVersion::parse("3.0").is_err());
         let app = Sessions::new(AppVersion::V1_0, None);
-        assert_eq!((app.name(), app.version(), app.feature_level()), ("sessions", "1.0", 1));
+        assert_eq!(
+            (app.name(), app.version(), app.feature_level()),
+            ("sessions", "1.0", 1)
+        );
         let app = Sessions::new(AppVersion::V2_0, None);
-        assert_eq!((app.name(), app.version(), app.feature_level()), ("sessions", "2.0", 2));
+        assert_eq!(
+            (app.name(), app.version(), app.feature_level()),
+            ("sessions", "2.0", 2)
+        );
         assert_eq!(app.access(b"SESSION.GET"), Some(Access::Read));
         assert_eq!(app.access(b"SESSION.COUNT"), Some(Access::Read));
         assert_eq!(app.access(b"SESSION.OPEN"), Some(Access::Write));
@@ -788,7 +891,13 @@ mod tests {
     }
 
     /// The GET reply a client of `e` expects: priority last on 2.0 with the features enabled.
-    fn expected_get(e: &Active, state: &str, counter: u64, subscriber: &str, payload: &str) -> String {
+    fn expected_get(
+        e: &Active,
+        state: &str,
+        counter: u64,
+        subscriber: &str,
+        payload: &str,
+    ) -> String {
         let four = get4(state, counter, subscriber, payload);
         if e.app.app_version() == AppVersion::V2_0 && e.state.features_enabled {
             format!("*5{}:0\r\n", &four[2..])
@@ -802,24 +911,52 @@ mod tests {
         for mut e in [v1(), v2(false), v2(true)] {
             assert_eq!(e.run("SESSION.OPEN s1 alice hello"), "+OK\r\n");
             assert_eq!(e.run("SESSION.COUNT"), ":1\r\n");
-            assert_eq!(e.run("SESSION.GET s1"), expected_get(&e, "open", 0, "alice", "hello"));
+            assert_eq!(
+                e.run("SESSION.GET s1"),
+                expected_get(&e, "open", 0, "alice", "hello")
+            );
             assert_eq!(e.run("SESSION.UPDATE s1"), ":1\r\n");
-            assert_eq!(e.run("SESSION.GET s1"), expected_get(&e, "active", 1, "alice", "hello"));
+            assert_eq!(
+                e.run("SESSION.GET s1"),
+                expected_get(&e, "active", 1, "alice", "hello")
+            );
             assert_eq!(e.run("SESSION.HOLD s1"), "+OK\r\n");
-            assert_eq!(e.run("SESSION.GET s1"), expected_get(&e, "held", 1, "alice", "hello"));
-            assert_eq!(e.run("session.update s1 world"), ":2\r\n", "any case; resumes a held session");
-            assert_eq!(e.run("SESSION.GET s1"), expected_get(&e, "active", 2, "alice", "world"));
+            assert_eq!(
+                e.run("SESSION.GET s1"),
+                expected_get(&e, "held", 1, "alice", "hello")
+            );
+            assert_eq!(
+                e.run("session.update s1 world"),
+                ":2\r\n",
+                "any case; resumes a held session"
+            );
+            assert_eq!(
+                e.run("SESSION.GET s1"),
+                expected_get(&e, "active", 2, "alice", "world")
+            );
             assert_eq!(e.run("SESSION.UPDATE s1"), ":3\r\n");
-            assert_eq!(e.run("SESSION.GET s1"), expected_get(&e, "active", 3, "alice", "world"));
+            assert_eq!(
+                e.run("SESSION.GET s1"),
+                expected_get(&e, "active", 3, "alice", "world")
+            );
             assert_eq!(e.run("SESSION.END s1"), "+OK\r\n");
             assert_eq!(e.run("SESSION.GET s1"), "$-1\r\n");
             assert_eq!(e.run("SESSION.COUNT"), ":0\r\n");
-            assert_eq!(e.state.db.get(b"cdr:s1").map(|v| &v[..]), Some(&b"alice 3"[..]));
+            assert_eq!(
+                e.state.db.get(b"cdr:s1").map(|v| &v[..]),
+                Some(&b"alice 3"[..])
+            );
             // An open session ends too, and an empty payload is a payload.
             assert_eq!(e.run("SESSION.OPEN s2 bob"), "+OK\r\n");
-            assert_eq!(e.run("SESSION.GET s2"), expected_get(&e, "open", 0, "bob", ""));
+            assert_eq!(
+                e.run("SESSION.GET s2"),
+                expected_get(&e, "open", 0, "bob", "")
+            );
             assert_eq!(e.run("SESSION.END s2"), "+OK\r\n");
-            assert_eq!(e.state.db.get(b"cdr:s2").map(|v| &v[..]), Some(&b"bob 0"[..]));
+            assert_eq!(
+                e.state.db.get(b"cdr:s2").map(|v| &v[..]),
+                Some(&b"bob 0"[..])
+            );
             // A session id can be reused once ended; its record is then overwritten.
             assert_eq!(e.run("SESSION.OPEN s1 carol"), "+OK\r\n");
         }
@@ -835,7 +972,10 @@ mod tests {
         e.run("SESSION.HOLD s1");
         assert_eq!(e.run("SESSION.HOLD s1"), "-ERR session s1 is held\r\n");
         for cmd in ["UPDATE", "HOLD", "END"] {
-            assert_eq!(e.run(&format!("SESSION.{cmd} nope")), "-ERR no such session nope\r\n");
+            assert_eq!(
+                e.run(&format!("SESSION.{cmd} nope")),
+                "-ERR no such session nope\r\n"
+            );
         }
         assert_eq!(e.run("SESSION.GET nope"), "$-1\r\n");
         let arity = [
@@ -849,22 +989,53 @@ mod tests {
             ("SESSION.COUNT x", "session.count"),
         ];
         for (line, name) in arity {
-            assert_eq!(e.run(line), format!("-ERR wrong number of arguments for '{name}' command\r\n"), "{line}");
+            assert_eq!(
+                e.run(line),
+                format!("-ERR wrong number of arguments for '{name}' command\r\n"),
+                "{line}"
+            );
         }
         let long_subscriber = vec![b'x'; SUBSCRIBER_BYTES_MAX + 1];
         let reply = e.run_args(&[b"SESSION.OPEN", b"s2", &long_subscriber]);
         assert!(reply.starts_with("-ERR subscriber longer than"), "{reply}");
         let long_id = vec![b'i'; ID_BYTES_MAX + 1];
-        assert!(e.run_args(&[b"SESSION.OPEN", &long_id, b"a"]).starts_with("-ERR session id longer than"));
+        assert!(e
+            .run_args(&[b"SESSION.OPEN", &long_id, b"a"])
+            .starts_with("-ERR session id longer than"));
+        // Descriptions over the record limit are refused before anything is written, and
+        // the scratch buffer does not keep the size of a large one.
+        let huge = vec![b'p'; VALUE_BYTES_MAX];
+        let reply = e.run_args(&[b"SESSION.UPDATE", b"s1", &huge]);
+        assert_eq!(reply, "-ERR session description longer than 8 MiB\r\n");
+        let large = vec![b'p'; 1 << 20];
+        assert_eq!(e.run_args(&[b"SESSION.UPDATE", b"s1", &large]), ":2\r\n");
+        assert!(e.app.body.capacity() >= 1 << 20);
+        assert_eq!(e.run("SESSION.UPDATE s1 small"), ":3\r\n");
+        assert!(e.app.body.capacity() <= SCRATCH_BYTES_KEPT);
         // An unreadable description is an error reply, not a panic.
-        e.state.apply(Op::UnitCreate, b"bad", &[1, 9]).expect("raw write");
-        assert_eq!(e.run("SESSION.GET bad"), "-ERR session bad: session state 9 does not exist in description format 1\r\n");
-        assert_eq!(e.run("SESSION.UPDATE bad"), "-ERR session bad: session state 9 does not exist in description format 1\r\n");
+        e.state
+            .apply(Op::UnitCreate, b"bad", &[1, 9])
+            .expect("raw write");
+        assert_eq!(
+            e.run("SESSION.GET bad"),
+            "-ERR session bad: session state 9 does not exist in description format 1\r\n"
+        );
+        assert_eq!(
+            e.run("SESSION.UPDATE bad"),
+            "-ERR session bad: session state 9 does not exist in description format 1\r\n"
+        );
         // Straight to execute (the engine checks access first): unknown is still an error.
         let mut app = Sessions::new(AppVersion::V1_0, None);
-        let cmd = Command { args: vec![Bytes::from_static(b"SESSION.TRANSFER"), Bytes::from_static(b"s1")] };
+        let cmd = Command {
+            args: vec![
+                Bytes::from_static(b"SESSION.TRANSFER"),
+                Bytes::from_static(b"s1"),
+            ],
+        };
         let mut ctx = Ctx::new(&mut e.state, &mut e.outbox, Instant::now());
-        let err = app.execute(&cmd, &mut ctx, &mut BytesMut::new()).expect_err("unknown on 1.0");
+        let err = app
+            .execute(&cmd, &mut ctx, &mut BytesMut::new())
+            .expect_err("unknown on 1.0");
         assert_eq!(err.0, "ERR unknown command 'SESSION.TRANSFER'");
         let empty = Command { args: vec![] };
         assert!(app.execute(&empty, &mut ctx, &mut BytesMut::new()).is_err());
@@ -884,7 +1055,10 @@ mod tests {
             "-FEATUREDISABLED SESSION.PRIORITY needs the 2.0 features: enable them with 'tandem \
              features enable' once every engine runs 2.0\r\n"
         );
-        assert!(e.run("SESSION.TRANSFER").starts_with("-FEATUREDISABLED"), "the gate comes before arity");
+        assert!(
+            e.run("SESSION.TRANSFER").starts_with("-FEATUREDISABLED"),
+            "the gate comes before arity"
+        );
         let mut e = v1();
         assert_eq!(e.app.access(b"SESSION.TRANSFER"), None);
         assert_eq!(e.app.access(b"SESSION.PRIORITY"), None);
@@ -905,18 +1079,44 @@ mod tests {
                 "-ERR priority must be an integer from 0 to 9\r\n"
             );
         }
-        assert_eq!(e.run("SESSION.PRIORITY nope 1"), "-ERR no such session nope\r\n");
+        assert_eq!(
+            e.run("SESSION.PRIORITY nope 1"),
+            "-ERR no such session nope\r\n"
+        );
         e.run("SESSION.UPDATE s1 p");
         assert_eq!(e.run("SESSION.TRANSFER s1 bob"), "+OK\r\n");
-        assert_eq!(e.run("SESSION.GET s1"), "*5\r\n$11\r\ntransferred\r\n:1\r\n$5\r\nalice\r\n$1\r\np\r\n:7\r\n");
-        assert_eq!(e.state.db.get(b"transfer:s1").map(|v| &v[..]), Some(&b"bob"[..]));
-        assert_eq!(e.run("SESSION.TRANSFER s1 carol"), "-ERR session s1 is transferred\r\n");
-        assert_eq!(e.run("SESSION.UPDATE s1"), "-ERR session s1 is transferred\r\n");
-        assert_eq!(e.run("SESSION.HOLD s1"), "-ERR session s1 is transferred\r\n");
-        assert_eq!(e.run("SESSION.TRANSFER s1"), "-ERR wrong number of arguments for 'session.transfer' command\r\n");
+        assert_eq!(
+            e.run("SESSION.GET s1"),
+            "*5\r\n$11\r\ntransferred\r\n:1\r\n$5\r\nalice\r\n$1\r\np\r\n:7\r\n"
+        );
+        assert_eq!(
+            e.state.db.get(b"transfer:s1").map(|v| &v[..]),
+            Some(&b"bob"[..])
+        );
+        assert_eq!(
+            e.run("SESSION.TRANSFER s1 carol"),
+            "-ERR session s1 is transferred\r\n"
+        );
+        assert_eq!(
+            e.run("SESSION.UPDATE s1"),
+            "-ERR session s1 is transferred\r\n"
+        );
+        assert_eq!(
+            e.run("SESSION.HOLD s1"),
+            "-ERR session s1 is transferred\r\n"
+        );
+        assert_eq!(
+            e.run("SESSION.TRANSFER s1"),
+            "-ERR wrong number of arguments for 'session.transfer' command\r\n"
+        );
         assert_eq!(e.run("SESSION.END s1"), "+OK\r\n");
-        assert_eq!(e.state.db.get(b"cdr:s1").map(|v| &v[..]), Some(&b"alice 1"[..]));
-        let standby = e.replay(Sessions::new(AppVersion::V2_0, None)).expect("2.0 follows 2.0");
+        assert_eq!(
+            e.state.db.get(b"cdr:s1").map(|v| &v[..]),
+            Some(&b"alice 1"[..])
+        );
+        let standby = e
+            .replay(Sessions::new(AppVersion::V2_0, None))
+            .expect("2.0 follows 2.0");
         assert_eq!(standby.digest(), e.state.digest());
     }
 
@@ -930,8 +1130,14 @@ mod tests {
         assert_eq!(e.run("SESSION.UPDATE s1"), ":1\r\n");
         let body = e.body("s1");
         let (format, session) = decode(&body).expect("valid");
-        assert_eq!((format, session.priority, session.state), (FORMAT_2, 0, SessionState::Active));
-        assert_eq!((session.subscriber, session.payload), (&b"alice"[..], &b"x"[..]));
+        assert_eq!(
+            (format, session.priority, session.state),
+            (FORMAT_2, 0, SessionState::Active)
+        );
+        assert_eq!(
+            (session.subscriber, session.payload),
+            (&b"alice"[..], &b"x"[..])
+        );
     }
 
     #[test]
@@ -941,31 +1147,60 @@ mod tests {
         e.run("SESSION.TRANSFER s1 bob");
         let v1_app = Sessions::new(AppVersion::V1_0, None);
         let v2_app = Sessions::new(AppVersion::V2_0, None);
-        let format_2 = Record { op: Op::UnitUpdate, key: Bytes::from_static(b"s1"), value: e.body("s1") };
-        assert_eq!(v1_app.check_update(&format_2), Err("session description format 2 needs version 2.0".into()));
+        let format_2 = Record {
+            op: Op::UnitUpdate,
+            key: Bytes::from_static(b"s1"),
+            value: e.body("s1"),
+        };
+        assert_eq!(
+            v1_app.check_update(&format_2),
+            Err("session description format 2 needs version 2.0".into())
+        );
         assert_eq!(v2_app.check_update(&format_2), Ok(()));
         let transfer = Record {
             op: Op::DbPut,
             key: Bytes::from_static(b"transfer:s1"),
             value: Bytes::from_static(b"bob"),
         };
-        assert_eq!(v1_app.check_update(&transfer), Err("database record 'transfer:s1' needs version 2.0".into()));
+        assert_eq!(
+            v1_app.check_update(&transfer),
+            Err("database record 'transfer:s1' needs version 2.0".into())
+        );
         assert_eq!(v2_app.check_update(&transfer), Ok(()));
-        let enable = Record { op: Op::Control(control::FEATURES_ENABLED), key: Bytes::new(), value: Bytes::new() };
+        let enable = Record {
+            op: Op::Control(control::FEATURES_ENABLED),
+            key: Bytes::new(),
+            value: Bytes::new(),
+        };
         assert!(v1_app.check_update(&enable).is_err());
         assert_eq!(v2_app.check_update(&enable), Ok(()));
         // apply refuses before the state changes.
         let mut standby = State::default();
         let digest = standby.digest();
-        let create = Record { op: Op::UnitCreate, ..format_2 };
-        assert!(Sessions::new(AppVersion::V1_0, None).apply(&mut standby, &create).is_err());
+        let create = Record {
+            op: Op::UnitCreate,
+            ..format_2
+        };
+        assert!(Sessions::new(AppVersion::V1_0, None)
+            .apply(&mut standby, &create)
+            .is_err());
         assert_eq!(standby.digest(), digest);
         // The whole stream: a 1.0 standby stops, a 2.0 standby follows.
         assert!(e.replay(Sessions::new(AppVersion::V1_0, None)).is_err());
         assert!(e.replay(Sessions::new(AppVersion::V2_0, None)).is_ok());
         // Garbage is refused by both versions.
-        for body in [&[][..], &[3, 1], &[1, 1, 0], &[2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 10, 0, 0], &[1, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]] {
-            let record = Record { op: Op::UnitCreate, key: Bytes::from_static(b"k"), value: Bytes::copy_from_slice(body) };
+        for body in [
+            &[][..],
+            &[3, 1],
+            &[1, 1, 0],
+            &[2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 10, 0, 0],
+            &[1, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        ] {
+            let record = Record {
+                op: Op::UnitCreate,
+                key: Bytes::from_static(b"k"),
+                value: Bytes::copy_from_slice(body),
+            };
             assert!(v2_app.check_update(&record).is_err(), "{body:?}");
             assert!(v1_app.check_update(&record).is_err(), "{body:?}");
         }
@@ -975,30 +1210,55 @@ mod tests {
 
     #[test]
     fn faults() {
-        assert_eq!(Fault::parse("slow"), Ok(Fault::Slow { share_percent: 20, delay_ms: 5 }));
-        assert_eq!(Fault::parse("errors"), Ok(Fault::Errors { share_percent: 5 }));
+        assert_eq!(
+            Fault::parse("slow"),
+            Ok(Fault::Slow {
+                share_percent: 20,
+                delay_ms: 5
+            })
+        );
+        assert_eq!(
+            Fault::parse("errors"),
+            Ok(Fault::Errors { share_percent: 5 })
+        );
         assert!(Fault::parse("fast").is_err());
 
         let mut e = v2(false);
         e.app = Sessions::new(AppVersion::V2_0, Some(Fault::Errors { share_percent: 100 }));
-        assert_eq!(e.run("SESSION.OPEN s1 a"), "-ERR injected fault (tandem 2.0 faulty build)\r\n");
+        assert_eq!(
+            e.run("SESSION.OPEN s1 a"),
+            "-ERR injected fault (tandem 2.0 faulty build)\r\n"
+        );
         assert_eq!(e.run("SESSION.COUNT"), ":0\r\n", "reads are not hit");
         assert_eq!(e.app.fault_delay(), None);
 
         let mut e = v2(false);
         e.app = Sessions::new(AppVersion::V2_0, Some(Fault::Errors { share_percent: 5 }));
         let failed = (0..1000)
-            .filter(|i| e.run(&format!("SESSION.OPEN s{i} a")).starts_with("-ERR injected"))
+            .filter(|i| {
+                e.run(&format!("SESSION.OPEN s{i} a"))
+                    .starts_with("-ERR injected")
+            })
             .count();
         assert!((20..=100).contains(&failed), "{failed} of 1000 failed");
         assert_eq!(e.state.units.len(), 1000 - failed);
 
         let mut app = Sessions::new(AppVersion::V2_0, Some(Fault::parse("slow").expect("known")));
-        let slow = (0..1000).filter_map(|_| app.fault_delay()).collect::<Vec<_>>();
-        assert!((100..=300).contains(&slow.len()), "{} of 1000 slow", slow.len());
+        let slow = (0..1000)
+            .filter_map(|_| app.fault_delay())
+            .collect::<Vec<_>>();
+        assert!(
+            (100..=300).contains(&slow.len()),
+            "{} of 1000 slow",
+            slow.len()
+        );
         assert!(slow.iter().all(|d| *d == Duration::from_millis(5)));
         let mut again = Sessions::new(AppVersion::V2_0, Some(Fault::parse("slow").expect("known")));
-        assert_eq!((0..1000).filter_map(|_| again.fault_delay()).count(), slow.len(), "deterministic");
+        assert_eq!(
+            (0..1000).filter_map(|_| again.fault_delay()).count(),
+            slow.len(),
+            "deterministic"
+        );
         assert_eq!(Sessions::new(AppVersion::V2_0, None).fault_delay(), None);
     }
 
@@ -1011,6 +1271,8 @@ mod tests {
         }
     }
 
+    /// Mostly well-formed commands on a few ids, so that sessions go through their states;
+    /// the rest have random arguments.
     fn arb_command() -> impl Strategy<Value = Vec<Vec<u8>>> {
         let names = prop::sample::select(vec![
             "SESSION.OPEN",
@@ -1030,14 +1292,47 @@ mod tests {
             "[0-9]{1,2}".prop_map(String::into_bytes),
             prop::collection::vec(any::<u8>(), 0..12),
         ];
-        (names, prop::option::weighted(0.9, id), prop::collection::vec(word, 0..3)).prop_map(
-            |(name, id, rest)| {
+        let well_formed = (
+            names.clone(),
+            id.clone(),
+            word.clone(),
+            any::<bool>(),
+            0u8..12,
+        )
+            .prop_map(|(name, id, word, optional, priority)| {
+                let verb = name
+                    .get(NAME_PREFIX.len()..)
+                    .unwrap_or_default()
+                    .to_ascii_uppercase();
+                let mut args = vec![name.as_bytes().to_vec()];
+                match verb.as_str() {
+                    "COUNT" => {}
+                    "OPEN" => {
+                        args.extend([id, b"alice".to_vec()]);
+                        args.extend(optional.then_some(word));
+                    }
+                    "UPDATE" => {
+                        args.push(id);
+                        args.extend(optional.then_some(word));
+                    }
+                    "TRANSFER" => args.extend([id, word]),
+                    "PRIORITY" => args.extend([id, priority.to_string().into_bytes()]),
+                    _ => args.push(id),
+                }
+                args
+            });
+        let random = (
+            names,
+            prop::option::weighted(0.9, id),
+            prop::collection::vec(word, 0..3),
+        )
+            .prop_map(|(name, id, rest)| {
                 let mut args = vec![name.as_bytes().to_vec()];
                 args.extend(id);
                 args.extend(rest);
                 args
-            },
-        )
+            });
+        prop_oneof![4 => well_formed, 1 => random]
     }
 
     fn as_slices(args: &[Vec<u8>]) -> Vec<&[u8]> {

@@ -34,7 +34,10 @@ fn entry_hash(salt: u8, key: &[u8], value: &[u8]) -> u64 {
 
 impl DigestMap {
     fn new(salt: u8) -> DigestMap {
-        DigestMap { salt, ..DigestMap::default() }
+        DigestMap {
+            salt,
+            ..DigestMap::default()
+        }
     }
 
     pub fn get(&self, key: &[u8]) -> Option<&Bytes> {
@@ -57,7 +60,10 @@ impl DigestMap {
     fn put(&mut self, key: &[u8], value: &[u8]) {
         let salt = self.salt;
         self.digest = self.digest.wrapping_add(entry_hash(salt, key, value));
-        if let Some(old) = self.map.insert(Bytes::copy_from_slice(key), Bytes::copy_from_slice(value)) {
+        if let Some(old) = self
+            .map
+            .insert(Bytes::copy_from_slice(key), Bytes::copy_from_slice(value))
+        {
             self.digest = self.digest.wrapping_sub(entry_hash(salt, key, &old));
         }
     }
@@ -104,7 +110,11 @@ pub struct State {
 
 impl Default for State {
     fn default() -> Self {
-        State { db: DigestMap::new(1), units: DigestMap::new(2), features_enabled: false }
+        State {
+            db: DigestMap::new(1),
+            units: DigestMap::new(2),
+            features_enabled: false,
+        }
     }
 }
 
@@ -143,7 +153,9 @@ impl State {
                 self.db.remove(key);
             }
             Op::Control(control::FEATURES_ENABLED) => self.features_enabled = true,
-            Op::Control(code) => return Err(ApplyError::Rejected(format!("unknown control code {code}"))),
+            Op::Control(code) => {
+                return Err(ApplyError::Rejected(format!("unknown control code {code}")))
+            }
         }
         Ok(())
     }
@@ -161,10 +173,22 @@ impl State {
     /// The whole state as records, for a snapshot: work units first, then the database.
     pub fn entries(&self) -> Vec<Entry> {
         let mut out = Vec::with_capacity(self.units.len() + self.db.len() + 1);
-        out.extend(self.units.iter().map(|(k, v)| (Op::UnitCreate, k.clone(), v.clone())));
-        out.extend(self.db.iter().map(|(k, v)| (Op::DbPut, k.clone(), v.clone())));
+        out.extend(
+            self.units
+                .iter()
+                .map(|(k, v)| (Op::UnitCreate, k.clone(), v.clone())),
+        );
+        out.extend(
+            self.db
+                .iter()
+                .map(|(k, v)| (Op::DbPut, k.clone(), v.clone())),
+        );
         if self.features_enabled {
-            out.push((Op::Control(control::FEATURES_ENABLED), Bytes::new(), Bytes::new()));
+            out.push((
+                Op::Control(control::FEATURES_ENABLED),
+                Bytes::new(),
+                Bytes::new(),
+            ));
         }
         out
     }

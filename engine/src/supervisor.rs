@@ -47,8 +47,14 @@ struct Slot {
 }
 
 enum Event {
-    Exited { slot: usize, pid: u32 },
-    Admin { cmd: Vec<String>, reply: oneshot::Sender<Result<String, String>> },
+    Exited {
+        slot: usize,
+        pid: u32,
+    },
+    Admin {
+        cmd: Vec<String>,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
 }
 
 struct Supervisor {
@@ -78,10 +84,15 @@ fn addr_for(base: u16, offset: u16) -> String {
 }
 
 pub fn run_pair(args: PairArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
-        std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
-        let admin = TcpListener::bind(addr_for(args.base_port, 0)).await.context("binding the admin endpoint")?;
+        std::fs::create_dir_all(&args.dir)
+            .with_context(|| format!("creating {}", args.dir.display()))?;
+        let admin = TcpListener::bind(addr_for(args.base_port, 0))
+            .await
+            .context("binding the admin endpoint")?;
         let admin_addr = admin.local_addr()?.to_string();
         let (tx, mut rx) = mpsc::unbounded_channel();
         let slot = |name, offset: u16| Slot {
@@ -164,8 +175,14 @@ impl Supervisor {
             Some(addr) => cmd.args(["--follow", addr]),
             None => cmd.args(["--active-epoch", &self.epoch.to_string()]),
         };
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.args.dir.join(format!("{}.log", slot.name)))?;
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(log).kill_on_drop(true);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.args.dir.join(format!("{}.log", slot.name)))?;
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .kill_on_drop(true);
         let mut child = cmd.spawn().context("starting an engine process")?;
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
@@ -175,13 +192,28 @@ impl Supervisor {
                     return Ok::<_, anyhow::Error>(serde_json::from_str::<Value>(json)?);
                 }
             }
-            bail!("engine {} exited before it was ready (see its log)", self.slots[i].name)
+            bail!(
+                "engine {} exited before it was ready (see its log)",
+                self.slots[i].name
+            )
         })
         .await
-        .map_err(|_| anyhow::anyhow!("engine {} not ready within {:?}", self.slots[i].name, START_TIMEOUT))??;
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "engine {} not ready within {:?}",
+                self.slots[i].name,
+                START_TIMEOUT
+            )
+        })??;
         let slot = &mut self.slots[i];
-        slot.client_addr = ready["client_addr"].as_str().unwrap_or_default().to_string();
-        slot.replication_addr = ready["replication_addr"].as_str().unwrap_or_default().to_string();
+        slot.client_addr = ready["client_addr"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        slot.replication_addr = ready["replication_addr"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let pid = child.id().unwrap_or(0);
         slot.pid = Some(pid);
         slot.stdin = child.stdin.take();
@@ -200,14 +232,19 @@ impl Supervisor {
             let _ = events.send(Event::Exited { slot: i, pid });
         });
         KILLERS.with(|k| k.borrow_mut().insert(pid, kill_tx));
-        eprintln!("started engine {} (pid {pid}) on {}", slot.name, slot.client_addr);
+        eprintln!(
+            "started engine {} (pid {pid}) on {}",
+            slot.name, slot.client_addr
+        );
         Ok(())
     }
 
     async fn call(&mut self, i: usize, args: &[&str]) -> Result<Reply, String> {
         let slot = &mut self.slots[i];
         if slot.client.is_none() {
-            let mut c = Client::connect_timeout(&slot.client_addr, CALL_TIMEOUT).await.map_err(|e| format!("{e:?}"))?;
+            let mut c = Client::connect_timeout(&slot.client_addr, CALL_TIMEOUT)
+                .await
+                .map_err(|e| format!("{e:?}"))?;
             c.set_timeout(Some(CALL_TIMEOUT));
             slot.client = Some(c);
         }
@@ -239,7 +276,10 @@ impl Supervisor {
         let mode = if self.promotable { "sync" } else { "simplex" };
         let epoch = self.epoch.to_string();
         let ttl = LEASE_TTL_MS.to_string();
-        match self.call(active, &["TANDEM.LEASE", &epoch, &ttl, mode]).await {
+        match self
+            .call(active, &["TANDEM.LEASE", &epoch, &ttl, mode])
+            .await
+        {
             Ok(Reply::Bulk(b)) => {
                 self.silent_ticks = 0;
                 if let Ok(status) = serde_json::from_slice::<Value>(&b) {
@@ -251,7 +291,10 @@ impl Supervisor {
             Err(_) => {
                 self.silent_ticks += 1;
                 if self.silent_ticks == SILENT_TICKS_MAX {
-                    eprintln!("active {} silent for {} ticks: killing it", self.slots[active].name, SILENT_TICKS_MAX);
+                    eprintln!(
+                        "active {} silent for {} ticks: killing it",
+                        self.slots[active].name, SILENT_TICKS_MAX
+                    );
                     if let Some(pid) = self.slots[active].pid {
                         kill(pid);
                     }
@@ -281,7 +324,9 @@ impl Supervisor {
                     self.active = other;
                     self.promotable = false;
                     let ttl = LEASE_TTL_MS.to_string();
-                    let _ = self.call(other, &["TANDEM.LEASE", &epoch, &ttl, "simplex"]).await;
+                    let _ = self
+                        .call(other, &["TANDEM.LEASE", &epoch, &ttl, "simplex"])
+                        .await;
                     eprintln!(
                         "failover: {name} (pid {pid}) died, {} promoted at epoch {} in {} ms",
                         self.slots[other].name,
@@ -303,7 +348,10 @@ impl Supervisor {
     }
 
     async fn admin(&mut self, cmd: Vec<String>) -> Result<String, String> {
-        let verb = cmd.first().map(|c| c.to_ascii_uppercase()).unwrap_or_default();
+        let verb = cmd
+            .first()
+            .map(|c| c.to_ascii_uppercase())
+            .unwrap_or_default();
         match verb.as_str() {
             "PING" => Ok("PONG".into()),
             "STATUS" => {
@@ -326,7 +374,9 @@ impl Supervisor {
             }
             "SWITCHOVER" => self.switchover().await,
             "SHUTDOWN" => Ok("OK".into()),
-            _ => Err(format!("ERR unknown admin command '{verb}' (PING, STATUS, SWITCHOVER, SHUTDOWN)")),
+            _ => Err(format!(
+                "ERR unknown admin command '{verb}' (PING, STATUS, SWITCHOVER, SHUTDOWN)"
+            )),
         }
     }
 
@@ -341,11 +391,16 @@ impl Supervisor {
     async fn switchover(&mut self) -> Result<String, String> {
         let (from, to) = (self.active, self.standby());
         if !self.promotable {
-            return Err(format!("ERR standby {} is not in sync: no switchover", self.slots[to].name));
+            return Err(format!(
+                "ERR standby {} is not in sync: no switchover",
+                self.slots[to].name
+            ));
         }
         let epoch = self.epoch + 1;
         let started = Instant::now();
-        let reply = self.call(from, &["TANDEM.SWITCHOVER", &epoch.to_string()]).await?;
+        let reply = self
+            .call(from, &["TANDEM.SWITCHOVER", &epoch.to_string()])
+            .await?;
         if let Some(msg) = reply.error_message() {
             return Err(msg.to_string());
         }
@@ -367,18 +422,31 @@ impl Supervisor {
         let engines = (0..2)
             .map(|i| {
                 let s = &self.slots[i];
-                let role = if s.pid.is_none() { "out_of_service" } else if i == self.active { "active" } else { "standby" };
+                let role = if s.pid.is_none() {
+                    "out_of_service"
+                } else if i == self.active {
+                    "active"
+                } else {
+                    "standby"
+                };
                 serde_json::json!({
                     "name": s.name, "role": role, "pid": s.pid, "app_version": s.app_version,
                     "client_addr": s.client_addr, "replication_addr": s.replication_addr,
                 })
             })
             .collect();
-        let file = PairFile { admin: &self.admin_addr, epoch: self.epoch, engines };
+        let file = PairFile {
+            admin: &self.admin_addr,
+            epoch: self.epoch,
+            engines,
+        };
         let path = self.args.dir.join("pair.json");
         let tmp = self.args.dir.join("pair.json.tmp");
         let json = serde_json::to_string_pretty(&file).expect("pair file serializes");
-        if std::fs::write(&tmp, json).and_then(|_| std::fs::rename(&tmp, &path)).is_err() {
+        if std::fs::write(&tmp, json)
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .is_err()
+        {
             eprintln!("could not write {}", path.display());
         }
     }
@@ -406,7 +474,9 @@ fn kill(pid: u32) {
 
 async fn serve_admin(listener: TcpListener, events: mpsc::UnboundedSender<Event>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         tokio::spawn(admin_connection(stream, events.clone()));
     }
 }
@@ -430,9 +500,19 @@ async fn admin_connection(mut stream: TcpStream, events: mpsc::UnboundedSender<E
                     return;
                 }
             };
-            let args = cmd.args.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+            let args = cmd
+                .args
+                .iter()
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
             let (tx, wait) = oneshot::channel();
-            if events.send(Event::Admin { cmd: args, reply: tx }).is_err() {
+            if events
+                .send(Event::Admin {
+                    cmd: args,
+                    reply: tx,
+                })
+                .is_err()
+            {
                 return;
             }
             match wait.await {

@@ -18,7 +18,11 @@ async fn read_back(client: &mut Client, expected: &HashMap<String, String>) {
         let reqs: Vec<Vec<Bytes>> = chunk.iter().map(|k| get(k)).collect();
         let replies = client.pipeline(&reqs).await.expect("read back");
         for (k, r) in chunk.iter().zip(replies) {
-            assert_eq!(r.as_bytes(), Some(expected[*k].as_bytes()), "key {k} after failover/switchover");
+            assert_eq!(
+                r.as_bytes(),
+                Some(expected[*k].as_bytes()),
+                "key {k} after failover/switchover"
+            );
         }
     }
 }
@@ -48,15 +52,18 @@ async fn ten_thousand_acknowledged_writes_survive_a_switchover() {
     let after = pair.wait_in_sync().await;
     let new_active = Pair::engine(&after, "active").unwrap();
     assert_ne!(new_active["name"], old_active);
-    assert!(new_active["epoch"].as_u64() > Pair::engine(&before, "active").unwrap()["epoch"].as_u64());
+    assert!(
+        new_active["epoch"].as_u64() > Pair::engine(&before, "active").unwrap()["epoch"].as_u64()
+    );
     let mut client = pair.active_client().await;
     read_back(&mut client, &expected).await;
     // Both engines hold the same state: same work units, same digest.
-    let s = pair.wait_for(|s| {
-        let e = s["engines"].as_array().unwrap();
-        e[0]["digest"] == e[1]["digest"] && e[0]["seq_applied"] == e[1]["seq_applied"]
-    })
-    .await;
+    let s = pair
+        .wait_for(|s| {
+            let e = s["engines"].as_array().unwrap();
+            e[0]["digest"] == e[1]["digest"] && e[0]["seq_applied"] == e[1]["seq_applied"]
+        })
+        .await;
     assert_eq!(s["engines"][0]["db_records"], 10_000);
 }
 
@@ -64,7 +71,9 @@ async fn ten_thousand_acknowledged_writes_survive_a_switchover() {
 async fn sigkill_of_the_active_under_pipelined_writes_loses_no_acknowledged_write() {
     let pair = Pair::up();
     let status = pair.wait_in_sync().await;
-    let victim = Pair::engine(&status, "active").unwrap()["pid"].as_u64().unwrap();
+    let victim = Pair::engine(&status, "active").unwrap()["pid"]
+        .as_u64()
+        .unwrap();
     let mut client = pair.active_client().await;
     let mut acked: HashMap<String, String> = HashMap::new();
     let mut n = 0u64;
@@ -72,12 +81,17 @@ async fn sigkill_of_the_active_under_pipelined_writes_loses_no_acknowledged_writ
     let start = Instant::now();
     // Keep writing in pipelines of 64 through the kill; every OK counts as acknowledged.
     while acked.len() < 20_000 {
-        assert!(start.elapsed() < DEADLINE, "writes did not resume after the failover");
+        assert!(
+            start.elapsed() < DEADLINE,
+            "writes did not resume after the failover"
+        );
         if !killed && acked.len() >= 5_000 {
             kill9(victim);
             killed = true;
         }
-        let reqs: Vec<Vec<Bytes>> = (0..64).map(|i| set(&format!("k{}", n + i), &format!("v{}", n + i))).collect();
+        let reqs: Vec<Vec<Bytes>> = (0..64)
+            .map(|i| set(&format!("k{}", n + i), &format!("v{}", n + i)))
+            .collect();
         match client.pipeline(&reqs).await {
             Ok(replies) => {
                 for (i, r) in replies.iter().enumerate() {
@@ -91,8 +105,15 @@ async fn sigkill_of_the_active_under_pipelined_writes_loses_no_acknowledged_writ
         n += 64;
     }
     assert!(killed);
-    let s = pair.wait_for(|s| Pair::engine(s, "active").is_some_and(|e| e["pid"].as_u64() != Some(victim))).await;
-    assert!(Pair::engine(&s, "active").unwrap()["epoch"].as_u64().unwrap() >= 2);
+    let s = pair
+        .wait_for(|s| Pair::engine(s, "active").is_some_and(|e| e["pid"].as_u64() != Some(victim)))
+        .await;
+    assert!(
+        Pair::engine(&s, "active").unwrap()["epoch"]
+            .as_u64()
+            .unwrap()
+            >= 2
+    );
     let mut client = pair.active_client().await;
     read_back(&mut client, &acked).await;
     // The killed engine comes back as the standby and catches up.
@@ -108,7 +129,12 @@ async fn a_standby_killed_mid_catch_up_catches_up_after_its_restart() {
         let reqs: Vec<Vec<Bytes>> = (0..1000)
             .map(|i| {
                 let id = format!("s{batch}-{i}");
-                vec![Bytes::from_static(b"SESSION.OPEN"), Bytes::from(id), Bytes::from_static(b"sub"), Bytes::from(vec![b'x'; 200])]
+                vec![
+                    Bytes::from_static(b"SESSION.OPEN"),
+                    Bytes::from(id),
+                    Bytes::from_static(b"sub"),
+                    Bytes::from(vec![b'x'; 200]),
+                ]
             })
             .collect();
         for r in client.pipeline(&reqs).await.unwrap() {
@@ -117,18 +143,26 @@ async fn a_standby_killed_mid_catch_up_catches_up_after_its_restart() {
     }
     // Kill the standby, then kill its replacement as soon as it exists: mid catch-up.
     let s = pair.status().await;
-    let first = Pair::engine(&s, "standby").unwrap()["pid"].as_u64().unwrap();
+    let first = Pair::engine(&s, "standby").unwrap()["pid"]
+        .as_u64()
+        .unwrap();
     kill9(first);
     let s = pair
-        .wait_for(|s| Pair::engine(s, "standby").is_some_and(|e| e["pid"].as_u64().is_some_and(|p| p != first)))
+        .wait_for(|s| {
+            Pair::engine(s, "standby")
+                .is_some_and(|e| e["pid"].as_u64().is_some_and(|p| p != first))
+        })
         .await;
-    let second = Pair::engine(&s, "standby").unwrap()["pid"].as_u64().unwrap();
+    let second = Pair::engine(&s, "standby").unwrap()["pid"]
+        .as_u64()
+        .unwrap();
     kill9(second);
     let s = pair
         .wait_for(|s| {
             let e = s["engines"].as_array().unwrap();
             s["standby_promotable"] == true
-                && e.iter().all(|e| e["pid"].as_u64() != Some(second) && e["pid"].as_u64() != Some(first))
+                && e.iter()
+                    .all(|e| e["pid"].as_u64() != Some(second) && e["pid"].as_u64() != Some(first))
                 && e[0]["digest"] == e[1]["digest"]
         })
         .await;
@@ -155,14 +189,22 @@ async fn garbage_on_both_ports_is_refused_and_the_engine_keeps_serving() {
             if round % 2 == 0 {
                 garbage[0] = b'*'; // looks like RESP, then isn't
             }
-            let mut stream = tokio::net::TcpStream::connect(active[port].as_str().unwrap()).await.unwrap();
+            let mut stream = tokio::net::TcpStream::connect(active[port].as_str().unwrap())
+                .await
+                .unwrap();
             let _ = stream.write_all(&garbage).await;
             let _ = stream.shutdown().await;
         }
     }
     let mut client = pair.active_client().await;
-    assert_eq!(client.call(&[b"SET", b"still", b"serving"]).await.unwrap(), Reply::Simple("OK".into()));
-    assert_eq!(client.call(&[b"GET", b"still"]).await.unwrap().as_bytes(), Some(&b"serving"[..]));
+    assert_eq!(
+        client.call(&[b"SET", b"still", b"serving"]).await.unwrap(),
+        Reply::Simple("OK".into())
+    );
+    assert_eq!(
+        client.call(&[b"GET", b"still"]).await.unwrap().as_bytes(),
+        Some(&b"serving"[..])
+    );
     let s = pair.wait_in_sync().await;
     let a = Pair::engine(&s, "active").unwrap();
     assert_eq!(a["pid"], active["pid"], "the active kept running");

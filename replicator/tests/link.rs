@@ -1249,8 +1249,13 @@ fn random_run(seed: u64) {
             records: entries.len() as u64,
             state_digest: pair.active.digest(),
         };
-        pair.sender
-            .accept(pair.now, active, Start::Snapshot { seq }, hello.seq_applied, snapshot);
+        pair.sender.accept(
+            pair.now,
+            active,
+            Start::Snapshot { seq },
+            hello.seq_applied,
+            snapshot,
+        );
     }
 
     for step in 0..600 {

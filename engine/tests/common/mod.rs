@@ -25,7 +25,11 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 
 impl Pair {
     pub fn up() -> Pair {
-        let dir = std::env::temp_dir().join(format!("tandem-test-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst)));
+        let dir = std::env::temp_dir().join(format!(
+            "tandem-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         let mut supervisor = Command::new(env!("CARGO_BIN_EXE_tandem"))
             .args(["pair", "up", "--base-port", "0", "--dir"])
@@ -44,11 +48,17 @@ impl Pair {
             }
         });
         let admin = rx.recv_timeout(DEADLINE).expect("pair ready");
-        Pair { supervisor, admin, dir }
+        Pair {
+            supervisor,
+            admin,
+            dir,
+        }
     }
 
     pub async fn admin(&self, args: &[&str]) -> Reply {
-        let mut c = Client::connect_timeout(&self.admin, Duration::from_secs(5)).await.expect("admin reachable");
+        let mut c = Client::connect_timeout(&self.admin, Duration::from_secs(5))
+            .await
+            .expect("admin reachable");
         c.set_timeout(Some(Duration::from_secs(30)));
         let parts: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
         c.call(&parts).await.expect("admin call")
@@ -62,7 +72,10 @@ impl Pair {
     }
 
     pub fn engine<'a>(status: &'a Value, role: &str) -> Option<&'a Value> {
-        status["engines"].as_array()?.iter().find(|e| e["role"] == role)
+        status["engines"]
+            .as_array()?
+            .iter()
+            .find(|e| e["role"] == role)
     }
 
     /// Waits until the pair has an active and an in-sync standby; returns the status.
@@ -84,14 +97,22 @@ impl Pair {
             if cond(&s) {
                 return s;
             }
-            assert!(start.elapsed() < DEADLINE, "condition not reached; last status: {s:#}");
+            assert!(
+                start.elapsed() < DEADLINE,
+                "condition not reached; last status: {s:#}"
+            );
         }
     }
 
     pub async fn active_client(&self) -> Client {
         let s = self.wait_for(|s| Pair::engine(s, "active").is_some()).await;
-        let addr = Pair::engine(&s, "active").unwrap()["client_addr"].as_str().unwrap().to_string();
-        Client::connect_timeout(addr, Duration::from_secs(5)).await.expect("connect to the active")
+        let addr = Pair::engine(&s, "active").unwrap()["client_addr"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        Client::connect_timeout(addr, Duration::from_secs(5))
+            .await
+            .expect("connect to the active")
     }
 }
 
@@ -105,12 +126,20 @@ impl Drop for Pair {
 }
 
 pub fn kill9(pid: u64) {
-    let ok = Command::new("kill").args(["-9", &pid.to_string()]).status().map(|s| s.success()).unwrap_or(false);
+    let ok = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
     assert!(ok, "kill -9 {pid}");
 }
 
 pub fn set(key: &str, value: &str) -> Vec<Bytes> {
-    vec![Bytes::from_static(b"SET"), Bytes::from(key.to_string()), Bytes::from(value.to_string())]
+    vec![
+        Bytes::from_static(b"SET"),
+        Bytes::from(key.to_string()),
+        Bytes::from(value.to_string()),
+    ]
 }
 
 pub fn get(key: &str) -> Vec<Bytes> {
