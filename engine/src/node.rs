@@ -390,3 +390,84 @@ pub struct EngineStatus {
     pub uptime_ms: u64,
     pub counters: Counters,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::{dispatch, Outcome};
+    use crate::sessions::{AppVersion, Sessions};
+    use bytes::BytesMut;
+
+    fn engine(supervised: bool) -> Engine {
+        let config = Config {
+            name: "a".into(),
+            client_addr: "127.0.0.1:1".into(),
+            replication_addr: "127.0.0.1:2".into(),
+            supervised,
+            batch: BatchConfig::default(),
+            link: LinkConfig::default(),
+            snapshot_chunk_bytes: 4096,
+        };
+        let mut e = Engine::new(config, Box::new(Sessions::new(AppVersion::V1_0, None)));
+        e.become_active(1, true, Instant::now());
+        e
+    }
+
+    fn set(e: &mut Engine, key: &str, now: Instant) -> u64 {
+        let cmd = resp::Command {
+            args: vec!["SET".into(), key.to_string().into(), "v".into()],
+        };
+        let mut out = BytesMut::new();
+        let Outcome::Done { seq } = dispatch(e, &cmd, &mut out, now) else {
+            panic!("SET is immediate")
+        };
+        e.after_writes(now);
+        seq
+    }
+
+    #[test]
+    fn a_supervised_active_without_standby_or_lease_releases_nothing() {
+        let now = Instant::now();
+        let mut e = engine(true);
+        let seq = set(&mut e, "k", now);
+        assert!(e.seq_released < seq, "released without standby or lease");
+        e.grant_lease(1, Duration::from_millis(500), true, now)
+            .unwrap();
+        assert!(e.seq_released >= seq);
+        // Once the lease runs out, new writes wait again.
+        let later = now + Duration::from_millis(501);
+        let seq2 = set(&mut e, "k2", later);
+        assert!(e.seq_released < seq2);
+    }
+
+    #[test]
+    fn a_standalone_active_runs_simplex() {
+        let now = Instant::now();
+        let mut e = engine(false);
+        let seq = set(&mut e, "k", now);
+        assert!(e.seq_released >= seq);
+    }
+
+    #[test]
+    fn epochs_fence_a_stale_active() {
+        let now = Instant::now();
+        let mut e = engine(true);
+        assert!(e
+            .grant_lease(0, Duration::from_millis(500), true, now)
+            .is_err());
+        assert_eq!(e.role, Role::Active);
+        assert!(e
+            .grant_lease(2, Duration::from_millis(500), true, now)
+            .is_err());
+        assert_eq!(e.role, Role::OutOfService);
+        assert_eq!(e.epoch, 2);
+        let seq = e.outbox.seq_last() + 1;
+        let cmd = resp::Command {
+            args: vec!["SET".into(), "k".into(), "v".into()],
+        };
+        let mut out = BytesMut::new();
+        dispatch(&mut e, &cmd, &mut out, now);
+        assert!(out.starts_with(b"-NOTACTIVE"));
+        assert!(e.outbox.seq_last() < seq, "a stepped-down engine wrote");
+    }
+}
