@@ -58,6 +58,12 @@ pub trait Application {
         out: &mut BytesMut,
     ) -> Result<(), CommandError>;
 
+    /// A deliberately faulty build fails some commands here, before they change anything;
+    /// the engine asks before every command, built-in or the application's.
+    fn write_fault(&mut self, _access: Access) -> Result<(), CommandError> {
+        Ok(())
+    }
+
     /// How long to hold back the reply of the command just executed (a deliberately slow
     /// build uses it; the engine delays that connection's replies, never the engine).
     fn reply_delay(&mut self) -> Option<std::time::Duration> {

@@ -10,8 +10,10 @@ use bytes::BytesMut;
 use replicator::StepUp;
 use resp::{reply, Command};
 
+use crate::app::Ctx;
 use crate::node::{Engine, Follow, Role};
 use crate::server::Outcome;
+use crate::state::control;
 
 fn arg_u64(cmd: &Command, i: usize) -> Option<u64> {
     std::str::from_utf8(cmd.arg(i)?).ok()?.parse().ok()
@@ -81,6 +83,17 @@ pub fn dispatch(
             eng.step_down(Role::OutOfService, eng.epoch);
             Ok(Some("OK".into()))
         }
+        b"TANDEM.STATS" => {
+            let report = eng.stats.report();
+            if cmd.arg(1).is_some_and(|a| a.eq_ignore_ascii_case(b"RESET")) {
+                eng.stats.reset();
+            }
+            let json = serde_json::to_string(&report).expect("stats serialize");
+            reply::bulk(out, json.as_bytes());
+            return Outcome::Done { seq: 0 };
+        }
+        b"TANDEM.FEATURES.ENABLE" => return enable_features(eng, out, now),
+        b"TANDEM.SYNCPOINT" => return sync_point(eng, out, now),
         b"TANDEM.SWITCHOVER" => match arg_u64(cmd, 1) {
             Some(epoch) => return switchover(eng, epoch, out),
             None => Err("ERR usage: TANDEM.SWITCHOVER epoch".into()),
@@ -142,4 +155,86 @@ fn switchover(eng: &mut Engine, epoch: u64, out: &mut BytesMut) -> Outcome {
     }
     eng.link_wake.notify_one();
     Outcome::Later(rx)
+}
+
+/// Enables the new features of the application on both engines at one sequence number: the
+/// change travels in the update stream, and the reply waits until the standby applied it.
+fn enable_features(eng: &mut Engine, out: &mut BytesMut, now: Instant) -> Outcome {
+    let refuse = |out: &mut BytesMut, msg: String| {
+        reply::error(out, &msg);
+        Outcome::Done { seq: 0 }
+    };
+    if eng.role != Role::Active {
+        return refuse(out, eng.not_active_reply());
+    }
+    if eng.state.features_enabled {
+        reply::simple(out, "OK features already enabled");
+        return Outcome::Done {
+            seq: eng.outbox.seq_last(),
+        };
+    }
+    let level = eng.app.feature_level();
+    if level < 2 {
+        return refuse(
+            out,
+            format!(
+                "ERR {} {} has no new features to enable",
+                eng.app.name(),
+                eng.app.version()
+            ),
+        );
+    }
+    if !eng.standby_in_sync() {
+        return refuse(out, "ERR the standby is not in sync: enable the features once both engines run the new version and are in sync".into());
+    }
+    let peer = eng.link.as_ref().and_then(|l| l.peer.as_ref());
+    if let Some(peer) = peer.filter(|p| p.feature_level < level) {
+        return refuse(
+            out,
+            format!(
+                "ERR standby {} runs {} {}: every engine must run {} before its features are enabled",
+                peer.engine,
+                peer.app_name,
+                peer.app_version,
+                eng.app.version()
+            ),
+        );
+    }
+    let Engine { state, outbox, .. } = eng;
+    match Ctx::new(state, outbox, now).control(control::FEATURES_ENABLED) {
+        Ok(seq) => {
+            eng.after_writes(now);
+            eprintln!(
+                "[{}] new features enabled at sequence {seq}",
+                eng.config.name
+            );
+            reply::simple(out, "OK");
+            Outcome::Done { seq }
+        }
+        Err(e) => refuse(out, format!("ERR {e}")),
+    }
+}
+
+/// Writes a sync point into the stream and notes this engine's digest there; the standby notes
+/// its own when it applies it, so the two can be compared while writes go on.
+fn sync_point(eng: &mut Engine, out: &mut BytesMut, now: Instant) -> Outcome {
+    if eng.role != Role::Active {
+        reply::error(out, &eng.not_active_reply());
+        return Outcome::Done { seq: 0 };
+    }
+    let Engine { state, outbox, .. } = eng;
+    match Ctx::new(state, outbox, now).control(control::SYNC_POINT) {
+        Ok(seq) => {
+            let digest = eng.state.digest();
+            eng.sync_point = Some((seq, digest));
+            eng.after_writes(now);
+            let json = format!("{{\"seq\":{seq},\"digest\":\"{digest:016x}\"}}");
+            reply::bulk(out, json.as_bytes());
+            Outcome::Done { seq }
+        }
+        Err(e) => {
+            reply::error(out, &format!("ERR {e}"));
+            Outcome::Done { seq: 0 }
+        }
+    }
 }

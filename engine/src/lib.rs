@@ -9,6 +9,7 @@
 //! [`supervisor`] runs a pair.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod control;
 pub mod node;
@@ -17,4 +18,7 @@ pub mod run;
 pub mod server;
 pub mod sessions;
 pub mod state;
+pub mod stats;
 pub mod supervisor;
+pub mod upgrade;
+pub mod upgrade_cli;

@@ -43,6 +43,14 @@ enum Cmd {
         #[arg(long)]
         admin: String,
     },
+    /// Rolling upgrade of the pair's application, one engine at a time, while it serves.
+    Upgrade(UpgradeCli),
+    /// Enable the new features of the application on both engines (every engine must run
+    /// the new version).
+    Features {
+        #[command(subcommand)]
+        command: FeaturesCmd,
+    },
     /// Run one engine process (the supervisor starts these).
     #[command(hide = true)]
     Engine(EngineCli),
@@ -70,6 +78,49 @@ enum PairCmd {
         #[arg(long)]
         admin: String,
     },
+}
+
+#[derive(Subcommand)]
+enum FeaturesCmd {
+    /// Enable them.
+    Enable {
+        #[arg(long)]
+        admin: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct UpgradeCli {
+    /// The supervisor's admin address (see pair.json).
+    #[arg(long)]
+    admin: String,
+    /// The application version to upgrade to.
+    #[arg(long)]
+    to: String,
+    /// Upgrade to a deliberately faulty build (slow or errors) to exercise the fallback.
+    #[arg(long)]
+    fault: Option<String>,
+    /// How long to measure the old version before the upgrade (the baseline).
+    #[arg(long, default_value_t = 5000)]
+    baseline_ms: u64,
+    /// How long to evaluate the new version while it is active.
+    #[arg(long, default_value_t = 5000)]
+    evaluate_ms: u64,
+    /// How long the pair runs in its final state before the upgrade is declared done.
+    #[arg(long, default_value_t = 3000)]
+    settle_ms: u64,
+    /// A reloaded engine must catch up within this long, or the upgrade is aborted.
+    #[arg(long, default_value_t = 60_000)]
+    catch_up_timeout_ms: u64,
+    /// Acceptance: error replies per command, at most (0.01 = 1 %).
+    #[arg(long, default_value_t = 0.01)]
+    max_error_rate: f64,
+    /// Acceptance: p99 latency at most this many times the baseline's...
+    #[arg(long, default_value_t = 3.0)]
+    p99_factor: f64,
+    /// ...or the baseline's plus this many milliseconds, whichever is larger.
+    #[arg(long, default_value_t = 2.0)]
+    p99_slack_ms: f64,
 }
 
 #[derive(clap::Args)]
@@ -182,6 +233,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Switchover { admin } => {
             println!("{}", admin_call(&admin, &["SWITCHOVER"])?);
             Ok(())
+        }
+        Cmd::Features {
+            command: FeaturesCmd::Enable { admin },
+        } => {
+            println!("{}", admin_call(&admin, &["FEATURES.ENABLE"])?);
+            Ok(())
+        }
+        Cmd::Upgrade(u) => {
+            let options = engine::upgrade::Options {
+                fault: u.fault,
+                baseline_ms: u.baseline_ms,
+                evaluate_ms: u.evaluate_ms,
+                settle_ms: u.settle_ms,
+                catch_up_timeout_ms: u.catch_up_timeout_ms,
+                max_error_rate: u.max_error_rate,
+                p99_factor: u.p99_factor,
+                p99_slack_ms: u.p99_slack_ms,
+            };
+            engine::upgrade_cli::run(&u.admin, &u.to, &options)
         }
     }
 }

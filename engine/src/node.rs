@@ -106,6 +106,9 @@ pub struct Engine {
     pub stepping_down_epoch: Option<u64>,
     pub versions: Option<VersionCheck>,
     pub counters: Counters,
+    pub stats: crate::stats::Stats,
+    /// The last sync point this engine passed: its sequence and the state digest there.
+    pub sync_point: Option<(u64, u64)>,
     /// Bumped whenever something a waiting client may care about changes.
     pub progress: watch::Sender<u64>,
     /// Wakes the replication task (new batches to send, role changes).
@@ -138,6 +141,8 @@ impl Engine {
             stepping_down_epoch: None,
             versions: None,
             counters: Counters::default(),
+            stats: crate::stats::Stats::default(),
+            sync_point: None,
             progress: watch::channel(0).0,
             link_wake: Rc::new(Notify::new()),
             follow_wake: Rc::new(Notify::new()),
@@ -354,6 +359,10 @@ impl Engine {
             follow_error: self.follow.as_ref().and_then(|f| f.last_error.clone()),
             backlog_bytes: self.outbox.backlog_bytes() as u64,
             uptime_ms: self.started.elapsed().as_millis() as u64,
+            sync_point: self.sync_point.map(|(seq, d)| SyncPoint {
+                seq,
+                digest: format!("{d:016x}"),
+            }),
             counters: self.counters.clone(),
         }
     }
@@ -388,7 +397,14 @@ pub struct EngineStatus {
     pub follow_error: Option<String>,
     pub backlog_bytes: u64,
     pub uptime_ms: u64,
+    pub sync_point: Option<SyncPoint>,
     pub counters: Counters,
+}
+
+#[derive(Serialize, Clone, Debug)]
+pub struct SyncPoint {
+    pub seq: u64,
+    pub digest: String,
 }
 
 #[cfg(test)]

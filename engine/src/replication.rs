@@ -471,7 +471,9 @@ fn standby_event(
             }
             eng.bump();
         }
-        ReceiverEvent::SnapshotChunk(payload) => apply_records(eng, Kind::SnapshotChunk, payload)?,
+        ReceiverEvent::SnapshotChunk(payload) => {
+            apply_records(eng, Kind::SnapshotChunk, 0, payload)?
+        }
         ReceiverEvent::SnapshotEnd(end) => {
             let digest = eng.state.digest();
             if digest != end.state_digest {
@@ -484,9 +486,11 @@ fn standby_event(
             *applied = Some(end.seq);
         }
         ReceiverEvent::Batch {
-            seq_last, payload, ..
+            seq_first,
+            seq_last,
+            payload,
         } => {
-            apply_records(eng, Kind::Batch, payload)?;
+            apply_records(eng, Kind::Batch, seq_first, payload)?;
             eng.seq_applied = seq_last;
             *applied = Some(seq_last);
         }
@@ -525,11 +529,30 @@ fn standby_event(
     Ok(())
 }
 
-fn apply_records(eng: &mut Engine, kind: Kind, payload: bytes::Bytes) -> Result<(), String> {
-    let Engine { app, state, .. } = eng;
-    for record in Records::new(kind, payload).map_err(|e| e.to_string())? {
+/// Applies the records of a batch (whose first sequence is `seq_first`) or snapshot chunk.
+fn apply_records(
+    eng: &mut Engine,
+    kind: Kind,
+    seq_first: u64,
+    payload: bytes::Bytes,
+) -> Result<(), String> {
+    let Engine {
+        app,
+        state,
+        sync_point,
+        ..
+    } = eng;
+    for (i, record) in Records::new(kind, payload)
+        .map_err(|e| e.to_string())?
+        .enumerate()
+    {
         let record = record.map_err(|e| e.to_string())?;
         app.apply(state, &record)?;
+        if kind == Kind::Batch
+            && record.op == replicator::Op::Control(crate::state::control::SYNC_POINT)
+        {
+            *sync_point = Some((seq_first + i as u64, state.digest()));
+        }
     }
     Ok(())
 }

@@ -64,8 +64,10 @@ async fn connection(engine: Shared, mut stream: TcpStream) {
             let mut need_more = false;
             let mut delay = None;
             let epoch_seen;
+            let commands;
+            let round_start = Instant::now();
             {
-                let now = Instant::now();
+                let now = round_start;
                 let mut eng = engine.borrow_mut();
                 epoch_seen = eng.epoch;
                 let seq_before = eng.outbox.seq_last();
@@ -104,6 +106,7 @@ async fn connection(engine: Shared, mut stream: TcpStream) {
                 if eng.outbox.seq_last() > seq_before {
                     eng.after_writes(now);
                 }
+                commands = std::mem::take(&mut eng.stats.unrecorded_commands);
             }
             if !wait_until_released(&engine, &mut progress, wait_seq, epoch_seen).await {
                 break 'conn; // fenced or stepped down: the outcome of these writes is unknown
@@ -126,6 +129,10 @@ async fn connection(engine: Shared, mut stream: TcpStream) {
                 break 'conn;
             }
             out.clear();
+            engine
+                .borrow_mut()
+                .stats
+                .record(commands, round_start.elapsed().as_micros() as u64);
             if quit {
                 break 'conn;
             }
@@ -234,7 +241,8 @@ fn execute(
         state, outbox, app, ..
     } = eng;
     let mut ctx = crate::app::Ctx::new(state, outbox, now);
-    let result = match (builtin.is_some(), upper) {
+    let fault = app.write_fault(access);
+    let result = fault.and_then(|()| match (builtin.is_some(), upper) {
         (true, b"GET") if cmd.len() == 2 => {
             match ctx.db_get(&cmd.args[1]) {
                 Some(v) => reply::bulk(out, v),
@@ -279,9 +287,11 @@ fn execute(
             Ok(())
         }
         (false, _) => app.execute(cmd, &mut ctx, out),
-    };
+    });
+    eng.stats.unrecorded_commands += 1;
     if let Err(e) = result {
         reply::error(out, &e.0);
+        eng.stats.error();
     }
     Outcome::Done {
         seq: eng.outbox.seq_last(),

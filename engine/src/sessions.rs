@@ -233,7 +233,6 @@ impl Sessions {
         payload: &[u8],
         out: &mut BytesMut,
     ) -> Result<(), CommandError> {
-        self.injected_fault()?;
         if id.len() > ID_BYTES_MAX {
             return Err(CommandError(format!(
                 "ERR session id longer than {ID_BYTES_MAX} bytes"
@@ -267,7 +266,6 @@ impl Sessions {
         payload: Option<&[u8]>,
         out: &mut BytesMut,
     ) -> Result<(), CommandError> {
-        self.injected_fault()?;
         let body = self.load(ctx, id)?;
         let (format, current) = self.decode_loaded(id, &body)?;
         if current.state == SessionState::Transferred {
@@ -292,7 +290,6 @@ impl Sessions {
         id: &[u8],
         out: &mut BytesMut,
     ) -> Result<(), CommandError> {
-        self.injected_fault()?;
         let body = self.load(ctx, id)?;
         let (format, current) = self.decode_loaded(id, &body)?;
         if current.state != SessionState::Active {
@@ -315,7 +312,6 @@ impl Sessions {
         id: &[u8],
         out: &mut BytesMut,
     ) -> Result<(), CommandError> {
-        self.injected_fault()?;
         let body = self.load(ctx, id)?;
         let (_, current) = self.decode_loaded(id, &body)?;
         self.db_key.clear();
@@ -360,7 +356,6 @@ impl Sessions {
         target: &[u8],
         out: &mut BytesMut,
     ) -> Result<(), CommandError> {
-        self.injected_fault()?;
         let body = self.load(ctx, id)?;
         let (format, current) = self.decode_loaded(id, &body)?;
         if current.state == SessionState::Transferred {
@@ -389,7 +384,6 @@ impl Sessions {
         priority: &[u8],
         out: &mut BytesMut,
     ) -> Result<(), CommandError> {
-        self.injected_fault()?;
         let priority = parse_priority(priority).ok_or_else(|| {
             CommandError(format!(
                 "ERR priority must be an integer from 0 to {PRIORITY_MAX}"
@@ -409,6 +403,13 @@ impl Sessions {
 }
 
 impl Application for Sessions {
+    fn write_fault(&mut self, access: Access) -> Result<(), CommandError> {
+        match access {
+            Access::Write => self.injected_fault(),
+            Access::Read => Ok(()),
+        }
+    }
+
     fn reply_delay(&mut self) -> Option<Duration> {
         self.fault_delay()
     }
@@ -1226,22 +1227,20 @@ mod tests {
         let mut e = v2(false);
         e.app = Sessions::new(AppVersion::V2_0, Some(Fault::Errors { share_percent: 100 }));
         assert_eq!(
-            e.run("SESSION.OPEN s1 a"),
-            "-ERR injected fault (tandem 2.0 faulty build)\r\n"
+            e.app.write_fault(Access::Write),
+            Err(CommandError::new(
+                "ERR injected fault (tandem 2.0 faulty build)"
+            ))
         );
-        assert_eq!(e.run("SESSION.COUNT"), ":0\r\n", "reads are not hit");
+        assert_eq!(e.app.write_fault(Access::Read), Ok(()), "reads are not hit");
         assert_eq!(e.app.fault_delay(), None);
 
         let mut e = v2(false);
         e.app = Sessions::new(AppVersion::V2_0, Some(Fault::Errors { share_percent: 5 }));
         let failed = (0..1000)
-            .filter(|i| {
-                e.run(&format!("SESSION.OPEN s{i} a"))
-                    .starts_with("-ERR injected")
-            })
+            .filter(|_| e.app.write_fault(Access::Write).is_err())
             .count();
         assert!((20..=100).contains(&failed), "{failed} of 1000 failed");
-        assert_eq!(e.state.units.len(), 1000 - failed);
 
         let mut app = Sessions::new(AppVersion::V2_0, Some(Fault::parse("slow").expect("known")));
         let slow = (0..1000)

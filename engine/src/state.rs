@@ -99,6 +99,8 @@ pub enum ApplyError {
 pub mod control {
     /// The new features of the application were enabled at this sequence.
     pub const FEATURES_ENABLED: u8 = 1;
+    /// A marker at which both engines note their digest, to compare them under load.
+    pub const SYNC_POINT: u8 = 2;
 }
 
 #[derive(Clone)]
@@ -153,6 +155,7 @@ impl State {
                 self.db.remove(key);
             }
             Op::Control(control::FEATURES_ENABLED) => self.features_enabled = true,
+            Op::Control(control::SYNC_POINT) => {}
             Op::Control(code) => {
                 return Err(ApplyError::Rejected(format!("unknown control code {code}")))
             }

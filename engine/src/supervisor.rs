@@ -5,25 +5,29 @@
 //! in sync; only an in-sync standby may be promoted, and the supervisor marks it stale before
 //! it lets the active run simplex. A dead active (its process exited, or it stopped answering
 //! and was killed) is replaced by promoting the standby with a new epoch; a dead engine is
-//! restarted as the standby of the active and catches up.
+//! restarted as the standby of the active and catches up. Long operations (an upgrade, see
+//! `upgrade.rs`) keep the lease ticking and child exits handled through [`Supervisor::pump`].
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use resp::{reply, Client, Reply};
-use serde::Serialize;
+use reports::timeline::{self, Event as TimelineEvent, EventKind, SwitchoverKind, Timeline};
+use resp::{Client, Reply};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::process::{ChildStdin, Command};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::admin;
 
 const TICK: Duration = Duration::from_millis(50);
 const LEASE_TTL_MS: u64 = 500;
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 const START_TIMEOUT: Duration = Duration::from_secs(20);
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Missed lease renewals after which a live but silent active is killed and replaced.
 const SILENT_TICKS_MAX: u32 = 20;
 
@@ -34,19 +38,21 @@ pub struct PairArgs {
     pub app_version: String,
 }
 
-struct Slot {
-    name: &'static str,
-    client_addr: String,
-    replication_addr: String,
-    app_version: String,
-    pid: Option<u32>,
-    child: Option<Child>,
+pub(crate) struct Slot {
+    pub name: &'static str,
+    pub client_addr: String,
+    pub replication_addr: String,
+    pub app_version: String,
+    pub fault: Option<String>,
+    pub pid: Option<u32>,
     stdin: Option<ChildStdin>,
+    kill: Option<oneshot::Sender<()>>,
     client: Option<Client>,
-    last_status: Option<Value>,
+    /// The supervisor is stopping this engine on purpose: do not replace it.
+    expected_exit: bool,
 }
 
-enum Event {
+pub(crate) enum Event {
     Exited {
         slot: usize,
         pid: u32,
@@ -55,24 +61,27 @@ enum Event {
         cmd: Vec<String>,
         reply: oneshot::Sender<Result<String, String>>,
     },
+    Subscribe {
+        tx: mpsc::UnboundedSender<String>,
+    },
 }
 
-struct Supervisor {
-    args: PairArgs,
-    admin_addr: String,
-    slots: [Slot; 2],
-    active: usize,
-    epoch: u64,
-    promotable: bool,
+pub(crate) struct Supervisor {
+    pub args: PairArgs,
+    pub admin_addr: String,
+    pub slots: [Slot; 2],
+    pub active: usize,
+    pub epoch: u64,
+    pub promotable: bool,
     silent_ticks: u32,
-    events: mpsc::UnboundedSender<Event>,
-}
-
-#[derive(Serialize)]
-struct PairFile<'a> {
-    admin: &'a str,
-    epoch: u64,
-    engines: Vec<Value>,
+    events_tx: mpsc::UnboundedSender<Event>,
+    events: mpsc::UnboundedReceiver<Event>,
+    tick: tokio::time::Interval,
+    timeline: Timeline,
+    subscribers: Vec<mpsc::UnboundedSender<String>>,
+    /// A long operation is running: other long operations are refused meanwhile.
+    busy: bool,
+    shutdown: bool,
 }
 
 fn addr_for(base: u16, offset: u16) -> String {
@@ -90,22 +99,25 @@ pub fn run_pair(args: PairArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         std::fs::create_dir_all(&args.dir)
             .with_context(|| format!("creating {}", args.dir.display()))?;
-        let admin = TcpListener::bind(addr_for(args.base_port, 0))
+        let listener = TcpListener::bind(addr_for(args.base_port, 0))
             .await
             .context("binding the admin endpoint")?;
-        let admin_addr = admin.local_addr()?.to_string();
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let admin_addr = listener.local_addr()?.to_string();
+        let (events_tx, events) = mpsc::unbounded_channel();
         let slot = |name, offset: u16| Slot {
             name,
             client_addr: addr_for(args.base_port, offset),
             replication_addr: addr_for(args.base_port, offset + 1),
             app_version: args.app_version.clone(),
+            fault: None,
             pid: None,
-            child: None,
             stdin: None,
+            kill: None,
             client: None,
-            last_status: None,
+            expected_exit: false,
         };
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sup = Supervisor {
             slots: [slot("a", 1), slot("b", 3)],
             args: args.clone(),
@@ -114,39 +126,36 @@ pub fn run_pair(args: PairArgs) -> anyhow::Result<()> {
             epoch: 1,
             promotable: false,
             silent_ticks: 0,
-            events: tx.clone(),
+            events_tx: events_tx.clone(),
+            events,
+            tick,
+            timeline: Timeline::new(),
+            subscribers: Vec::new(),
+            busy: false,
+            shutdown: false,
         };
         sup.start(0, None).await?;
         let follow = sup.slots[0].replication_addr.clone();
         sup.start(1, Some(follow)).await?;
-        tokio::spawn(serve_admin(admin, tx.clone()));
+        tokio::spawn(admin::serve(listener, events_tx));
         sup.write_pair_file();
+        sup.write_timeline();
         println!("READY admin={admin_addr}");
         eprintln!(
             "pair up: admin {admin_addr}, a active on {}, b standby on {}",
             sup.slots[0].client_addr, sup.slots[1].client_addr
         );
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        while !sup.shutdown {
             tokio::select! {
-                _ = tick.tick() => sup.tick().await,
-                ev = rx.recv() => match ev {
-                    Some(Event::Exited { slot, pid }) => sup.on_exit(slot, pid).await,
-                    Some(Event::Admin { cmd, reply }) => {
-                        let down = cmd.first().is_some_and(|c| c.eq_ignore_ascii_case("SHUTDOWN"));
-                        let result = sup.admin(cmd).await;
-                        let _ = reply.send(result);
-                        if down {
-                            break;
-                        }
-                    }
+                _ = sup.tick.tick() => sup.renew_lease().await,
+                ev = sup.events.recv() => match ev {
+                    Some(ev) => sup.handle(ev).await,
                     None => break,
                 },
                 _ = tokio::signal::ctrl_c() => break,
             }
         }
-        sup.stop_all().await;
+        sup.stop_all();
         let _ = std::fs::remove_file(sup.args.dir.join("pair.json"));
         eprintln!("pair down");
         Ok(())
@@ -154,14 +163,15 @@ pub fn run_pair(args: PairArgs) -> anyhow::Result<()> {
 }
 
 impl Supervisor {
-    fn standby(&self) -> usize {
+    pub fn standby(&self) -> usize {
         1 - self.active
     }
 
     /// Starts an engine process: as the active (no `follow`) or following an address.
-    async fn start(&mut self, i: usize, follow: Option<String>) -> anyhow::Result<()> {
+    pub async fn start(&mut self, i: usize, follow: Option<String>) -> anyhow::Result<()> {
         let exe = std::env::current_exe().context("finding the tandem executable")?;
         let slot = &self.slots[i];
+        let log_path = self.args.dir.join(format!("{}.log", slot.name));
         let mut cmd = Command::new(exe);
         cmd.arg("engine")
             .args(["--name", slot.name])
@@ -171,6 +181,9 @@ impl Supervisor {
             .args(["--epoch", &self.epoch.to_string()])
             .arg("--supervised")
             .arg("--exit-with-stdin");
+        if let Some(fault) = &slot.fault {
+            cmd.args(["--fault", fault]);
+        }
         match &follow {
             Some(addr) => cmd.args(["--follow", addr]),
             None => cmd.args(["--active-epoch", &self.epoch.to_string()]),
@@ -178,7 +191,7 @@ impl Supervisor {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.args.dir.join(format!("{}.log", slot.name)))?;
+            .open(&log_path)?;
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -186,25 +199,20 @@ impl Supervisor {
         let mut child = cmd.spawn().context("starting an engine process")?;
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
+        let name = slot.name;
         let ready = tokio::time::timeout(START_TIMEOUT, async {
             while let Some(line) = lines.next_line().await? {
                 if let Some(json) = line.strip_prefix("READY ") {
                     return Ok::<_, anyhow::Error>(serde_json::from_str::<Value>(json)?);
                 }
             }
-            bail!(
-                "engine {} exited before it was ready (see its log)",
-                self.slots[i].name
-            )
+            let last = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let last = last.lines().last().unwrap_or("").to_string();
+            bail!("engine {name} exited before it was ready: {last}")
         })
         .await
-        .map_err(|_| {
-            anyhow::anyhow!(
-                "engine {} not ready within {:?}",
-                self.slots[i].name,
-                START_TIMEOUT
-            )
-        })??;
+        .map_err(|_| anyhow::anyhow!("engine {name} not ready within {START_TIMEOUT:?}"))??;
+        let pid = child.id().unwrap_or(0);
         let slot = &mut self.slots[i];
         slot.client_addr = ready["client_addr"]
             .as_str()
@@ -214,33 +222,41 @@ impl Supervisor {
             .as_str()
             .unwrap_or_default()
             .to_string();
-        let pid = child.id().unwrap_or(0);
         slot.pid = Some(pid);
         slot.stdin = child.stdin.take();
         slot.client = None;
+        slot.expected_exit = false;
         // Keep draining stdout so the engine never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let events = self.events.clone();
-        let mut waiter = child;
         let (kill_tx, kill_rx) = oneshot::channel::<()>();
-        slot.child = None;
+        slot.kill = Some(kill_tx);
+        let events = self.events_tx.clone();
         tokio::spawn(async move {
             tokio::select! {
-                _ = waiter.wait() => {}
-                _ = kill_rx => { let _ = waiter.kill().await; }
+                _ = child.wait() => {}
+                _ = kill_rx => { let _ = child.kill().await; }
             }
             let _ = events.send(Event::Exited { slot: i, pid });
         });
-        KILLERS.with(|k| k.borrow_mut().insert(pid, kill_tx));
         eprintln!(
-            "started engine {} (pid {pid}) on {}",
-            slot.name, slot.client_addr
+            "started engine {} {} (pid {pid}) on {}",
+            slot.name, slot.app_version, slot.client_addr
         );
         Ok(())
     }
 
-    async fn call(&mut self, i: usize, args: &[&str]) -> Result<Reply, String> {
+    /// Kills an engine process (SIGKILL through its child handle).
+    fn kill(&mut self, i: usize) {
+        if let Some(tx) = self.slots[i].kill.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    pub async fn call(&mut self, i: usize, args: &[&str]) -> Result<Reply, String> {
         let slot = &mut self.slots[i];
+        if slot.pid.is_none() {
+            return Err(format!("engine {} is not running", slot.name));
+        }
         if slot.client.is_none() {
             let mut c = Client::connect_timeout(&slot.client_addr, CALL_TIMEOUT)
                 .await
@@ -251,56 +267,100 @@ impl Supervisor {
         let client = slot.client.as_mut().expect("connected above");
         let parts: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
         match client.call(&parts).await {
+            Ok(Reply::Error(e)) => Err(e),
             Ok(r) => Ok(r),
             Err(e) => {
                 slot.client = None;
-                Err(format!("{e:?}"))
+                Err(format!("engine {} did not answer: {e:?}", slot.name))
             }
         }
     }
 
-    async fn engine_status(&mut self, i: usize) -> Option<Value> {
-        match self.call(i, &["TANDEM.STATUS"]).await {
-            Ok(Reply::Bulk(b)) => serde_json::from_slice(&b).ok(),
-            _ => None,
+    /// A control call whose reply is JSON.
+    pub async fn call_json(&mut self, i: usize, args: &[&str]) -> Result<Value, String> {
+        match self.call(i, args).await? {
+            Reply::Bulk(b) => serde_json::from_slice(&b).map_err(|e| e.to_string()),
+            other => Err(format!("unexpected reply {other}")),
         }
     }
 
-    /// Renews the active's lease, learns whether the standby is in sync.
-    async fn tick(&mut self) {
+    /// Renews the active's lease and learns whether the standby is in sync.
+    pub async fn renew_lease(&mut self) {
         let active = self.active;
         if self.slots[active].pid.is_none() {
             return;
         }
-        // Before the active may run simplex, the standby stops being promotable.
+        // The standby stops being promotable before the active may run simplex.
         let mode = if self.promotable { "sync" } else { "simplex" };
-        let epoch = self.epoch.to_string();
-        let ttl = LEASE_TTL_MS.to_string();
+        let (epoch, ttl) = (self.epoch.to_string(), LEASE_TTL_MS.to_string());
         match self
-            .call(active, &["TANDEM.LEASE", &epoch, &ttl, mode])
+            .call_json(active, &["TANDEM.LEASE", &epoch, &ttl, mode])
             .await
         {
-            Ok(Reply::Bulk(b)) => {
+            Ok(status) => {
                 self.silent_ticks = 0;
-                if let Ok(status) = serde_json::from_slice::<Value>(&b) {
-                    self.promotable = status["standby_in_sync"].as_bool() == Some(true);
-                    self.slots[active].last_status = Some(status);
-                }
+                self.promotable = status["standby_in_sync"].as_bool() == Some(true);
             }
-            Ok(other) => eprintln!("lease refused by {}: {other}", self.slots[active].name),
-            Err(_) => {
+            Err(e) if e.contains("did not answer") || e.contains("Io") => {
                 self.silent_ticks += 1;
                 if self.silent_ticks == SILENT_TICKS_MAX {
                     eprintln!(
-                        "active {} silent for {} ticks: killing it",
-                        self.slots[active].name, SILENT_TICKS_MAX
+                        "active {} silent for {SILENT_TICKS_MAX} ticks: killing it",
+                        self.slots[active].name
                     );
-                    if let Some(pid) = self.slots[active].pid {
-                        kill(pid);
-                    }
+                    self.kill(active);
                 }
             }
+            Err(e) => eprintln!("lease refused by {}: {e}", self.slots[active].name),
         }
+    }
+
+    /// Handles one event from the main loop.
+    async fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::Exited { slot, pid } => self.on_exit(slot, pid).await,
+            Event::Subscribe { tx } => self.subscribe(tx),
+            Event::Admin { cmd, reply } => {
+                let result = self.admin(cmd).await;
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    /// Keeps the pair served while a long operation waits: renews leases, handles child exits
+    /// and quick admin commands, until `cond` holds or `timeout` passes. True if `cond` held.
+    pub async fn pump(&mut self, timeout: Duration, cond: impl Fn(&Supervisor) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if cond(self) {
+                return true;
+            }
+            if self.shutdown || tokio::time::Instant::now() >= deadline {
+                return cond(self);
+            }
+            tokio::select! {
+                _ = self.tick.tick() => self.renew_lease().await,
+                ev = self.events.recv() => match ev {
+                    Some(Event::Admin { cmd, reply }) => {
+                        let result = match self.quick_admin(&cmd).await {
+                            Some(result) => result,
+                            None => Err("BUSY an upgrade is in progress; try again when it ends".into()),
+                        };
+                        let _ = reply.send(result);
+                    }
+                    Some(Event::Exited { slot, pid }) => self.on_exit(slot, pid).await,
+                    Some(Event::Subscribe { tx }) => self.subscribe(tx),
+                    None => self.shutdown = true,
+                },
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    /// Waits for a pause of `duration` while keeping the pair served.
+    pub async fn pump_for(&mut self, duration: Duration) {
+        let until = Instant::now() + duration;
+        self.pump(duration, move |_| Instant::now() >= until).await;
     }
 
     async fn on_exit(&mut self, i: usize, pid: u32) {
@@ -308,37 +368,26 @@ impl Supervisor {
             return; // an engine we already replaced
         }
         let name = self.slots[i].name;
-        self.slots[i].pid = None;
-        self.slots[i].client = None;
-        self.slots[i].stdin = None;
-        let detected = Instant::now();
-        if i == self.active {
-            let other = self.standby();
-            if !self.promotable {
-                eprintln!("active {name} died while {} was not in sync: promoting it anyway, writes acknowledged in simplex may be lost", self.slots[other].name);
-            }
-            self.epoch += 1;
-            let epoch = self.epoch.to_string();
-            match self.call(other, &["TANDEM.PROMOTE", &epoch]).await {
-                Ok(r) if !r.is_error() => {
-                    self.active = other;
-                    self.promotable = false;
-                    let ttl = LEASE_TTL_MS.to_string();
-                    let _ = self
-                        .call(other, &["TANDEM.LEASE", &epoch, &ttl, "simplex"])
-                        .await;
-                    eprintln!(
-                        "failover: {name} (pid {pid}) died, {} promoted at epoch {} in {} ms",
-                        self.slots[other].name,
-                        self.epoch,
-                        detected.elapsed().as_millis()
-                    );
-                }
-                other_reply => eprintln!("failover of {name} failed: {other_reply:?}"),
-            }
-        } else {
+        let slot = &mut self.slots[i];
+        slot.pid = None;
+        slot.client = None;
+        slot.stdin = None;
+        slot.kill = None;
+        if i != self.active {
             self.promotable = false;
+        }
+        if std::mem::take(&mut slot.expected_exit) {
+            eprintln!("engine {name} (pid {pid}) stopped");
+            self.write_pair_file();
+            return;
+        }
+        if i == self.active {
+            self.failover(i, pid).await;
+        } else {
             eprintln!("standby {name} (pid {pid}) died");
+        }
+        if self.shutdown {
+            return;
         }
         let follow = self.slots[self.active].replication_addr.clone();
         if let Err(e) = self.start(i, Some(follow)).await {
@@ -347,37 +396,262 @@ impl Supervisor {
         self.write_pair_file();
     }
 
-    async fn admin(&mut self, cmd: Vec<String>) -> Result<String, String> {
+    async fn failover(&mut self, dead: usize, pid: u32) {
+        let detected = Instant::now();
+        let other = 1 - dead;
+        let name = self.slots[dead].name;
+        if !self.promotable {
+            eprintln!(
+                "active {name} died while {} was not in sync: promoting it anyway, writes acknowledged in simplex may be lost",
+                self.slots[other].name
+            );
+        }
+        self.epoch += 1;
+        let epoch = self.epoch.to_string();
+        match self.call(other, &["TANDEM.PROMOTE", &epoch]).await {
+            Ok(_) => {
+                self.active = other;
+                self.promotable = false;
+                let _ = self
+                    .call(
+                        other,
+                        &["TANDEM.LEASE", &epoch, &LEASE_TTL_MS.to_string(), "simplex"],
+                    )
+                    .await;
+                let took_ms = detected.elapsed().as_secs_f64() * 1e3;
+                eprintln!("failover: {name} (pid {pid}) died, {} promoted at epoch {epoch} in {took_ms:.1} ms", self.slots[other].name);
+                self.emit(TimelineEvent {
+                    switchover: Some(SwitchoverKind::Failover),
+                    stepup_ms: Some(took_ms),
+                    message: Some(format!(
+                        "{name} died, {} promoted at epoch {epoch}",
+                        self.slots[other].name
+                    )),
+                    ..TimelineEvent::new(timeline::now_ms(), EventKind::Failover)
+                });
+            }
+            Err(e) => eprintln!("failover of {name} failed: {e}"),
+        }
+    }
+
+    /// A planned switchover to the standby; returns the step-up time in milliseconds.
+    pub async fn switchover(&mut self, kind: SwitchoverKind) -> Result<f64, String> {
+        let (from, to) = (self.active, self.standby());
+        if !self.promotable {
+            return Err(format!(
+                "ERR standby {} is not in sync: no switchover",
+                self.slots[to].name
+            ));
+        }
+        let epoch = self.epoch + 1;
+        self.emit(TimelineEvent {
+            switchover: Some(kind),
+            ..TimelineEvent::new(timeline::now_ms(), EventKind::SwitchoverBegin)
+        });
+        let started = Instant::now();
+        let result = self
+            .call(from, &["TANDEM.SWITCHOVER", &epoch.to_string()])
+            .await;
+        let took_ms = started.elapsed().as_secs_f64() * 1e3;
+        let end = |message| TimelineEvent {
+            switchover: Some(kind),
+            stepup_ms: Some(took_ms),
+            message: Some(message),
+            ..TimelineEvent::new(timeline::now_ms(), EventKind::SwitchoverEnd)
+        };
+        if let Err(e) = result {
+            self.emit(end(format!("failed: {e}")));
+            return Err(e);
+        }
+        self.epoch = epoch;
+        self.active = to;
+        self.promotable = false;
+        self.renew_lease().await;
+        self.write_pair_file();
+        let msg = format!(
+            "{} active at epoch {epoch}, {} follows",
+            self.slots[to].name, self.slots[from].name
+        );
+        self.emit(end(msg));
+        Ok(took_ms)
+    }
+
+    /// Stops an engine on purpose (out of service, then its process), waiting for it to exit.
+    pub async fn stop_engine(&mut self, i: usize) -> Result<(), String> {
+        let Some(pid) = self.slots[i].pid else {
+            return Ok(());
+        };
+        if i == self.standby() {
+            // The active is about to lose its standby: it may run simplex from now on.
+            self.promotable = false;
+            self.renew_lease().await;
+        }
+        self.slots[i].expected_exit = true;
+        let _ = self.call(i, &["TANDEM.OUTOFSERVICE"]).await;
+        self.slots[i].stdin = None; // the engine exits when its standard input closes
+        if !self
+            .pump(STOP_TIMEOUT, move |s| s.slots[i].pid != Some(pid))
+            .await
+        {
+            eprintln!(
+                "engine {} did not stop within {STOP_TIMEOUT:?}: killing it",
+                self.slots[i].name
+            );
+            self.kill(i);
+            if !self
+                .pump(STOP_TIMEOUT, move |s| s.slots[i].pid != Some(pid))
+                .await
+            {
+                return Err(format!(
+                    "engine {} (pid {pid}) would not stop",
+                    self.slots[i].name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reload: a new process of the same executable, running `version`, standby to the active.
+    pub async fn reload(
+        &mut self,
+        i: usize,
+        version: &str,
+        fault: Option<String>,
+    ) -> Result<(), String> {
+        assert_ne!(i, self.active, "only the standby is reloaded");
+        self.stop_engine(i).await?;
+        self.slots[i].app_version = version.to_string();
+        self.slots[i].fault = fault;
+        let follow = self.slots[self.active].replication_addr.clone();
+        let result = self
+            .start(i, Some(follow))
+            .await
+            .map_err(|e| format!("{e:#}"));
+        self.write_pair_file();
+        result
+    }
+
+    fn subscribe(&mut self, tx: mpsc::UnboundedSender<String>) {
+        for ev in &self.timeline.events {
+            let _ = tx.send(serde_json::to_string(ev).expect("event serializes"));
+        }
+        self.subscribers.push(tx);
+    }
+
+    /// Records a timeline event: in memory, in `timeline.json`, and to every subscriber.
+    pub fn emit(&mut self, ev: TimelineEvent) {
+        let json = serde_json::to_string(&ev).expect("event serializes");
+        self.subscribers.retain(|s| s.send(json.clone()).is_ok());
+        self.timeline.events.push(ev);
+        self.write_timeline();
+    }
+
+    fn write_timeline(&self) {
+        let json = serde_json::to_string_pretty(&self.timeline).expect("timeline serializes");
+        write_atomically(&self.args.dir.join("timeline.json"), &json);
+    }
+
+    /// Admin commands that may run at any time, even during an upgrade.
+    async fn quick_admin(&mut self, cmd: &[String]) -> Option<Result<String, String>> {
         let verb = cmd
             .first()
             .map(|c| c.to_ascii_uppercase())
             .unwrap_or_default();
-        match verb.as_str() {
+        Some(match verb.as_str() {
             "PING" => Ok("PONG".into()),
-            "STATUS" => {
-                let mut engines = Vec::new();
-                for i in 0..2 {
-                    let status = match self.slots[i].pid {
-                        Some(_) => self.engine_status(i).await,
-                        None => None,
-                    };
-                    engines.push(status.unwrap_or_else(|| self.down_status(i)));
-                }
-                let pair = serde_json::json!({
-                    "admin": self.admin_addr,
-                    "epoch": self.epoch,
-                    "active": self.slots[self.active].name,
-                    "standby_promotable": self.promotable,
-                    "engines": engines,
-                });
-                Ok(pair.to_string())
+            "STATUS" => Ok(self.status().await.to_string()),
+            "SHUTDOWN" => {
+                self.shutdown = true;
+                Ok("OK".into())
             }
-            "SWITCHOVER" => self.switchover().await,
-            "SHUTDOWN" => Ok("OK".into()),
+            _ => return None,
+        })
+    }
+
+    async fn admin(&mut self, cmd: Vec<String>) -> Result<String, String> {
+        if let Some(result) = self.quick_admin(&cmd).await {
+            return result;
+        }
+        let verb = cmd
+            .first()
+            .map(|c| c.to_ascii_uppercase())
+            .unwrap_or_default();
+        let arg = |i: usize| cmd.get(i).map(String::as_str);
+        match verb.as_str() {
+            "SWITCHOVER" => self.switchover(SwitchoverKind::Planned).await.map(|ms| {
+                format!("OK {} is active at epoch {}, step-up took {ms:.1} ms", self.slots[self.active].name, self.epoch)
+            }),
+            "UPGRADE" => {
+                let Some(to) = arg(1) else { return Err("ERR usage: UPGRADE version [option value]...".into()) };
+                let options = crate::upgrade::Options::parse(&cmd[2..])?;
+                self.busy = true;
+                let result = self.upgrade(to.to_string(), options).await;
+                self.busy = false;
+                result.map(|report| report.to_string())
+            }
+            "FEATURES.ENABLE" => self.enable_features().await,
+            "RELOAD" => {
+                let standby = self.standby();
+                match (arg(1), arg(2)) {
+                    (Some(name), Some(version)) if name == self.slots[standby].name => {
+                        self.reload(standby, version, arg(3).map(str::to_string)).await?;
+                        Ok(format!("OK {name} reloaded with {version}"))
+                    }
+                    (Some(name), Some(_)) => Err(format!("ERR only the standby ({}) can be reloaded, not {name}", self.slots[standby].name)),
+                    _ => Err("ERR usage: RELOAD standby_name version [fault]".into()),
+                }
+            }
             _ => Err(format!(
-                "ERR unknown admin command '{verb}' (PING, STATUS, SWITCHOVER, SHUTDOWN)"
+                "ERR unknown admin command '{verb}' (PING, STATUS, SWITCHOVER, UPGRADE, FEATURES.ENABLE, RELOAD, SUBSCRIBE, SHUTDOWN)"
             )),
         }
+    }
+
+    /// Enables the new features on both engines, refusing unless every engine runs the
+    /// active's version.
+    pub async fn enable_features(&mut self) -> Result<String, String> {
+        let versions: Vec<String> = self
+            .slots
+            .iter()
+            .map(|s| format!("{} runs {}", s.name, s.app_version))
+            .collect();
+        if self.slots[0].app_version != self.slots[1].app_version
+            || self.slots.iter().any(|s| s.pid.is_none())
+        {
+            return Err(format!(
+                "ERR refused: {}; every engine must run the new version, in service",
+                versions.join(", ")
+            ));
+        }
+        let active = self.active;
+        self.call(active, &["TANDEM.FEATURES.ENABLE"]).await?;
+        self.emit(TimelineEvent {
+            message: Some(format!(
+                "new features of {} enabled",
+                self.slots[active].app_version
+            )),
+            ..TimelineEvent::new(timeline::now_ms(), EventKind::FeaturesEnabled)
+        });
+        Ok("OK new features enabled on both engines".into())
+    }
+
+    pub async fn status(&mut self) -> Value {
+        let mut engines = Vec::new();
+        for i in 0..2 {
+            let status = match self.slots[i].pid {
+                Some(_) => self.call_json(i, &["TANDEM.STATUS"]).await.ok(),
+                None => None,
+            };
+            engines.push(status.unwrap_or_else(|| self.down_status(i)));
+        }
+        serde_json::json!({
+            "admin": self.admin_addr,
+            "epoch": self.epoch,
+            "active": self.slots[self.active].name,
+            "standby_promotable": self.promotable,
+            "upgrade_in_progress": self.busy,
+            "engines": engines,
+        })
     }
 
     fn down_status(&self, i: usize) -> Value {
@@ -388,38 +662,8 @@ impl Supervisor {
         })
     }
 
-    async fn switchover(&mut self) -> Result<String, String> {
-        let (from, to) = (self.active, self.standby());
-        if !self.promotable {
-            return Err(format!(
-                "ERR standby {} is not in sync: no switchover",
-                self.slots[to].name
-            ));
-        }
-        let epoch = self.epoch + 1;
-        let started = Instant::now();
-        let reply = self
-            .call(from, &["TANDEM.SWITCHOVER", &epoch.to_string()])
-            .await?;
-        if let Some(msg) = reply.error_message() {
-            return Err(msg.to_string());
-        }
-        self.epoch = epoch;
-        self.active = to;
-        self.promotable = false;
-        let took = started.elapsed();
-        self.tick().await;
-        self.write_pair_file();
-        Ok(format!(
-            "OK {} is active at epoch {epoch}, {} follows it (step-up took {:.1} ms)",
-            self.slots[to].name,
-            self.slots[from].name,
-            took.as_secs_f64() * 1e3
-        ))
-    }
-
-    fn write_pair_file(&self) {
-        let engines = (0..2)
+    pub fn write_pair_file(&self) {
+        let engines: Vec<Value> = (0..2)
             .map(|i| {
                 let s = &self.slots[i];
                 let role = if s.pid.is_none() {
@@ -435,96 +679,25 @@ impl Supervisor {
                 })
             })
             .collect();
-        let file = PairFile {
-            admin: &self.admin_addr,
-            epoch: self.epoch,
-            engines,
-        };
-        let path = self.args.dir.join("pair.json");
-        let tmp = self.args.dir.join("pair.json.tmp");
+        let file = serde_json::json!({ "admin": self.admin_addr, "epoch": self.epoch, "engines": engines });
         let json = serde_json::to_string_pretty(&file).expect("pair file serializes");
-        if std::fs::write(&tmp, json)
-            .and_then(|_| std::fs::rename(&tmp, &path))
-            .is_err()
-        {
-            eprintln!("could not write {}", path.display());
-        }
+        write_atomically(&self.args.dir.join("pair.json"), &json);
     }
 
-    async fn stop_all(&mut self) {
-        for slot in &mut self.slots {
-            slot.stdin = None; // the engine exits when its stdin closes
-            if let Some(pid) = slot.pid.take() {
-                kill(pid);
-            }
+    fn stop_all(&mut self) {
+        for i in 0..2 {
+            self.slots[i].stdin = None; // the engine exits when its stdin closes
+            self.kill(i);
         }
     }
 }
 
-thread_local! {
-    static KILLERS: std::cell::RefCell<std::collections::HashMap<u32, oneshot::Sender<()>>> = Default::default();
-}
-
-/// Kills an engine process the supervisor started (SIGKILL through its child handle).
-fn kill(pid: u32) {
-    if let Some(tx) = KILLERS.with(|k| k.borrow_mut().remove(&pid)) {
-        let _ = tx.send(());
-    }
-}
-
-async fn serve_admin(listener: TcpListener, events: mpsc::UnboundedSender<Event>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        tokio::spawn(admin_connection(stream, events.clone()));
-    }
-}
-
-async fn admin_connection(mut stream: TcpStream, events: mpsc::UnboundedSender<Event>) {
-    let mut rx = bytes::BytesMut::with_capacity(4096);
-    let mut out = bytes::BytesMut::new();
-    let limits = resp::Limits::default();
-    loop {
-        match stream.read_buf(&mut rx).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        loop {
-            let cmd = match resp::parse_command(&mut rx, &limits) {
-                Ok(Some(cmd)) => cmd,
-                Ok(None) => break,
-                Err(e) => {
-                    reply::error(&mut out, &e.to_string());
-                    let _ = stream.write_all(&out).await;
-                    return;
-                }
-            };
-            let args = cmd
-                .args
-                .iter()
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect();
-            let (tx, wait) = oneshot::channel();
-            if events
-                .send(Event::Admin {
-                    cmd: args,
-                    reply: tx,
-                })
-                .is_err()
-            {
-                return;
-            }
-            match wait.await {
-                Ok(Ok(msg)) if msg.starts_with('{') => reply::bulk(&mut out, msg.as_bytes()),
-                Ok(Ok(msg)) => reply::simple(&mut out, &msg),
-                Ok(Err(msg)) => reply::error(&mut out, &msg),
-                Err(_) => reply::error(&mut out, "ERR supervisor is shutting down"),
-            }
-        }
-        if stream.write_all(&out).await.is_err() {
-            return;
-        }
-        out.clear();
+fn write_atomically(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    if std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .is_err()
+    {
+        eprintln!("could not write {}", path.display());
     }
 }

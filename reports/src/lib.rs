@@ -1,6 +1,12 @@
 //! The run schema shared by the engine, the load generator and the reports (the timeline of
-//! a pair, the summary of a run), and self-contained HTML reports rendered from runs.
+//! a pair, the summary of a run, the time slices of the load), the run directory that holds
+//! them, and self-contained HTML reports rendered from runs.
 #![forbid(unsafe_code)]
 
+pub mod html;
+pub mod run;
 pub mod summary;
 pub mod timeline;
+
+#[cfg(test)]
+mod sample;

@@ -22,9 +22,18 @@ pub mod phase {
     pub const B_CATCH_UP_PREVIOUS: &str = "b_catch_up_previous";
     pub const RESTORED: &str = "restored";
 
-    pub const UPGRADE: [&str; 8] =
-        [BASELINE, B_OUT_OF_SERVICE, B_CATCH_UP, SWITCHOVER_TO_B, EVALUATION, A_OUT_OF_SERVICE, A_CATCH_UP, FEATURES_ENABLED];
-    pub const FALLBACK_PATH: [&str; 4] = [FALLBACK, B_RELOAD_PREVIOUS, B_CATCH_UP_PREVIOUS, RESTORED];
+    pub const UPGRADE: [&str; 8] = [
+        BASELINE,
+        B_OUT_OF_SERVICE,
+        B_CATCH_UP,
+        SWITCHOVER_TO_B,
+        EVALUATION,
+        A_OUT_OF_SERVICE,
+        A_CATCH_UP,
+        FEATURES_ENABLED,
+    ];
+    pub const FALLBACK_PATH: [&str; 4] =
+        [FALLBACK, B_RELOAD_PREVIOUS, B_CATCH_UP_PREVIOUS, RESTORED];
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,7 +80,15 @@ pub struct Event {
 
 impl Event {
     pub fn new(t_ms: u64, kind: EventKind) -> Event {
-        Event { t_ms, kind, phase: None, switchover: None, stepup_ms: None, outcome: None, message: None }
+        Event {
+            t_ms,
+            kind,
+            phase: None,
+            switchover: None,
+            stepup_ms: None,
+            outcome: None,
+            message: None,
+        }
     }
 }
 
@@ -83,7 +100,10 @@ pub struct Timeline {
 
 impl Timeline {
     pub fn new() -> Timeline {
-        Timeline { schema: TIMELINE_SCHEMA.into(), events: Vec::new() }
+        Timeline {
+            schema: TIMELINE_SCHEMA.into(),
+            events: Vec::new(),
+        }
     }
 
     /// The phases as (name, start_ms, end_ms), in order; a phase still open ends at `now_ms`.
@@ -93,7 +113,11 @@ impl Timeline {
             match (e.kind, &e.phase) {
                 (EventKind::PhaseStart, Some(p)) => out.push((p.clone(), e.t_ms, u64::MAX)),
                 (EventKind::PhaseEnd, Some(p)) => {
-                    if let Some(open) = out.iter_mut().rev().find(|(n, _, end)| n == p && *end == u64::MAX) {
+                    if let Some(open) = out
+                        .iter_mut()
+                        .rev()
+                        .find(|(n, _, end)| n == p && *end == u64::MAX)
+                    {
                         open.2 = e.t_ms;
                     }
                 }
@@ -111,12 +135,19 @@ impl Timeline {
     /// The phase a sample taken at `t_ms` belongs to (the latest phase that started at or
     /// before it and had not ended).
     pub fn phase_at(&self, t_ms: u64, now_ms: u64) -> Option<String> {
-        self.phases(now_ms).into_iter().rev().find(|(_, s, e)| *s <= t_ms && t_ms < (*e).max(*s + 1)).map(|p| p.0)
+        self.phases(now_ms)
+            .into_iter()
+            .rev()
+            .find(|(_, s, e)| *s <= t_ms && t_ms < (*e).max(*s + 1))
+            .map(|p| p.0)
     }
 }
 
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -124,17 +155,28 @@ mod tests {
     use super::*;
 
     fn ev(t: u64, kind: EventKind, p: &str) -> Event {
-        Event { phase: Some(p.into()), ..Event::new(t, kind) }
+        Event {
+            phase: Some(p.into()),
+            ..Event::new(t, kind)
+        }
     }
 
     #[test]
     fn phases_are_read_back_in_order_and_samples_attributed() {
         let mut t = Timeline::new();
-        t.events.push(ev(100, EventKind::PhaseStart, phase::BASELINE));
+        t.events
+            .push(ev(100, EventKind::PhaseStart, phase::BASELINE));
         t.events.push(ev(200, EventKind::PhaseEnd, phase::BASELINE));
-        t.events.push(ev(200, EventKind::PhaseStart, phase::B_OUT_OF_SERVICE));
+        t.events
+            .push(ev(200, EventKind::PhaseStart, phase::B_OUT_OF_SERVICE));
         let phases = t.phases(500);
-        assert_eq!(phases, vec![("baseline".into(), 100, 200), ("b_out_of_service".into(), 200, 500)]);
+        assert_eq!(
+            phases,
+            vec![
+                ("baseline".into(), 100, 200),
+                ("b_out_of_service".into(), 200, 500)
+            ]
+        );
         assert_eq!(t.phase_at(150, 500).as_deref(), Some("baseline"));
         assert_eq!(t.phase_at(200, 500).as_deref(), Some("b_out_of_service"));
         assert_eq!(t.phase_at(50, 500), None);

@@ -1,0 +1,250 @@
+//! Tests of the reports as files a user opens: well-formed, self-contained, every phase
+//! shown, text from the run escaped, and no panic on the thin runs that crashed a supervisor
+//! or a load generator may leave behind.
+
+use super::*;
+use crate::sample;
+use crate::summary::Latency;
+
+const VOID: [&str; 6] = ["meta", "br", "hr", "img", "input", "link"];
+
+/// Every element opened is closed, in order.
+fn assert_well_formed(html: &str) {
+    let mut stack: Vec<String> = Vec::new();
+    let mut rest = html;
+    while let Some(open) = rest.find('<') {
+        let close = rest[open..]
+            .find('>')
+            .map(|c| open + c)
+            .expect("a '<' that never closes");
+        let tag = &rest[open + 1..close];
+        rest = &rest[close + 1..];
+        if tag.starts_with('!') {
+            continue;
+        }
+        let self_closing = tag.ends_with('/');
+        let (closing, tag) = match tag.strip_prefix('/') {
+            Some(t) => (true, t),
+            None => (false, tag),
+        };
+        let name: String = tag
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .collect::<String>()
+            .to_ascii_lowercase();
+        assert!(
+            !name.is_empty(),
+            "a '<' that starts no tag near: {}",
+            &rest[..rest.len().min(60)]
+        );
+        if closing {
+            assert_eq!(
+                stack.pop().as_deref(),
+                Some(name.as_str()),
+                "</{name}> closes the wrong element"
+            );
+        } else if !self_closing && !VOID.contains(&name.as_str()) {
+            stack.push(name);
+        }
+    }
+    assert!(stack.is_empty(), "elements left open: {stack:?}");
+}
+
+fn assert_self_contained(html: &str) {
+    for bad in [
+        "http://",
+        "https://",
+        "src=\"//",
+        "href=\"//",
+        "<script",
+        "@import",
+        "url(",
+    ] {
+        assert!(!html.contains(bad), "the report contains {bad:?}");
+    }
+}
+
+#[test]
+fn the_report_shows_every_phase_and_stands_alone() {
+    let (summary, slices, timeline) = sample::upgrade_run();
+    let html = render(&summary, &slices, Some(&timeline));
+    assert_well_formed(&html);
+    assert_self_contained(&html);
+    assert_eq!(html.matches("<svg").count(), 2, "a latency and a throughput chart");
+    assert_eq!(html.matches("</svg>").count(), 2);
+    for name in phase::UPGRADE {
+        assert!(
+            html.contains(&format!("<td class=\"l name\">{name}</td>")),
+            "{name} missing from the phase table"
+        );
+        assert!(
+            html.contains(&format!(">{name}</text>")),
+            "{name} missing from the charts"
+        );
+    }
+    assert!(html.contains("badge ok\">completed"));
+    assert!(html.contains("0 lost"));
+    assert!(html.contains("class=\"p99\""), "no p99 line");
+    assert!(html.contains("class=\"p50\""), "no p50 line");
+    assert!(html.contains("class=\"marker\""), "no switchover marker");
+    assert!(
+        html.contains("<td>11.6</td>"),
+        "client gap of the switchover"
+    );
+    assert!(html.contains("coordinated-omission corrected, measured from the intended send time"));
+    assert!(html.contains("tandem.run/1"));
+}
+
+#[test]
+fn a_rolled_back_run_with_losses_says_so() {
+    let (mut summary, slices, timeline) = sample::rolled_back_run();
+    summary.lost_updates = 3;
+    let html = render(&summary, &slices, Some(&timeline));
+    assert_well_formed(&html);
+    assert!(html.contains("badge warn\">rolled back"));
+    assert!(html.contains("class=\"stat lost\"><span class=\"num\">3 lost"));
+    assert!(!html.contains("0 lost"));
+    assert!(html.contains("bandfb"), "fallback phases are tinted");
+    assert!(
+        html.contains("<td class=\"bad\">"),
+        "errors of the faulty evaluation are red"
+    );
+}
+
+#[test]
+fn text_from_the_run_is_escaped() {
+    let (mut summary, mut slices, mut timeline) = sample::upgrade_run();
+    summary.target = "<script>alert('x')</script>".into();
+    summary.phases[1].name = "a<b&c\"".into();
+    summary.switchovers[0].kind = "<i>planned</i>".into();
+    summary.workload = serde_json::json!({"<k>": "<v>"});
+    slices[0].phase = "<slice>".into();
+    timeline.events[0].message = Some("</details><script>".into());
+    let html = render(&summary, &slices, Some(&timeline));
+    assert_well_formed(&html);
+    assert_self_contained(&html);
+    assert!(html.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;"));
+    assert!(html.contains("a&lt;b&amp;c&quot;"));
+    let compare = render_compare(("<a>", &summary), ("b&b", &summary));
+    assert_well_formed(&compare);
+    assert!(compare.contains("&lt;a&gt;") && compare.contains("b&amp;b"));
+}
+
+#[test]
+fn thin_runs_render_without_panicking() {
+    let (summary, slices, timeline) = sample::upgrade_run();
+    let empty = Summary {
+        schema: String::new(),
+        outcome: String::new(),
+        target: String::new(),
+        started_ms: 0,
+        ended_ms: 0,
+        workload: serde_json::Value::Null,
+        phases: Vec::new(),
+        switchovers: Vec::new(),
+        acknowledged_updates: 0,
+        verified_updates: 0,
+        lost_updates: 0,
+    };
+    let mut reversed = empty.clone();
+    reversed.started_ms = 5_000;
+    reversed.ended_ms = 1_000;
+    let mut gappy = slices.clone();
+    gappy.retain(|s| !(10..20).contains(&((s.t_ms - sample::STARTED_MS) / 1000)));
+    gappy[3].ops = 0;
+    gappy[3].latency_us = Latency::default();
+    let one = vec![slices[0].clone()];
+    let cases: Vec<(&str, &Summary, &[Slice], Option<&Timeline>)> = vec![
+        ("no slices", &summary, &[], Some(&timeline)),
+        ("no phases", &empty, &slices, None),
+        ("nothing at all", &empty, &[], None),
+        (
+            "phases from the timeline only",
+            &empty,
+            &[],
+            Some(&timeline),
+        ),
+        ("ends before it starts", &reversed, &slices, None),
+        ("missing and empty slices", &summary, &gappy, None),
+        ("one slice", &summary, &one, None),
+    ];
+    for (what, summary, slices, timeline) in cases {
+        let html = render(summary, slices, timeline);
+        assert_well_formed(&html);
+        assert_self_contained(&html);
+        assert!(html.contains("<svg"), "{what}: no chart");
+        assert!(
+            !html.contains("NaN") && !html.contains("inf"),
+            "{what}: a coordinate is not a number"
+        );
+    }
+    let html = render(&empty, &[], Some(&timeline));
+    for name in phase::UPGRADE {
+        assert!(
+            html.contains(&format!(">{name}</text>")),
+            "{name}: the timeline's phases are drawn when the summary has none"
+        );
+    }
+    assert!(render(&empty, &[], None).contains("no phases recorded"));
+    assert_well_formed(&render_compare(("a", &empty), ("b", &empty)));
+    assert_well_formed(&render_compare(("a", &summary), ("b", &empty)));
+}
+
+#[test]
+fn the_comparison_puts_both_runs_and_their_ratios_side_by_side() {
+    let (a, _, _) = sample::upgrade_run();
+    let (b, _, _) = sample::rolled_back_run();
+    let html = render_compare(("runs/tandem", &a), ("runs/faulty", &b));
+    assert_well_formed(&html);
+    assert_self_contained(&html);
+    for name in phase::UPGRADE
+        .iter()
+        .chain(&[phase::FALLBACK, phase::RESTORED])
+    {
+        assert!(html.contains(&format!(">{name}</td>")), "{name} missing");
+    }
+    let (pa, pb) = (&a.phases[0].latency_us.p99, &b.phases[0].latency_us.p99);
+    assert!(
+        html.contains(&format::times(*pb as f64 / *pa as f64)),
+        "the baseline p99 ratio b/a"
+    );
+    assert!(html.contains("runs/tandem") && html.contains("runs/faulty"));
+    assert_eq!(
+        html.matches("0 lost").count(),
+        2,
+        "both runs' lost-update counts"
+    );
+}
+
+/// `TANDEM_SAMPLE_REPORT=/tmp/sample-report.html cargo test -p reports sample_report` writes a
+/// report (and a comparison beside it) for a human to open; `=1` writes to the temp directory.
+#[test]
+fn sample_report_for_a_human() {
+    let Some(target) = std::env::var_os("TANDEM_SAMPLE_REPORT") else {
+        return;
+    };
+    let path = match target.to_str() {
+        Some("1") | Some("") => std::env::temp_dir().join("tandem-sample-report.html"),
+        _ => std::path::PathBuf::from(target),
+    };
+    let (summary, slices, timeline) = sample::upgrade_run();
+    std::fs::write(&path, render(&summary, &slices, Some(&timeline))).unwrap();
+    let (rolled_back, rb_slices, rb_timeline) = sample::rolled_back_run();
+    let sibling = |suffix: &str| {
+        path.with_file_name(format!(
+            "{}-{suffix}.html",
+            path.file_stem().unwrap().to_string_lossy()
+        ))
+    };
+    std::fs::write(
+        sibling("rolled-back"),
+        render(&rolled_back, &rb_slices, Some(&rb_timeline)),
+    )
+    .unwrap();
+    std::fs::write(
+        sibling("compare"),
+        render_compare(("completed", &summary), ("rolled back", &rolled_back)),
+    )
+    .unwrap();
+    eprintln!("sample report written to {}", path.display());
+}

@@ -1,0 +1,274 @@
+//! Made-up but realistic runs for the tests of this crate: a completed rolling upgrade and a
+//! rolled-back one at 20,000 ops/s, with a simplex window that is faster than the baseline, a
+//! catch-up that costs p99, and a switchover whose client-visible gap shows as a p99 spike.
+//! Deterministic (a fixed linear congruential jitter) so that a report diff means a code change.
+
+use crate::run::Slice;
+use crate::summary::{Latency, PhaseSummary, Summary, Switchover, RUN_SCHEMA};
+use crate::timeline::{phase, Event, EventKind, SwitchoverKind, Timeline};
+
+/// 2024-12-24 09:26:40 UTC.
+pub const STARTED_MS: u64 = 1_735_032_400_000;
+
+struct Plan {
+    name: &'static str,
+    duration_ms: u64,
+    rate_ops_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+    errors_per_million: u64,
+}
+
+struct PlannedSwitchover {
+    kind: SwitchoverKind,
+    offset_ms: u64,
+    stepup_ms: f64,
+    client_gap_ms: f64,
+}
+
+const fn plan(
+    name: &'static str,
+    duration_ms: u64,
+    rate_ops_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+) -> Plan {
+    Plan {
+        name,
+        duration_ms,
+        rate_ops_s,
+        p50_us,
+        p99_us,
+        errors_per_million: 0,
+    }
+}
+
+struct Jitter(u64);
+
+impl Jitter {
+    /// A factor in [1 - spread, 1 + spread].
+    fn next(&mut self, spread: f64) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let unit = (self.0 >> 11) as f64 / (1u64 << 53) as f64;
+        1.0 + spread * (2.0 * unit - 1.0)
+    }
+}
+
+fn latency(p50_us: f64, p99_us: f64, jitter: &mut Jitter) -> Latency {
+    let p50 = (p50_us * jitter.next(0.06)) as u64;
+    let p90 = ((p50_us * 1.9).max(p50 as f64 + 1.0) * jitter.next(0.06)) as u64;
+    let p99 = ((p99_us * jitter.next(0.12)) as u64).max(p90 + 1);
+    let p999 = ((p99 as f64 * 2.1 * jitter.next(0.15)) as u64).max(p99 + 1);
+    let max = ((p999 as f64 * 1.7 * jitter.next(0.25)) as u64).max(p999 + 1);
+    Latency {
+        p50,
+        p90,
+        p99,
+        p999,
+        max,
+    }
+}
+
+/// A switchover inside `[from, to)` leaves clients waiting for its gap: the slowest replies
+/// of that interval waited that long.
+fn with_gap(mut l: Latency, gap_ms: f64) -> Latency {
+    let gap_us = (gap_ms * 1000.0) as u64;
+    l.p999 = l.p999.max(gap_us * 7 / 10);
+    l.max = l.max.max(gap_us + l.p99);
+    l.p99 = l.p99.max(gap_us / 6).min(l.p999);
+    l
+}
+
+fn build(
+    outcome: &str,
+    plans: &[Plan],
+    switchovers: &[PlannedSwitchover],
+) -> (Summary, Vec<Slice>, Timeline) {
+    let mut jitter = Jitter(0x7a6d);
+    let total_ms: u64 = plans.iter().map(|p| p.duration_ms).sum();
+    let mut bounds = Vec::with_capacity(plans.len());
+    let mut at = STARTED_MS;
+    for p in plans {
+        bounds.push((at, at + p.duration_ms));
+        at += p.duration_ms;
+    }
+    let gap_in = |from: u64, to: u64| {
+        switchovers
+            .iter()
+            .filter(move |s| (from..to).contains(&(STARTED_MS + s.offset_ms)))
+            .map(|s| s.client_gap_ms)
+    };
+
+    let mut slices = Vec::new();
+    let mut t = STARTED_MS;
+    while t < STARTED_MS + total_ms {
+        let i = bounds
+            .iter()
+            .position(|(s, e)| (*s..*e).contains(&t))
+            .unwrap_or(0);
+        let p = &plans[i];
+        let mut ops_f = p.rate_ops_s * jitter.next(0.015);
+        let mut l = latency(p.p50_us, p.p99_us, &mut jitter);
+        for gap_ms in gap_in(t, t + 1000) {
+            ops_f *= 1.0 - gap_ms / 1000.0;
+            l = with_gap(l, gap_ms);
+        }
+        let ops = ops_f as u64;
+        slices.push(Slice {
+            t_ms: t,
+            phase: p.name.into(),
+            ops,
+            errors: ops * p.errors_per_million / 1_000_000,
+            latency_us: l,
+        });
+        t += 1000;
+    }
+
+    let phases: Vec<PhaseSummary> = plans
+        .iter()
+        .zip(&bounds)
+        .map(|(p, &(start_ms, end_ms))| {
+            let ops = (p.rate_ops_s * p.duration_ms as f64 / 1000.0) as u64;
+            let mut l = latency(p.p50_us, p.p99_us * 1.15, &mut jitter);
+            for gap_ms in gap_in(start_ms, end_ms) {
+                l = with_gap(l, gap_ms);
+            }
+            PhaseSummary {
+                name: p.name.into(),
+                start_ms,
+                end_ms,
+                ops,
+                throughput_ops_s: ops as f64 * 1000.0 / p.duration_ms as f64,
+                errors: ops * p.errors_per_million / 1_000_000,
+                latency_us: l,
+            }
+        })
+        .collect();
+
+    let mut timeline = Timeline::new();
+    let mut push = |e: Event| timeline.events.push(e);
+    push(Event {
+        message: Some("upgrade 1.0 -> 2.0".into()),
+        ..Event::new(STARTED_MS, EventKind::UpgradeStart)
+    });
+    for (p, &(start_ms, end_ms)) in plans.iter().zip(&bounds) {
+        push(Event {
+            phase: Some(p.name.into()),
+            ..Event::new(start_ms, EventKind::PhaseStart)
+        });
+        for s in switchovers
+            .iter()
+            .filter(|s| (start_ms..end_ms).contains(&(STARTED_MS + s.offset_ms)))
+        {
+            let at_ms = STARTED_MS + s.offset_ms;
+            push(Event {
+                switchover: Some(s.kind),
+                ..Event::new(at_ms, EventKind::SwitchoverBegin)
+            });
+            let end = Event::new(at_ms + s.stepup_ms.ceil() as u64, EventKind::SwitchoverEnd);
+            push(Event {
+                switchover: Some(s.kind),
+                stepup_ms: Some(s.stepup_ms),
+                ..end
+            });
+        }
+        if p.name == phase::FEATURES_ENABLED {
+            push(Event::new(start_ms + 20, EventKind::FeaturesEnabled));
+        }
+        push(Event {
+            phase: Some(p.name.into()),
+            ..Event::new(end_ms, EventKind::PhaseEnd)
+        });
+    }
+    push(Event {
+        outcome: Some(outcome.into()),
+        ..Event::new(STARTED_MS + total_ms, EventKind::UpgradeEnd)
+    });
+
+    let acknowledged_updates = phases.iter().map(|p| p.ops - p.errors).sum::<u64>() * 6 / 10;
+    let summary = Summary {
+        schema: RUN_SCHEMA.into(),
+        outcome: outcome.into(),
+        target: "tandem".into(),
+        started_ms: STARTED_MS,
+        ended_ms: STARTED_MS + total_ms,
+        workload: serde_json::json!({
+            "mode": "open", "rate_ops_s": 20000, "connections": 16, "pipeline": 8,
+            "mix": "60% SESSION.UPDATE, 20% SET, 20% GET", "value_bytes": 128, "keys": "zipf 0.99 over 100k",
+        }),
+        phases,
+        switchovers: switchovers
+            .iter()
+            .map(|s| Switchover {
+                kind: serde_json::to_value(s.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                at_ms: STARTED_MS + s.offset_ms,
+                stepup_ms: s.stepup_ms,
+                client_gap_ms: s.client_gap_ms,
+            })
+            .collect(),
+        acknowledged_updates,
+        verified_updates: acknowledged_updates,
+        lost_updates: 0,
+    };
+    (summary, slices, timeline)
+}
+
+/// The eight phases of a completed upgrade over 62 s, one planned switchover.
+pub fn upgrade_run() -> (Summary, Vec<Slice>, Timeline) {
+    let plans = [
+        plan(phase::BASELINE, 15_000, 20_000.0, 182.0, 910.0),
+        plan(phase::B_OUT_OF_SERVICE, 3_200, 20_000.0, 96.0, 420.0),
+        plan(phase::B_CATCH_UP, 5_800, 19_400.0, 240.0, 2_450.0),
+        plan(phase::SWITCHOVER_TO_B, 600, 16_800.0, 230.0, 9_500.0),
+        plan(phase::EVALUATION, 14_400, 20_000.0, 188.0, 940.0),
+        plan(phase::A_OUT_OF_SERVICE, 3_000, 20_000.0, 98.0, 430.0),
+        plan(phase::A_CATCH_UP, 6_000, 19_300.0, 245.0, 2_600.0),
+        plan(phase::FEATURES_ENABLED, 14_000, 20_000.0, 190.0, 950.0),
+    ];
+    let switchover = PlannedSwitchover {
+        kind: SwitchoverKind::Planned,
+        offset_ms: 24_130,
+        stepup_ms: 3.8,
+        client_gap_ms: 11.6,
+    };
+    build("completed", &plans, &[switchover])
+}
+
+/// An upgrade to a faulty 2.0 that evaluation rejects: back to 1.0 with nothing lost.
+pub fn rolled_back_run() -> (Summary, Vec<Slice>, Timeline) {
+    let plans = [
+        plan(phase::BASELINE, 12_000, 20_000.0, 180.0, 900.0),
+        plan(phase::B_OUT_OF_SERVICE, 3_000, 20_000.0, 95.0, 410.0),
+        plan(phase::B_CATCH_UP, 5_000, 19_500.0, 240.0, 2_400.0),
+        plan(phase::SWITCHOVER_TO_B, 500, 17_000.0, 230.0, 9_000.0),
+        Plan {
+            errors_per_million: 8_000,
+            ..plan(phase::EVALUATION, 8_000, 19_800.0, 620.0, 6_800.0)
+        },
+        plan(phase::FALLBACK, 600, 17_000.0, 240.0, 9_000.0),
+        plan(phase::B_RELOAD_PREVIOUS, 3_000, 20_000.0, 97.0, 420.0),
+        plan(phase::B_CATCH_UP_PREVIOUS, 5_000, 19_400.0, 245.0, 2_500.0),
+        plan(phase::RESTORED, 10_000, 20_000.0, 183.0, 915.0),
+    ];
+    let switchovers = [
+        PlannedSwitchover {
+            kind: SwitchoverKind::Planned,
+            offset_ms: 20_100,
+            stepup_ms: 3.6,
+            client_gap_ms: 10.9,
+        },
+        PlannedSwitchover {
+            kind: SwitchoverKind::Fallback,
+            offset_ms: 28_600,
+            stepup_ms: 4.1,
+            client_gap_ms: 13.2,
+        },
+    ];
+    build("rolled_back", &plans, &switchovers)
+}
