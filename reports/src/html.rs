@@ -54,9 +54,10 @@ h2{font-size:15px;margin:0 0 10px;font-weight:620}
 section{background:#fff;border:1px solid var(--line);border-radius:8px;padding:16px 20px;margin-top:18px}
 .scroll{overflow-x:auto}
 table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums}
-th,td{padding:5px 10px;border-bottom:1px solid var(--line);text-align:right;white-space:nowrap}
-th{font-weight:600;color:var(--muted);font-size:12px;vertical-align:bottom}
+th,td{padding:5px 9px;border-bottom:1px solid var(--line);text-align:right;white-space:nowrap}
+th{font-weight:600;color:var(--muted);font-size:12px;vertical-align:bottom;white-space:normal;line-height:1.25}
 tr:last-child td{border-bottom:none}
+table.narrow{width:auto;min-width:55%}
 th.l,td.l{text-align:left}
 th.group{text-align:center;border-bottom:1px solid #cbd5e1}
 td.name{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:13px}
@@ -272,7 +273,8 @@ pub fn render(summary: &Summary, slices: &[Slice], timeline: Option<&Timeline>) 
         bands: &bands,
         markers: &markers,
         scale: Scale::Log,
-        format_y: |v| format::latency_us(v.round() as u64),
+        format_y: format::latency_tick_us,
+        marker_labels_low: true,
         lines: vec![
             Series {
                 class: "p50",
@@ -307,7 +309,8 @@ pub fn render(summary: &Summary, slices: &[Slice], timeline: Option<&Timeline>) 
         bands: &bands,
         markers: &markers,
         scale: Scale::Linear,
-        format_y: format::rate,
+        format_y: format::rate_tick,
+        marker_labels_low: false,
         lines: vec![Series {
             class: "tput",
             points: slice_points(&slices, step_ms, |s| Some(per_s(s.ops))),
@@ -347,6 +350,12 @@ pub fn render(summary: &Summary, slices: &[Slice], timeline: Option<&Timeline>) 
 }
 
 fn header(body: &mut String, summary: &Summary, origin: u64, end: u64) {
+    // The run's own clock when it has one; the extent of what was recorded otherwise.
+    let duration_ms = if summary.ended_ms > summary.started_ms {
+        summary.ended_ms - summary.started_ms
+    } else {
+        end.saturating_sub(origin)
+    };
     w!(
         body,
         "<header>\n<div class=\"head\"><h1>tandem run</h1>{}</div>\n",
@@ -358,7 +367,7 @@ fn header(body: &mut String, summary: &Summary, origin: u64, end: u64) {
         "<p class=\"meta\">target <b>{}</b> · started <b>{}</b> · duration <b>{}</b> · <b>{}</b> phases · <b>{}</b> switchover{}</p>\n",
         esc(&summary.target),
         format::utc(origin),
-        format::duration(end.saturating_sub(origin)),
+        format::duration(duration_ms),
         summary.phases.len(),
         switchovers,
         if switchovers == 1 { "" } else { "s" }
@@ -443,7 +452,7 @@ fn latency_cells(out: &mut String, p: &PhaseSummary) {
 fn phase_table(body: &mut String, summary: &Summary, origin: u64) {
     body.push_str("<section>\n<h2>Phases</h2>\n<div class=\"scroll\"><table>\n<thead><tr>");
     body.push_str(
-        "<th class=\"l\">phase</th><th>start s</th><th>duration s</th><th>ops</th><th>throughput ops/s</th><th>errors</th>\
+        "<th class=\"l\">phase</th><th>start&nbsp;s</th><th>duration&nbsp;s</th><th>ops</th><th>throughput ops/s</th><th>errors</th>\
          <th class=\"sep\">p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th>\
          <th class=\"sep\">ops/s vs baseline</th><th>p99 vs baseline</th></tr></thead>\n<tbody>\n",
     );
@@ -501,8 +510,8 @@ fn phase_table(body: &mut String, summary: &Summary, origin: u64) {
 }
 
 fn switchover_table(body: &mut String, switchovers: &[Switchover], origin: u64) {
-    body.push_str("<section>\n<h2>Switchovers</h2>\n<div class=\"scroll\"><table>\n<thead><tr>");
-    body.push_str("<th class=\"l\">#</th><th class=\"l\">kind</th><th>at s</th><th>step-up ms</th><th>client-visible gap ms</th></tr></thead>\n<tbody>\n");
+    body.push_str("<section>\n<h2>Switchovers</h2>\n<div class=\"scroll\"><table class=\"narrow\">\n<thead><tr>");
+    body.push_str("<th class=\"l\">#</th><th class=\"l\">kind</th><th>at&nbsp;s</th><th>step-up&nbsp;ms</th><th>client-visible gap&nbsp;ms</th></tr></thead>\n<tbody>\n");
     for (i, s) in switchovers.iter().enumerate() {
         w!(
             body,
@@ -523,7 +532,7 @@ fn switchover_table(body: &mut String, switchovers: &[Switchover], origin: u64) 
 fn event_table(body: &mut String, timeline: &Timeline, origin: u64) {
     w!(
         body,
-        "<details>\n<summary>Timeline events ({})</summary>\n<div class=\"scroll\"><table>\n",
+        "<details>\n<summary>Timeline events ({})</summary>\n<div class=\"scroll\"><table class=\"narrow\">\n",
         timeline.events.len()
     );
     body.push_str("<thead><tr><th>at s</th><th class=\"l\">event</th><th class=\"l\">phase</th><th class=\"l\">detail</th></tr></thead>\n<tbody>\n");

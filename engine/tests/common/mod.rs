@@ -31,11 +31,13 @@ impl Pair {
             NEXT.fetch_add(1, Ordering::SeqCst)
         ));
         let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("test directory");
+        let log = std::fs::File::create(dir.join("supervisor.log")).expect("supervisor log");
         let mut supervisor = Command::new(env!("CARGO_BIN_EXE_tandem"))
             .args(["pair", "up", "--base-port", "0", "--dir"])
             .arg(&dir)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .spawn()
             .expect("start tandem pair up");
         let stdout = supervisor.stdout.take().unwrap();
@@ -121,6 +123,13 @@ impl Drop for Pair {
         // SIGKILL the supervisor: its engines exit when their stdin closes.
         let _ = self.supervisor.kill();
         let _ = self.supervisor.wait();
+        if std::thread::panicking() {
+            // Show what the pair said before the failure.
+            for log in ["supervisor.log", "a.log", "b.log"] {
+                let text = std::fs::read_to_string(self.dir.join(log)).unwrap_or_default();
+                eprintln!("---- {log}\n{text}");
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -144,4 +153,93 @@ pub fn set(key: &str, value: &str) -> Vec<Bytes> {
 
 pub fn get(key: &str) -> Vec<Bytes> {
     vec![Bytes::from_static(b"GET"), Bytes::from(key.to_string())]
+}
+
+/// A client that keeps writing through switchovers, failovers and reloads: it follows
+/// `-NOTACTIVE <addr>` and reconnects to the active after a dropped connection, and keeps
+/// every acknowledged write (`key -> value`). Writes of unknown outcome are not counted.
+pub struct Writer {
+    pub stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub handle: tokio::task::JoinHandle<WriterReport>,
+}
+
+#[derive(Default, Debug)]
+pub struct WriterReport {
+    pub acked: std::collections::HashMap<String, String>,
+    pub errors: u64,
+    pub redirects: u64,
+}
+
+impl Writer {
+    pub fn start(pair: &Pair, prefix: &'static str) -> Writer {
+        let admin = pair.admin.clone();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = tokio::spawn(async move {
+            let mut report = WriterReport::default();
+            let mut client: Option<Client> = None;
+            let mut n = 0u64;
+            while !flag.load(Ordering::Relaxed) {
+                let c = match client.as_mut() {
+                    Some(c) => c,
+                    None => {
+                        client = connect_active(&admin).await;
+                        continue;
+                    }
+                };
+                let reqs: Vec<Vec<Bytes>> = (0..32).map(|i| set(&format!("{prefix}{}", n + i), &format!("v{}", n + i))).collect();
+                match c.pipeline(&reqs).await {
+                    Ok(replies) => {
+                        let mut redirect = None;
+                        for (i, r) in replies.iter().enumerate() {
+                            match r {
+                                Reply::Simple(ok) if ok == "OK" => {
+                                    report.acked.insert(format!("{prefix}{}", n + i as u64), format!("v{}", n + i as u64));
+                                }
+                                Reply::Error(e) if e.starts_with("NOTACTIVE ") => redirect = Some(e[10..].to_string()),
+                                _ => report.errors += 1,
+                            }
+                        }
+                        if let Some(addr) = redirect {
+                            report.redirects += 1;
+                            client = Client::connect_timeout(addr.as_str(), Duration::from_secs(2)).await.ok();
+                        }
+                    }
+                    Err(_) => client = None,
+                }
+                n += 32;
+            }
+            report
+        });
+        Writer { stop, handle }
+    }
+
+    pub async fn finish(self) -> WriterReport {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.await.expect("writer task")
+    }
+}
+
+async fn connect_active(admin: &str) -> Option<Client> {
+    let mut c = Client::connect_timeout(admin, Duration::from_secs(2)).await.ok()?;
+    let Ok(Reply::Bulk(b)) = c.call(&[b"STATUS"]).await else { return None };
+    let s: Value = serde_json::from_slice(&b).ok()?;
+    let addr = Pair::engine(&s, "active")?["client_addr"].as_str()?.to_string();
+    Client::connect_timeout(addr.as_str(), Duration::from_secs(2)).await.ok()
+}
+
+/// Reads every key back from the active and returns the ones missing or different.
+pub async fn lost(client: &mut Client, expected: &std::collections::HashMap<String, String>) -> Vec<String> {
+    let keys: Vec<&String> = expected.keys().collect();
+    let mut lost = Vec::new();
+    for chunk in keys.chunks(500) {
+        let reqs: Vec<Vec<Bytes>> = chunk.iter().map(|k| get(k)).collect();
+        let replies = client.pipeline(&reqs).await.expect("read back");
+        for (k, r) in chunk.iter().zip(replies) {
+            if r.as_bytes() != Some(expected[*k].as_bytes()) {
+                lost.push((*k).clone());
+            }
+        }
+    }
+    lost
 }

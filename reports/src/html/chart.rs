@@ -61,6 +61,9 @@ pub struct Chart<'a> {
     pub markers: &'a [Marker],
     pub scale: Scale,
     pub format_y: fn(f64) -> String,
+    /// Switchover labels at the foot of the plot rather than the top: on a latency chart the
+    /// top is where the switchover's own spike is drawn.
+    pub marker_labels_low: bool,
     pub lines: Vec<Series>,
     /// The first line is filled down to the axis (throughput).
     pub area: bool,
@@ -346,7 +349,7 @@ pub fn svg(chart: &Chart) -> String {
         w!(
             out,
             r#"<text class="markerlabel" x="{lx:.1}" y="{:.1}" text-anchor="{anchor}">{}</text>"#,
-            plot_top + 14.0,
+            if chart.marker_labels_low { plot_bottom - 7.0 } else { plot_top + 14.0 },
             esc(&marker.label)
         );
     }

@@ -33,6 +33,20 @@ pub fn latency_us(us: u64) -> String {
     }
 }
 
+/// An axis tick of latency: ticks are round values, so "10 ms" rather than "10.0 ms".
+pub fn latency_tick_us(us: f64) -> String {
+    latency_us(us.round() as u64).replace(".0 ", " ").replace(".00 ", " ")
+}
+
+/// An axis tick of a rate: whole numbers grouped, fractions only on a sub-unit axis.
+pub fn rate_tick(per_s: f64) -> String {
+    if per_s.fract() == 0.0 {
+        thousands(per_s as u64)
+    } else {
+        format!("{per_s:.1}")
+    }
+}
+
 /// Milliseconds as a bare number for a column whose header carries the unit.
 pub fn ms(value_ms: f64) -> String {
     if !value_ms.is_finite() {
@@ -146,6 +160,13 @@ mod tests {
         assert_eq!(latency_us(41_030), "41.0 ms");
         assert_eq!(latency_us(412_000), "412 ms");
         assert_eq!(latency_us(2_500_000), "2.50 s");
+        assert_eq!(latency_tick_us(10_000.0), "10 ms");
+        assert_eq!(latency_tick_us(2_000.0), "2 ms");
+        assert_eq!(latency_tick_us(1_000_000.0), "1 s");
+        assert_eq!(latency_tick_us(500.0), "500 µs");
+        assert_eq!(rate_tick(0.0), "0");
+        assert_eq!(rate_tick(25_000.0), "25,000");
+        assert_eq!(rate_tick(0.2), "0.2");
     }
 
     #[test]
