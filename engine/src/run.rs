@@ -116,6 +116,8 @@ pub fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => {}
         }
         eprintln!("[{}] stopping", args.name);
-        Ok(())
+        // Nothing is kept on disk: skip freeing a large state piece by piece, so that taking
+        // an engine out of service costs milliseconds, not a walk over every record.
+        std::process::exit(0)
     })
 }

@@ -286,7 +286,9 @@ impl Supervisor {
             self.fall_back(run).await?;
             return Ok(Some(verdict));
         }
-        self.end_phase(run, Some("acceptable".into()));
+        let idle = run.evaluation["stats"]["commands"].as_u64() == Some(0);
+        let verdict = if idle { "acceptable (no traffic while evaluated: only health and digests were checked)" } else { "acceptable" };
+        self.end_phase(run, Some(verdict.into()));
 
         self.phase(run, phase::A_OUT_OF_SERVICE);
         let a = self.standby();

@@ -218,10 +218,10 @@ fn slice_points(
     let mut points = Vec::with_capacity(slices.len());
     let mut previous_ms: Option<u64> = None;
     for s in slices {
-        if previous_ms.is_some_and(|p| s.t_ms.saturating_sub(p) > slice_ms * 3 / 2) {
+        if previous_ms.is_some_and(|p| s.t_ms.saturating_sub(p) > slice_ms.saturating_mul(3) / 2) {
             points.push(None);
         }
-        points.push(value(s).map(|v| (s.t_ms + slice_ms / 2, v)));
+        points.push(value(s).map(|v| (s.t_ms.saturating_add(slice_ms / 2), v)));
         previous_ms = Some(s.t_ms);
     }
     points
@@ -250,7 +250,7 @@ pub fn render(summary: &Summary, slices: &[Slice], timeline: Option<&Timeline>) 
     let origin = origin_ms(summary, &slices, timeline);
     let step_ms = slice_ms(&slices);
     let last_phase_end = summary.phases.iter().map(|p| p.end_ms).max().unwrap_or(0);
-    let last_slice_end = slices.last().map_or(0, |s| s.t_ms + step_ms);
+    let last_slice_end = slices.last().map_or(0, |s| s.t_ms.saturating_add(step_ms));
     let end = summary
         .ended_ms
         .max(last_phase_end)

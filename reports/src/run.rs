@@ -332,13 +332,13 @@ mod tests {
             &|s| s.phases.retain(|p| p.name != phase::EVALUATION),
             &["phase evaluation missing"],
         );
-        check(
-            &|s| s.phases.clear(),
-            &phase::UPGRADE
-                .map(|n| format!("phase {n} missing"))
-                .each_ref()
-                .map(|s| s.as_str()),
-        );
+        let mut no_phases = good.clone();
+        no_phases.phases.clear();
+        let every_phase_missing: Vec<String> = phase::UPGRADE
+            .iter()
+            .map(|n| format!("phase {n} missing"))
+            .collect();
+        assert_eq!(validate(&no_phases, None), every_phase_missing);
         check(
             &|s| {
                 s.outcome = "rolled_back".into();

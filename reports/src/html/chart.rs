@@ -146,7 +146,7 @@ fn time_step_s(span_s: f64) -> f64 {
 /// Assigns each band label a lane row so that no two labels of a row overlap; returns the rows
 /// (in band order) and how many rows are used.
 fn label_rows(centers_x: &[f64], widths_px: &[f64]) -> (Vec<usize>, usize) {
-    let mut row_right = vec![f64::NEG_INFINITY; LANE_ROWS_MAX];
+    let mut row_right = [f64::NEG_INFINITY; LANE_ROWS_MAX];
     let mut rows = Vec::with_capacity(centers_x.len());
     for (&c, &w) in centers_x.iter().zip(widths_px) {
         let left = c - w / 2.0;
@@ -166,7 +166,7 @@ fn label_rows(centers_x: &[f64], widths_px: &[f64]) -> (Vec<usize>, usize) {
 }
 
 pub fn svg(chart: &Chart) -> String {
-    let end_ms = chart.end_ms.max(chart.origin_ms + 1000);
+    let end_ms = chart.end_ms.max(chart.origin_ms.saturating_add(1000));
     let span_ms = (end_ms - chart.origin_ms) as f64;
     let plot_w = WIDTH - LEFT - RIGHT;
     let x = |t_ms: u64| {
@@ -275,7 +275,7 @@ pub fn svg(chart: &Chart) -> String {
         );
         w!(
             out,
-            r#"<text class="tick" x="{tx:.1}" y="{:.1}" text-anchor="middle">{t_s} s</text>"#,
+            r#"<text class="tick" x="{tx:.1}" y="{:.1}" text-anchor="middle">{t_s:.0} s</text>"#,
             plot_bottom + 19.0
         );
         k += 1.0;
@@ -349,7 +349,11 @@ pub fn svg(chart: &Chart) -> String {
         w!(
             out,
             r#"<text class="markerlabel" x="{lx:.1}" y="{:.1}" text-anchor="{anchor}">{}</text>"#,
-            if chart.marker_labels_low { plot_bottom - 7.0 } else { plot_top + 14.0 },
+            if chart.marker_labels_low {
+                plot_bottom - 7.0
+            } else {
+                plot_top + 14.0
+            },
             esc(&marker.label)
         );
     }

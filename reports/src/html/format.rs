@@ -35,7 +35,9 @@ pub fn latency_us(us: u64) -> String {
 
 /// An axis tick of latency: ticks are round values, so "10 ms" rather than "10.0 ms".
 pub fn latency_tick_us(us: f64) -> String {
-    latency_us(us.round() as u64).replace(".0 ", " ").replace(".00 ", " ")
+    latency_us(us.round() as u64)
+        .replace(".0 ", " ")
+        .replace(".00 ", " ")
 }
 
 /// An axis tick of a rate: whole numbers grouped, fractions only on a sub-unit axis.
@@ -87,15 +89,15 @@ pub fn duration(value_ms: u64) -> String {
     }
 }
 
-/// An integer with thin groups of three: "1,204,331".
+/// An integer grouped by threes: "1,204,331".
 pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
+    let head = (digits.len() - 1) % 3 + 1;
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
+    out.push_str(&digits[..head]);
+    for group in digits.as_bytes()[head..].chunks(3) {
+        out.push(',');
+        out.extend(group.iter().map(|&b| char::from(b)));
     }
     out
 }

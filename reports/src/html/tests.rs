@@ -70,7 +70,11 @@ fn the_report_shows_every_phase_and_stands_alone() {
     let html = render(&summary, &slices, Some(&timeline));
     assert_well_formed(&html);
     assert_self_contained(&html);
-    assert_eq!(html.matches("<svg").count(), 2, "a latency and a throughput chart");
+    assert_eq!(
+        html.matches("<svg").count(),
+        2,
+        "a latency and a throughput chart"
+    );
     assert_eq!(html.matches("</svg>").count(), 2);
     for name in phase::UPGRADE {
         assert!(
@@ -190,6 +194,42 @@ fn thin_runs_render_without_panicking() {
     assert_well_formed(&render_compare(("a", &summary), ("b", &empty)));
 }
 
+/// A corrupt or hand-edited file is still input: extreme values render, they do not panic.
+#[test]
+fn extreme_values_render_without_panicking() {
+    let (mut summary, mut slices, mut timeline) = sample::upgrade_run();
+    summary.started_ms = u64::MAX - 5;
+    summary.ended_ms = u64::MAX;
+    summary.phases[0].start_ms = u64::MAX;
+    summary.phases[0].end_ms = 0;
+    summary.phases[1].throughput_ops_s = f64::NAN;
+    summary.phases[2].throughput_ops_s = f64::INFINITY;
+    summary.phases[3].latency_us = Latency {
+        p50: u64::MAX,
+        p90: u64::MAX,
+        p99: u64::MAX,
+        p999: u64::MAX,
+        max: u64::MAX,
+    };
+    summary.switchovers[0].client_gap_ms = f64::NAN;
+    summary.switchovers[0].at_ms = u64::MAX;
+    summary.acknowledged_updates = u64::MAX;
+    slices[0].t_ms = u64::MAX;
+    slices[1].t_ms = 0;
+    slices[2].ops = u64::MAX;
+    slices[2].errors = u64::MAX;
+    slices[3].latency_us.p99 = u64::MAX;
+    timeline.events[0].t_ms = u64::MAX;
+    let html = render(&summary, &slices, Some(&timeline));
+    assert_well_formed(&html);
+    assert!(!html.contains("NaN"), "a coordinate is not a number");
+    assert_well_formed(&render(&summary, &slices[..2], None));
+    assert_well_formed(&render_compare(
+        ("a", &summary),
+        ("b", &sample::upgrade_run().0),
+    ));
+}
+
 #[test]
 fn the_comparison_puts_both_runs_and_their_ratios_side_by_side() {
     let (a, _, _) = sample::upgrade_run();
@@ -217,7 +257,8 @@ fn the_comparison_puts_both_runs_and_their_ratios_side_by_side() {
 }
 
 /// `TANDEM_SAMPLE_REPORT=/tmp/sample-report.html cargo test -p reports sample_report` writes a
-/// report (and a comparison beside it) for a human to open; `=1` writes to the temp directory.
+/// report (a rolled-back one and a comparison beside it, and a whole run directory,
+/// `sample-report.run/`) for a human to open; `=1` writes to the temp directory.
 #[test]
 fn sample_report_for_a_human() {
     let Some(target) = std::env::var_os("TANDEM_SAMPLE_REPORT") else {
@@ -246,5 +287,10 @@ fn sample_report_for_a_human() {
         render_compare(("completed", &summary), ("rolled back", &rolled_back)),
     )
     .unwrap();
+    let run = crate::run::RunDir::new(path.with_extension("run"));
+    run.write_summary(&summary).unwrap();
+    run.write_timeline(&timeline).unwrap();
+    run.write_slices(&slices).unwrap();
+    run.render_report().unwrap();
     eprintln!("sample report written to {}", path.display());
 }
