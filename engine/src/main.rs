@@ -51,6 +51,14 @@ enum Cmd {
         #[command(subcommand)]
         command: FeaturesCmd,
     },
+    /// Re-render a run's HTML report, or put two runs side by side.
+    Report {
+        /// The run directory (summary.json, slices.json, timeline.json).
+        run_dir: PathBuf,
+        /// A second run to compare with (e.g. the same workload against Redis).
+        #[arg(long)]
+        compare: Option<PathBuf>,
+    },
     /// Run one engine process (the supervisor starts these).
     #[command(hide = true)]
     Engine(EngineCli),
@@ -234,6 +242,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", admin_call(&admin, &["SWITCHOVER"])?);
             Ok(())
         }
+        Cmd::Report { run_dir, compare } => report(&run_dir, compare.as_deref()),
         Cmd::Features {
             command: FeaturesCmd::Enable { admin },
         } => {
@@ -369,4 +378,28 @@ fn detach_pair(dir: PathBuf, base_port: u16, app_version: String) -> anyhow::Res
         "the supervisor exited before the pair was ready; see {}",
         dir.join("supervisor.log").display()
     )
+}
+
+fn report(run_dir: &std::path::Path, compare: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use reports::run::RunDir;
+    let run = RunDir::new(run_dir);
+    match compare {
+        None => {
+            let path = run.render_report()?;
+            for problem in run.check()? {
+                eprintln!("warning: {problem}");
+            }
+            println!("{}", path.display());
+        }
+        Some(other) => {
+            let a = run.read_summary()?;
+            let b = RunDir::new(other).read_summary()?;
+            let label = |p: &std::path::Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| p.display().to_string());
+            let html = reports::html::render_compare((&label(run_dir), &a), (&label(other), &b));
+            let path = run_dir.join(format!("compare-{}.html", label(other)));
+            std::fs::write(&path, html).with_context(|| format!("writing {}", path.display()))?;
+            println!("{}", path.display());
+        }
+    }
+    Ok(())
 }
