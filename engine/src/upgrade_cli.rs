@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use bytes::BytesMut;
 use reports::timeline::{self, Event, EventKind};
 use resp::{Client, Reply};
 use serde_json::Value;
@@ -16,46 +15,18 @@ pub fn run(admin: &str, to: &str, options: &Options) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let connect = |what| async move {
-            Client::connect_timeout(admin, Duration::from_secs(3))
-                .await
-                .map_err(|e| {
-                    anyhow::anyhow!("cannot reach the supervisor at {admin} for {what}: {e:?}")
-                })
-        };
-        let mut feed = connect("the timeline").await?;
-        let mut control = connect("the upgrade").await?;
         let started_ms = timeline::now_ms();
-        feed.queue(&[b"SUBSCRIBE"]);
-        feed.flush()
+        let printer = print_timeline(admin, started_ms).await?;
+        let mut control = Client::connect_timeout(admin, Duration::from_secs(3))
             .await
-            .map_err(|e| anyhow::anyhow!("subscribing: {e:?}"))?;
-        let printer = tokio::spawn(async move {
-            loop {
-                let Ok(Reply::Bulk(json)) = feed.read_reply().await else {
-                    return;
-                };
-                let Ok(ev) = serde_json::from_slice::<Event>(&json) else {
-                    continue;
-                };
-                if ev.t_ms + 50 < started_ms {
-                    continue; // an earlier upgrade's events, replayed
-                }
-                print_event(&ev, started_ms);
-                if ev.kind == EventKind::UpgradeEnd {
-                    return;
-                }
-            }
-        });
+            .map_err(|e| anyhow::anyhow!("cannot reach the supervisor at {admin}: {e:?}"))?;
         println!(
             "upgrading to {to} (baseline {} ms, evaluation {} ms)",
             options.baseline_ms, options.evaluate_ms
         );
         let mut args: Vec<String> = vec!["UPGRADE".into(), to.into()];
         args.extend(options.to_args());
-        let mut req = BytesMut::new();
         let parts: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-        resp::encode_request(&mut req, &parts);
         control.set_timeout(None);
         let reply = control
             .call(&parts)
@@ -76,7 +47,39 @@ pub fn run(admin: &str, to: &str, options: &Options) -> anyhow::Result<()> {
     })
 }
 
-fn print_event(ev: &Event, started_ms: u64) {
+/// Subscribes to the supervisor's timeline and prints each event from `started_ms` on, until
+/// the upgrade ends.
+pub(crate) async fn print_timeline(
+    admin: &str,
+    started_ms: u64,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let mut feed = Client::connect_timeout(admin, Duration::from_secs(3))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the supervisor at {admin}: {e:?}"))?;
+    feed.queue(&[b"SUBSCRIBE"]);
+    feed.flush()
+        .await
+        .map_err(|e| anyhow::anyhow!("subscribing to the timeline: {e:?}"))?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok(Reply::Bulk(json)) = feed.read_reply().await else {
+                return;
+            };
+            let Ok(ev) = serde_json::from_slice::<Event>(&json) else {
+                continue;
+            };
+            if ev.t_ms + 50 < started_ms {
+                continue; // an earlier upgrade's events, replayed
+            }
+            print_event(&ev, started_ms);
+            if ev.kind == EventKind::UpgradeEnd {
+                return;
+            }
+        }
+    }))
+}
+
+pub(crate) fn print_event(ev: &Event, started_ms: u64) {
     let t = ev.t_ms.saturating_sub(started_ms) as f64 / 1e3;
     let phase = ev.phase.as_deref().unwrap_or("");
     let msg = ev
