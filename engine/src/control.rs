@@ -52,6 +52,10 @@ pub fn dispatch(
                 );
                 Ok(Some("OK".into()))
             }
+            // A step-up the supervisor did not hear the end of already made us active.
+            Some(epoch) if epoch == eng.epoch && eng.role == Role::Active => {
+                Ok(Some("OK already active".into()))
+            }
             Some(epoch) => Err(format!(
                 "STALEEPOCH epoch {epoch} is not above {}",
                 eng.epoch

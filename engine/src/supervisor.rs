@@ -460,8 +460,19 @@ impl Supervisor {
             ..TimelineEvent::new(timeline::now_ms(), EventKind::SwitchoverEnd)
         };
         if let Err(e) = result {
-            self.emit(end(format!("failed: {e}")));
-            return Err(e);
+            // The step-up may have happened even though its answer was lost: then the standby
+            // is active in the new epoch, and the old active must follow it.
+            let adopted = match self.call_json(to, &["TANDEM.STATUS"]).await {
+                Ok(st) => st["role"] == "active" && st["epoch"].as_u64() == Some(epoch),
+                Err(_) => false,
+            };
+            if !adopted {
+                self.emit(end(format!("failed: {e}")));
+                return Err(e);
+            }
+            eprintln!("switchover answer lost ({e}), but {} is active at epoch {epoch}", self.slots[to].name);
+            let (addr, hint) = (self.slots[to].replication_addr.clone(), self.slots[to].client_addr.clone());
+            let _ = self.call(from, &["TANDEM.FOLLOW", &addr, &epoch.to_string(), &hint]).await;
         }
         self.epoch = epoch;
         self.active = to;
