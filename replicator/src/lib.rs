@@ -3,9 +3,10 @@
 //!
 //! The protocol is pure: [`frame`] and [`record`] are codecs, [`handshake`] negotiates,
 //! [`batch`] turns updates into sealed batch frames, [`sender`] and [`receiver`] are the two
-//! ends of a link as sans-IO state machines, [`catch_up`] encodes snapshots. Only [`driver`]
-//! touches a socket. Nothing here knows what an application is.
-#![forbid(unsafe_code)]
+//! ends of a link as sans-IO state machines, [`catch_up`] encodes snapshots. Only the drivers
+//! touch a socket: [`driver`] on tokio, and `uring` on Linux's io_uring (the one module
+//! allowed `unsafe`). Nothing here knows what an application is.
+#![deny(unsafe_code)]
 
 pub mod batch;
 pub mod catch_up;
@@ -16,6 +17,8 @@ pub mod link;
 pub mod receiver;
 pub mod record;
 pub mod sender;
+#[cfg(target_os = "linux")]
+pub mod uring;
 mod wire;
 
 pub use batch::{BatchConfig, Outbox, Sealed};

@@ -16,6 +16,9 @@ use crate::frame::{self, Frame, Kind};
 use crate::handshake::{Hello, HelloReply, Identity, Start};
 use crate::link::{self, frame_bytes, LinkConfig, SnapshotEnd, StepUp};
 
+/// See [`Sender::caught_up`].
+const ACKS_BEHIND_MAX: u32 = 64;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SenderEvent {
     /// The standby introduced itself: answer with [`Sender::accept`] or [`Sender::refuse`].
@@ -53,6 +56,10 @@ pub struct Sender {
     seq_acked: u64,
     /// Sequence the standby must ack to have caught up (snapshot or resume point).
     seq_caught_up: Option<u64>,
+    /// Set once the standby has applied the start point and is no more than one batch behind.
+    is_caught_up: bool,
+    /// Acks since the start point was applied, while the standby was still further behind.
+    acks_behind: u32,
     in_flight: VecDeque<(u64, usize)>,
     bytes_in_flight: usize,
     step_up: Option<StepUp>,
@@ -73,6 +80,8 @@ impl Sender {
             seq_sent: 0,
             seq_acked: 0,
             seq_caught_up: None,
+            is_caught_up: false,
+            acks_behind: 0,
             in_flight: VecDeque::new(),
             bytes_in_flight: 0,
             step_up: None,
@@ -98,9 +107,24 @@ impl Sender {
         self.state == State::Streaming
     }
 
-    /// Has the standby applied the snapshot or resume point?
+    /// Has the standby applied the snapshot or resume point, and then drained the stream to
+    /// within one batch? Only then do writes start to wait for its acknowledgements: a standby
+    /// still working through what queued up during its snapshot would stall every client.
     pub fn caught_up(&self) -> bool {
-        self.seq_caught_up.is_some_and(|s| self.seq_acked >= s)
+        self.is_caught_up
+    }
+
+    fn check_caught_up(&mut self) {
+        if self.is_caught_up || !self.seq_caught_up.is_some_and(|s| self.seq_acked >= s) {
+            return;
+        }
+        // A standby that never drains the window (the active is saturated) is declared caught
+        // up after a bounded number of acks anyway: sync mode is what makes it promotable.
+        self.acks_behind += 1;
+        if self.in_flight.len() <= 1 || self.acks_behind > ACKS_BEHIND_MAX {
+            self.is_caught_up = true;
+            self.events.push_back(SenderEvent::CaughtUp);
+        }
     }
 
     /// Tells the standby in the next heartbeat whether the active counts it as in sync.
@@ -178,7 +202,6 @@ impl Sender {
             ));
             return;
         }
-        let was_caught_up = self.caught_up();
         self.seq_acked = seq;
         while let Some(&(last, bytes)) = self.in_flight.front() {
             if last > seq {
@@ -188,9 +211,7 @@ impl Sender {
             self.in_flight.pop_front();
         }
         self.events.push_back(SenderEvent::Acked(seq));
-        if !was_caught_up && self.caught_up() {
-            self.events.push_back(SenderEvent::CaughtUp);
-        }
+        self.check_caught_up();
     }
 
     /// Accepts the standby. With `Start::Snapshot`, `snapshot` holds the chunk frames of the
@@ -234,9 +255,7 @@ impl Sender {
         };
         self.seq_caught_up = Some(seq);
         self.state = State::Streaming;
-        if self.caught_up() {
-            self.events.push_back(SenderEvent::CaughtUp);
-        }
+        self.check_caught_up();
     }
 
     pub fn refuse(&mut self, reason: &str) {
