@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod app;
 pub mod control;
+pub mod demo;
 pub mod node;
 pub mod replication;
 pub mod run;

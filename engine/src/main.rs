@@ -24,6 +24,24 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// The main job: start a pair, drive it with the load generator, upgrade it 1.0 -> 2.0
+    /// under load (or fall back with --fault), and write the run directory and its report.
+    Demo {
+        /// Run directory (default: tandem-runs/demo-<unix seconds>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Short windows: the whole run takes about 30 seconds.
+        #[arg(long)]
+        quick: bool,
+        /// Upgrade to a faulty 2.0 (slow or errors): the acceptance check fails and the
+        /// pair falls back to 1.0.
+        #[arg(long)]
+        fault: Option<String>,
+        /// Requests per second offered by the load generator (default 5000 with --quick,
+        /// 10000 otherwise).
+        #[arg(long)]
+        rate: Option<u64>,
+    },
     /// Start or stop a pair (engine A active, engine B standby) under a supervisor.
     Pair {
         #[command(subcommand)]
@@ -242,6 +260,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", admin_call(&admin, &["SWITCHOVER"])?);
             Ok(())
         }
+        Cmd::Demo { out, quick, fault, rate } => engine::demo::run(engine::demo::DemoArgs { out, quick, fault, rate_ops_s: rate }),
         Cmd::Report { run_dir, compare } => report(&run_dir, compare.as_deref()),
         Cmd::Features {
             command: FeaturesCmd::Enable { admin },

@@ -1,0 +1,209 @@
+//! `tandem demo`: the main job. Starts a pair on free loopback ports, drives it with the load
+//! generator, performs the whole rolling upgrade 1.0 -> 2.0 under that load (or the fallback,
+//! with `--fault`), writes the run directory and its HTML report, prints a short per-phase
+//! table, and stops everything it started, also on Ctrl-C.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use reports::run::RunDir;
+use reports::summary::Summary;
+use resp::{Client, Reply};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::upgrade::Options;
+
+#[derive(Clone, Debug)]
+pub struct DemoArgs {
+    pub out: Option<PathBuf>,
+    pub quick: bool,
+    pub fault: Option<String>,
+    /// Requests per second offered by the load generator (open loop).
+    pub rate_ops_s: Option<u64>,
+}
+
+struct Plan {
+    rate_ops_s: u64,
+    options: Options,
+}
+
+fn plan(args: &DemoArgs) -> Plan {
+    let (rate_ops_s, window_ms, settle_ms) = if args.quick { (5_000, 5_000, 3_000) } else { (10_000, 20_000, 15_000) };
+    Plan {
+        rate_ops_s: args.rate_ops_s.unwrap_or(rate_ops_s),
+        options: Options {
+            fault: args.fault.clone(),
+            baseline_ms: window_ms,
+            evaluate_ms: window_ms,
+            settle_ms,
+            ..Options::default()
+        },
+    }
+}
+
+pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    if let Some(f) = &args.fault {
+        crate::sessions::Fault::parse(f).map_err(anyhow::Error::msg)?;
+    }
+    let out = args.out.clone().unwrap_or_else(default_out_dir);
+    std::fs::create_dir_all(&out).with_context(|| format!("creating the run directory {}", out.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async move {
+        let mut pair = start_pair(&out).await?;
+        let result = tokio::select! {
+            r = demo(&args, &out, &pair.admin) => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted: stopping the pair")),
+        };
+        pair.stop().await;
+        result
+    })
+}
+
+fn default_out_dir() -> PathBuf {
+    let secs = reports::timeline::now_ms() / 1000;
+    PathBuf::from("tandem-runs").join(format!("demo-{secs}"))
+}
+
+struct PairProcess {
+    child: Child,
+    admin: String,
+}
+
+impl PairProcess {
+    async fn stop(&mut self) {
+        if let Ok(mut c) = Client::connect_timeout(&self.admin, Duration::from_secs(2)).await {
+            let _ = c.call(&[b"SHUTDOWN"]).await;
+        }
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.is_err() {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+async fn start_pair(out: &std::path::Path) -> anyhow::Result<PairProcess> {
+    let dir = out.join("pair");
+    std::fs::create_dir_all(&dir)?;
+    let log = std::fs::File::create(dir.join("supervisor.log"))?;
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["pair", "up", "--base-port", "0", "--dir"])
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the pair supervisor")?;
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let admin = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(admin) = line.strip_prefix("READY admin=") {
+                return Ok(admin.to_string());
+            }
+        }
+        bail!("the pair supervisor exited before it was ready; see {}", dir.join("supervisor.log").display())
+    })
+    .await
+    .context("the pair was not ready within 30 s")??;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(PairProcess { child, admin })
+}
+
+async fn admin_call(admin: &str, args: &[String]) -> anyhow::Result<Reply> {
+    let mut c = Client::connect_timeout(admin, Duration::from_secs(3)).await.map_err(|e| anyhow::anyhow!("supervisor at {admin}: {e:?}"))?;
+    let parts: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+    c.call(&parts).await.map_err(|e| anyhow::anyhow!("supervisor at {admin}: {e:?}"))
+}
+
+async fn pair_status(admin: &str) -> anyhow::Result<Value> {
+    match admin_call(admin, &["STATUS".into()]).await? {
+        Reply::Bulk(b) => Ok(serde_json::from_slice(&b)?),
+        other => bail!("status: {other}"),
+    }
+}
+
+async fn demo(args: &DemoArgs, out: &std::path::Path, admin: &str) -> anyhow::Result<()> {
+    let plan = plan(args);
+    let status = pair_status(admin).await?;
+    let targets: Vec<String> = status["engines"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["client_addr"].as_str().map(str::to_string))
+        .collect();
+    println!(
+        "pair up: admin {admin}, engines {}; load {} ops/s; run directory {}",
+        targets.join(", "),
+        plan.rate_ops_s,
+        out.display()
+    );
+    let config = loadgen::Config {
+        targets,
+        admin: Some(admin.to_string()),
+        mode: loadgen::Mode::Open { rate_ops_s: plan.rate_ops_s },
+        connections: 4,
+        pipeline: 64,
+        duration: Duration::from_secs(15 * 60),
+        until_upgrade_end: true,
+        tail: Duration::from_secs(1),
+        out: Some(out.to_path_buf()),
+        progress: std::io::stderr().is_terminal(),
+        ..loadgen::Config::default()
+    };
+    let load = tokio::spawn(loadgen::run(config));
+    // A second of load before the baseline starts, so that connections are warm.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let printer = crate::upgrade_cli::print_timeline(admin, reports::timeline::now_ms()).await?;
+    let mut cmd = vec!["UPGRADE".to_string(), "2.0".to_string()];
+    cmd.extend(plan.options.to_args());
+    let upgraded = admin_call(admin, &cmd).await?;
+    if let Reply::Error(e) = &upgraded {
+        bail!("the upgrade was refused: {e}");
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), printer).await;
+    println!("verifying every acknowledged update...");
+    let result = load.await.context("the load generator stopped")??;
+    let run = RunDir::new(out);
+    let report = run.render_report().context("rendering the report")?;
+    print_table(&result.summary);
+    let problems = run.check()?;
+    for p in &problems {
+        eprintln!("run check: {p}");
+    }
+    println!("\nreport: {}", report.display());
+    if result.summary.lost_updates > 0 {
+        bail!("{} acknowledged updates were lost", result.summary.lost_updates);
+    }
+    Ok(())
+}
+
+fn print_table(s: &Summary) {
+    println!(
+        "\noutcome {}: {} acknowledged updates, {} verified, {} lost",
+        s.outcome, s.acknowledged_updates, s.verified_updates, s.lost_updates
+    );
+    println!(
+        "{:<22} {:>8} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9}",
+        "phase", "ms", "ops/s", "errors", "p50 us", "p99 us", "p99.9 us", "max us"
+    );
+    for p in &s.phases {
+        println!(
+            "{:<22} {:>8} {:>10.0} {:>7} {:>9} {:>9} {:>9} {:>9}",
+            p.name,
+            p.end_ms.saturating_sub(p.start_ms),
+            p.throughput_ops_s,
+            p.errors,
+            p.latency_us.p50,
+            p.latency_us.p99,
+            p.latency_us.p999,
+            p.latency_us.max
+        );
+    }
+    for w in &s.switchovers {
+        println!("switchover {:<9} step-up {:>7.1} ms, client-visible gap {:>7.1} ms", w.kind, w.stepup_ms, w.client_gap_ms);
+    }
+}
