@@ -50,6 +50,16 @@ pub enum EventKind {
     Failover,
 }
 
+impl SwitchoverKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SwitchoverKind::Planned => "planned",
+            SwitchoverKind::Failover => "failover",
+            SwitchoverKind::Fallback => "fallback",
+        }
+    }
+}
+
 /// How a switchover came about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
