@@ -160,8 +160,7 @@ impl Distribution {
             Distribution::Zipfian { theta } if !(theta > 0.0 && theta < 1.0) => {
                 Err(ConfigError::Distribution {
                     text: self.to_string(),
-                    why: "the zipfian skew must be between 0 and 1 (exclusive), e.g. 0.99"
-                        .into(),
+                    why: "the zipfian skew must be between 0 and 1 (exclusive), e.g. 0.99".into(),
                 })
             }
             _ => Ok(()),
@@ -382,7 +381,9 @@ pub enum ConfigError {
     Address(String),
     #[error("--wait makes Redis writes synchronous and needs --redis (tandem writes always are)")]
     WaitWithoutRedis,
-    #[error("--admin subscribes to a tandem supervisor's timeline and cannot be used with --redis")]
+    #[error(
+        "--admin subscribes to a tandem supervisor's timeline and cannot be used with --redis"
+    )]
     AdminWithRedis,
     #[error("--rate {0}: the rate must be between 1 and {max} ops/s", max = RATE_OPS_S_MAX)]
     Rate(u64),
@@ -450,7 +451,13 @@ mod tests {
             "zipfian:0.5".parse(),
             Ok(Distribution::Zipfian { theta: 0.5 })
         );
-        for bad in ["zipf", "zipfian:1", "zipfian:0", "zipfian:x", "zipfian:-0.5"] {
+        for bad in [
+            "zipf",
+            "zipfian:1",
+            "zipfian:0",
+            "zipfian:x",
+            "zipfian:-0.5",
+        ] {
             assert!(bad.parse::<Distribution>().is_err(), "{bad}");
         }
         assert_eq!(
@@ -486,7 +493,10 @@ mod tests {
         check(&|c| c.redis_wait = true, "needs --redis");
         check(&|c| c.pipeline = 0, "--pipeline 0");
         check(&|c| c.connections = 0, "0 connections");
-        check(&|c| c.mode = Mode::Closed { connections: 0 }, "0 connections");
+        check(
+            &|c| c.mode = Mode::Closed { connections: 0 },
+            "0 connections",
+        );
         check(&|c| c.duration = Duration::ZERO, "duration");
         check(&|c| c.keys = 3, "fewer than the 4 connections");
         check(

@@ -58,7 +58,10 @@ impl Zipfian {
     /// Computing zeta(n) is O(n): build one per partition size and share it.
     pub fn new(items: u64, theta: f64) -> Zipfian {
         assert!(items > 0, "a zipfian over no items");
-        assert!(theta > 0.0 && theta < 1.0, "zipfian theta {theta} out of (0, 1)");
+        assert!(
+            theta > 0.0 && theta < 1.0,
+            "zipfian theta {theta} out of (0, 1)"
+        );
         let zeta_n = zeta(items, theta);
         let zeta_2 = zeta(2.min(items), theta);
         let eta = if items > 1 {
@@ -122,7 +125,10 @@ impl KeyPicker {
         zipfian: Option<std::sync::Arc<Zipfian>>,
     ) -> KeyPicker {
         let local_keys = partition_len(keys, stride, partition);
-        assert!(local_keys > 0, "partition {partition} of {stride} has no key");
+        assert!(
+            local_keys > 0,
+            "partition {partition} of {stride} has no key"
+        );
         if let Some(z) = &zipfian {
             assert_eq!(z.items(), local_keys, "zipfian built for another partition");
         }

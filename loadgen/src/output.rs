@@ -1,0 +1,53 @@
+//! Writing the run directory: `summary.json`, `slices.json` and `timeline.json` through
+//! `reports::run::RunDir` (which owns the file names and writes each file atomically), and
+//! `histograms.hlog`, the HdrHistogram interval log of the latency per (second, phase),
+//! tagged with the phase, timestamps relative to the run's start.
+
+use std::path::Path;
+use std::time::{Duration, UNIX_EPOCH};
+
+use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
+use hdrhistogram::serialization::V2DeflateSerializer;
+use reports::run::{RunDir, Slice};
+use reports::summary::Summary;
+use reports::timeline::Timeline;
+
+use crate::clock::Clock;
+use crate::error::Error;
+
+pub struct RunFiles<'a> {
+    pub summary: &'a Summary,
+    pub slices: &'a [Slice],
+    /// `None` for a run without a supervisor (Redis): no `timeline.json`.
+    pub timeline: Option<&'a Timeline>,
+    pub hlog_body: &'a [u8],
+}
+
+pub fn write(dir: &Path, files: &RunFiles<'_>, clock: &Clock) -> Result<(), Error> {
+    let run = RunDir::new(dir);
+    run.write_summary(files.summary)?;
+    run.write_slices(files.slices)?;
+    if let Some(timeline) = files.timeline {
+        run.write_timeline(timeline)?;
+    }
+    let path = run.histograms_path();
+    let io = |source| Error::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut log = Vec::with_capacity(files.hlog_body.len() + 512);
+    let start = UNIX_EPOCH + Duration::from_micros(clock.start_wall_us());
+    let mut serializer = V2DeflateSerializer::new();
+    IntervalLogWriterBuilder::new()
+        .add_comment("tandem loadgen: latency in microseconds, coordinated-omission corrected")
+        .add_comment("one interval per (one-second slice, phase); the tag is the phase")
+        .with_start_time(start)
+        .with_base_time(start)
+        .begin_log_with(&mut log, &mut serializer)
+        .map_err(io)?;
+    log.extend_from_slice(files.hlog_body);
+    let mut tmp = path.clone().into_os_string();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, &log).map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)
+}

@@ -1,0 +1,231 @@
+//! From what was recorded to the run schema: the phases of `summary.json` (timeline order,
+//! clipped to the run, plus "steady" for the samples outside every phase) and the
+//! one-second slices of `slices.json`.
+
+use std::collections::BTreeMap;
+
+use reports::run::Slice;
+use reports::summary::PhaseSummary;
+
+use crate::clock::Clock;
+use crate::phase::{PhaseId, PhaseMap, STEADY};
+use crate::record::{latency_of, merge_slices, Cell, SliceRecord, SLICE_US};
+
+/// A phase of the summary, with its histogram.
+pub struct PhaseResult {
+    pub summary: PhaseSummary,
+    pub cell: Cell,
+}
+
+/// The phases of the run in timeline order: every phase of the timeline that overlaps the
+/// run `[started_ms, ended_ms]`, clipped to it, and "steady" if any sample fell outside
+/// every phase (or the timeline has no phase in the run). Throughput is over the clipped
+/// span; for steady, which may lie before and after an upgrade, over the run's time
+/// outside every phase (its start and end are its first and last sample).
+pub fn phases(
+    map: &PhaseMap,
+    mut totals: BTreeMap<PhaseId, Cell>,
+    clock: &Clock,
+    started_ms: u64,
+    ended_ms: u64,
+) -> Vec<PhaseResult> {
+    let mut out = Vec::new();
+    let mut covered: Vec<(u64, u64)> = Vec::new();
+    for (i, span) in map.spans().iter().enumerate() {
+        let id = PhaseId(i as u16);
+        let start_ms = span.start_ms.max(started_ms);
+        let end_ms = span.end_ms.unwrap_or(ended_ms).min(ended_ms);
+        let cell = totals.remove(&id).unwrap_or_default();
+        if end_ms < start_ms && cell.is_empty() {
+            continue; // an earlier upgrade's phase, replayed
+        }
+        covered.push((start_ms, end_ms.max(start_ms)));
+        out.push(result(
+            span.name.clone(),
+            start_ms,
+            end_ms.max(start_ms),
+            cell,
+            None,
+        ));
+    }
+    let steady = totals.remove(&PhaseId::STEADY).unwrap_or_default();
+    if !steady.is_empty() || out.is_empty() {
+        let (start_ms, end_ms) = if out.is_empty() || steady.is_empty() {
+            (started_ms, ended_ms)
+        } else {
+            (
+                clock.wall_ms_at_us(steady.first_us),
+                clock.wall_ms_at_us(steady.last_us),
+            )
+        };
+        let outside_ms = ended_ms.saturating_sub(started_ms) - union_ms(&mut covered);
+        out.push(result(
+            STEADY.to_string(),
+            start_ms,
+            end_ms,
+            steady,
+            Some(outside_ms),
+        ));
+    }
+    out.sort_by_key(|p| p.summary.start_ms); // stable: timeline order among equals
+    out
+}
+
+/// Milliseconds covered by the union of `spans`.
+fn union_ms(spans: &mut [(u64, u64)]) -> u64 {
+    spans.sort_unstable();
+    let mut total = 0;
+    let mut reach = 0;
+    for &(start, end) in spans.iter() {
+        let start = start.max(reach);
+        if end > start {
+            total += end - start;
+        }
+        reach = reach.max(end);
+    }
+    total
+}
+
+/// `active_ms`: the time the throughput is over, if not `end_ms - start_ms`.
+fn result(
+    name: String,
+    start_ms: u64,
+    end_ms: u64,
+    cell: Cell,
+    active_ms: Option<u64>,
+) -> PhaseResult {
+    let active_ms = active_ms.unwrap_or(end_ms.saturating_sub(start_ms));
+    let span_s = active_ms.max(1) as f64 / 1000.0;
+    PhaseResult {
+        summary: PhaseSummary {
+            name,
+            start_ms,
+            end_ms,
+            ops: cell.ops,
+            throughput_ops_s: cell.ops as f64 / span_s,
+            errors: cell.errors,
+            latency_us: latency_of(&cell.histogram),
+        },
+        cell,
+    }
+}
+
+/// `slices.json`: one entry per second that had replies, attributed to the phase its start
+/// fell in.
+pub fn slices(records: Vec<SliceRecord>, map: &PhaseMap, clock: &Clock) -> Vec<Slice> {
+    merge_slices(records)
+        .into_iter()
+        .map(|r| Slice {
+            t_ms: clock.wall_ms_at_us(r.slice * SLICE_US),
+            phase: map.name(r.phase).to_string(),
+            ops: r.ops,
+            errors: r.errors,
+            latency_us: r.latency,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Sample;
+    use reports::timeline::{Event, EventKind};
+
+    fn cell(samples: &[(u64, u64)]) -> Cell {
+        let mut c = Cell::new();
+        for &(reply_us, latency_us) in samples {
+            c.record(&Sample {
+                reply_us,
+                latency_us,
+                ok: true,
+            });
+        }
+        c
+    }
+
+    #[test]
+    fn phases_in_timeline_order_with_steady_around_them() {
+        let clock = Clock::start_now();
+        let started_ms = clock.start_wall_ms();
+        let ev = |t, kind, name: &str| Event {
+            phase: Some(name.into()),
+            ..Event::new(started_ms + t, kind)
+        };
+        let events = vec![
+            // An earlier upgrade's phase, replayed: left out.
+            Event {
+                phase: Some("old".into()),
+                ..Event::new(started_ms - 5_000, EventKind::PhaseStart)
+            },
+            Event {
+                phase: Some("old".into()),
+                ..Event::new(started_ms - 4_000, EventKind::PhaseEnd)
+            },
+            ev(1_000, EventKind::PhaseStart, "baseline"),
+            ev(3_000, EventKind::PhaseEnd, "baseline"),
+            ev(3_000, EventKind::PhaseStart, "evaluation"),
+        ];
+        let map = PhaseMap::from_events(&events);
+        let mut totals = BTreeMap::new();
+        totals.insert(PhaseId(1), cell(&[(1_500_000, 10), (2_500_000, 30)]));
+        totals.insert(PhaseId::STEADY, cell(&[(200_000, 5)]));
+        let ended_ms = started_ms + 5_000;
+        let phases = phases(&map, totals, &clock, started_ms, ended_ms);
+        let names: Vec<&str> = phases.iter().map(|p| p.summary.name.as_str()).collect();
+        assert_eq!(names, ["steady", "baseline", "evaluation"]);
+        let baseline = &phases[1].summary;
+        assert_eq!(
+            (baseline.start_ms, baseline.end_ms),
+            (started_ms + 1_000, started_ms + 3_000)
+        );
+        assert_eq!(baseline.ops, 2);
+        assert_eq!(baseline.throughput_ops_s, 1.0);
+        assert_eq!(baseline.latency_us.max, 30);
+        let evaluation = &phases[2].summary;
+        assert_eq!(
+            evaluation.end_ms, ended_ms,
+            "an open phase ends with the run"
+        );
+        assert_eq!(evaluation.ops, 0);
+    }
+
+    #[test]
+    fn steady_throughput_is_over_the_time_outside_the_phases() {
+        let clock = Clock::start_now();
+        let started_ms = clock.start_wall_ms();
+        let ev = |t, kind| Event {
+            phase: Some("baseline".into()),
+            ..Event::new(started_ms + t, kind)
+        };
+        let map = PhaseMap::from_events(&[
+            ev(1_000, EventKind::PhaseStart),
+            ev(3_000, EventKind::PhaseEnd),
+        ]);
+        let mut totals = BTreeMap::new();
+        // 4 replies in the 2 s outside the baseline: before it and after it.
+        totals.insert(
+            PhaseId::STEADY,
+            cell(&[(100_000, 1), (200_000, 1), (3_500_000, 1), (3_900_000, 1)]),
+        );
+        let phases = phases(&map, totals, &clock, started_ms, started_ms + 4_000);
+        let steady = &phases[0].summary;
+        assert_eq!(steady.name, "steady");
+        assert_eq!(steady.throughput_ops_s, 2.0);
+        assert_eq!(union_ms(&mut [(5, 10), (0, 3), (2, 4), (6, 7)]), 9);
+    }
+
+    #[test]
+    fn a_run_without_timeline_is_one_steady_phase() {
+        let clock = Clock::start_now();
+        let mut totals = BTreeMap::new();
+        totals.insert(PhaseId::STEADY, cell(&[(100, 10), (900_000, 20)]));
+        let phases = phases(&PhaseMap::default(), totals, &clock, 1_000, 3_000);
+        assert_eq!(phases.len(), 1);
+        assert_eq!(phases[0].summary.name, "steady");
+        assert_eq!(
+            (phases[0].summary.start_ms, phases[0].summary.end_ms),
+            (1_000, 3_000)
+        );
+        assert_eq!(phases[0].summary.throughput_ops_s, 1.0);
+    }
+}

@@ -1,0 +1,130 @@
+//! The `loadgen` binary: bad input gets one clear line and a non-zero exit; a good run
+//! writes its run directory.
+
+mod common;
+
+use std::process::Output;
+
+use common::{normal, start_one, temp_dir};
+use reports::run::RunDir;
+
+async fn loadgen(args: &[&str]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(args)
+        .output()
+        .await
+        .expect("the loadgen binary runs")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn bad_flags_are_named() {
+    let base = [
+        "--target",
+        "127.0.0.1:1",
+        "--duration",
+        "1s",
+        "--out",
+        "/tmp/x",
+    ];
+    let cases: [(&[&str], &str); 6] = [
+        (&["--rate", "0"], "the rate must be at least 1 op/s"),
+        (&["--rate", "ten"], "'ten' is not a whole number of ops/s"),
+        (
+            &["--rate", "10", "--mix", "put=1"],
+            "unknown operation 'put'",
+        ),
+        (
+            &["--rate", "10", "--distribution", "zipfian:2"],
+            "between 0 and 1",
+        ),
+        (
+            &["--rate", "10", "--wait"],
+            "--wait makes Redis writes synchronous and needs --redis",
+        ),
+        (&["--rate", "10", "--closed", "2"], "cannot be used with"),
+    ];
+    for (extra, needle) in cases {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let out = loadgen(&args).await;
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
+    }
+    let out = loadgen(&["--target", "127.0.0.1:1", "--rate", "10", "--out", "/tmp/x"]).await;
+    assert!(stderr(&out).contains("--duration"), "{}", stderr(&out));
+    let out = loadgen(&["--help"]).await;
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--target",
+        "--admin",
+        "--redis",
+        "--wait",
+        "--rate",
+        "--closed",
+        "--pipeline",
+        "--mix",
+        "--distribution",
+        "--quiet",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_target_says_so() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    drop(listener); // nothing listens there now
+    let out = loadgen(&[
+        "--target",
+        &addr,
+        "--rate",
+        "10",
+        "--duration",
+        "1s",
+        "--out",
+        "/tmp/x",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out).trim(),
+        format!("error: cannot reach {addr}: connection refused (is the pair up?)")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_writes_its_directory() {
+    let server = start_one(normal()).await;
+    let dir = temp_dir("cli");
+    let out = loadgen(&[
+        "--target",
+        &server.addr(),
+        "--rate",
+        "500",
+        "--duration",
+        "300ms",
+        "--out",
+        dir.to_str().unwrap(),
+        "--distribution",
+        "zipfian",
+        "--quiet",
+    ])
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("steady"), "{stdout}");
+    assert!(stdout.contains("0 lost"), "{stdout}");
+    let run = RunDir::new(&dir);
+    let summary = run.read_summary().unwrap();
+    assert_eq!(summary.schema, "tandem.run/1");
+    assert_eq!(summary.target, "tandem");
+    assert_eq!(summary.workload["distribution"], "zipfian:0.99");
+    assert!(!run.read_slices().unwrap().is_empty());
+    assert!(run.histograms_path().is_file());
+    assert!(!run.timeline_path().exists(), "no timeline without --admin");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
