@@ -33,7 +33,11 @@ struct Plan {
 }
 
 fn plan(args: &DemoArgs) -> Plan {
-    let (rate_ops_s, window_ms, settle_ms) = if args.quick { (5_000, 5_000, 3_000) } else { (10_000, 20_000, 15_000) };
+    let (rate_ops_s, window_ms, settle_ms) = if args.quick {
+        (5_000, 5_000, 3_000)
+    } else {
+        (10_000, 20_000, 15_000)
+    };
     Plan {
         rate_ops_s: args.rate_ops_s.unwrap_or(rate_ops_s),
         options: Options {
@@ -51,8 +55,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         crate::sessions::Fault::parse(f).map_err(anyhow::Error::msg)?;
     }
     let out = args.out.clone().unwrap_or_else(default_out_dir);
-    std::fs::create_dir_all(&out).with_context(|| format!("creating the run directory {}", out.display()))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    std::fs::create_dir_all(&out)
+        .with_context(|| format!("creating the run directory {}", out.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let mut pair = start_pair(&out).await?;
         let result = tokio::select! {
@@ -79,7 +87,10 @@ impl PairProcess {
         if let Ok(mut c) = Client::connect_timeout(&self.admin, Duration::from_secs(2)).await {
             let _ = c.call(&[b"SHUTDOWN"]).await;
         }
-        if tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+            .await
+            .is_err()
+        {
             let _ = self.child.kill().await;
         }
     }
@@ -105,7 +116,10 @@ async fn start_pair(out: &std::path::Path) -> anyhow::Result<PairProcess> {
                 return Ok(admin.to_string());
             }
         }
-        bail!("the pair supervisor exited before it was ready; see {}", dir.join("supervisor.log").display())
+        bail!(
+            "the pair supervisor exited before it was ready; see {}",
+            dir.join("supervisor.log").display()
+        )
     })
     .await
     .context("the pair was not ready within 30 s")??;
@@ -114,9 +128,13 @@ async fn start_pair(out: &std::path::Path) -> anyhow::Result<PairProcess> {
 }
 
 async fn admin_call(admin: &str, args: &[String]) -> anyhow::Result<Reply> {
-    let mut c = Client::connect_timeout(admin, Duration::from_secs(3)).await.map_err(|e| anyhow::anyhow!("supervisor at {admin}: {e:?}"))?;
+    let mut c = Client::connect_timeout(admin, Duration::from_secs(3))
+        .await
+        .map_err(|e| anyhow::anyhow!("supervisor at {admin}: {e:?}"))?;
     let parts: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-    c.call(&parts).await.map_err(|e| anyhow::anyhow!("supervisor at {admin}: {e:?}"))
+    c.call(&parts)
+        .await
+        .map_err(|e| anyhow::anyhow!("supervisor at {admin}: {e:?}"))
 }
 
 async fn pair_status(admin: &str) -> anyhow::Result<Value> {
@@ -144,7 +162,9 @@ async fn demo(args: &DemoArgs, out: &std::path::Path, admin: &str) -> anyhow::Re
     let config = loadgen::Config {
         targets,
         admin: Some(admin.to_string()),
-        mode: loadgen::Mode::Open { rate_ops_s: plan.rate_ops_s },
+        mode: loadgen::Mode::Open {
+            rate_ops_s: plan.rate_ops_s,
+        },
         connections: 4,
         pipeline: 64,
         duration: Duration::from_secs(15 * 60),
@@ -176,7 +196,10 @@ async fn demo(args: &DemoArgs, out: &std::path::Path, admin: &str) -> anyhow::Re
     }
     println!("\nreport: {}", report.display());
     if result.summary.lost_updates > 0 {
-        bail!("{} acknowledged updates were lost", result.summary.lost_updates);
+        bail!(
+            "{} acknowledged updates were lost",
+            result.summary.lost_updates
+        );
     }
     Ok(())
 }
@@ -204,6 +227,9 @@ fn print_table(s: &Summary) {
         );
     }
     for w in &s.switchovers {
-        println!("switchover {:<9} step-up {:>7.1} ms, client-visible gap {:>7.1} ms", w.kind, w.stepup_ms, w.client_gap_ms);
+        println!(
+            "switchover {:<9} step-up {:>7.1} ms, client-visible gap {:>7.1} ms",
+            w.kind, w.stepup_ms, w.client_gap_ms
+        );
     }
 }

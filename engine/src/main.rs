@@ -260,7 +260,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", admin_call(&admin, &["SWITCHOVER"])?);
             Ok(())
         }
-        Cmd::Demo { out, quick, fault, rate } => engine::demo::run(engine::demo::DemoArgs { out, quick, fault, rate_ops_s: rate }),
+        Cmd::Demo {
+            out,
+            quick,
+            fault,
+            rate,
+        } => engine::demo::run(engine::demo::DemoArgs {
+            out,
+            quick,
+            fault,
+            rate_ops_s: rate,
+        }),
         Cmd::Report { run_dir, compare } => report(&run_dir, compare.as_deref()),
         Cmd::Features {
             command: FeaturesCmd::Enable { admin },
@@ -413,7 +423,11 @@ fn report(run_dir: &std::path::Path, compare: Option<&std::path::Path>) -> anyho
         Some(other) => {
             let a = run.read_summary()?;
             let b = RunDir::new(other).read_summary()?;
-            let label = |p: &std::path::Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| p.display().to_string());
+            let label = |p: &std::path::Path| {
+                p.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| p.display().to_string())
+            };
             let html = reports::html::render_compare((&label(run_dir), &a), (&label(other), &b));
             let path = run_dir.join(format!("compare-{}.html", label(other)));
             std::fs::write(&path, html).with_context(|| format!("writing {}", path.display()))?;

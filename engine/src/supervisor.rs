@@ -470,9 +470,17 @@ impl Supervisor {
                 self.emit(end(format!("failed: {e}")));
                 return Err(e);
             }
-            eprintln!("switchover answer lost ({e}), but {} is active at epoch {epoch}", self.slots[to].name);
-            let (addr, hint) = (self.slots[to].replication_addr.clone(), self.slots[to].client_addr.clone());
-            let _ = self.call(from, &["TANDEM.FOLLOW", &addr, &epoch.to_string(), &hint]).await;
+            eprintln!(
+                "switchover answer lost ({e}), but {} is active at epoch {epoch}",
+                self.slots[to].name
+            );
+            let (addr, hint) = (
+                self.slots[to].replication_addr.clone(),
+                self.slots[to].client_addr.clone(),
+            );
+            let _ = self
+                .call(from, &["TANDEM.FOLLOW", &addr, &epoch.to_string(), &hint])
+                .await;
         }
         self.epoch = epoch;
         self.active = to;

@@ -59,7 +59,7 @@ impl Options {
     /// Parses `key value` pairs as the admin command carries them.
     pub fn parse(args: &[String]) -> Result<Options, String> {
         let mut o = Options::default();
-        if args.len() % 2 != 0 {
+        if !args.len().is_multiple_of(2) {
             return Err("ERR options come in pairs: name value".into());
         }
         for pair in args.chunks(2) {
@@ -287,7 +287,11 @@ impl Supervisor {
             return Ok(Some(verdict));
         }
         let idle = run.evaluation["stats"]["commands"].as_u64() == Some(0);
-        let verdict = if idle { "acceptable (no traffic while evaluated: only health and digests were checked)" } else { "acceptable" };
+        let verdict = if idle {
+            "acceptable (no traffic while evaluated: only health and digests were checked)"
+        } else {
+            "acceptable"
+        };
         self.end_phase(run, Some(verdict.into()));
 
         self.phase(run, phase::A_OUT_OF_SERVICE);

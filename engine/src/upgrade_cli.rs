@@ -93,7 +93,9 @@ pub(crate) fn print_event(ev: &Event, started_ms: u64) {
         EventKind::PhaseEnd => format!("  end {phase}{msg}"),
         EventKind::SwitchoverBegin => format!(
             "  {} switchover begins",
-            ev.switchover.unwrap_or(timeline::SwitchoverKind::Planned).as_str()
+            ev.switchover
+                .unwrap_or(timeline::SwitchoverKind::Planned)
+                .as_str()
         ),
         EventKind::SwitchoverEnd => format!(
             "  switchover done, step-up {:.1} ms{msg}",

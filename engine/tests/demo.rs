@@ -18,11 +18,18 @@ fn demo(out: &Path, extra: &[&str]) -> reports::summary::Summary {
         .output()
         .expect("run tandem demo");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "tandem demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "tandem demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(stdout.contains("report: "), "{stdout}");
     let run = RunDir::new(out);
     let problems = run.check().expect("run directory readable");
-    assert!(problems.is_empty(), "run directory problems: {problems:?}\n{stdout}");
+    assert!(
+        problems.is_empty(),
+        "run directory problems: {problems:?}\n{stdout}"
+    );
     let html = std::fs::read_to_string(run.report_path()).unwrap();
     assert!(html.contains("<svg") && !html.contains("http://") && !html.contains("https://"));
     run.read_summary().unwrap()
@@ -45,10 +52,24 @@ fn quick_demo_completes_and_the_faulty_one_rolls_back_with_nothing_lost() {
     let s = demo(&base.join("rolled_back"), &["--fault", "errors"]);
     assert_eq!(s.outcome, "rolled_back");
     let names: Vec<&str> = s.phases.iter().map(|p| p.name.as_str()).collect();
-    for p in ["baseline", "fallback", "b_reload_previous", "b_catch_up_previous", "restored"] {
+    for p in [
+        "baseline",
+        "fallback",
+        "b_reload_previous",
+        "b_catch_up_previous",
+        "restored",
+    ] {
         assert!(names.contains(&p), "phase {p} missing from {names:?}");
     }
-    assert!(s.phases.iter().find(|p| p.name == "evaluation").unwrap().errors > 0, "the faulty build failed writes");
+    assert!(
+        s.phases
+            .iter()
+            .find(|p| p.name == "evaluation")
+            .unwrap()
+            .errors
+            > 0,
+        "the faulty build failed writes"
+    );
     assert_eq!(s.lost_updates, 0);
     assert!(s.switchovers.iter().any(|w| w.kind == "fallback"));
     let _ = std::fs::remove_dir_all(&base);

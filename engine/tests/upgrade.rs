@@ -19,16 +19,35 @@ async fn upgrade(pair: &Pair, args: &[&str]) -> Value {
     }
 }
 
-const QUICK: [&str; 8] = ["baseline_ms", "500", "evaluate_ms", "1000", "settle_ms", "200", "catch_up_timeout_ms", "30000"];
+const QUICK: [&str; 8] = [
+    "baseline_ms",
+    "500",
+    "evaluate_ms",
+    "1000",
+    "settle_ms",
+    "200",
+    "catch_up_timeout_ms",
+    "30000",
+];
 
 async fn transfer(pair: &Pair, id: &str) -> Reply {
     let mut c = pair.active_client().await;
-    let _ = c.call(&[b"SESSION.OPEN", id.as_bytes(), b"alice"]).await.unwrap();
-    c.call(&[b"SESSION.TRANSFER", id.as_bytes(), b"bob"]).await.unwrap()
+    let _ = c
+        .call(&[b"SESSION.OPEN", id.as_bytes(), b"alice"])
+        .await
+        .unwrap();
+    c.call(&[b"SESSION.TRANSFER", id.as_bytes(), b"bob"])
+        .await
+        .unwrap()
 }
 
 fn versions(s: &Value) -> Vec<String> {
-    s["engines"].as_array().unwrap().iter().map(|e| e["app_version"].as_str().unwrap_or("?").to_string()).collect()
+    s["engines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["app_version"].as_str().unwrap_or("?").to_string())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,28 +55,64 @@ async fn a_full_upgrade_under_pipelined_writes_completes_and_loses_nothing() {
     let pair = Pair::up();
     pair.wait_in_sync().await;
     let before = transfer(&pair, "s-before").await;
-    assert!(before.error_message().is_some_and(|e| e.contains("unknown command")), "1.0: {before}");
+    assert!(
+        before
+            .error_message()
+            .is_some_and(|e| e.contains("unknown command")),
+        "1.0: {before}"
+    );
     let writer = Writer::start(&pair, "up:");
     let mut opts = QUICK.to_vec();
     opts.insert(0, "2.0");
     let report = upgrade(&pair, &opts).await;
     let written = writer.finish().await;
     assert_eq!(report["outcome"], "completed", "{report:#}");
-    let names: Vec<&str> = report["phases"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, reports::timeline::phase::UPGRADE.to_vec());
-    assert!(report["evaluation"]["stats"]["commands"].as_u64().unwrap() > 0, "the writer followed the switchover");
+    assert!(
+        report["evaluation"]["stats"]["commands"].as_u64().unwrap() > 0,
+        "the writer followed the switchover"
+    );
     let s = pair.wait_in_sync().await;
     assert_eq!(versions(&s), ["2.0", "2.0"]);
-    assert!(s["engines"].as_array().unwrap().iter().all(|e| e["features_enabled"] == true));
+    assert!(s["engines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["features_enabled"] == true));
     let after = transfer(&pair, "s-after").await;
-    assert_eq!(after, Reply::Simple("OK".into()), "the gated command after step 8");
-    assert!(written.acked.len() > 1000, "writes went on: {}", written.acked.len());
+    assert_eq!(
+        after,
+        Reply::Simple("OK".into()),
+        "the gated command after step 8"
+    );
+    assert!(
+        written.acked.len() > 1000,
+        "writes went on: {}",
+        written.acked.len()
+    );
     let mut c = pair.active_client().await;
     assert_eq!(lost(&mut c, &written.acked).await, Vec::<String>::new());
-    let timeline: Value = serde_json::from_str(&std::fs::read_to_string(pair.dir.join("timeline.json")).unwrap()).unwrap();
-    assert!(timeline["events"].as_array().unwrap().iter().any(|e| e["kind"] == "features_enabled"));
-    let s = pair.wait_for(|s| s["engines"][0]["digest"] == s["engines"][1]["digest"]).await;
-    assert_eq!(s["engines"][0]["seq_applied"], s["engines"][1]["seq_applied"]);
+    let timeline: Value =
+        serde_json::from_str(&std::fs::read_to_string(pair.dir.join("timeline.json")).unwrap())
+            .unwrap();
+    assert!(timeline["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["kind"] == "features_enabled"));
+    let s = pair
+        .wait_for(|s| s["engines"][0]["digest"] == s["engines"][1]["digest"])
+        .await;
+    assert_eq!(
+        s["engines"][0]["seq_applied"],
+        s["engines"][1]["seq_applied"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,8 +125,16 @@ async fn a_faulty_version_is_rolled_back_with_nothing_lost() {
     let report = upgrade(&pair, &opts).await;
     let written = writer.finish().await;
     assert_eq!(report["outcome"], "rolled_back", "{report:#}");
-    assert!(report["reason"].as_str().unwrap().contains("error rate"), "{report:#}");
-    let names: Vec<&str> = report["phases"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert!(
+        report["reason"].as_str().unwrap().contains("error rate"),
+        "{report:#}"
+    );
+    let names: Vec<&str> = report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
     assert_eq!(&names[..5], &reports::timeline::phase::UPGRADE[..5]);
     assert_eq!(&names[5..], reports::timeline::phase::FALLBACK_PATH);
     let s = pair.wait_in_sync().await;
@@ -94,7 +157,12 @@ async fn mixed_versions_replicate_both_ways_and_refuse_to_enable_the_features() 
     let standby = Pair::engine(&s, "standby").unwrap();
     assert_eq!(standby["versions_differ"], true);
     let refused = pair.admin(&["FEATURES.ENABLE"]).await;
-    assert!(refused.error_message().is_some_and(|e| e.contains("every engine")), "{refused}");
+    assert!(
+        refused
+            .error_message()
+            .is_some_and(|e| e.contains("every engine")),
+        "{refused}"
+    );
     // ...then the 1.0 engine follows the 2.0 active, in the 1.0 format.
     let r = pair.admin(&["SWITCHOVER"]).await;
     assert!(!r.is_error(), "{r}");
@@ -102,12 +170,20 @@ async fn mixed_versions_replicate_both_ways_and_refuse_to_enable_the_features() 
     assert_eq!(Pair::engine(&s, "active").unwrap()["app_version"], "2.0");
     assert_eq!(Pair::engine(&s, "standby").unwrap()["app_version"], "1.0");
     let gated = transfer(&pair, "s-mixed").await;
-    assert!(gated.error_message().is_some_and(|e| e.starts_with("FEATUREDISABLED")), "{gated}");
+    assert!(
+        gated
+            .error_message()
+            .is_some_and(|e| e.starts_with("FEATUREDISABLED")),
+        "{gated}"
+    );
     let refused = pair.admin(&["FEATURES.ENABLE"]).await;
     assert!(refused.is_error(), "{refused}");
     let written = writer.finish().await;
     let s = pair
-        .wait_for(|s| s["engines"][0]["digest"] == s["engines"][1]["digest"] && s["engines"][0]["seq_applied"] == s["engines"][1]["seq_applied"])
+        .wait_for(|s| {
+            s["engines"][0]["digest"] == s["engines"][1]["digest"]
+                && s["engines"][0]["seq_applied"] == s["engines"][1]["seq_applied"]
+        })
         .await;
     assert!(s["engines"][0]["work_units"].as_u64().unwrap() >= 1);
     let mut c = pair.active_client().await;

@@ -300,7 +300,7 @@ pub async fn run(config: Config) -> Result<RunResult, Error> {
     };
     let switchovers =
         switchover::summarize(&windows, &shared.activity.snapshot(), clock.start_wall_us());
-    let phases = summary::phases(&map, recorded.phase_totals, &clock, started_ms, ended_ms);
+    let phases = summary::phases(&map, recorded.phase_totals, started_ms, ended_ms);
     let outcome = timeline
         .events
         .iter()

@@ -1,6 +1,6 @@
 //! From what was recorded to the run schema: the phases of `summary.json` (timeline order,
-//! clipped to the run, plus "steady" for the samples outside every phase) and the
-//! one-second slices of `slices.json`.
+//! clipped to the run; a run without an upgrade is one "steady" phase) and the one-second
+//! slices of `slices.json`.
 
 use std::collections::BTreeMap;
 
@@ -18,14 +18,11 @@ pub struct PhaseResult {
 }
 
 /// The phases of the run in timeline order: every phase of the timeline that overlaps the
-/// run `[started_ms, ended_ms]`, clipped to it, and "steady" if any sample fell outside
-/// every phase (or the timeline has no phase in the run). Throughput is over the clipped
-/// span; for steady, which may lie before and after an upgrade, over the run's time
-/// outside every phase (its start and end are its first and last sample).
+/// run `[started_ms, ended_ms]`, clipped to it; or, when the timeline has no phase in the
+/// run, one "steady" phase over the whole run. Throughput is over the clipped span.
 pub fn phases(
     map: &PhaseMap,
     mut totals: BTreeMap<PhaseId, Cell>,
-    clock: &Clock,
     started_ms: u64,
     ended_ms: u64,
 ) -> Vec<PhaseResult> {
@@ -48,21 +45,16 @@ pub fn phases(
             None,
         ));
     }
+    // "steady" is the phase of a run without an upgrade. In an upgrade run the samples
+    // outside every phase (the warm-up before the baseline, the tail after the upgrade) stay
+    // in the slices but get no row: a row spanning the whole run would read as a phase.
     let steady = totals.remove(&PhaseId::STEADY).unwrap_or_default();
-    if !steady.is_empty() || out.is_empty() {
-        let (start_ms, end_ms) = if out.is_empty() || steady.is_empty() {
-            (started_ms, ended_ms)
-        } else {
-            (
-                clock.wall_ms_at_us(steady.first_us),
-                clock.wall_ms_at_us(steady.last_us),
-            )
-        };
+    if out.is_empty() {
         let outside_ms = ended_ms.saturating_sub(started_ms) - union_ms(&mut covered);
         out.push(result(
             STEADY.to_string(),
-            start_ms,
-            end_ms,
+            started_ms,
+            ended_ms,
             steady,
             Some(outside_ms),
         ));
@@ -144,7 +136,7 @@ mod tests {
     }
 
     #[test]
-    fn phases_in_timeline_order_with_steady_around_them() {
+    fn phases_in_timeline_order_without_the_samples_around_them() {
         let clock = Clock::start_now();
         let started_ms = clock.start_wall_ms();
         let ev = |t, kind, name: &str| Event {
@@ -170,10 +162,14 @@ mod tests {
         totals.insert(PhaseId(1), cell(&[(1_500_000, 10), (2_500_000, 30)]));
         totals.insert(PhaseId::STEADY, cell(&[(200_000, 5)]));
         let ended_ms = started_ms + 5_000;
-        let phases = phases(&map, totals, &clock, started_ms, ended_ms);
+        let phases = phases(&map, totals, started_ms, ended_ms);
         let names: Vec<&str> = phases.iter().map(|p| p.summary.name.as_str()).collect();
-        assert_eq!(names, ["steady", "baseline", "evaluation"]);
-        let baseline = &phases[1].summary;
+        assert_eq!(
+            names,
+            ["baseline", "evaluation"],
+            "samples outside the phases get no row"
+        );
+        let baseline = &phases[0].summary;
         assert_eq!(
             (baseline.start_ms, baseline.end_ms),
             (started_ms + 1_000, started_ms + 3_000)
@@ -181,7 +177,7 @@ mod tests {
         assert_eq!(baseline.ops, 2);
         assert_eq!(baseline.throughput_ops_s, 1.0);
         assert_eq!(baseline.latency_us.max, 30);
-        let evaluation = &phases[2].summary;
+        let evaluation = &phases[1].summary;
         assert_eq!(
             evaluation.end_ms, ended_ms,
             "an open phase ends with the run"
@@ -190,36 +186,15 @@ mod tests {
     }
 
     #[test]
-    fn steady_throughput_is_over_the_time_outside_the_phases() {
-        let clock = Clock::start_now();
-        let started_ms = clock.start_wall_ms();
-        let ev = |t, kind| Event {
-            phase: Some("baseline".into()),
-            ..Event::new(started_ms + t, kind)
-        };
-        let map = PhaseMap::from_events(&[
-            ev(1_000, EventKind::PhaseStart),
-            ev(3_000, EventKind::PhaseEnd),
-        ]);
-        let mut totals = BTreeMap::new();
-        // 4 replies in the 2 s outside the baseline: before it and after it.
-        totals.insert(
-            PhaseId::STEADY,
-            cell(&[(100_000, 1), (200_000, 1), (3_500_000, 1), (3_900_000, 1)]),
-        );
-        let phases = phases(&map, totals, &clock, started_ms, started_ms + 4_000);
-        let steady = &phases[0].summary;
-        assert_eq!(steady.name, "steady");
-        assert_eq!(steady.throughput_ops_s, 2.0);
+    fn the_union_of_spans_counts_overlaps_once() {
         assert_eq!(union_ms(&mut [(5, 10), (0, 3), (2, 4), (6, 7)]), 9);
     }
 
     #[test]
     fn a_run_without_timeline_is_one_steady_phase() {
-        let clock = Clock::start_now();
         let mut totals = BTreeMap::new();
         totals.insert(PhaseId::STEADY, cell(&[(100, 10), (900_000, 20)]));
-        let phases = phases(&PhaseMap::default(), totals, &clock, 1_000, 3_000);
+        let phases = phases(&PhaseMap::default(), totals, 1_000, 3_000);
         assert_eq!(phases.len(), 1);
         assert_eq!(phases[0].summary.name, "steady");
         assert_eq!(

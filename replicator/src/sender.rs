@@ -115,7 +115,7 @@ impl Sender {
     }
 
     fn check_caught_up(&mut self) {
-        if self.is_caught_up || !self.seq_caught_up.is_some_and(|s| self.seq_acked >= s) {
+        if self.is_caught_up || self.seq_caught_up.is_none_or(|s| self.seq_acked < s) {
             return;
         }
         // A standby that never drains the window (the active is saturated) is declared caught

@@ -187,22 +187,31 @@ impl Writer {
                         continue;
                     }
                 };
-                let reqs: Vec<Vec<Bytes>> = (0..32).map(|i| set(&format!("{prefix}{}", n + i), &format!("v{}", n + i))).collect();
+                let reqs: Vec<Vec<Bytes>> = (0..32)
+                    .map(|i| set(&format!("{prefix}{}", n + i), &format!("v{}", n + i)))
+                    .collect();
                 match c.pipeline(&reqs).await {
                     Ok(replies) => {
                         let mut redirect = None;
                         for (i, r) in replies.iter().enumerate() {
                             match r {
                                 Reply::Simple(ok) if ok == "OK" => {
-                                    report.acked.insert(format!("{prefix}{}", n + i as u64), format!("v{}", n + i as u64));
+                                    report.acked.insert(
+                                        format!("{prefix}{}", n + i as u64),
+                                        format!("v{}", n + i as u64),
+                                    );
                                 }
-                                Reply::Error(e) if e.starts_with("NOTACTIVE ") => redirect = Some(e[10..].to_string()),
+                                Reply::Error(e) if e.starts_with("NOTACTIVE ") => {
+                                    redirect = Some(e[10..].to_string())
+                                }
                                 _ => report.errors += 1,
                             }
                         }
                         if let Some(addr) = redirect {
                             report.redirects += 1;
-                            client = Client::connect_timeout(addr.as_str(), Duration::from_secs(2)).await.ok();
+                            client = Client::connect_timeout(addr.as_str(), Duration::from_secs(2))
+                                .await
+                                .ok();
                         }
                     }
                     Err(_) => client = None,
@@ -221,15 +230,26 @@ impl Writer {
 }
 
 async fn connect_active(admin: &str) -> Option<Client> {
-    let mut c = Client::connect_timeout(admin, Duration::from_secs(2)).await.ok()?;
-    let Ok(Reply::Bulk(b)) = c.call(&[b"STATUS"]).await else { return None };
+    let mut c = Client::connect_timeout(admin, Duration::from_secs(2))
+        .await
+        .ok()?;
+    let Ok(Reply::Bulk(b)) = c.call(&[b"STATUS"]).await else {
+        return None;
+    };
     let s: Value = serde_json::from_slice(&b).ok()?;
-    let addr = Pair::engine(&s, "active")?["client_addr"].as_str()?.to_string();
-    Client::connect_timeout(addr.as_str(), Duration::from_secs(2)).await.ok()
+    let addr = Pair::engine(&s, "active")?["client_addr"]
+        .as_str()?
+        .to_string();
+    Client::connect_timeout(addr.as_str(), Duration::from_secs(2))
+        .await
+        .ok()
 }
 
 /// Reads every key back from the active and returns the ones missing or different.
-pub async fn lost(client: &mut Client, expected: &std::collections::HashMap<String, String>) -> Vec<String> {
+pub async fn lost(
+    client: &mut Client,
+    expected: &std::collections::HashMap<String, String>,
+) -> Vec<String> {
     let keys: Vec<&String> = expected.keys().collect();
     let mut lost = Vec::new();
     for chunk in keys.chunks(500) {
