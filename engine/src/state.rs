@@ -5,7 +5,7 @@
 //! receives. Each half keeps an order-independent digest up to date on every change, so that
 //! "both engines hold the same state" is one comparison of two numbers, at any time.
 
-use std::collections::HashMap;
+use griddle::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use bytes::Bytes;
