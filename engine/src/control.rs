@@ -11,7 +11,7 @@ use replicator::StepUp;
 use resp::{reply, Command};
 
 use crate::app::Ctx;
-use crate::node::{Engine, Follow, Role};
+use crate::node::{Engine, Follow, LeaseMode, Role};
 use crate::server::Outcome;
 use crate::state::control;
 
@@ -33,15 +33,16 @@ pub fn dispatch(
     let result: Result<Option<String>, String> = match upper {
         b"TANDEM.STATUS" => Ok(None),
         b"TANDEM.LEASE" => match (arg_u64(cmd, 1), arg_u64(cmd, 2), cmd.arg(3).map(|m| &m[..])) {
-            (Some(epoch), Some(ttl_ms), Some(mode @ (b"simplex" | b"sync"))) => eng
-                .grant_lease(
-                    epoch,
-                    Duration::from_millis(ttl_ms),
-                    mode == b"simplex",
-                    now,
-                )
-                .map(|_| None),
-            _ => Err("ERR usage: TANDEM.LEASE epoch ttl_ms simplex|sync".into()),
+            (Some(epoch), Some(ttl_ms), Some(mode @ (b"simplex" | b"sync" | b"degrade"))) => {
+                let mode = match mode {
+                    b"sync" => LeaseMode::Sync,
+                    b"simplex" => LeaseMode::Simplex,
+                    _ => LeaseMode::Degrade,
+                };
+                eng.grant_lease(epoch, Duration::from_millis(ttl_ms), mode, now)
+                    .map(|_| None)
+            }
+            _ => Err("ERR usage: TANDEM.LEASE epoch ttl_ms simplex|sync|degrade".into()),
         },
         b"TANDEM.PROMOTE" => match arg_u64(cmd, 1) {
             Some(epoch) if epoch > eng.epoch => {

@@ -98,6 +98,8 @@ pub struct Engine {
     next_link_id: u64,
     pub follow: Option<Follow>,
     pub simplex_lease_until: Option<Instant>,
+    /// Set by a degrade lease: the current standby no longer counts, until a new one attaches.
+    pub standby_stale: bool,
     /// The client address of the active, for `-NOTACTIVE` answers.
     pub active_hint: Option<String>,
     /// A switchover in progress: writes are refused, the caller waits for the outcome.
@@ -136,6 +138,7 @@ impl Engine {
             next_link_id: 1,
             follow: None,
             simplex_lease_until: None,
+            standby_stale: false,
             active_hint: None,
             stepping_down: None,
             stepping_down_epoch: None,
@@ -178,6 +181,7 @@ impl Engine {
     /// Does the standby hold every write ever released? Only then may it be promoted.
     pub fn standby_in_sync(&self) -> bool {
         self.sync_mode()
+            && !self.standby_stale
             && self
                 .link
                 .as_ref()
@@ -194,7 +198,7 @@ impl Engine {
             return;
         }
         let before = self.seq_released;
-        if self.sync_mode() {
+        if self.sync_mode() && !self.standby_stale {
             let acked = self.link.as_ref().map_or(0, |l| l.sender.seq_acked());
             self.seq_released = self.seq_released.max(acked);
             if self.standby_in_sync() {
@@ -282,7 +286,7 @@ impl Engine {
         &mut self,
         epoch: u64,
         ttl: Duration,
-        simplex: bool,
+        mode: LeaseMode,
         now: Instant,
     ) -> Result<(), String> {
         if epoch < self.epoch {
@@ -300,7 +304,12 @@ impl Engine {
             }
             self.epoch = epoch;
         }
-        if simplex && self.role == Role::Active && !self.standby_in_sync() {
+        if mode == LeaseMode::Degrade && self.role == Role::Active {
+            // The supervisor has written the standby off (it is about to be stopped): no
+            // longer in sync, whatever its link says, until a new standby attaches.
+            self.standby_stale = true;
+        }
+        if mode != LeaseMode::Sync && self.role == Role::Active && !self.standby_in_sync() {
             self.simplex_lease_until = Some(now + ttl);
         }
         self.refresh_released(now);
@@ -366,6 +375,18 @@ impl Engine {
             counters: self.counters.clone(),
         }
     }
+}
+
+/// What a lease allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseMode {
+    /// Writes are released by the standby's acknowledgements only.
+    Sync,
+    /// With no in-sync standby, writes may be released by the active alone until the lease
+    /// runs out. Ignored while the standby is in sync (the grant may predate it).
+    Simplex,
+    /// The supervisor has written the standby off before stopping it: simplex at once.
+    Degrade,
 }
 
 /// What `TANDEM.STATUS` reports; the names are the DESIGN.md contract.
@@ -447,7 +468,7 @@ mod tests {
         let mut e = engine(true);
         let seq = set(&mut e, "k", now);
         assert!(e.seq_released < seq, "released without standby or lease");
-        e.grant_lease(1, Duration::from_millis(500), true, now)
+        e.grant_lease(1, Duration::from_millis(500), LeaseMode::Simplex, now)
             .unwrap();
         assert!(e.seq_released >= seq);
         // Once the lease runs out, new writes wait again.
@@ -469,11 +490,11 @@ mod tests {
         let now = Instant::now();
         let mut e = engine(true);
         assert!(e
-            .grant_lease(0, Duration::from_millis(500), true, now)
+            .grant_lease(0, Duration::from_millis(500), LeaseMode::Simplex, now)
             .is_err());
         assert_eq!(e.role, Role::Active);
         assert!(e
-            .grant_lease(2, Duration::from_millis(500), true, now)
+            .grant_lease(2, Duration::from_millis(500), LeaseMode::Simplex, now)
             .is_err());
         assert_eq!(e.role, Role::OutOfService);
         assert_eq!(e.epoch, 2);

@@ -564,6 +564,7 @@ impl Engine {
             return None;
         }
         let id = self.next_link_id();
+        self.standby_stale = false;
         self.link = Some(Link {
             id,
             sender,

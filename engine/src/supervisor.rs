@@ -501,9 +501,17 @@ impl Supervisor {
             return Ok(());
         };
         if i == self.standby() {
-            // The active is about to lose its standby: it may run simplex from now on.
+            // The active is about to lose its standby: it runs simplex from now on, before
+            // the link drops, so that no write waits for the next lease renewal.
             self.promotable = false;
-            self.renew_lease().await;
+            let active = self.active;
+            let (epoch, ttl) = (self.epoch.to_string(), LEASE_TTL_MS.to_string());
+            if let Err(e) = self
+                .call(active, &["TANDEM.LEASE", &epoch, &ttl, "degrade"])
+                .await
+            {
+                eprintln!("degrade lease refused by {}: {e}", self.slots[active].name);
+            }
         }
         self.slots[i].expected_exit = true;
         let _ = self.call(i, &["TANDEM.OUTOFSERVICE"]).await;
