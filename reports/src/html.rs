@@ -574,7 +574,7 @@ fn footer(body: &mut String, schema: &str) {
 
 /// Two runs side by side (`tandem report A --compare B`): per phase, both runs' throughput
 /// and p50/p99/p99.9 and the ratio b/a, the switchovers, and the lost-update counts.
-pub fn render_compare(a: (&str, &Summary), b: (&str, &Summary)) -> String {
+pub fn render_compare<'a>(a: (&str, &'a Summary), b: (&str, &'a Summary)) -> String {
     let (label_a, run_a) = a;
     let (label_b, run_b) = b;
     let mut body = String::new();
@@ -606,11 +606,29 @@ pub fn render_compare(a: (&str, &Summary), b: (&str, &Summary)) -> String {
     }
     body.push_str("</div>\n");
 
-    let mut names: Vec<&str> = run_a.phases.iter().map(|p| p.name.as_str()).collect();
-    for p in &run_b.phases {
+    // A run without an upgrade is one steady phase: it is the reference for every phase of
+    // the other run (an upgrade measured against the peer's steady state under the same load).
+    let steady_only = |r: &Summary| r.phases.len() == 1;
+    let (ref_a, ref_b) = (steady_only(run_a), steady_only(run_b));
+    let mut names: Vec<&str> = Vec::new();
+    for p in run_a
+        .phases
+        .iter()
+        .filter(|_| !ref_a || ref_b)
+        .chain(run_b.phases.iter().filter(|_| !ref_b || ref_a))
+    {
         if !names.contains(&p.name.as_str()) {
             names.push(&p.name);
         }
+    }
+    if names.is_empty() {
+        names.extend(
+            run_a
+                .phases
+                .iter()
+                .chain(&run_b.phases)
+                .map(|p| p.name.as_str()),
+        );
     }
     body.push_str("<section>\n<h2>Phases</h2>\n<div class=\"scroll\"><table>\n<thead>\n");
     body.push_str(
@@ -622,9 +640,31 @@ pub fn render_compare(a: (&str, &Summary), b: (&str, &Summary)) -> String {
     }
     body.push_str("</tr>\n</thead>\n<tbody>\n");
     for name in &names {
-        let pa = run_a.phases.iter().find(|p| p.name == *name);
-        let pb = run_b.phases.iter().find(|p| p.name == *name);
-        w!(body, "<tr><td class=\"l name\">{}</td>", esc(name));
+        let pick_phase = |r: &'a Summary, is_ref: bool| {
+            r.phases.iter().find(|p| p.name == *name).or_else(|| {
+                if is_ref {
+                    r.phases.first()
+                } else {
+                    None
+                }
+            })
+        };
+        let pa = pick_phase(run_a, ref_a && !ref_b);
+        let pb = pick_phase(run_b, ref_b && !ref_a);
+        let shown = match (ref_a && !ref_b, ref_b && !ref_a) {
+            (true, _) => format!(
+                "{} <span class=\"meta\">vs A {}</span>",
+                esc(name),
+                esc(pa.map_or("", |p| p.name.as_str()))
+            ),
+            (_, true) => format!(
+                "{} <span class=\"meta\">vs B {}</span>",
+                esc(name),
+                esc(pb.map_or("", |p| p.name.as_str()))
+            ),
+            _ => esc(name).to_string(),
+        };
+        w!(body, "<tr><td class=\"l name\">{}</td>", shown);
         let tput = |p: Option<&PhaseSummary>| p.map(|p| p.throughput_ops_s);
         compare_cells(&mut body, tput(pa), tput(pb), format::rate, false);
         let lat = |p: Option<&PhaseSummary>, f: fn(&PhaseSummary) -> u64| p.map(|p| f(p) as f64);
