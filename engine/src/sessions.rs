@@ -731,17 +731,8 @@ fn parse_priority(text: &[u8]) -> Option<u8> {
 }
 
 /// Appends `n` in decimal, without going through the formatting machinery.
-fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20]; // u64::MAX has 20 digits
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
+fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    let (digits, at) = resp::reply::decimal(n);
     out.extend_from_slice(&digits[at..]);
 }
 

@@ -63,19 +63,7 @@ impl Default for Text {
     }
 }
 
-/// `n` in decimal: the digits are `buf[start..]`.
-pub fn decimal(mut n: u64) -> ([u8; 20], usize) {
-    let mut buf = [0u8; 20]; // u64::MAX has 20 digits
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return (buf, at);
-        }
-    }
-}
+pub use resp::reply::decimal;
 
 /// Parses a whole unsigned decimal number.
 pub fn parse_u64(digits: &[u8]) -> Option<u64> {

@@ -56,18 +56,24 @@ fn line(out: &mut BytesMut, kind: u8, msg: &str) {
     out.put_slice(b"\r\n");
 }
 
-/// Writes `<kind>[-]<magnitude>\r\n`, formatting the digits on the stack.
-fn header(out: &mut BytesMut, kind: u8, negative: bool, mut magnitude: u64) {
-    let mut digits = [0u8; 20]; // u64::MAX has 20 digits
-    let mut at = digits.len();
+/// `n` in decimal, formatted on the stack: the digits are `buf[start..]` of the returned
+/// `(buf, start)`. Shared by every encoder that writes numbers on a hot path.
+pub fn decimal(mut n: u64) -> ([u8; 20], usize) {
+    let mut buf = [0u8; 20]; // u64::MAX has 20 digits
+    let mut at = buf.len();
     loop {
         at -= 1;
-        digits[at] = b'0' + (magnitude % 10) as u8;
-        magnitude /= 10;
-        if magnitude == 0 {
-            break;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return (buf, at);
         }
     }
+}
+
+/// Writes `<kind>[-]<magnitude>\r\n`, formatting the digits on the stack.
+fn header(out: &mut BytesMut, kind: u8, negative: bool, magnitude: u64) {
+    let (digits, at) = decimal(magnitude);
     out.reserve(digits.len() - at + 4);
     out.put_u8(kind);
     if negative {
