@@ -185,7 +185,7 @@ impl Engine {
             && self
                 .link
                 .as_ref()
-                .is_some_and(|l| l.sender.seq_acked() >= self.seq_released_simplex)
+                .is_some_and(|l| l.sender.seq_acked() >= self.seq_released)
     }
 
     fn simplex_allowed(&self, now: Instant) -> bool {
@@ -243,6 +243,9 @@ impl Engine {
             self.counters.replication_links_closed += 1;
             if let Some(done) = self.stepping_down.take() {
                 let _ = done.send(Err("the standby link closed during the switchover".into()));
+                // The standby may have stepped up without our hearing it: from here on this
+                // engine's writes are not the new active's, so it never resumes as its standby.
+                self.history = 0;
             }
             self.refresh_released(now);
             self.bump();

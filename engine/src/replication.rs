@@ -420,7 +420,12 @@ fn standby_turn(
                 "[{}] replication from {addr} stopped: {reason}",
                 eng.config.name
             );
+            // Nothing after the failed update is applied or acknowledged, and this engine's
+            // state no longer belongs to any history: the next link starts with a snapshot.
+            applied = None;
+            eng.history = 0;
             receiver.close(reason);
+            break;
         }
     }
     if let Some(seq) = applied {
@@ -459,11 +464,13 @@ fn standby_event(
             eng.epoch = eng.epoch.max(active.epoch);
             eng.active_hint = Some(active.client_addr.clone());
             if let Start::Snapshot { .. } = start {
+                // Until the snapshot is complete and verified this state is nobody's: a link
+                // that breaks half-way must not be resumed from it.
                 eng.state = State::default();
                 eng.seq_applied = 0;
+                eng.history = 0;
                 eng.counters.snapshots_received += 1;
             }
-            eng.history = active.history;
             if let Some(f) = eng.follow.as_mut() {
                 f.connected = true;
                 f.last_error = None;
@@ -483,6 +490,11 @@ fn standby_event(
                 ));
             }
             eng.seq_applied = end.seq;
+            eng.history = eng
+                .follow
+                .as_ref()
+                .and_then(|f| f.active.as_ref())
+                .map_or(0, |a| a.history);
             *applied = Some(end.seq);
         }
         ReceiverEvent::Batch {
@@ -501,12 +513,19 @@ fn standby_event(
             }
         }
         ReceiverEvent::StepUp(signal) => {
-            let verdict = receiver.step_up_verdict(
-                &signal,
-                eng.seq_applied,
-                eng.state.units.len() as u64,
-                eng.state.units.digest(),
-            );
+            let verdict = if signal.epoch <= eng.epoch {
+                Err(format!(
+                    "step-up to epoch {} is not above {}",
+                    signal.epoch, eng.epoch
+                ))
+            } else {
+                receiver.step_up_verdict(
+                    &signal,
+                    eng.seq_applied,
+                    eng.state.units.len() as u64,
+                    eng.state.units.digest(),
+                )
+            };
             receiver.answer_step_up(eng.seq_applied, &verdict);
             match verdict {
                 Ok(()) => {

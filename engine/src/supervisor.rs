@@ -28,6 +28,8 @@ const LEASE_TTL_MS: u64 = 500;
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// A switchover drains what is in flight to the standby first: it may take longer than a call.
+const SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Missed lease renewals after which a live but silent active is killed and replaced.
 const SILENT_TICKS_MAX: u32 = 20;
 
@@ -276,6 +278,49 @@ impl Supervisor {
         }
     }
 
+    /// A control call that may take up to `timeout`.
+    pub async fn call_timeout(
+        &mut self,
+        i: usize,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<Reply, String> {
+        if let Some(c) = self.slots[i].client.as_mut() {
+            c.set_timeout(Some(timeout));
+        }
+        let result = self.call(i, args).await;
+        if let Some(c) = self.slots[i].client.as_mut() {
+            c.set_timeout(Some(CALL_TIMEOUT));
+        }
+        result
+    }
+
+    /// After the engines and the supervisor disagree (an epoch it did not grant, a lost
+    /// answer): adopt the engine that is active at the highest epoch.
+    async fn resync(&mut self) {
+        let mut best: Option<(usize, u64)> = None;
+        for i in 0..2 {
+            if let Ok(st) = self.call_json(i, &["TANDEM.STATUS"]).await {
+                let epoch = st["epoch"].as_u64().unwrap_or(0);
+                if st["role"] == "active" && best.is_none_or(|(_, e)| epoch > e) {
+                    best = Some((i, epoch));
+                }
+                self.epoch = self.epoch.max(epoch);
+            }
+        }
+        if let Some((i, epoch)) = best {
+            if i != self.active {
+                eprintln!(
+                    "resync: {} is active at epoch {epoch}; adopting it",
+                    self.slots[i].name
+                );
+                self.active = i;
+                self.promotable = false;
+                self.write_pair_file();
+            }
+        }
+    }
+
     /// A control call whose reply is JSON.
     pub async fn call_json(&mut self, i: usize, args: &[&str]) -> Result<Value, String> {
         match self.call(i, args).await? {
@@ -310,6 +355,13 @@ impl Supervisor {
                     );
                     self.kill(active);
                 }
+            }
+            Err(e) if e.starts_with("STALEEPOCH") => {
+                eprintln!(
+                    "lease refused by {}: {e}; resyncing",
+                    self.slots[active].name
+                );
+                self.resync().await;
             }
             Err(e) => eprintln!("lease refused by {}: {e}", self.slots[active].name),
         }
@@ -389,8 +441,10 @@ impl Supervisor {
         if self.shutdown {
             return;
         }
-        let follow = self.slots[self.active].replication_addr.clone();
-        if let Err(e) = self.start(i, Some(follow)).await {
+        // Nobody could be promoted: the engine comes back as the active (with what state it
+        // can get: none), rather than leave the pair without one or following itself.
+        let follow = (self.active != i).then(|| self.slots[self.active].replication_addr.clone());
+        if let Err(e) = self.start(i, follow).await {
             eprintln!("restarting {name} failed: {e:#}");
         }
         self.write_pair_file();
@@ -408,6 +462,13 @@ impl Supervisor {
         }
         self.epoch += 1;
         let epoch = self.epoch.to_string();
+        if self.slots[other].pid.is_none() || self.slots[other].expected_exit {
+            eprintln!(
+                "active {name} died while {} was out of service: no engine holds the state; {name} restarts as an empty active",
+                self.slots[other].name
+            );
+            return;
+        }
         match self.call(other, &["TANDEM.PROMOTE", &epoch]).await {
             Ok(_) => {
                 self.active = other;
@@ -450,7 +511,11 @@ impl Supervisor {
         });
         let started = Instant::now();
         let result = self
-            .call(from, &["TANDEM.SWITCHOVER", &epoch.to_string()])
+            .call_timeout(
+                from,
+                &["TANDEM.SWITCHOVER", &epoch.to_string()],
+                SWITCHOVER_TIMEOUT,
+            )
             .await;
         let took_ms = started.elapsed().as_secs_f64() * 1e3;
         let end = |message| TimelineEvent {

@@ -558,6 +558,11 @@ impl Connection {
             }
             Verdict::Failed { message } => {
                 self.note_error(message);
+                // A refused session step changed nothing: start a new session rather than
+                // send the rest of this one's cycle to certain failure.
+                if let Op::Session { generation, .. } = request.op {
+                    self.sessions.abandon(generation);
+                }
                 self.recorder.push(Sample {
                     reply_us: now_ns / 1000,
                     latency_us: 0,

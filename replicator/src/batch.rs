@@ -88,8 +88,14 @@ impl Outbox {
         &self.config
     }
 
-    /// Appends one update to the open batch and returns its sequence number.
+    /// Appends one update to the open batch and returns its sequence number. A batch never
+    /// outgrows a frame: one command that writes a lot (a DEL of many large keys) closes the
+    /// open batch early rather than build a frame the protocol refuses.
     pub fn push(&mut self, now: Instant, op: Op, key: &[u8], value: &[u8]) -> u64 {
+        let frame_bytes_after = self.open.payload_len() + record::encoded_len(key, value);
+        if self.has_open() && frame_bytes_after > crate::frame::PAYLOAD_BYTES_MAX {
+            self.seal();
+        }
         record::put(self.open.payload_mut(), op, key, value);
         self.open_updates += 1;
         self.open_since.get_or_insert(now);
@@ -259,6 +265,29 @@ mod tests {
         out.push(now, Op::DbPut, b"b", b"1");
         out.push(now, Op::DbPut, b"c", b"1");
         assert!(out.is_full() && out.ready(now));
+    }
+
+    #[test]
+    fn a_batch_never_outgrows_a_frame() {
+        let now = Instant::now();
+        let mut out = Outbox::new(
+            BatchConfig {
+                batch_bytes_max: usize::MAX,
+                ..BatchConfig::default()
+            },
+            0,
+        );
+        let value = vec![1u8; 1 << 20];
+        for i in 0..40u32 {
+            out.push(now, Op::DbPut, &i.to_le_bytes(), &value);
+        }
+        out.seal();
+        let mut seq = 0;
+        while let Some(b) = out.batch_after(seq) {
+            assert!(b.frame.len() <= crate::frame::HEADER_BYTES + crate::frame::PAYLOAD_BYTES_MAX);
+            seq = b.seq_last;
+        }
+        assert_eq!(seq, 40);
     }
 
     #[test]
