@@ -24,6 +24,9 @@ pub struct Turn {
     pub done: bool,
 }
 
+/// A write that makes no progress for this long fails the link.
+pub const WRITE_STALL_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How many frames one vectored write gathers at most.
 const IOV_MAX: usize = 64;
 const READ_BYTES: usize = 64 << 10;
@@ -36,12 +39,18 @@ pub fn configure(stream: &TcpStream) -> io::Result<()> {
 /// Writes every frame in `frames`, gathering up to `IOV_MAX` per `writev`.
 pub async fn write_frames(stream: &mut TcpStream, frames: &mut VecDeque<Bytes>) -> io::Result<()> {
     while !frames.is_empty() {
-        let slices: Vec<IoSlice<'_>> = frames
-            .iter()
-            .take(IOV_MAX)
-            .map(|f| IoSlice::new(f))
-            .collect();
-        let mut written = stream.write_vectored(&slices).await?;
+        // The iovec array lives on the stack: no allocation per write.
+        let mut iov = [IoSlice::new(&[]); IOV_MAX];
+        let mut count = 0;
+        for (slot, frame) in iov.iter_mut().zip(frames.iter()) {
+            *slot = IoSlice::new(frame);
+            count += 1;
+        }
+        let slices = &iov[..count];
+        // A peer that stops reading (frozen mid-snapshot) must not hold this link forever.
+        let mut written = tokio::time::timeout(WRITE_STALL_MAX, stream.write_vectored(slices))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the peer stopped reading"))??;
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
