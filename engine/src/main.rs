@@ -323,8 +323,11 @@ fn admin_call(admin: &str, args: &[&str]) -> anyhow::Result<String> {
 fn print_status(text: &str) -> anyhow::Result<()> {
     let pair: serde_json::Value = serde_json::from_str(text).context("status is not JSON")?;
     println!(
-        "pair: epoch {}, active {}, standby promotable: {}",
-        pair["epoch"], pair["active"], pair["standby_promotable"]
+        "pair: epoch {}, active {}, standby promotable: {}{}",
+        pair["epoch"],
+        pair["active"].as_str().unwrap_or("?"),
+        pair["standby_promotable"],
+        if pair["upgrade_in_progress"] == true { ", upgrade in progress" } else { "" }
     );
     println!(
         "{:<4} {:<15} {:<7} {:<9} {:<8} {:<21} {:<21} {:>5} {:>10} {:>10} {:<16}",
