@@ -327,7 +327,11 @@ fn print_status(text: &str) -> anyhow::Result<()> {
         pair["epoch"],
         pair["active"].as_str().unwrap_or("?"),
         pair["standby_promotable"],
-        if pair["upgrade_in_progress"] == true { ", upgrade in progress" } else { "" }
+        if pair["upgrade_in_progress"] == true {
+            ", upgrade in progress"
+        } else {
+            ""
+        }
     );
     println!(
         "{:<4} {:<15} {:<7} {:<9} {:<8} {:<21} {:<21} {:>5} {:>10} {:>10} {:<16}",
