@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use reports::run::RunDir;
-use reports::summary::Summary;
 use resp::{Client, Reply};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -189,7 +188,8 @@ async fn demo(args: &DemoArgs, out: &std::path::Path, admin: &str) -> anyhow::Re
     let result = load.await.context("the load generator stopped")??;
     let run = RunDir::new(out);
     let report = run.render_report().context("rendering the report")?;
-    print_table(&result.summary);
+    println!();
+    loadgen::output::print_summary(&result.summary);
     let problems = run.check()?;
     for p in &problems {
         eprintln!("run check: {p}");
@@ -202,34 +202,4 @@ async fn demo(args: &DemoArgs, out: &std::path::Path, admin: &str) -> anyhow::Re
         );
     }
     Ok(())
-}
-
-fn print_table(s: &Summary) {
-    println!(
-        "\noutcome {}: {} acknowledged updates, {} verified, {} lost",
-        s.outcome, s.acknowledged_updates, s.verified_updates, s.lost_updates
-    );
-    println!(
-        "{:<22} {:>8} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9}",
-        "phase", "ms", "ops/s", "errors", "p50 us", "p99 us", "p99.9 us", "max us"
-    );
-    for p in &s.phases {
-        println!(
-            "{:<22} {:>8} {:>10.0} {:>7} {:>9} {:>9} {:>9} {:>9}",
-            p.name,
-            p.end_ms.saturating_sub(p.start_ms),
-            p.throughput_ops_s,
-            p.errors,
-            p.latency_us.p50,
-            p.latency_us.p99,
-            p.latency_us.p999,
-            p.latency_us.max
-        );
-    }
-    for w in &s.switchovers {
-        println!(
-            "switchover {:<9} step-up {:>7.1} ms, client-visible gap {:>7.1} ms",
-            w.kind, w.stepup_ms, w.client_gap_ms
-        );
-    }
 }

@@ -51,3 +51,36 @@ pub fn write(dir: &Path, files: &RunFiles<'_>, clock: &Clock) -> Result<(), Erro
     std::fs::write(&tmp, &log).map_err(io)?;
     std::fs::rename(&tmp, &path).map_err(io)
 }
+
+/// The per-phase table, the switchovers and the update counts, as the `loadgen` binary and
+/// `tandem demo` print them at the end of a run.
+pub fn print_summary(s: &Summary) {
+    let ms = |us: u64| us as f64 / 1000.0;
+    println!(
+        "{:<22} {:>8} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9}",
+        "phase", "time s", "ops/s", "errors", "p50 ms", "p99 ms", "p99.9 ms", "max ms"
+    );
+    for p in &s.phases {
+        println!(
+            "{:<22} {:>8.1} {:>10.0} {:>7} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+            p.name,
+            (p.end_ms.saturating_sub(p.start_ms)) as f64 / 1000.0,
+            p.throughput_ops_s,
+            p.errors,
+            ms(p.latency_us.p50),
+            ms(p.latency_us.p99),
+            ms(p.latency_us.p999),
+            ms(p.latency_us.max),
+        );
+    }
+    for sw in &s.switchovers {
+        println!(
+            "switchover ({}): step-up {:.1} ms, client gap {:.1} ms",
+            sw.kind, sw.stepup_ms, sw.client_gap_ms
+        );
+    }
+    println!(
+        "updates: {} acknowledged, {} verified, {} lost; outcome {}",
+        s.acknowledged_updates, s.verified_updates, s.lost_updates, s.outcome
+    );
+}
