@@ -144,6 +144,11 @@ pub fn decode_heartbeat(payload: Bytes) -> Result<(u64, bool), FrameError> {
     }
 }
 
+/// The frame that ends a link, with the reason for the peer's log.
+pub(crate) fn goodbye(reason: &str) -> Bytes {
+    frame_bytes(|o| encode_status(o, Kind::Goodbye, 0, false, reason))
+}
+
 /// Encodes a control frame into a fresh `Bytes`.
 pub(crate) fn frame_bytes(f: impl FnOnce(&mut BytesMut)) -> Bytes {
     let mut out = BytesMut::new();

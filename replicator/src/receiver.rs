@@ -287,9 +287,7 @@ impl Receiver {
             return;
         }
         self.state = State::Closed;
-        self.out.push_back(frame_bytes(|o| {
-            link::encode_status(o, Kind::Goodbye, 0, false, &reason)
-        }));
+        self.out.push_back(link::goodbye(&reason));
         self.events.push_back(ReceiverEvent::Closed { reason });
     }
 }
