@@ -30,6 +30,8 @@ pub enum ClientError {
     Closed,
     #[error("timed out")]
     Timeout,
+    #[error("authentication failed: {0}")]
+    Auth(String),
 }
 
 /// Appends `args` to `out` as one multibulk request.
