@@ -85,8 +85,9 @@ impl Secret {
         }
         let config = match std::env::var_os("XDG_CONFIG_HOME").filter(|p| !p.is_empty()) {
             Some(dir) => PathBuf::from(dir),
-            None => PathBuf::from(std::env::var_os("HOME").ok_or(SecretError::NoHome)?)
-                .join(".config"),
+            None => {
+                PathBuf::from(std::env::var_os("HOME").ok_or(SecretError::NoHome)?).join(".config")
+            }
         };
         Ok(config.join("tandem").join("secret"))
     }
@@ -164,7 +165,9 @@ impl Secret {
             .mode(0o600)
             .open(&tmp)
             .map_err(create)?;
-        let written = file.write_all(text.as_bytes()).and_then(|_| file.sync_all());
+        let written = file
+            .write_all(text.as_bytes())
+            .and_then(|_| file.sync_all());
         let linked = written.and_then(|_| std::fs::hard_link(&tmp, path));
         let _ = std::fs::remove_file(&tmp);
         match linked {

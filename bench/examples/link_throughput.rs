@@ -98,7 +98,7 @@ mod linux {
             heartbeat_interval: Duration::from_secs(3600),
             peer_timeout: Duration::from_secs(3600),
             handshake_timeout: Duration::from_secs(3600),
-            ..LinkConfig::default()
+            ..LinkConfig::new(replicator::Secret::from_bytes(*b"tandem-test-secret"))
         }
     }
 

@@ -1,32 +1,132 @@
-//! The supervisor's admin endpoint: RESP on the base port. Every command is handed to the
-//! supervisor's loop and answered when it is done; `SUBSCRIBE` turns the connection into a
-//! stream of timeline events (one JSON document per RESP bulk string, past events first).
+//! The supervisor's admin endpoint: RESP on the base port, for the user who holds the pair's
+//! secret. A connection proves it with the challenge-response of `resp::auth` before anything
+//! else (within a few seconds, and a bounded number of such connections at once); one that
+//! speaks HTTP is closed unanswered. Every command is handed to the supervisor's loop and
+//! answered when it is done; `SUBSCRIBE` turns the connection into a stream of timeline events
+//! (one JSON document per RESP bulk string, past events first).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
-use resp::reply;
+use replicator::Secret;
+use resp::auth::{Gate, ServerAuth};
+use resp::{reply, Client};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::server::{AUTH_TIMEOUT, UNAUTHENTICATED_MAX};
 use crate::supervisor::Event;
 
-pub(crate) async fn serve(listener: TcpListener, events: mpsc::UnboundedSender<Event>) {
+/// Admin connections at once, at most.
+const CONNECTIONS_MAX: usize = 256;
+/// Timeline events queued for one subscriber; one that falls this far behind is dropped.
+pub(crate) const SUBSCRIBER_QUEUE: usize = 4096;
+
+/// Connects to a supervisor's admin endpoint and proves the pair's secret.
+pub async fn connect(addr: &str, secret: &Secret) -> anyhow::Result<Client> {
+    Client::connect_authenticated(addr, Duration::from_secs(3), secret, "admin")
+        .await
+        .map_err(|e| match e {
+            resp::ClientError::Auth(why) => anyhow::anyhow!(
+                "the supervisor at {addr} refused this user's secret ({why}); pass the pair's secret with --secret-file or {}",
+                auth::SECRET_FILE_ENV
+            ),
+            e => anyhow::anyhow!("cannot reach the supervisor at {addr}: {e} (is the pair up? see pair.json)"),
+        })
+}
+
+pub(crate) async fn serve(listener: TcpListener, events: mpsc::Sender<Event>, secret: Secret) {
+    let open = Arc::new(AtomicUsize::new(0));
+    let unauthenticated = Arc::new(AtomicUsize::new(0));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                eprintln!("admin endpoint: accept failed ({e}); pausing");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
-        tokio::spawn(connection(stream, events.clone()));
+        if open.load(Ordering::Relaxed) >= CONNECTIONS_MAX
+            || unauthenticated.load(Ordering::Relaxed) >= UNAUTHENTICATED_MAX
+        {
+            continue; // dropped: closes it
+        }
+        let counts = (open.clone(), unauthenticated.clone());
+        let (events, secret) = (events.clone(), secret.clone());
+        tokio::spawn(async move {
+            counts.0.fetch_add(1, Ordering::Relaxed);
+            counts.1.fetch_add(1, Ordering::Relaxed);
+            connection(stream, events, secret, &counts.1).await;
+            counts.0.fetch_sub(1, Ordering::Relaxed);
+        });
     }
 }
 
-async fn connection(mut stream: TcpStream, events: mpsc::UnboundedSender<Event>) {
+/// Reads and authenticates the start of a connection; false if it must be closed.
+async fn authenticate(
+    stream: &mut TcpStream,
+    rx: &mut BytesMut,
+    secret: &Secret,
+    limits: &resp::Limits,
+) -> bool {
+    let mut gate = ServerAuth::new("admin");
+    let mut out = BytesMut::new();
+    let deadline = tokio::time::Instant::now() + AUTH_TIMEOUT;
+    let mut first = true;
+    while !gate.is_done() {
+        match tokio::time::timeout_at(deadline, stream.read_buf(rx)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return false,
+        }
+        if std::mem::take(&mut first) && resp::auth::looks_like_http(rx) {
+            eprintln!(
+                "admin endpoint: closed a connection that speaks HTTP (cross-protocol attack?)"
+            );
+            return false;
+        }
+        while !gate.is_done() {
+            let cmd = match resp::parse_command(rx, limits) {
+                Ok(Some(cmd)) => cmd,
+                Ok(None) => break,
+                Err(_) => return false,
+            };
+            let verdict = gate.handle(secret, &cmd, &mut out);
+            let _ = stream.write_all(&out).await;
+            out.clear();
+            if let Gate::Close(why) = verdict {
+                eprintln!("admin endpoint: {why}; closing");
+                return false;
+            }
+        }
+    }
+    true
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    events: mpsc::Sender<Event>,
+    secret: Secret,
+    unauthenticated: &AtomicUsize,
+) {
     let mut rx = BytesMut::with_capacity(4096);
     let mut out = BytesMut::new();
     let limits = resp::Limits::default();
+    let authenticated = authenticate(&mut stream, &mut rx, &secret, &limits).await;
+    unauthenticated.fetch_sub(1, Ordering::Relaxed);
+    if !authenticated {
+        return;
+    }
+    let mut have_input = !rx.is_empty();
     loop {
-        match stream.read_buf(&mut rx).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
+        if !std::mem::take(&mut have_input) {
+            match stream.read_buf(&mut rx).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
         }
         loop {
             let cmd = match resp::parse_command(&mut rx, &limits) {
@@ -56,10 +156,12 @@ async fn connection(mut stream: TcpStream, events: mpsc::UnboundedSender<Event>)
                 reply::simple(&mut out, "OK pair going down");
                 let _ = stream.write_all(&out).await;
                 let (tx, _) = oneshot::channel();
-                let _ = events.send(Event::Admin {
-                    cmd: args,
-                    reply: tx,
-                });
+                let _ = events
+                    .send(Event::Admin {
+                        cmd: args,
+                        reply: tx,
+                    })
+                    .await;
                 return;
             }
             let (tx, wait) = oneshot::channel();
@@ -68,6 +170,7 @@ async fn connection(mut stream: TcpStream, events: mpsc::UnboundedSender<Event>)
                     cmd: args,
                     reply: tx,
                 })
+                .await
                 .is_err()
             {
                 return;
@@ -86,9 +189,9 @@ async fn connection(mut stream: TcpStream, events: mpsc::UnboundedSender<Event>)
     }
 }
 
-async fn stream_timeline(mut stream: TcpStream, events: &mpsc::UnboundedSender<Event>) {
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    if events.send(Event::Subscribe { tx }).is_err() {
+async fn stream_timeline(mut stream: TcpStream, events: &mpsc::Sender<Event>) {
+    let (tx, mut rx) = mpsc::channel(SUBSCRIBER_QUEUE);
+    if events.send(Event::Subscribe { tx }).await.is_err() {
         return;
     }
     let mut out = BytesMut::new();

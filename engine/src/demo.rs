@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use reports::run::RunDir;
-use resp::{Client, Reply};
+use resp::Reply;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -24,6 +24,8 @@ pub struct DemoArgs {
     pub fault: Option<String>,
     /// Requests per second offered by the load generator (open loop).
     pub rate_ops_s: Option<u64>,
+    /// The pair's secret, for the pair the demo starts and for talking to it.
+    pub secret_file: PathBuf,
 }
 
 struct Plan {
@@ -60,10 +62,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let secret = replicator::Secret::load(&args.secret_file)?;
     runtime.block_on(async move {
-        let mut pair = start_pair(&out).await?;
+        let mut pair = start_pair(&out, &args.secret_file, &secret).await?;
         let result = tokio::select! {
-            r = demo(&args, &out, &pair.admin) => r,
+            r = demo(&args, &out, &pair.admin, &secret) => r,
             _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted: stopping the pair")),
         };
         pair.stop().await;
@@ -79,11 +82,12 @@ fn default_out_dir() -> PathBuf {
 struct PairProcess {
     child: Child,
     admin: String,
+    secret: replicator::Secret,
 }
 
 impl PairProcess {
     async fn stop(&mut self) {
-        if let Ok(mut c) = Client::connect_timeout(&self.admin, Duration::from_secs(2)).await {
+        if let Ok(mut c) = crate::admin::connect(&self.admin, &self.secret).await {
             let _ = c.call(&[b"SHUTDOWN"]).await;
         }
         if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
@@ -95,11 +99,17 @@ impl PairProcess {
     }
 }
 
-async fn start_pair(out: &std::path::Path) -> anyhow::Result<PairProcess> {
+async fn start_pair(
+    out: &std::path::Path,
+    secret_file: &std::path::Path,
+    secret: &replicator::Secret,
+) -> anyhow::Result<PairProcess> {
     let dir = out.join("pair");
     std::fs::create_dir_all(&dir)?;
     let log = std::fs::File::create(dir.join("supervisor.log"))?;
     let mut child = Command::new(std::env::current_exe()?)
+        .arg("--secret-file")
+        .arg(secret_file)
         .args(["pair", "up", "--base-port", "0", "--dir"])
         .arg(&dir)
         .stdin(Stdio::null())
@@ -123,29 +133,40 @@ async fn start_pair(out: &std::path::Path) -> anyhow::Result<PairProcess> {
     .await
     .context("the pair was not ready within 30 s")??;
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok(PairProcess { child, admin })
+    Ok(PairProcess {
+        child,
+        admin,
+        secret: secret.clone(),
+    })
 }
 
-async fn admin_call(admin: &str, args: &[String]) -> anyhow::Result<Reply> {
-    let mut c = Client::connect_timeout(admin, Duration::from_secs(3))
-        .await
-        .map_err(|e| anyhow::anyhow!("supervisor at {admin}: {e:?}"))?;
+async fn admin_call(
+    admin: &str,
+    secret: &replicator::Secret,
+    args: &[String],
+) -> anyhow::Result<Reply> {
+    let mut c = crate::admin::connect(admin, secret).await?;
     let parts: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
     c.call(&parts)
         .await
-        .map_err(|e| anyhow::anyhow!("supervisor at {admin}: {e:?}"))
+        .map_err(|e| anyhow::anyhow!("supervisor at {admin}: {e}"))
 }
 
-async fn pair_status(admin: &str) -> anyhow::Result<Value> {
-    match admin_call(admin, &["STATUS".into()]).await? {
+async fn pair_status(admin: &str, secret: &replicator::Secret) -> anyhow::Result<Value> {
+    match admin_call(admin, secret, &["STATUS".into()]).await? {
         Reply::Bulk(b) => Ok(serde_json::from_slice(&b)?),
         other => bail!("status: {other}"),
     }
 }
 
-async fn demo(args: &DemoArgs, out: &std::path::Path, admin: &str) -> anyhow::Result<()> {
+async fn demo(
+    args: &DemoArgs,
+    out: &std::path::Path,
+    admin: &str,
+    secret: &replicator::Secret,
+) -> anyhow::Result<()> {
     let plan = plan(args);
-    let status = pair_status(admin).await?;
+    let status = pair_status(admin, secret).await?;
     let targets: Vec<String> = status["engines"]
         .as_array()
         .into_iter()
@@ -161,6 +182,7 @@ async fn demo(args: &DemoArgs, out: &std::path::Path, admin: &str) -> anyhow::Re
     let config = loadgen::Config {
         targets,
         admin: Some(admin.to_string()),
+        admin_secret: Some(secret.clone()),
         mode: loadgen::Mode::Open {
             rate_ops_s: plan.rate_ops_s,
         },
@@ -176,10 +198,11 @@ async fn demo(args: &DemoArgs, out: &std::path::Path, admin: &str) -> anyhow::Re
     let load = tokio::spawn(loadgen::run(config));
     // A second of load before the baseline starts, so that connections are warm.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let printer = crate::upgrade_cli::print_timeline(admin, reports::timeline::now_ms()).await?;
+    let printer =
+        crate::upgrade_cli::print_timeline(secret, admin, reports::timeline::now_ms()).await?;
     let mut cmd = vec!["UPGRADE".to_string(), "2.0".to_string()];
     cmd.extend(plan.options.to_args());
-    let upgraded = admin_call(admin, &cmd).await?;
+    let upgraded = admin_call(admin, secret, &cmd).await?;
     if let Reply::Error(e) = &upgraded {
         bail!("the upgrade was refused: {e}");
     }

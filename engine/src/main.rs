@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use engine::run::{run_engine, EngineArgs};
 use engine::supervisor::{run_pair, PairArgs};
 use replicator::{BatchConfig, LinkConfig};
-use resp::{Client, Reply};
+use resp::Reply;
 
 #[derive(Parser)]
 #[command(
@@ -20,6 +20,11 @@ use resp::{Client, Reply};
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
+    /// The pair's secret (default: $TANDEM_SECRET_FILE, else ~/.config/tandem/secret,
+    /// created 0600 on first use). It authenticates the supervisor, the engines and the
+    /// admin commands; clients of the data never need it.
+    #[arg(long, global = true, value_name = "FILE")]
+    secret_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -98,6 +103,10 @@ enum PairCmd {
         /// Start the supervisor in the background and return once the pair is ready.
         #[arg(long)]
         detach: bool,
+        /// Clients must `AUTH` with this password before using the data (Redis's
+        /// requirepass). The pair's own processes use the secret, never this.
+        #[arg(long, value_name = "PASSWORD")]
+        requirepass: Option<String>,
     },
     /// Stop a pair and its engines.
     Down {
@@ -157,6 +166,8 @@ struct EngineCli {
     client_addr: String,
     #[arg(long, default_value = "127.0.0.1:0")]
     replication_addr: String,
+    #[arg(long, default_value = "127.0.0.1:0")]
+    control_addr: String,
     #[arg(long, default_value = "1.0")]
     app_version: String,
     /// Inject a fault: slow or errors.
@@ -186,8 +197,22 @@ struct EngineCli {
     #[arg(long, default_value_t = 4)]
     batches_in_flight_max: usize,
     /// A silent peer is declared dead after this long.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 500)]
     peer_timeout_ms: u64,
+    /// Client connections at once, at most.
+    #[arg(long, default_value_t = 10_000)]
+    clients_max: usize,
+    /// A client that takes none of its replies for this long is disconnected.
+    #[arg(long, default_value_t = 30_000)]
+    output_stall_timeout_ms: u64,
+}
+
+/// With a password here the client port takes Redis's `AUTH` first (not a flag: it would
+/// show in `ps`).
+const REQUIREPASS_ENV: &str = "TANDEM_REQUIREPASS";
+
+fn secret(explicit: Option<&std::path::Path>) -> anyhow::Result<replicator::Secret> {
+    Ok(replicator::Secret::resolve(explicit)?.1)
 }
 
 fn main() {
@@ -199,11 +224,13 @@ fn main() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    let secret_file = cli.secret_file.as_deref();
     match cli.command {
         Cmd::Engine(e) => run_engine(EngineArgs {
             name: e.name,
             client_addr: e.client_addr,
             replication_addr: e.replication_addr,
+            control_addr: e.control_addr,
             app_version: e.app_version,
             fault: e.fault,
             active_epoch: e.active_epoch,
@@ -219,7 +246,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             link: LinkConfig {
                 batches_in_flight_max: e.batches_in_flight_max,
                 peer_timeout: Duration::from_millis(e.peer_timeout_ms),
-                ..LinkConfig::default()
+                ..LinkConfig::new(secret(secret_file)?)
+            },
+            limits: engine::server::ServerLimits {
+                clients_max: e.clients_max,
+                output_stall_timeout: Duration::from_millis(e.output_stall_timeout_ms),
+                requirepass: std::env::var_os(REQUIREPASS_ENV)
+                    .filter(|p| !p.is_empty())
+                    .map(|p| p.into_encoded_bytes()),
+                ..Default::default()
             },
         }),
         Cmd::Pair {
@@ -229,26 +264,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     base_port,
                     app_version,
                     detach,
+                    requirepass,
                 },
         } => {
-            if detach {
-                return detach_pair(dir, base_port, app_version);
-            }
-            run_pair(PairArgs {
+            let (secret_file, _) = replicator::Secret::resolve(secret_file)?;
+            let args = PairArgs {
                 dir,
                 base_port,
                 app_version,
-            })
+                secret_file,
+                requirepass,
+            };
+            if detach {
+                return detach_pair(&args);
+            }
+            run_pair(args)
         }
         Cmd::Pair {
             command: PairCmd::Down { admin },
         } => {
-            let msg = admin_call(&admin, &["SHUTDOWN"])?;
+            let msg = admin_call(secret_file, &admin, &["SHUTDOWN"])?;
             println!("{msg}");
             Ok(())
         }
         Cmd::Status { admin, json } => {
-            let text = admin_call(&admin, &["STATUS"])?;
+            let text = admin_call(secret_file, &admin, &["STATUS"])?;
             if json {
                 println!("{text}");
             } else {
@@ -257,7 +297,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Switchover { admin } => {
-            println!("{}", admin_call(&admin, &["SWITCHOVER"])?);
+            println!("{}", admin_call(secret_file, &admin, &["SWITCHOVER"])?);
             Ok(())
         }
         Cmd::Demo {
@@ -270,12 +310,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             quick,
             fault,
             rate_ops_s: rate,
+            secret_file: replicator::Secret::resolve(secret_file)?.0,
         }),
         Cmd::Report { run_dir, compare } => report(&run_dir, compare.as_deref()),
         Cmd::Features {
             command: FeaturesCmd::Enable { admin },
         } => {
-            println!("{}", admin_call(&admin, &["FEATURES.ENABLE"])?);
+            println!("{}", admin_call(secret_file, &admin, &["FEATURES.ENABLE"])?);
             Ok(())
         }
         Cmd::Upgrade(u) => {
@@ -289,28 +330,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 p99_factor: u.p99_factor,
                 p99_slack_ms: u.p99_slack_ms,
             };
-            engine::upgrade_cli::run(&u.admin, &u.to, &options)
+            engine::upgrade_cli::run(&secret(secret_file)?, &u.admin, &u.to, &options)
         }
     }
 }
 
-fn admin_call(admin: &str, args: &[&str]) -> anyhow::Result<String> {
+fn admin_call(
+    secret_file: Option<&std::path::Path>,
+    admin: &str,
+    args: &[&str],
+) -> anyhow::Result<String> {
+    let secret = secret(secret_file)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let mut client = Client::connect_timeout(admin, Duration::from_secs(3))
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot reach the supervisor at {admin}: {e:?} (is the pair up? see pair.json)"
-                )
-            })?;
+        let mut client = engine::admin::connect(admin, &secret).await?;
         let parts: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
         match client
             .call(&parts)
             .await
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?
+            .map_err(|e| anyhow::anyhow!("the supervisor at {admin} did not answer: {e}"))?
         {
             Reply::Error(e) => bail!("{e}"),
             Reply::Simple(s) => Ok(s),
@@ -381,19 +421,26 @@ fn print_status(text: &str) -> anyhow::Result<()> {
 }
 
 /// Starts the supervisor in the background and waits for it to say it is ready.
-fn detach_pair(dir: PathBuf, base_port: u16, app_version: String) -> anyhow::Result<()> {
+fn detach_pair(args: &PairArgs) -> anyhow::Result<()> {
     use std::io::{BufRead, BufReader};
-    std::fs::create_dir_all(&dir)?;
+    let dir = &args.dir;
+    std::fs::create_dir_all(dir)?;
     let log = std::fs::File::create(dir.join("supervisor.log"))?;
-    let mut child = std::process::Command::new(std::env::current_exe()?)
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.arg("--secret-file")
+        .arg(&args.secret_file)
         .args(["pair", "up", "--dir"])
-        .arg(&dir)
+        .arg(dir)
         .args([
             "--base-port",
-            &base_port.to_string(),
+            &args.base_port.to_string(),
             "--app-version",
-            &app_version,
-        ])
+            &args.app_version,
+        ]);
+    if let Some(pass) = &args.requirepass {
+        cmd.args(["--requirepass", pass]);
+    }
+    let mut child = cmd
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(log)

@@ -46,12 +46,14 @@ pub struct Config {
     pub name: String,
     pub client_addr: String,
     pub replication_addr: String,
+    pub control_addr: String,
     /// Under a supervisor, simplex operation needs its lease; standalone engines run simplex
     /// freely.
     pub supervised: bool,
     pub batch: BatchConfig,
     pub link: LinkConfig,
     pub snapshot_chunk_bytes: usize,
+    pub limits: crate::server::ServerLimits,
 }
 
 /// The active's link to its standby.
@@ -78,6 +80,10 @@ pub struct Counters {
     pub replication_links_closed: u64,
     pub snapshots_sent: u64,
     pub snapshots_received: u64,
+    /// Connections closed before they were served: over a limit, unauthenticated, or HTTP.
+    pub clients_refused: u64,
+    /// Clients dropped because they did not read their replies.
+    pub clients_dropped_output: u64,
 }
 
 pub struct Engine {
@@ -343,6 +349,7 @@ impl Engine {
             pid: std::process::id(),
             client_addr: self.config.client_addr.clone(),
             replication_addr: self.config.replication_addr.clone(),
+            control_addr: self.config.control_addr.clone(),
             epoch: self.epoch,
             history: self.history,
             seq_applied: if self.role == Role::Active {
@@ -403,6 +410,7 @@ pub struct EngineStatus {
     pub pid: u32,
     pub client_addr: String,
     pub replication_addr: String,
+    pub control_addr: String,
     pub epoch: u64,
     pub history: u64,
     pub seq_applied: u64,
@@ -434,7 +442,7 @@ pub struct SyncPoint {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::{dispatch, Outcome};
+    use crate::server::{dispatch, Outcome, Port};
     use crate::sessions::{AppVersion, Sessions};
     use bytes::BytesMut;
 
@@ -443,10 +451,12 @@ mod tests {
             name: "a".into(),
             client_addr: "127.0.0.1:1".into(),
             replication_addr: "127.0.0.1:2".into(),
+            control_addr: "127.0.0.1:3".into(),
             supervised,
             batch: BatchConfig::default(),
-            link: LinkConfig::default(),
+            link: LinkConfig::new(replicator::Secret::from_bytes(*b"tandem-test-secret")),
             snapshot_chunk_bytes: 4096,
+            limits: Default::default(),
         };
         let mut e = Engine::new(config, Box::new(Sessions::new(AppVersion::V1_0, None)));
         e.become_active(1, true, Instant::now());
@@ -458,7 +468,7 @@ mod tests {
             args: vec!["SET".into(), key.to_string().into(), "v".into()],
         };
         let mut out = BytesMut::new();
-        let Outcome::Done { seq } = dispatch(e, &cmd, &mut out, now) else {
+        let Outcome::Done { seq } = dispatch(e, Port::Client, &cmd, &mut out, now) else {
             panic!("SET is immediate")
         };
         e.after_writes(now);
@@ -506,7 +516,7 @@ mod tests {
             args: vec!["SET".into(), "k".into(), "v".into()],
         };
         let mut out = BytesMut::new();
-        dispatch(&mut e, &cmd, &mut out, now);
+        dispatch(&mut e, Port::Client, &cmd, &mut out, now);
         assert!(out.starts_with(b"-NOTACTIVE"));
         assert!(e.outbox.seq_last() < seq, "a stepped-down engine wrote");
     }

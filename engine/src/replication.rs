@@ -114,6 +114,13 @@ async fn read_hello(
     timeout: Duration,
 ) -> Result<Hello, String> {
     let deadline = tokio::time::Instant::now() + timeout;
+    // The challenge: nothing from the peer counts until it proved the pair's secret over it.
+    let mut challenge: VecDeque<_> = sender.drain_out().collect();
+    match tokio::time::timeout_at(deadline, driver::write_frames(stream, &mut challenge)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err("no hello within the peer timeout".into()),
+    }
     let mut buf = [0u8; 4096];
     loop {
         while let Some(ev) = sender.poll_event() {

@@ -12,6 +12,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
 use crate::node::{Config, Engine, Follow, Role};
+use crate::server::Port;
 use crate::sessions::{AppVersion, Fault, Sessions};
 
 #[derive(Clone, Debug)]
@@ -19,6 +20,8 @@ pub struct EngineArgs {
     pub name: String,
     pub client_addr: String,
     pub replication_addr: String,
+    /// The supervisor's port: `TANDEM.*` commands, after the pair's secret was proven.
+    pub control_addr: String,
     pub app_version: String,
     pub fault: Option<String>,
     /// Start as the active of this epoch...
@@ -30,7 +33,9 @@ pub struct EngineArgs {
     /// Exit when standard input closes (the supervisor holds the other end).
     pub exit_with_stdin: bool,
     pub batch: BatchConfig,
+    /// The link's limits and the pair's secret.
     pub link: LinkConfig,
+    pub limits: crate::server::ServerLimits,
 }
 
 #[derive(Serialize)]
@@ -39,6 +44,7 @@ struct Ready<'a> {
     pid: u32,
     client_addr: String,
     replication_addr: String,
+    control_addr: String,
 }
 
 pub fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
@@ -62,16 +68,22 @@ pub fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
             .with_context(|| {
                 format!("binding the replication address {}", args.replication_addr)
             })?;
+        let control = TcpListener::bind(&args.control_addr)
+            .await
+            .with_context(|| format!("binding the control address {}", args.control_addr))?;
         let client_addr = client.local_addr()?.to_string();
         let replication_addr = replication.local_addr()?.to_string();
+        let control_addr = control.local_addr()?.to_string();
         let config = Config {
             name: args.name.clone(),
             client_addr: client_addr.clone(),
             replication_addr: replication_addr.clone(),
+            control_addr: control_addr.clone(),
             supervised: args.supervised,
             batch: args.batch.clone(),
             link: args.link.clone(),
             snapshot_chunk_bytes: 256 << 10,
+            limits: args.limits.clone(),
         };
         let mut engine = Engine::new(config, Box::new(Sessions::new(version, fault)));
         engine.epoch = args.epoch;
@@ -92,7 +104,8 @@ pub fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
             engine.role.as_str()
         );
         let engine = Rc::new(RefCell::new(engine));
-        tokio::task::spawn_local(crate::server::serve(engine.clone(), client));
+        tokio::task::spawn_local(crate::server::serve(engine.clone(), client, Port::Client));
+        tokio::task::spawn_local(crate::server::serve(engine.clone(), control, Port::Control));
         tokio::task::spawn_local(crate::replication::serve(engine.clone(), replication));
         tokio::task::spawn_local(crate::replication::follow(engine.clone()));
         let ready = Ready {
@@ -100,6 +113,7 @@ pub fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
             pid: std::process::id(),
             client_addr,
             replication_addr,
+            control_addr,
         };
         println!("READY {}", serde_json::to_string(&ready)?);
         let stop = async {

@@ -1,13 +1,25 @@
-//! The client server: RESP over TCP, pipelined, one task per connection.
+//! The engine's two RESP servers: the client port (the application's data) and the control
+//! port (the supervisor's `TANDEM.*` commands, only after the pair's secret was proven), both
+//! pipelined, one task per connection.
 //!
 //! A connection reads what the socket has, executes every complete command in it against the
 //! engine in one borrow, waits once until the engine may release everything those commands
 //! saw (the standby has acknowledged it), then writes all the replies with one syscall. A
 //! malformed request gets a protocol error and the connection is closed; the engine goes on.
+//!
+//! Every resource a connection holds is bounded: a round stops executing once its replies
+//! reach [`ROUND_OUTPUT_BYTES`] (the rest waits, unread, in the socket), a client that takes no
+//! reply bytes for `output_stall_timeout` is disconnected and its buffers freed, connections
+//! are counted against `clients_max`, an unauthenticated one must prove itself within
+//! [`AUTH_TIMEOUT`], and an accept error (out of file descriptors) backs off instead of
+//! spinning.
 
+use std::cell::Cell;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use resp::auth::{Gate, ServerAuth};
 use resp::{reply, Command, Limits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -21,14 +33,194 @@ const READ_BYTES: usize = 16 << 10;
 const PENDING_INPUT_BYTES_MAX: usize = 64 << 20;
 /// How often a waiting reply re-checks a lease that may have been granted or expired.
 const RELEASE_RECHECK: Duration = Duration::from_millis(20);
+/// A round stops executing commands once its replies reach this many bytes.
+pub const ROUND_OUTPUT_BYTES: usize = 1 << 20;
+/// An unauthenticated connection must finish the handshake (or `AUTH`) within this long.
+pub const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Unauthenticated connections held at once, at most, per port; more are closed at once.
+pub const UNAUTHENTICATED_MAX: usize = 64;
+/// After an accept error (EMFILE), the listener pauses this long before it tries again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-pub async fn serve(engine: Shared, listener: TcpListener) {
+/// Which of the engine's ports a connection came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Port {
+    /// The application's commands; `TANDEM.*` is refused here.
+    Client,
+    /// The supervisor's `TANDEM.*` commands, after the pair's secret was proven.
+    Control,
+}
+
+impl Port {
+    fn name(self) -> &'static str {
+        match self {
+            Port::Client => "client",
+            Port::Control => "control",
+        }
+    }
+}
+
+/// Limits on what clients may hold (flags of `tandem engine` and `tandem pair up`).
+#[derive(Clone, Debug)]
+pub struct ServerLimits {
+    /// Connections on the client port at once, at most (Redis's `maxclients`).
+    pub clients_max: usize,
+    /// A client whose replies wait this long without the socket taking a byte is dropped.
+    pub output_stall_timeout: Duration,
+    /// One round's replies beyond this many bytes drop the client at once.
+    pub output_bytes_max: usize,
+    /// With a password, the client port takes `AUTH` before anything else (`--requirepass`).
+    pub requirepass: Option<Vec<u8>>,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            clients_max: 10_000,
+            output_stall_timeout: Duration::from_secs(30),
+            output_bytes_max: 64 << 20,
+            requirepass: None,
+        }
+    }
+}
+
+/// Counts live connections; the count drops when the guard does.
+struct Slot(Rc<Cell<usize>>);
+
+impl Slot {
+    fn take(count: &Rc<Cell<usize>>, max: usize) -> Option<Slot> {
+        (count.get() < max).then(|| {
+            count.set(count.get() + 1);
+            Slot(count.clone())
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+pub async fn serve(engine: Shared, listener: TcpListener, port: Port) {
+    let connections = Rc::new(Cell::new(0));
+    let unauthenticated = Rc::new(Cell::new(0));
+    let mut accept_failures = 0u64;
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let (mut stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                accept_failures += 1;
+                if accept_failures.is_power_of_two() {
+                    let name = engine.borrow().config.name.clone();
+                    eprintln!("[{name}] {} port: accept failed ({e}), {accept_failures} times so far; pausing", port.name());
+                }
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let max = match port {
+            Port::Client => engine.borrow().config.limits.clients_max,
+            Port::Control => UNAUTHENTICATED_MAX,
+        };
+        let Some(slot) = Slot::take(&connections, max) else {
+            engine.borrow_mut().counters.clients_refused += 1;
+            tokio::task::spawn_local(async move {
+                let _ = stream
+                    .write_all(b"-ERR max number of clients reached\r\n")
+                    .await;
+            });
             continue;
         };
-        tokio::task::spawn_local(connection(engine.clone(), stream));
+        let needs_auth =
+            port == Port::Control || engine.borrow().config.limits.requirepass.is_some();
+        let pending = match needs_auth {
+            true => match Slot::take(&unauthenticated, UNAUTHENTICATED_MAX) {
+                Some(p) => Some(p),
+                None => {
+                    engine.borrow_mut().counters.clients_refused += 1;
+                    continue;
+                }
+            },
+            false => None,
+        };
+        tokio::task::spawn_local(connection(engine.clone(), stream, port, slot, pending));
     }
+}
+
+/// Where a connection stands with authentication.
+enum Auth {
+    /// Nothing to prove (the client port without `--requirepass`), or proven.
+    Open,
+    /// The control port: the pair's secret, by challenge-response.
+    Secret(Box<ServerAuth>),
+    /// The client port with `--requirepass`: Redis's `AUTH [user] password`.
+    Password,
+}
+
+impl Auth {
+    fn is_open(&self) -> bool {
+        matches!(self, Auth::Open)
+    }
+
+    /// Lets `cmd` through, answers it as part of authenticating, or closes the connection.
+    fn check(&mut self, eng: &Engine, cmd: &Command, out: &mut BytesMut) -> Gate {
+        match self {
+            Auth::Open => Gate::Pass,
+            Auth::Secret(gate) => {
+                let result = gate.handle(&eng.config.link.secret, cmd, out);
+                if gate.is_done() {
+                    *self = Auth::Open;
+                }
+                result
+            }
+            Auth::Password => {
+                let name = cmd.arg(0).map_or(&[][..], |n| &n[..]);
+                if name.eq_ignore_ascii_case(b"QUIT") {
+                    return Gate::Pass;
+                }
+                if !name.eq_ignore_ascii_case(b"AUTH") {
+                    reply::error(out, "NOAUTH Authentication required.");
+                    return Gate::Handled;
+                }
+                let given = match cmd.len() {
+                    2 => &cmd.args[1],
+                    3 if cmd.args[1].eq_ignore_ascii_case(b"default") => &cmd.args[2],
+                    _ => {
+                        reply::error(out, "ERR wrong number of arguments for 'auth' command");
+                        return Gate::Handled;
+                    }
+                };
+                let want = eng.config.limits.requirepass.as_deref().unwrap_or_default();
+                if constant_time_eq(given, want) {
+                    *self = Auth::Open;
+                    reply::simple(out, "OK");
+                } else {
+                    reply::error(
+                        out,
+                        "WRONGPASS invalid username-password pair or user is disabled.",
+                    );
+                }
+                Gate::Handled
+            }
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Writes a round's replies, dropping the client if its socket takes nothing for `stall`.
+async fn write_replies(stream: &mut TcpStream, out: &[u8], stall: Duration) -> Result<(), ()> {
+    let mut written = 0;
+    while written < out.len() {
+        match tokio::time::timeout(stall, stream.write(&out[written..])).await {
+            Ok(Ok(n)) if n > 0 => written += n,
+            _ => return Err(()),
+        }
+    }
+    Ok(())
 }
 
 /// What executing one command asks of the connection.
@@ -41,19 +233,55 @@ pub enum Outcome {
     Quit,
 }
 
-async fn connection(engine: Shared, mut stream: TcpStream) {
+async fn connection(
+    engine: Shared,
+    mut stream: TcpStream,
+    port: Port,
+    _slot: Slot,
+    mut unauthenticated: Option<Slot>,
+) {
     let _ = stream.set_nodelay(true);
     let limits = Limits::default();
     let mut rx = BytesMut::with_capacity(READ_BYTES);
     let mut out = BytesMut::with_capacity(READ_BYTES);
-    let mut progress = engine.borrow().progress.subscribe();
+    let (mut progress, mut auth, server_limits) = {
+        let eng = engine.borrow();
+        let auth = match port {
+            Port::Control => Auth::Secret(Box::new(ServerAuth::new("control"))),
+            Port::Client if eng.config.limits.requirepass.is_some() => Auth::Password,
+            Port::Client => Auth::Open,
+        };
+        (eng.progress.subscribe(), auth, eng.config.limits.clone())
+    };
+    let auth_deadline = tokio::time::Instant::now() + AUTH_TIMEOUT;
+    let mut first_read = true;
     'conn: loop {
         if rx.len() > PENDING_INPUT_BYTES_MAX {
             break;
         }
-        match stream.read_buf(&mut rx).await {
+        let read = stream.read_buf(&mut rx);
+        let read = match auth.is_open() {
+            true => read.await,
+            false => match tokio::time::timeout_at(auth_deadline, read).await {
+                Ok(r) => r,
+                Err(_) => break, // never authenticated: its slot goes to someone else
+            },
+        };
+        match read {
             Ok(0) | Err(_) => break,
             Ok(_) => {}
+        }
+        if std::mem::take(&mut first_read)
+            && port == Port::Control
+            && resp::auth::looks_like_http(&rx)
+        {
+            let mut eng = engine.borrow_mut();
+            eng.counters.clients_refused += 1;
+            eprintln!(
+                "[{}] closed a connection to the control port that speaks HTTP (cross-protocol attack?)",
+                eng.config.name
+            );
+            break;
         }
         // Execute what arrived; a command that must wait (full outbox, switchover) ends the
         // round early and the rest is parsed in the next round without reading more.
@@ -88,7 +316,22 @@ async fn connection(engine: Shared, mut stream: TcpStream) {
                             break;
                         }
                     };
-                    match dispatch(&mut eng, &cmd, &mut out, now) {
+                    match auth.check(&eng, &cmd, &mut out) {
+                        Gate::Pass => {}
+                        Gate::Handled => {
+                            if auth.is_open() {
+                                drop(unauthenticated.take()); // its slot is free again
+                            }
+                            continue;
+                        }
+                        Gate::Close(why) => {
+                            eng.counters.clients_refused += 1;
+                            eprintln!("[{}] {} port: {why}; closing", eng.config.name, port.name());
+                            quit = true;
+                            break;
+                        }
+                    }
+                    match dispatch(&mut eng, port, &cmd, &mut out, now) {
                         Outcome::Done { seq } => {
                             wait_seq = wait_seq.max(seq);
                             delay = delay.max(eng.app.reply_delay());
@@ -102,6 +345,19 @@ async fn connection(engine: Shared, mut stream: TcpStream) {
                             break;
                         }
                     }
+                    if out.len() > server_limits.output_bytes_max {
+                        eng.counters.clients_dropped_output += 1;
+                        eprintln!(
+                            "[{}] a client's replies reached {} bytes, over the limit of {}: disconnecting it",
+                            eng.config.name,
+                            out.len(),
+                            server_limits.output_bytes_max
+                        );
+                        break 'conn;
+                    }
+                    if out.len() >= ROUND_OUTPUT_BYTES {
+                        break; // the rest of the pipeline waits until these replies are out
+                    }
                 }
                 if eng.outbox.seq_last() > seq_before {
                     eng.after_writes(now);
@@ -114,8 +370,10 @@ async fn connection(engine: Shared, mut stream: TcpStream) {
             if let Some(delay) = delay {
                 tokio::time::sleep(delay).await; // an injected fault: a slow build's latency
             }
+            let stall = server_limits.output_stall_timeout;
             if let Some(pending) = later {
-                if !out.is_empty() && stream.write_all(&out).await.is_err() {
+                if write_replies(&mut stream, &out, stall).await.is_err() {
+                    engine.borrow_mut().counters.clients_dropped_output += 1;
                     break 'conn;
                 }
                 out.clear();
@@ -125,10 +383,20 @@ async fn connection(engine: Shared, mut stream: TcpStream) {
                     Err(_) => reply::error(&mut out, "ERR the engine dropped the request"),
                 }
             }
-            if !out.is_empty() && stream.write_all(&out).await.is_err() {
+            if write_replies(&mut stream, &out, stall).await.is_err() {
+                let mut eng = engine.borrow_mut();
+                eng.counters.clients_dropped_output += 1;
+                eprintln!(
+                    "[{}] a client took no reply bytes for {} ms: disconnecting it",
+                    eng.config.name,
+                    stall.as_millis()
+                );
                 break 'conn;
             }
             out.clear();
+            if out.capacity() > 4 * ROUND_OUTPUT_BYTES {
+                out = BytesMut::with_capacity(READ_BYTES); // give back a large reply's memory
+            }
             engine
                 .borrow_mut()
                 .stats
@@ -177,8 +445,15 @@ async fn wait_until_released(
     }
 }
 
-/// Executes one command. Built-in commands first, then control, then the application's.
-pub fn dispatch(eng: &mut Engine, cmd: &Command, out: &mut BytesMut, now: Instant) -> Outcome {
+/// Executes one command that came in on `port`: on the control port only `TANDEM.*` (and
+/// `PING`); on the client port built-in commands first, then the application's.
+pub fn dispatch(
+    eng: &mut Engine,
+    port: Port,
+    cmd: &Command,
+    out: &mut BytesMut,
+    now: Instant,
+) -> Outcome {
     let Some(name) = cmd.arg(0) else {
         return Outcome::Done { seq: 0 };
     };
@@ -187,8 +462,22 @@ pub fn dispatch(eng: &mut Engine, cmd: &Command, out: &mut BytesMut, now: Instan
     upper[..n].copy_from_slice(&name[..n]);
     upper[..n].make_ascii_uppercase();
     let upper = &upper[..n];
-    if upper.starts_with(b"TANDEM.") {
-        return control::dispatch(eng, upper, cmd, out, now);
+    match (port, upper.starts_with(b"TANDEM.")) {
+        (Port::Control, true) => return control::dispatch(eng, upper, cmd, out, now),
+        (Port::Control, false) if upper == b"PING" => {}
+        (Port::Control, false) => {
+            reply::error(out, "ERR the control port takes TANDEM.* commands only");
+            return Outcome::Done { seq: 0 };
+        }
+        (Port::Client, true) => {
+            let shown = String::from_utf8_lossy(&cmd.args[0]);
+            reply::error(
+                out,
+                &format!("ERR unknown command '{shown}' (engine control is not accepted on the client port)"),
+            );
+            return Outcome::Done { seq: 0 };
+        }
+        (Port::Client, false) => {}
     }
     let visible = eng.outbox.seq_last();
     match upper {

@@ -38,12 +38,17 @@ pub struct PairArgs {
     pub dir: PathBuf,
     pub base_port: u16,
     pub app_version: String,
+    /// The pair's secret, handed to every engine by path.
+    pub secret_file: PathBuf,
+    /// The client port's `AUTH` password, if any (handed to engines in their environment).
+    pub requirepass: Option<String>,
 }
 
 pub(crate) struct Slot {
     pub name: &'static str,
     pub client_addr: String,
     pub replication_addr: String,
+    pub control_addr: String,
     pub app_version: String,
     pub fault: Option<String>,
     pub pid: Option<u32>,
@@ -64,9 +69,12 @@ pub(crate) enum Event {
         reply: oneshot::Sender<Result<String, String>>,
     },
     Subscribe {
-        tx: mpsc::UnboundedSender<String>,
+        tx: mpsc::Sender<String>,
     },
 }
+
+/// Events queued for the supervisor's loop, at most (admin commands wait for room).
+const EVENTS_QUEUE: usize = 256;
 
 pub(crate) struct Supervisor {
     pub args: PairArgs,
@@ -76,11 +84,12 @@ pub(crate) struct Supervisor {
     pub epoch: u64,
     pub promotable: bool,
     silent_ticks: u32,
-    events_tx: mpsc::UnboundedSender<Event>,
-    events: mpsc::UnboundedReceiver<Event>,
+    events_tx: mpsc::Sender<Event>,
+    events: mpsc::Receiver<Event>,
     tick: tokio::time::Interval,
     timeline: Timeline,
-    subscribers: Vec<mpsc::UnboundedSender<String>>,
+    subscribers: Vec<mpsc::Sender<String>>,
+    secret: replicator::Secret,
     /// A long operation is running: other long operations are refused meanwhile.
     busy: bool,
     shutdown: bool,
@@ -105,11 +114,13 @@ pub fn run_pair(args: PairArgs) -> anyhow::Result<()> {
             .await
             .context("binding the admin endpoint")?;
         let admin_addr = listener.local_addr()?.to_string();
-        let (events_tx, events) = mpsc::unbounded_channel();
-        let slot = |name, offset: u16| Slot {
+        let secret = replicator::Secret::load(&args.secret_file)?;
+        let (events_tx, events) = mpsc::channel(EVENTS_QUEUE);
+        let slot = |name, offset: u16, control: u16| Slot {
             name,
             client_addr: addr_for(args.base_port, offset),
             replication_addr: addr_for(args.base_port, offset + 1),
+            control_addr: addr_for(args.base_port, control),
             app_version: args.app_version.clone(),
             fault: None,
             pid: None,
@@ -121,7 +132,7 @@ pub fn run_pair(args: PairArgs) -> anyhow::Result<()> {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sup = Supervisor {
-            slots: [slot("a", 1), slot("b", 3)],
+            slots: [slot("a", 1, 5), slot("b", 3, 6)],
             args: args.clone(),
             admin_addr: admin_addr.clone(),
             active: 0,
@@ -135,11 +146,12 @@ pub fn run_pair(args: PairArgs) -> anyhow::Result<()> {
             subscribers: Vec::new(),
             busy: false,
             shutdown: false,
+            secret: secret.clone(),
         };
         sup.start(0, None).await?;
         let follow = sup.slots[0].replication_addr.clone();
         sup.start(1, Some(follow)).await?;
-        tokio::spawn(admin::serve(listener, events_tx));
+        tokio::spawn(admin::serve(listener, events_tx, secret));
         sup.write_pair_file();
         sup.write_timeline();
         println!("READY admin={admin_addr}");
@@ -179,12 +191,18 @@ impl Supervisor {
             .args(["--name", slot.name])
             .args(["--client-addr", &slot.client_addr])
             .args(["--replication-addr", &slot.replication_addr])
+            .args(["--control-addr", &slot.control_addr])
+            .arg("--secret-file")
+            .arg(&self.args.secret_file)
             .args(["--app-version", &slot.app_version])
             .args(["--epoch", &self.epoch.to_string()])
             .arg("--supervised")
             .arg("--exit-with-stdin");
         if let Some(fault) = &slot.fault {
             cmd.args(["--fault", fault]);
+        }
+        if let Some(pass) = &self.args.requirepass {
+            cmd.env("TANDEM_REQUIREPASS", pass);
         }
         match &follow {
             Some(addr) => cmd.args(["--follow", addr]),
@@ -224,6 +242,10 @@ impl Supervisor {
             .as_str()
             .unwrap_or_default()
             .to_string();
+        slot.control_addr = ready["control_addr"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         slot.pid = Some(pid);
         slot.stdin = child.stdin.take();
         slot.client = None;
@@ -238,7 +260,7 @@ impl Supervisor {
                 _ = child.wait() => {}
                 _ = kill_rx => { let _ = child.kill().await; }
             }
-            let _ = events.send(Event::Exited { slot: i, pid });
+            let _ = events.send(Event::Exited { slot: i, pid }).await;
         });
         eprintln!(
             "started engine {} {} (pid {pid}) on {}",
@@ -260,9 +282,14 @@ impl Supervisor {
             return Err(format!("engine {} is not running", slot.name));
         }
         if slot.client.is_none() {
-            let mut c = Client::connect_timeout(&slot.client_addr, CALL_TIMEOUT)
-                .await
-                .map_err(|e| format!("{e:?}"))?;
+            let mut c = Client::connect_authenticated(
+                &slot.control_addr,
+                CALL_TIMEOUT,
+                &self.secret,
+                "control",
+            )
+            .await
+            .map_err(|e| format!("engine {} did not answer: {e}", slot.name))?;
             c.set_timeout(Some(CALL_TIMEOUT));
             slot.client = Some(c);
         }
@@ -623,9 +650,14 @@ impl Supervisor {
         result
     }
 
-    fn subscribe(&mut self, tx: mpsc::UnboundedSender<String>) {
+    fn subscribe(&mut self, tx: mpsc::Sender<String>) {
         for ev in &self.timeline.events {
-            let _ = tx.send(serde_json::to_string(ev).expect("event serializes"));
+            if tx
+                .try_send(serde_json::to_string(ev).expect("event serializes"))
+                .is_err()
+            {
+                return; // a timeline longer than a subscriber's queue: it gets none
+            }
         }
         self.subscribers.push(tx);
     }
@@ -633,7 +665,9 @@ impl Supervisor {
     /// Records a timeline event: in memory, in `timeline.json`, and to every subscriber.
     pub fn emit(&mut self, ev: TimelineEvent) {
         let json = serde_json::to_string(&ev).expect("event serializes");
-        self.subscribers.retain(|s| s.send(json.clone()).is_ok());
+        // A subscriber that does not keep up is dropped rather than buffered without bound.
+        self.subscribers
+            .retain(|s| s.try_send(json.clone()).is_ok());
         self.timeline.events.push(ev);
         self.write_timeline();
     }
@@ -750,7 +784,8 @@ impl Supervisor {
         let s = &self.slots[i];
         serde_json::json!({
             "name": s.name, "role": "out_of_service", "app_version": s.app_version, "pid": Value::Null,
-            "client_addr": s.client_addr, "replication_addr": s.replication_addr, "epoch": self.epoch,
+            "client_addr": s.client_addr, "replication_addr": s.replication_addr,
+            "control_addr": s.control_addr, "epoch": self.epoch,
         })
     }
 
@@ -768,6 +803,7 @@ impl Supervisor {
                 serde_json::json!({
                     "name": s.name, "role": role, "pid": s.pid, "app_version": s.app_version,
                     "client_addr": s.client_addr, "replication_addr": s.replication_addr,
+                    "control_addr": s.control_addr,
                 })
             })
             .collect();

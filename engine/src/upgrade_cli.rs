@@ -4,22 +4,21 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use replicator::Secret;
 use reports::timeline::{self, Event, EventKind};
-use resp::{Client, Reply};
+use resp::Reply;
 use serde_json::Value;
 
 use crate::upgrade::Options;
 
-pub fn run(admin: &str, to: &str, options: &Options) -> anyhow::Result<()> {
+pub fn run(secret: &Secret, admin: &str, to: &str, options: &Options) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         let started_ms = timeline::now_ms();
-        let printer = print_timeline(admin, started_ms).await?;
-        let mut control = Client::connect_timeout(admin, Duration::from_secs(3))
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot reach the supervisor at {admin}: {e:?}"))?;
+        let printer = print_timeline(secret, admin, started_ms).await?;
+        let mut control = crate::admin::connect(admin, secret).await?;
         println!(
             "upgrading to {to} (baseline {} ms, evaluation {} ms)",
             options.baseline_ms, options.evaluate_ms
@@ -31,7 +30,7 @@ pub fn run(admin: &str, to: &str, options: &Options) -> anyhow::Result<()> {
         let reply = control
             .call(&parts)
             .await
-            .map_err(|e| anyhow::anyhow!("the upgrade request failed: {e:?}"))?;
+            .map_err(|e| anyhow::anyhow!("the upgrade request failed: {e} (the supervisor may have gone away: see `tandem status` and the pair's timeline.json)"))?;
         let _ = tokio::time::timeout(Duration::from_secs(2), printer).await;
         let report: Value = match reply {
             Reply::Error(e) => bail!("{e}"),
@@ -50,16 +49,15 @@ pub fn run(admin: &str, to: &str, options: &Options) -> anyhow::Result<()> {
 /// Subscribes to the supervisor's timeline and prints each event from `started_ms` on, until
 /// the upgrade ends.
 pub(crate) async fn print_timeline(
+    secret: &Secret,
     admin: &str,
     started_ms: u64,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let mut feed = Client::connect_timeout(admin, Duration::from_secs(3))
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot reach the supervisor at {admin}: {e:?}"))?;
+    let mut feed = crate::admin::connect(admin, secret).await?;
     feed.queue(&[b"SUBSCRIBE"]);
     feed.flush()
         .await
-        .map_err(|e| anyhow::anyhow!("subscribing to the timeline: {e:?}"))?;
+        .map_err(|e| anyhow::anyhow!("subscribing to the timeline: {e}"))?;
     Ok(tokio::spawn(async move {
         loop {
             let Ok(Reply::Bulk(json)) = feed.read_reply().await else {

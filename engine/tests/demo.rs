@@ -11,7 +11,12 @@ use reports::timeline::phase;
 
 fn demo(out: &Path, extra: &[&str]) -> reports::summary::Summary {
     let _ = std::fs::remove_dir_all(out);
+    let secret = out
+        .parent()
+        .expect("a run directory in a test directory")
+        .join("secret");
     let output = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .env("TANDEM_SECRET_FILE", secret)
         .args(["demo", "--quick", "--out"])
         .arg(out)
         .args(extra)

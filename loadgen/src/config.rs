@@ -186,6 +186,8 @@ pub struct Config {
     pub targets: Vec<String>,
     /// The tandem supervisor's admin address: the run subscribes to its timeline.
     pub admin: Option<String>,
+    /// The pair's secret, which the admin endpoint asks for.
+    pub admin_secret: Option<auth::Secret>,
     /// Drive a Redis primary/replica instead of a tandem pair.
     pub redis: bool,
     /// With `redis`: `WAIT 1 0` after each write, which counts as acknowledged only once a
@@ -219,6 +221,7 @@ impl Default for Config {
         Config {
             targets: Vec::new(),
             admin: None,
+            admin_secret: None,
             redis: false,
             redis_wait: false,
             mode: Mode::Open { rate_ops_s: 1000 },

@@ -60,6 +60,7 @@ pub fn describe_client_error(e: &ClientError) -> String {
         ClientError::Timeout => "timed out".into(),
         ClientError::Closed => "the connection was closed".into(),
         ClientError::Protocol(p) => format!("it does not speak RESP ({p})"),
+        ClientError::Auth(why) => format!("authentication failed ({why})"),
     }
 }
 

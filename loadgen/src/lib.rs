@@ -136,7 +136,9 @@ pub async fn run(config: Config) -> Result<RunResult, Error> {
     let phase_source = Arc::new(PhaseSource::default());
     let feed = Arc::new(Feed::new(phase_source.clone(), reports::timeline::now_ms()));
     let subscription = match &config.admin {
-        Some(admin) => Some(timeline::subscribe(admin, feed.clone()).await?),
+        Some(admin) => {
+            Some(timeline::subscribe(admin, config.admin_secret.as_ref(), feed.clone()).await?)
+        }
         None => None,
     };
     let streams = connect_all(&targets[0], connections, unreachable_hint(&config)).await?;

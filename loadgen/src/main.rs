@@ -31,6 +31,11 @@ struct Args {
     #[arg(long, value_name = "ADDR")]
     admin: Option<String>,
 
+    /// With --admin: the pair's secret (default: $TANDEM_SECRET_FILE, else
+    /// ~/.config/tandem/secret, as every tandem command finds it).
+    #[arg(long, value_name = "FILE", requires = "admin")]
+    secret_file: Option<PathBuf>,
+
     /// Drive Redis (primary/replica) instead of a tandem pair.
     #[arg(long)]
     redis: bool,
@@ -124,15 +129,20 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 impl Args {
-    fn into_config(self) -> Config {
+    fn into_config(self) -> anyhow::Result<Config> {
         let mode = match (self.rate, self.closed) {
             (Some(rate_ops_s), _) => Mode::Open { rate_ops_s },
             (None, Some(connections)) => Mode::Closed { connections },
             (None, None) => unreachable!("clap requires --rate or --closed"),
         };
-        Config {
+        let admin_secret = match &self.admin {
+            Some(_) => Some(auth::Secret::resolve(self.secret_file.as_deref())?.1),
+            None => None,
+        };
+        Ok(Config {
             targets: self.target,
             admin: self.admin,
+            admin_secret,
             redis: self.redis,
             redis_wait: self.wait,
             mode,
@@ -148,13 +158,12 @@ impl Args {
             out: Some(self.out),
             progress: !self.quiet,
             seed: self.seed,
-        }
+        })
     }
 }
 
 fn main() -> ExitCode {
-    let config = Args::parse().into_config();
-    match run(config) {
+    match Args::parse().into_config().and_then(run) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -24,6 +24,10 @@ const REPLAY_SLACK_MS: u64 = 50;
 pub enum TimelineError {
     #[error("cannot reach the supervisor's admin endpoint {addr}: {reason} (is the pair up?)")]
     Unreachable { addr: String, reason: String },
+    #[error("the supervisor at {addr} refused the secret: {reason} (pass the pair's secret with --secret-file or TANDEM_SECRET_FILE)")]
+    Refused { addr: String, reason: String },
+    #[error("subscribing to the timeline at {addr} needs the pair's secret")]
+    NoSecret { addr: String },
 }
 
 /// What the subscription received, shared with the run.
@@ -125,13 +129,22 @@ impl Feed {
 /// Connects to `admin` and subscribes; the returned task feeds `feed` until the stream ends.
 pub async fn subscribe(
     admin: &str,
+    secret: Option<&auth::Secret>,
     feed: Arc<Feed>,
 ) -> Result<tokio::task::JoinHandle<()>, TimelineError> {
-    let unreachable = |e: ClientError| TimelineError::Unreachable {
-        addr: admin.to_string(),
-        reason: crate::error::describe_client_error(&e),
+    let addr = admin.to_string();
+    let unreachable = |e: ClientError| match e {
+        ClientError::Auth(reason) => TimelineError::Refused {
+            addr: addr.clone(),
+            reason,
+        },
+        e => TimelineError::Unreachable {
+            addr: addr.clone(),
+            reason: crate::error::describe_client_error(&e),
+        },
     };
-    let mut client = Client::connect_timeout(admin, CONNECT_TIMEOUT)
+    let secret = secret.ok_or_else(|| TimelineError::NoSecret { addr: addr.clone() })?;
+    let mut client = Client::connect_authenticated(admin, CONNECT_TIMEOUT, secret, "admin")
         .await
         .map_err(unreachable)?;
     client.queue(&[b"SUBSCRIBE"]);

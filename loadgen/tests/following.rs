@@ -118,6 +118,7 @@ async fn switchovers_come_from_the_timeline_when_there_is_one() {
     .await;
     let result = loadgen::run(Config {
         admin: Some(admin.addr.clone()),
+        admin_secret: Some(admin.secret.clone()),
         ..config(vec![pair[0].addr(), pair[1].addr()])
     })
     .await

@@ -79,6 +79,7 @@ async fn samples_land_in_the_phase_their_reply_fell_in() {
     let result = loadgen::run(Config {
         targets: vec![engine.addr()],
         admin: Some(admin.addr.clone()),
+        admin_secret: Some(admin.secret.clone()),
         mode: Mode::Closed { connections: 1 },
         pipeline: 1,
         duration: Duration::from_secs(60),

@@ -17,8 +17,9 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 pub const MAGIC: u32 = u32::from_le_bytes(*b"TNDM");
 pub const HEADER_BYTES: usize = 24;
 /// The protocol versions this build speaks, oldest first.
-pub const PROTOCOL_MIN: u8 = 1;
-pub const PROTOCOL_MAX: u8 = 1;
+/// v2: the handshake is authenticated with the pair's secret (v1 was not, and is refused).
+pub const PROTOCOL_MIN: u8 = 2;
+pub const PROTOCOL_MAX: u8 = 2;
 /// No frame carries more than this; a larger length is a corrupt or hostile peer.
 pub const PAYLOAD_BYTES_MAX: usize = 16 << 20;
 
@@ -35,6 +36,7 @@ pub enum Kind {
     StepUp = 8,
     StepUpAck = 9,
     Goodbye = 10,
+    Challenge = 11,
 }
 
 impl Kind {
@@ -50,6 +52,7 @@ impl Kind {
             8 => Kind::StepUp,
             9 => Kind::StepUpAck,
             10 => Kind::Goodbye,
+            11 => Kind::Challenge,
             _ => return None,
         })
     }

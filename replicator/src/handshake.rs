@@ -1,10 +1,15 @@
 //! The handshake: who the two engines are, which protocol they both speak, and whether they
 //! run different versions of the application (claim 11).
 //!
-//! The standby opens the link and sends [`Hello`]; the active answers with [`HelloReply`],
-//! which either accepts (and says whether the stream resumes after the standby's last applied
-//! sequence or starts with a snapshot) or refuses with a reason.
+//! The active speaks first with a challenge (a fresh nonce); the standby answers with a
+//! [`Hello`] [`seal`]ed with the pair's secret over that nonce and its own; the active checks
+//! the proof before it looks at anything in the hello, and answers with [`HelloReply`], which
+//! either accepts (sealed in turn, so that the standby knows it follows a real member of its
+//! pair; it says whether the stream resumes after the standby's last applied sequence or
+//! starts with a snapshot) or refuses with a reason. A peer without the secret learns nothing
+//! and changes nothing.
 
+use auth::{Nonce, Secret, NONCE_BYTES, PROOF_BYTES};
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::frame::{self, FrameError, Kind, PROTOCOL_MAX, PROTOCOL_MIN};
@@ -96,14 +101,15 @@ impl Hello {
         }
     }
 
-    pub fn encode(&self, out: &mut BytesMut) {
+    /// The hello's payload, before [`seal`] adds the standby's nonce and proof.
+    pub fn to_payload(&self) -> BytesMut {
         let mut p = BytesMut::new();
         p.put_u8(self.protocol_min);
         p.put_u8(self.protocol_max);
         put_identity(&mut p, &self.identity);
         p.put_u64_le(self.seq_applied);
         p.put_u64_le(self.history);
-        frame::encode(out, Kind::Hello, self.seq_applied, &p);
+        p
     }
 
     pub fn decode(payload: Bytes) -> Result<Hello, FrameError> {
@@ -126,7 +132,8 @@ impl Hello {
 }
 
 impl HelloReply {
-    pub fn encode(&self, out: &mut BytesMut) {
+    /// The reply's payload; an acceptance goes through [`seal`] before it is sent.
+    pub fn to_payload(&self) -> BytesMut {
         let mut p = BytesMut::new();
         match self {
             HelloReply::Accept {
@@ -150,7 +157,7 @@ impl HelloReply {
                 put_string(&mut p, reason);
             }
         }
-        frame::encode(out, Kind::HelloReply, 0, &p);
+        p
     }
 
     pub fn decode(payload: Bytes) -> Result<HelloReply, FrameError> {
@@ -198,6 +205,63 @@ pub fn negotiate(ours: (u8, u8), theirs: (u8, u8)) -> Result<u8, String> {
     }
 }
 
+/// What the standby proves over its hello, and the active over its acceptance.
+pub const LABEL_STANDBY: &str = "tandem/1 replication standby";
+pub const LABEL_ACTIVE: &str = "tandem/1 replication active";
+
+/// The active's first frame: a fresh nonce the standby's proof must cover.
+pub fn challenge_frame(nonce: &Nonce) -> Bytes {
+    let mut out = BytesMut::with_capacity(frame::HEADER_BYTES + NONCE_BYTES);
+    frame::encode(&mut out, Kind::Challenge, 0, nonce);
+    out.freeze()
+}
+
+pub fn decode_challenge(payload: &[u8]) -> Result<Nonce, FrameError> {
+    payload.try_into().map_err(|_| FrameError::Malformed {
+        kind: Kind::Challenge,
+        what: "challenge nonce",
+    })
+}
+
+/// A handshake frame signed with the pair's secret: `body || own nonce || proof`, where the
+/// proof is an HMAC over `label`, the peer's nonce, our nonce and the body. Only a process
+/// holding the secret can produce one, and it is good for this connection only.
+pub fn seal(
+    kind: Kind,
+    seq: u64,
+    mut body: BytesMut,
+    secret: &Secret,
+    label: &str,
+    peer_nonce: &Nonce,
+    own_nonce: &Nonce,
+) -> Bytes {
+    let proof = secret.prove(label, &[peer_nonce, own_nonce, &body]);
+    body.put_slice(own_nonce);
+    body.put_slice(&proof);
+    let mut out = BytesMut::with_capacity(frame::HEADER_BYTES + body.len());
+    frame::encode(&mut out, kind, seq, &body);
+    out.freeze()
+}
+
+/// Checks a [`seal`]ed payload: the body and the peer's nonce if the proof holds.
+pub fn open(
+    mut payload: Bytes,
+    secret: &Secret,
+    label: &str,
+    own_nonce: &Nonce,
+) -> Option<(Bytes, Nonce)> {
+    let body_len = payload.len().checked_sub(NONCE_BYTES + PROOF_BYTES)?;
+    let tail = payload.split_off(body_len);
+    let peer_nonce: Nonce = tail[..NONCE_BYTES].try_into().ok()?;
+    secret
+        .verify(
+            label,
+            &[own_nonce, &peer_nonce, &payload],
+            &tail[NONCE_BYTES..],
+        )
+        .then_some((payload, peer_nonce))
+}
+
 /// Claim 11: do the two engines run different versions of the application?
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VersionCheck {
@@ -232,10 +296,7 @@ mod tests {
     #[test]
     fn hello_round_trips() {
         let hello = Hello::new(identity(), 42, 3);
-        let mut out = BytesMut::new();
-        hello.encode(&mut out);
-        let f = frame::decode(&mut out).unwrap().unwrap();
-        assert_eq!(Hello::decode(f.payload).unwrap(), hello);
+        assert_eq!(Hello::decode(hello.to_payload().freeze()).unwrap(), hello);
     }
 
     #[test]
@@ -255,10 +316,10 @@ mod tests {
                 reason: "epoch 2 is stale".into(),
             },
         ] {
-            let mut out = BytesMut::new();
-            reply.encode(&mut out);
-            let f = frame::decode(&mut out).unwrap().unwrap();
-            assert_eq!(HelloReply::decode(f.payload).unwrap(), reply);
+            assert_eq!(
+                HelloReply::decode(reply.to_payload().freeze()).unwrap(),
+                reply
+            );
         }
     }
 
@@ -272,11 +333,40 @@ mod tests {
 
     #[test]
     fn truncated_hello_is_malformed() {
-        let mut out = BytesMut::new();
-        Hello::new(identity(), 1, 1).encode(&mut out);
-        let f = frame::decode(&mut out).unwrap().unwrap();
-        for cut in 0..f.payload.len() {
-            assert!(Hello::decode(f.payload.slice(..cut)).is_err());
+        let payload = Hello::new(identity(), 1, 1).to_payload().freeze();
+        for cut in 0..payload.len() {
+            assert!(Hello::decode(payload.slice(..cut)).is_err());
         }
+    }
+
+    #[test]
+    fn a_sealed_payload_opens_only_with_the_secret_and_the_nonce() {
+        let secret = Secret::from_bytes(*b"0123456789abcdef");
+        let (challenge, ours) = (auth::nonce(), auth::nonce());
+        let body = Hello::new(identity(), 1, 1).to_payload();
+        let sealed = seal(
+            Kind::Hello,
+            1,
+            body.clone(),
+            &secret,
+            LABEL_STANDBY,
+            &challenge,
+            &ours,
+        );
+        let f = frame::decode(&mut BytesMut::from(&sealed[..]))
+            .unwrap()
+            .unwrap();
+        let (opened, nonce) = open(f.payload.clone(), &secret, LABEL_STANDBY, &challenge).unwrap();
+        assert_eq!((&opened[..], nonce), (&body[..], ours));
+        let wrong = Secret::from_bytes(*b"fedcba9876543210");
+        assert!(open(f.payload.clone(), &wrong, LABEL_STANDBY, &challenge).is_none());
+        assert!(open(f.payload.clone(), &secret, LABEL_ACTIVE, &challenge).is_none());
+        assert!(open(f.payload.clone(), &secret, LABEL_STANDBY, &auth::nonce()).is_none());
+        for i in 0..f.payload.len() {
+            let mut flipped = f.payload.to_vec();
+            flipped[i] ^= 1;
+            assert!(open(flipped.into(), &secret, LABEL_STANDBY, &challenge).is_none());
+        }
+        assert!(open(f.payload.slice(..40), &secret, LABEL_STANDBY, &challenge).is_none());
     }
 }

@@ -21,6 +21,7 @@ pub mod sender;
 pub mod uring;
 mod wire;
 
+pub use auth::Secret;
 pub use batch::{BatchConfig, Outbox, Sealed};
 pub use frame::{Frame, FrameError, Kind};
 pub use handshake::{Hello, HelloReply, Identity, Start, VersionCheck};

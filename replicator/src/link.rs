@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use auth::Secret;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::frame::{self, FrameError, Kind};
@@ -20,16 +21,20 @@ pub struct LinkConfig {
     /// How long a standby waits for the active's answer to its hello (the active may be
     /// encoding a large snapshot meanwhile).
     pub handshake_timeout: Duration,
+    /// The pair's secret: both ends prove they hold it before anything else is said.
+    pub secret: Secret,
 }
 
-impl Default for LinkConfig {
-    fn default() -> Self {
+impl LinkConfig {
+    /// The default limits and timeouts, for a pair holding `secret`.
+    pub fn new(secret: Secret) -> LinkConfig {
         LinkConfig {
             batches_in_flight_max: 4,
             bytes_in_flight_max: 8 << 20,
             heartbeat_interval: Duration::from_millis(100),
-            peer_timeout: Duration::from_millis(1000),
+            peer_timeout: Duration::from_millis(500),
             handshake_timeout: Duration::from_secs(30),
+            secret,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The standby's end of a replication link, as a sans-IO state machine.
 //!
-//! It opens with a [`Hello`], then turns the active's frames into [`ReceiverEvent`]s for the
+//! It answers the active's challenge with a sealed [`Hello`], then turns the active's frames into [`ReceiverEvent`]s for the
 //! engine to apply: snapshot chunks, batches (checked to be contiguous, validated whole before
 //! they are handed out), heartbeats and the step-up signal. The engine reports what it applied
 //! with [`Receiver::applied`], which queues one cumulative ack per call: the driver calls it
@@ -12,7 +12,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 
 use crate::frame::{self, Frame, FrameError, Kind};
-use crate::handshake::{negotiate, Hello, HelloReply, Identity, Start};
+use crate::handshake::{self, negotiate, Hello, HelloReply, Identity, Start};
 use crate::link::{self, frame_bytes, LinkConfig, SnapshotEnd, StepUp};
 use crate::record::Records;
 
@@ -44,6 +44,7 @@ pub enum ReceiverEvent {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
+    AwaitChallenge,
     AwaitReply,
     Snapshot,
     Streaming,
@@ -62,23 +63,28 @@ pub struct Receiver {
     seq_acked: u64,
     last_rx: Instant,
     last_tx: Instant,
+    /// The hello, sent once the active's challenge arrives, and the nonces of both ends.
+    hello: Hello,
+    nonce: auth::Nonce,
+    challenge: auth::Nonce,
 }
 
 impl Receiver {
-    /// Starts a link by queueing the hello.
+    /// Starts a link: the hello goes out, sealed, when the active's challenge comes in.
     pub fn new(now: Instant, config: LinkConfig, hello: &Hello) -> Receiver {
-        let mut out = VecDeque::new();
-        out.push_back(frame_bytes(|o| hello.encode(o)));
         Receiver {
             config,
-            state: State::AwaitReply,
+            state: State::AwaitChallenge,
             rx: BytesMut::with_capacity(64 << 10),
-            out,
+            out: VecDeque::new(),
             events: VecDeque::new(),
             seq_received: hello.seq_applied,
             seq_acked: hello.seq_applied,
             last_rx: now,
             last_tx: now,
+            hello: hello.clone(),
+            nonce: auth::nonce(),
+            challenge: [0; auth::NONCE_BYTES],
         }
     }
 
@@ -117,38 +123,38 @@ impl Receiver {
 
     fn handle_frame(&mut self, f: Frame) -> Result<(), FrameError> {
         match (self.state, f.kind) {
-            (State::AwaitReply, Kind::HelloReply) => match HelloReply::decode(f.payload)? {
-                HelloReply::Accept {
-                    protocol,
-                    identity,
-                    start,
-                } => {
-                    if let Err(e) = negotiate(
-                        (frame::PROTOCOL_MIN, frame::PROTOCOL_MAX),
-                        (protocol, protocol),
-                    ) {
-                        self.close(e);
-                        return Ok(());
-                    }
-                    self.state = match start {
-                        Start::Resume => State::Streaming,
-                        Start::Snapshot { .. } => {
-                            // A snapshot replaces whatever this engine held.
-                            self.seq_received = 0;
-                            self.seq_acked = 0;
-                            State::Snapshot
-                        }
-                    };
-                    self.events.push_back(ReceiverEvent::Accepted {
-                        protocol,
-                        active: identity,
-                        start,
-                    });
+            (State::AwaitChallenge, Kind::Challenge) => {
+                self.challenge = handshake::decode_challenge(&f.payload)?;
+                self.out.push_back(handshake::seal(
+                    Kind::Hello,
+                    self.hello.seq_applied,
+                    self.hello.to_payload(),
+                    &self.config.secret,
+                    handshake::LABEL_STANDBY,
+                    &self.challenge,
+                    &self.nonce,
+                ));
+                self.state = State::AwaitReply;
+            }
+            (State::AwaitReply, Kind::HelloReply) if f.payload.first() == Some(&0) => {
+                // A refusal is not signed: it only ends the link.
+                if let HelloReply::Refuse { reason } = HelloReply::decode(f.payload)? {
+                    self.close(format!("active refused this standby: {reason}"));
                 }
-                HelloReply::Refuse { reason } => {
-                    self.close(format!("active refused this standby: {reason}"))
-                }
-            },
+            }
+            (State::AwaitReply, Kind::HelloReply) => {
+                let opened = handshake::open(
+                    f.payload,
+                    &self.config.secret,
+                    handshake::LABEL_ACTIVE,
+                    &self.nonce,
+                );
+                let Some((body, _)) = opened.filter(|(_, n)| *n == self.challenge) else {
+                    self.close("the active does not hold this pair's secret".into());
+                    return Ok(());
+                };
+                self.handle_reply(HelloReply::decode(body)?);
+            }
             (State::Snapshot, Kind::SnapshotChunk) => {
                 Records::validate(Kind::SnapshotChunk, &f.payload)?;
                 self.events
@@ -193,6 +199,41 @@ impl Receiver {
             (state, kind) => self.close(format!("unexpected {kind:?} frame while {state:?}")),
         }
         Ok(())
+    }
+
+    fn handle_reply(&mut self, reply: HelloReply) {
+        match reply {
+            HelloReply::Accept {
+                protocol,
+                identity,
+                start,
+            } => {
+                if let Err(e) = negotiate(
+                    (frame::PROTOCOL_MIN, frame::PROTOCOL_MAX),
+                    (protocol, protocol),
+                ) {
+                    self.close(e);
+                    return;
+                }
+                self.state = match start {
+                    Start::Resume => State::Streaming,
+                    Start::Snapshot { .. } => {
+                        // A snapshot replaces whatever this engine held.
+                        self.seq_received = 0;
+                        self.seq_acked = 0;
+                        State::Snapshot
+                    }
+                };
+                self.events.push_back(ReceiverEvent::Accepted {
+                    protocol,
+                    active: identity,
+                    start,
+                });
+            }
+            HelloReply::Refuse { reason } => {
+                self.close(format!("active refused this standby: {reason}"))
+            }
+        }
     }
 
     /// The engine applied everything up to `seq`: queue a cumulative ack.
@@ -242,10 +283,11 @@ impl Receiver {
 
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
         let f = self.out.pop_front().or_else(|| {
-            (self.state != State::Closed && now >= self.last_tx + self.config.heartbeat_interval)
-                .then(|| {
-                    frame_bytes(|o| frame::encode(o, Kind::Heartbeat, self.seq_acked, &[0; 9]))
-                })
+            // Nothing but the hello goes out before the active has challenged us.
+            let speaking = !matches!(self.state, State::Closed | State::AwaitChallenge);
+            (speaking && now >= self.last_tx + self.config.heartbeat_interval).then(|| {
+                frame_bytes(|o| frame::encode(o, Kind::Heartbeat, self.seq_acked, &[0; 9]))
+            })
         })?;
         self.last_tx = now;
         Some(f)
@@ -254,19 +296,19 @@ impl Receiver {
     /// How long the active may stay silent in the current state.
     fn silence_allowed(&self) -> std::time::Duration {
         match self.state {
-            State::AwaitReply => self.config.handshake_timeout,
+            State::AwaitChallenge | State::AwaitReply => self.config.handshake_timeout,
             _ => self.config.peer_timeout,
         }
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.state == State::Closed {
-            return None;
+        let silence = self.last_rx + self.silence_allowed();
+        match self.state {
+            State::Closed => None,
+            // No heartbeats before the challenge (see `poll_transmit`): only the silence.
+            State::AwaitChallenge => Some(silence),
+            _ => Some((self.last_tx + self.config.heartbeat_interval).min(silence)),
         }
-        Some(
-            (self.last_tx + self.config.heartbeat_interval)
-                .min(self.last_rx + self.silence_allowed()),
-        )
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {

@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::batch::Outbox;
 use crate::frame::{self, Frame, Kind};
-use crate::handshake::{Hello, HelloReply, Identity, Start};
+use crate::handshake::{self, Hello, HelloReply, Identity, Start};
 use crate::link::{self, frame_bytes, LinkConfig, SnapshotEnd, StepUp};
 
 /// See [`Sender::caught_up`].
@@ -66,16 +66,21 @@ pub struct Sender {
     last_rx: Instant,
     last_tx: Instant,
     in_sync_flag: bool,
+    /// The challenge this end sent, and the standby's nonce from its hello.
+    nonce: auth::Nonce,
+    peer_nonce: auth::Nonce,
 }
 
 impl Sender {
+    /// A link from a standby that just connected: the challenge is the first frame out.
     pub fn new(now: Instant, config: LinkConfig, epoch: u64) -> Sender {
+        let nonce = auth::nonce();
         Sender {
             config,
             state: State::AwaitHello,
             epoch,
             rx: BytesMut::with_capacity(4096),
-            out: VecDeque::new(),
+            out: VecDeque::from([handshake::challenge_frame(&nonce)]),
             events: VecDeque::new(),
             seq_sent: 0,
             seq_acked: 0,
@@ -88,6 +93,8 @@ impl Sender {
             last_rx: now,
             last_tx: now,
             in_sync_flag: false,
+            nonce,
+            peer_nonce: [0; auth::NONCE_BYTES],
         }
     }
 
@@ -163,13 +170,27 @@ impl Sender {
 
     fn handle_frame(&mut self, f: Frame) {
         match (self.state, f.kind) {
-            (State::AwaitHello, Kind::Hello) => match Hello::decode(f.payload) {
-                Ok(hello) => {
-                    self.state = State::AwaitAccept;
-                    self.events.push_back(SenderEvent::Hello(hello));
+            (State::AwaitHello, Kind::Hello) => {
+                let opened = handshake::open(
+                    f.payload,
+                    &self.config.secret,
+                    handshake::LABEL_STANDBY,
+                    &self.nonce,
+                );
+                let Some((body, peer_nonce)) = opened else {
+                    // Nothing in an unproven hello is looked at: not its epoch, not its name.
+                    self.refuse("authentication failed: the peer does not hold this pair's secret");
+                    return;
+                };
+                match Hello::decode(body) {
+                    Ok(hello) => {
+                        self.peer_nonce = peer_nonce;
+                        self.state = State::AwaitAccept;
+                        self.events.push_back(SenderEvent::Hello(hello));
+                    }
+                    Err(e) => self.close(e.to_string()),
                 }
-                Err(e) => self.close(e.to_string()),
-            },
+            }
             (State::Streaming | State::SteppingUp, Kind::Ack) => self.handle_ack(f.seq),
             (_, Kind::Heartbeat) => {}
             (State::SteppingUp, Kind::StepUpAck) => match link::decode_status(f.kind, f.payload) {
@@ -233,7 +254,15 @@ impl Sender {
             identity,
             start,
         };
-        self.out.push_back(frame_bytes(|o| reply.encode(o)));
+        self.out.push_back(handshake::seal(
+            Kind::HelloReply,
+            0,
+            reply.to_payload(),
+            &self.config.secret,
+            handshake::LABEL_ACTIVE,
+            &self.peer_nonce,
+            &self.nonce,
+        ));
         let seq = match start {
             Start::Resume => resume_from,
             Start::Snapshot { seq } => {
@@ -258,11 +287,18 @@ impl Sender {
         self.check_caught_up();
     }
 
+    /// Refuses the standby (unsigned: a refusal only ends the link) and closes.
     pub fn refuse(&mut self, reason: &str) {
+        if self.state == State::Closed {
+            return;
+        }
         let reply = HelloReply::Refuse {
             reason: reason.to_string(),
         };
-        self.out.push_back(frame_bytes(|o| reply.encode(o)));
+        let payload = reply.to_payload();
+        self.out.push_back(frame_bytes(|o| {
+            frame::encode(o, Kind::HelloReply, 0, &payload)
+        }));
         self.close(reason.to_string());
     }
 

@@ -110,7 +110,7 @@ fn link_config() -> LinkConfig {
         heartbeat_interval: LONG,
         peer_timeout: LONG,
         handshake_timeout: LONG,
-        ..LinkConfig::default()
+        ..LinkConfig::new(replicator::Secret::from_bytes(*b"tandem-test-secret"))
     }
 }
 

@@ -260,6 +260,18 @@ impl Pair {
         }
     }
 
+    /// A new link whose two ends hold different secrets.
+    fn mismatched(sender_secret: &[u8], receiver_secret: &[u8]) -> Pair {
+        let mut pair = Pair::new(
+            LinkConfig::new(replicator::Secret::from_bytes(sender_secret)),
+            BatchConfig::default(),
+        );
+        let hello = Hello::new(identity("standby", 7), 0, 0);
+        let secret = replicator::Secret::from_bytes(receiver_secret);
+        pair.receiver = Receiver::new(pair.now, LinkConfig::new(secret), &hello);
+        pair
+    }
+
     /// A link past its handshake, resuming an empty standby at sequence 0.
     fn resumed(link: LinkConfig, batch: BatchConfig) -> Pair {
         let mut pair = Pair::new(link, batch);
@@ -635,7 +647,7 @@ impl Pair {
 
 #[test]
 fn handshake_then_resume_streams_a_thousand_updates_in_order() {
-    let link = LinkConfig::default();
+    let link = LinkConfig::new(replicator::Secret::from_bytes(*b"tandem-test-secret"));
     let mut pair = Pair::new(link.clone(), BatchConfig::default());
 
     let hello = pair.hello();
@@ -652,7 +664,7 @@ fn handshake_then_resume_streams_a_thousand_updates_in_order() {
     pair.pump();
     match &pair.receiver_events[..] {
         [ReceiverEvent::Accepted {
-            protocol: 1,
+            protocol: 2,
             active,
             start: Start::Resume,
         }] => {
@@ -712,7 +724,10 @@ fn handshake_then_resume_streams_a_thousand_updates_in_order() {
 
 #[test]
 fn a_refused_standby_is_told_why() {
-    let mut pair = Pair::new(LinkConfig::default(), BatchConfig::default());
+    let mut pair = Pair::new(
+        LinkConfig::new(replicator::Secret::from_bytes(*b"tandem-test-secret")),
+        BatchConfig::default(),
+    );
     pair.hello();
     pair.sender.refuse("this active already has a standby");
     pair.pump();
@@ -735,7 +750,10 @@ fn a_new_standby_catches_up_from_a_snapshot_while_updates_keep_coming() {
         backlog_bytes_max: 32 << 10,
         ..BatchConfig::default()
     };
-    let mut pair = Pair::new(LinkConfig::default(), batch);
+    let mut pair = Pair::new(
+        LinkConfig::new(replicator::Secret::from_bytes(*b"tandem-test-secret")),
+        batch,
+    );
     for i in 0..5000u32 {
         if i % 10 == 0 {
             pair.push(
@@ -867,7 +885,10 @@ fn a_new_standby_catches_up_from_a_snapshot_while_updates_keep_coming() {
 
 #[test]
 fn step_up_waits_for_every_ack_then_the_standby_takes_over() {
-    let mut pair = Pair::resumed(LinkConfig::default(), BatchConfig::default());
+    let mut pair = Pair::resumed(
+        LinkConfig::new(replicator::Secret::from_bytes(*b"tandem-test-secret")),
+        BatchConfig::default(),
+    );
     let mut rng = Rng::new(3);
     pair.stream_random(&mut rng, 500);
 
@@ -926,7 +947,10 @@ fn step_up_waits_for_every_ack_then_the_standby_takes_over() {
 
 #[test]
 fn a_step_up_with_the_wrong_work_units_is_refused_and_streaming_goes_on() {
-    let mut pair = Pair::resumed(LinkConfig::default(), BatchConfig::default());
+    let mut pair = Pair::resumed(
+        LinkConfig::new(replicator::Secret::from_bytes(*b"tandem-test-secret")),
+        BatchConfig::default(),
+    );
     let mut rng = Rng::new(4);
     pair.stream_random(&mut rng, 300);
     pair.outbox.seal();
@@ -966,7 +990,10 @@ fn a_step_up_with_the_wrong_work_units_is_refused_and_streaming_goes_on() {
 
 /// A resumed pair with one sealed batch of ten updates on the wire to the receiver.
 fn pair_with_a_batch_in_transit() -> Pair {
-    let mut pair = Pair::resumed(LinkConfig::default(), BatchConfig::default());
+    let mut pair = Pair::resumed(
+        LinkConfig::new(replicator::Secret::from_bytes(*b"tandem-test-secret")),
+        BatchConfig::default(),
+    );
     for i in 0..10 {
         pair.push(Op::DbPut, format!("key{i}").as_bytes(), b"value");
     }
@@ -1041,7 +1068,10 @@ fn a_flipped_byte_anywhere_in_a_batch_frame_never_gets_the_batch_applied() {
 
 #[test]
 fn garbage_from_the_standby_closes_the_sender() {
-    let mut pair = Pair::resumed(LinkConfig::default(), BatchConfig::default());
+    let mut pair = Pair::resumed(
+        LinkConfig::new(replicator::Secret::from_bytes(*b"tandem-test-secret")),
+        BatchConfig::default(),
+    );
     pair.to_sender.frames.push_back(Bytes::from_static(
         b"GET / HTTP/1.1\r\nHost: tandem\r\n\r\n",
     ));
@@ -1063,7 +1093,10 @@ fn garbage_from_the_standby_closes_the_sender() {
 
 #[test]
 fn a_dropped_batch_is_a_gap_that_closes_the_receiver() {
-    let mut pair = Pair::resumed(LinkConfig::default(), BatchConfig::default());
+    let mut pair = Pair::resumed(
+        LinkConfig::new(replicator::Secret::from_bytes(*b"tandem-test-secret")),
+        BatchConfig::default(),
+    );
     for batch in 0..3 {
         for i in 0..5 {
             pair.push(Op::DbPut, format!("key{batch}.{i}").as_bytes(), b"value");
@@ -1088,7 +1121,7 @@ fn a_dropped_batch_is_a_gap_that_closes_the_receiver() {
 
 #[test]
 fn a_silent_peer_times_out_on_both_ends() {
-    let link = LinkConfig::default();
+    let link = LinkConfig::new(replicator::Secret::from_bytes(*b"tandem-test-secret"));
     let mut pair = Pair::resumed(link.clone(), BatchConfig::default());
     pair.stream_random(&mut Rng::new(5), 50);
     pair.outbox.seal();
@@ -1120,7 +1153,7 @@ fn a_silent_peer_times_out_on_both_ends() {
 
 #[test]
 fn an_idle_link_exchanges_heartbeats_and_stays_up() {
-    let link = LinkConfig::default();
+    let link = LinkConfig::new(replicator::Secret::from_bytes(*b"tandem-test-secret"));
     let mut pair = Pair::resumed(link.clone(), BatchConfig::default());
     pair.sender.set_in_sync_flag(true);
 
@@ -1162,7 +1195,7 @@ fn an_idle_link_exchanges_heartbeats_and_stays_up() {
 
 #[test]
 fn a_sender_waiting_on_its_standby_is_not_woken_in_a_busy_loop() {
-    let link = LinkConfig::default();
+    let link = LinkConfig::new(replicator::Secret::from_bytes(*b"tandem-test-secret"));
     let a_while = link.heartbeat_interval * 3;
 
     // Waiting for the hello.
@@ -1212,7 +1245,7 @@ fn random_run(seed: u64) {
     let link = LinkConfig {
         batches_in_flight_max: 1 + rng.below(4),
         bytes_in_flight_max: if rng.one_in(3) { 512 } else { 8 << 20 },
-        ..LinkConfig::default()
+        ..LinkConfig::new(replicator::Secret::from_bytes(*b"tandem-test-secret"))
     };
     let batch = BatchConfig {
         batch_updates_max: 1 + rng.below(32) as u32,
@@ -1318,4 +1351,33 @@ fn random_interleavings_of_writes_deliveries_and_acks_converge() {
     for seed in 1..=64 {
         random_run(seed);
     }
+}
+
+#[test]
+fn a_standby_without_the_secret_is_refused_before_its_hello_is_read() {
+    let mut pair = Pair::mismatched(b"the-pair-secret-1", b"someone-else-guessing");
+    pair.pump();
+    // The active never reports the hello (with its epoch 7) to the engine: it closes.
+    assert!(
+        matches!(&pair.sender_events[..], [SenderEvent::Closed { reason }] if reason.contains("authentication failed")),
+        "{:?}",
+        pair.sender_events
+    );
+    assert!(
+        matches!(&pair.receiver_events[..], [ReceiverEvent::Closed { reason }] if reason.contains("refused")),
+        "{:?}",
+        pair.receiver_events
+    );
+}
+
+#[test]
+fn a_standby_does_not_follow_an_active_without_the_secret() {
+    let mut pair = Pair::mismatched(b"an-impostor-active", b"the-pair-secret-1");
+    pair.pump();
+    // The impostor cannot even verify the hello; the standby never sees an acceptance.
+    assert!(pair
+        .receiver_events
+        .iter()
+        .all(|e| !matches!(e, ReceiverEvent::Accepted { .. })));
+    assert!(pair.receiver.is_closed() && pair.sender.is_closed());
 }

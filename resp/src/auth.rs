@@ -27,8 +27,27 @@ fn label(service: &str, side: &str) -> String {
 }
 
 impl Client {
+    /// Connects to `addr` and authenticates for `service`, all within `timeout`; the client
+    /// keeps no timeout afterwards.
+    pub async fn connect_authenticated(
+        addr: &str,
+        timeout: std::time::Duration,
+        secret: &Secret,
+        service: &str,
+    ) -> Result<Client, ClientError> {
+        let mut client = Client::connect_timeout(addr, timeout).await?;
+        client.set_timeout(Some(timeout));
+        client.authenticate(secret, service).await?;
+        client.set_timeout(None);
+        Ok(client)
+    }
+
     /// Runs the client side of the handshake for `service` ("admin", "control").
-    pub async fn authenticate(&mut self, secret: &Secret, service: &str) -> Result<(), ClientError> {
+    pub async fn authenticate(
+        &mut self,
+        secret: &Secret,
+        service: &str,
+    ) -> Result<(), ClientError> {
         let refused = |why: String| ClientError::Auth(why);
         let ours = auth::nonce();
         let ours_hex = hex(&ours);
@@ -41,7 +60,11 @@ impl Client {
                 items[1].as_bytes().and_then(unhex::<PROOF_BYTES>),
             ),
             Reply::Error(e) => return Err(refused(e.clone())),
-            other => return Err(refused(format!("unexpected answer to TANDEM.HELLO: {other}"))),
+            other => {
+                return Err(refused(format!(
+                    "unexpected answer to TANDEM.HELLO: {other}"
+                )))
+            }
         };
         let (Some(theirs), Some(proof)) = (theirs, proof) else {
             return Err(refused("malformed answer to TANDEM.HELLO".into()));
@@ -56,7 +79,9 @@ impl Client {
         match self.call(&[AUTH, mine.as_bytes()]).await? {
             Reply::Simple(_) => Ok(()),
             Reply::Error(e) => Err(refused(e)),
-            other => Err(refused(format!("unexpected answer to TANDEM.AUTH: {other}"))),
+            other => Err(refused(format!(
+                "unexpected answer to TANDEM.AUTH: {other}"
+            ))),
         }
     }
 }
@@ -100,7 +125,9 @@ impl ServerAuth {
         }
         let name: &[u8] = cmd.arg(0).map_or(&[], |b| &b[..]);
         if name.eq_ignore_ascii_case(HELLO) && self.client_nonce.is_none() {
-            let service_ok = cmd.arg(1).is_some_and(|s| s[..] == *self.service.as_bytes());
+            let service_ok = cmd
+                .arg(1)
+                .is_some_and(|s| s[..] == *self.service.as_bytes());
             let nonce = cmd.arg(2).and_then(|n| unhex::<NONCE_BYTES>(n));
             let Some(client_nonce) = nonce.filter(|_| service_ok && cmd.len() == 3) else {
                 reply::error(
@@ -156,10 +183,20 @@ impl ServerAuth {
 /// closed without an answer (a browser tricked into posting to a local port).
 pub fn looks_like_http(input: &[u8]) -> bool {
     const STARTS: [&[u8]; 9] = [
-        b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"PATCH ", b"CONNECT ",
+        b"GET ",
+        b"POST ",
+        b"PUT ",
+        b"HEAD ",
+        b"DELETE ",
+        b"OPTIONS ",
+        b"PATCH ",
+        b"CONNECT ",
         b"Host:",
     ];
-    let line_end = input.iter().position(|&b| b == b'\n').unwrap_or(input.len());
+    let line_end = input
+        .iter()
+        .position(|&b| b == b'\n')
+        .unwrap_or(input.len());
     let line = &input[..line_end];
     STARTS.iter().any(|s| line.starts_with(s))
         || line.windows(6).any(|w| w.eq_ignore_ascii_case(b"HTTP/1"))
@@ -196,7 +233,11 @@ mod tests {
         assert!(out.starts_with(b"-NOAUTH"));
         // AUTH without HELLO is refused too.
         let mut gate = ServerAuth::new("control");
-        let g = gate.handle(&secret, &cmd(&[b"TANDEM.AUTH", b"00"]), &mut BytesMut::new());
+        let g = gate.handle(
+            &secret,
+            &cmd(&[b"TANDEM.AUTH", b"00"]),
+            &mut BytesMut::new(),
+        );
         assert!(matches!(g, Gate::Close(_)));
     }
 
@@ -209,10 +250,8 @@ mod tests {
         let hello = cmd(&[b"TANDEM.HELLO", b"admin", hex(&client_nonce).as_bytes()]);
         assert_eq!(gate.handle(&secret, &hello, &mut out), Gate::Handled);
         let server_nonce = gate.nonce;
-        let bad = Secret::from_bytes(*b"not-the-secret!!").prove(
-            &label("admin", "client"),
-            &[&client_nonce, &server_nonce],
-        );
+        let bad = Secret::from_bytes(*b"not-the-secret!!")
+            .prove(&label("admin", "client"), &[&client_nonce, &server_nonce]);
         let mut wrong = ServerAuth {
             client_nonce: Some(client_nonce),
             ..ServerAuth::new("admin")

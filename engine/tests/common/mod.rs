@@ -19,6 +19,8 @@ pub struct Pair {
     supervisor: Child,
     pub admin: String,
     pub dir: PathBuf,
+    /// The pair's own secret (each test pair has one, in its directory).
+    pub secret: replicator::Secret,
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -33,7 +35,10 @@ impl Pair {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("test directory");
         let log = std::fs::File::create(dir.join("supervisor.log")).expect("supervisor log");
+        let secret_file = dir.join("secret");
+        let secret = replicator::Secret::load_or_create(&secret_file).expect("secret");
         let mut supervisor = Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .env("TANDEM_SECRET_FILE", &secret_file)
             .args(["pair", "up", "--base-port", "0", "--dir"])
             .arg(&dir)
             .stdout(Stdio::piped())
@@ -54,13 +59,19 @@ impl Pair {
             supervisor,
             admin,
             dir,
+            secret,
         }
     }
 
     pub async fn admin(&self, args: &[&str]) -> Reply {
-        let mut c = Client::connect_timeout(&self.admin, Duration::from_secs(5))
-            .await
-            .expect("admin reachable");
+        let mut c = Client::connect_authenticated(
+            &self.admin,
+            Duration::from_secs(5),
+            &self.secret,
+            "admin",
+        )
+        .await
+        .expect("admin reachable");
         c.set_timeout(Some(Duration::from_secs(30)));
         let parts: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
         c.call(&parts).await.expect("admin call")
@@ -173,6 +184,7 @@ pub struct WriterReport {
 impl Writer {
     pub fn start(pair: &Pair, prefix: &'static str) -> Writer {
         let admin = pair.admin.clone();
+        let secret = pair.secret.clone();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         let handle = tokio::spawn(async move {
@@ -183,7 +195,7 @@ impl Writer {
                 let c = match client.as_mut() {
                     Some(c) => c,
                     None => {
-                        client = connect_active(&admin).await;
+                        client = connect_active(&admin, &secret).await;
                         continue;
                     }
                 };
@@ -229,8 +241,8 @@ impl Writer {
     }
 }
 
-async fn connect_active(admin: &str) -> Option<Client> {
-    let mut c = Client::connect_timeout(admin, Duration::from_secs(2))
+async fn connect_active(admin: &str, secret: &replicator::Secret) -> Option<Client> {
+    let mut c = Client::connect_authenticated(admin, Duration::from_secs(2), secret, "admin")
         .await
         .ok()?;
     let Ok(Reply::Bulk(b)) = c.call(&[b"STATUS"]).await else {

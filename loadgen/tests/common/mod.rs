@@ -322,24 +322,37 @@ fn execute(engine: &Engine, upper: &[u8], cmd: &Command, apply: bool, out: &mut 
     }
 }
 
-/// A fake supervisor admin endpoint: answers `SUBSCRIBE` with every event sent through
-/// `events` (those sent before the subscription are replayed first).
+/// A fake supervisor admin endpoint: checks the pair's secret as the real one does, then
+/// answers `SUBSCRIBE` with every event sent through `events` (those sent before the
+/// subscription are replayed first).
 pub struct FakeAdmin {
     pub addr: String,
     pub events: mpsc::UnboundedSender<Event>,
+    pub secret: auth::Secret,
 }
 
 pub async fn start_admin() -> FakeAdmin {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+    let secret = auth::Secret::from_bytes(*b"loadgen-test-secret");
+    let theirs = secret.clone();
     tokio::spawn(async move {
         let Ok((mut stream, _)) = listener.accept().await else {
             return;
         };
         let mut input = BytesMut::new();
+        let mut gate = resp::auth::ServerAuth::new("admin");
+        let mut out = BytesMut::new();
         loop {
             if let Ok(Some(cmd)) = resp::parse_command(&mut input, &Limits::default()) {
+                if !gate.is_done() {
+                    let verdict = gate.handle(&theirs, &cmd, &mut out);
+                    stream.write_all(&out).await.unwrap();
+                    out.clear();
+                    assert_eq!(verdict, resp::auth::Gate::Handled, "the handshake");
+                    continue;
+                }
                 assert!(cmd.name_upper_eq(b"SUBSCRIBE"), "expected SUBSCRIBE");
                 break;
             }
@@ -357,7 +370,11 @@ pub async fn start_admin() -> FakeAdmin {
             }
         }
     });
-    FakeAdmin { addr, events: tx }
+    FakeAdmin {
+        addr,
+        events: tx,
+        secret,
+    }
 }
 
 pub fn now_ms() -> u64 {
