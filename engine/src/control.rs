@@ -1,8 +1,11 @@
-//! Control commands (`TANDEM.*`), spoken by the supervisor over the client port in RESP.
+//! Control commands (`TANDEM.*`), spoken by the supervisor in RESP on the engine's control
+//! port, once it proved the pair's secret (see `server.rs`).
 //!
 //! Roles and epochs only change here or on the replication link: the supervisor grants epochs
 //! (promote, switchover, follow) and leases; an engine refuses anything from an older epoch and
-//! steps down when it learns of a newer one.
+//! steps down when it learns of a newer one. Refusals start with a code the supervisor decides
+//! on: `STALEEPOCH` (an older epoch), `NOTREADY` (this engine's state is incomplete: it must
+//! not be promoted).
 
 use std::time::{Duration, Instant};
 
@@ -32,19 +35,41 @@ pub fn dispatch(
 ) -> Outcome {
     let result: Result<Option<String>, String> = match upper {
         b"TANDEM.STATUS" => Ok(None),
-        b"TANDEM.LEASE" => match (arg_u64(cmd, 1), arg_u64(cmd, 2), cmd.arg(3).map(|m| &m[..])) {
-            (Some(epoch), Some(ttl_ms), Some(mode @ (b"simplex" | b"sync" | b"degrade"))) => {
+        b"TANDEM.LEASE" => match (
+            arg_u64(cmd, 1),
+            arg_u64(cmd, 2),
+            arg_u64(cmd, 3),
+            cmd.arg(4).map(|m| &m[..]),
+        ) {
+            (
+                Some(epoch),
+                Some(stamp_ns),
+                Some(ttl_ms),
+                Some(mode @ (b"simplex" | b"sync" | b"degrade")),
+            ) => {
                 let mode = match mode {
                     b"sync" => LeaseMode::Sync,
                     b"simplex" => LeaseMode::Simplex,
                     _ => LeaseMode::Degrade,
                 };
-                eng.grant_lease(epoch, Duration::from_millis(ttl_ms), mode, now)
+                eng.grant_lease(epoch, stamp_ns, Duration::from_millis(ttl_ms), mode, now)
                     .map(|_| None)
             }
-            _ => Err("ERR usage: TANDEM.LEASE epoch ttl_ms simplex|sync|degrade".into()),
+            _ => Err(
+                "ERR usage: TANDEM.LEASE epoch stamp_ns ttl_ms simplex|sync|degrade".into(),
+            ),
         },
         b"TANDEM.PROMOTE" => match arg_u64(cmd, 1) {
+            Some(epoch)
+                if epoch > eng.epoch
+                    && !eng.state_complete
+                    && !cmd.arg(2).is_some_and(|a| a.eq_ignore_ascii_case(b"FORCE")) =>
+            {
+                Err(format!(
+                    "NOTREADY {} holds no whole state (a snapshot is under way or failed): promoting it would lose acknowledged writes",
+                    eng.config.name
+                ))
+            }
             Some(epoch) if epoch > eng.epoch => {
                 eng.become_active(epoch, true, now);
                 eprintln!(
@@ -88,6 +113,14 @@ pub fn dispatch(
             eng.step_down(Role::OutOfService, eng.epoch);
             Ok(Some("OK".into()))
         }
+        b"TANDEM.JOURNAL" => return journal(eng, out),
+        b"TANDEM.SHUTDOWN" => {
+            // Out of service first, so nothing is answered by a process about to go away.
+            eng.follow = None;
+            eng.step_down(Role::OutOfService, eng.epoch);
+            eng.shutdown.notify_one();
+            Ok(Some("OK".into()))
+        }
         b"TANDEM.STATS" => {
             let report = eng.stats.report();
             if cmd.arg(1).is_some_and(|a| a.eq_ignore_ascii_case(b"RESET")) {
@@ -117,6 +150,28 @@ pub fn dispatch(
         Err(msg) => reply::error(out, &msg),
     }
     Outcome::Done { seq: 0 }
+}
+
+/// Opens the simplex journal (if not open) and answers once it is on disk: the supervisor asks
+/// before it takes the standby away, so that the window starts durable and clients never wait
+/// for the checkpoint.
+fn journal(eng: &mut Engine, out: &mut BytesMut) -> Outcome {
+    if eng.role != Role::Active {
+        reply::error(out, &eng.not_active_reply());
+        return Outcome::Done { seq: 0 };
+    }
+    if !eng.journal_required() {
+        reply::simple(out, "OK no journal: simplex is memory only on this engine");
+        return Outcome::Done { seq: 0 };
+    }
+    eng.open_journal();
+    if eng.journal.as_ref().is_some_and(|j| j.is_published()) {
+        reply::simple(out, "OK journal on disk");
+        return Outcome::Done { seq: 0 };
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    eng.journal_waiters.push(tx);
+    Outcome::Later(rx)
 }
 
 /// Starts a planned switchover: stop taking writes, drain, send the step-up signal with the

@@ -7,13 +7,18 @@
 //! rule, [`server`] the RESP client server, [`replication`] the two ends of the link,
 //! [`control`] the supervisor's commands, [`run`] starts an engine process, and
 //! [`supervisor`] runs a pair.
-#![forbid(unsafe_code)]
+// One `unsafe` block, in `process.rs` (registering a pidfd with the runtime).
+#![deny(unsafe_code)]
 
 pub mod admin;
 pub mod app;
 pub mod control;
 pub mod demo;
+pub mod journal;
 pub mod node;
+pub mod pair_down;
+pub mod pair_state;
+pub mod process;
 pub mod replication;
 pub mod run;
 pub mod server;

@@ -66,6 +66,18 @@ enum Cmd {
         #[arg(long)]
         admin: String,
     },
+    /// Make an engine active when the pair is unavailable (no engine is known to hold every
+    /// acknowledged write), accepting the loss of what only the lost engine held.
+    Promote {
+        #[arg(long)]
+        admin: String,
+        /// The engine to make active (a or b).
+        #[arg(long)]
+        engine: String,
+        /// Required: says that you accept losing acknowledged writes.
+        #[arg(long, required = true)]
+        accept_data_loss: bool,
+    },
     /// Rolling upgrade of the pair's application, one engine at a time, while it serves.
     Upgrade(UpgradeCli),
     /// Enable the new features of the application on both engines (every engine must run
@@ -107,12 +119,52 @@ enum PairCmd {
         /// requirepass). The pair's own processes use the secret, never this.
         #[arg(long, value_name = "PASSWORD")]
         requirepass: Option<String>,
-    },
-    /// Stop a pair and its engines.
-    Down {
+        /// An active that answers no lease renewal for this long is replaced.
+        #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+        hang_timeout: Duration,
+        /// A simplex lease (an active serving alone) lasts this long after it was sent.
+        #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+        lease_ttl: Duration,
+        /// A standby silent this long on its link stops holding up writes.
+        #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+        peer_timeout: Duration,
+        /// A replaced or silent engine that stays unresponsive this long is killed and
+        /// restarted.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        hung_kill_after: Duration,
+        /// While one engine serves alone, `journal` releases a write only once it is on
+        /// disk (survives a crash of that engine); `memory` releases at once (does not).
+        #[arg(long, value_enum, default_value_t = Durability::Journal)]
+        simplex_durability: Durability,
+        /// A client that takes none of its replies for this long is disconnected.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        output_stall_timeout: Duration,
+        /// Client connections per engine, at most.
+        #[arg(long, default_value_t = 10_000)]
+        clients_max: usize,
+        /// Start an empty pair even if DIR holds one whose engines and journals are gone.
         #[arg(long)]
-        admin: String,
+        fresh: bool,
     },
+    /// Stop a pair and its engines: through its supervisor (--admin), or, with --dir, also
+    /// when its supervisor is gone.
+    Down {
+        #[arg(long, required_unless_present = "dir")]
+        admin: Option<String>,
+        /// The pair's directory.
+        #[arg(long, conflicts_with = "admin")]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Durability {
+    Journal,
+    Memory,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    loadgen::parse_duration(text).map_err(|e| e.to_string())
 }
 
 #[derive(Subcommand)]
@@ -156,6 +208,13 @@ struct UpgradeCli {
     /// ...or the baseline's plus this many milliseconds, whichever is larger.
     #[arg(long, default_value_t = 2.0)]
     p99_slack_ms: f64,
+    /// Fault injection: keep this out-of-service phase (b_out_of_service, a_out_of_service,
+    /// b_reload_previous) open with its engine down for --hold-ms, so that the engine serving
+    /// alone can be failed meanwhile.
+    #[arg(long, requires = "hold_ms")]
+    hold_phase: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    hold_ms: u64,
 }
 
 #[derive(clap::Args)]
@@ -184,9 +243,12 @@ struct EngineCli {
     /// Run simplex only under the supervisor's lease.
     #[arg(long)]
     supervised: bool,
-    /// Exit when standard input closes.
+    /// Data directory: the simplex journal lives here.
     #[arg(long)]
-    exit_with_stdin: bool,
+    data_dir: Option<PathBuf>,
+    /// Start from the journal in --data-dir.
+    #[arg(long, requires = "data_dir")]
+    recover: bool,
     /// A batch closes at this many bytes...
     #[arg(long, default_value_t = 256 << 10)]
     batch_bytes_max: usize,
@@ -237,7 +299,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             follow: e.follow,
             epoch: e.epoch,
             supervised: e.supervised,
-            exit_with_stdin: e.exit_with_stdin,
+            data_dir: e.data_dir,
+            recover: e.recover,
             batch: BatchConfig {
                 batch_bytes_max: e.batch_bytes_max,
                 batch_updates_max: e.batch_updates_max,
@@ -265,26 +328,67 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     app_version,
                     detach,
                     requirepass,
+                    hang_timeout,
+                    lease_ttl,
+                    peer_timeout,
+                    hung_kill_after,
+                    simplex_durability,
+                    output_stall_timeout,
+                    clients_max,
+                    fresh,
                 },
         } => {
+            engine::sessions::AppVersion::parse(&app_version).map_err(anyhow::Error::msg)?;
             let (secret_file, _) = replicator::Secret::resolve(secret_file)?;
+            let engine_args = vec![
+                "--peer-timeout-ms".to_string(),
+                peer_timeout.as_millis().to_string(),
+                "--output-stall-timeout-ms".into(),
+                output_stall_timeout.as_millis().to_string(),
+                "--clients-max".into(),
+                clients_max.to_string(),
+            ];
             let args = PairArgs {
                 dir,
                 base_port,
                 app_version,
                 secret_file,
                 requirepass,
+                timing: engine::supervisor::Timing {
+                    lease_ttl,
+                    hang_timeout,
+                    hung_kill_after,
+                },
+                journal: simplex_durability == Durability::Journal,
+                fresh,
+                engine_args,
             };
             if detach {
-                return detach_pair(&args);
+                return detach_pair(&std::env::args().collect::<Vec<_>>(), &args.dir);
             }
             run_pair(args)
         }
         Cmd::Pair {
-            command: PairCmd::Down { admin },
+            command: PairCmd::Down { admin, dir },
         } => {
-            let msg = admin_call(secret_file, &admin, &["SHUTDOWN"])?;
-            println!("{msg}");
+            match (admin, dir) {
+                (Some(admin), _) => println!("{}", admin_call(secret_file, &admin, &["SHUTDOWN"])?),
+                (None, Some(dir)) => {
+                    println!("{}", engine::pair_down::run(&dir, &secret(secret_file)?)?)
+                }
+                (None, None) => unreachable!("clap requires --admin or --dir"),
+            }
+            Ok(())
+        }
+        Cmd::Promote {
+            admin,
+            engine,
+            accept_data_loss: _,
+        } => {
+            println!(
+                "{}",
+                admin_call(secret_file, &admin, &["PROMOTE", &engine, "FORCE"])?
+            );
             Ok(())
         }
         Cmd::Status { admin, json } => {
@@ -329,6 +433,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 max_error_rate: u.max_error_rate,
                 p99_factor: u.p99_factor,
                 p99_slack_ms: u.p99_slack_ms,
+                hold_phase: u.hold_phase,
+                hold_ms: u.hold_ms,
             };
             engine::upgrade_cli::run(&secret(secret_file)?, &u.admin, &u.to, &options)
         }
@@ -420,26 +526,18 @@ fn print_status(text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts the supervisor in the background and waits for it to say it is ready.
-fn detach_pair(args: &PairArgs) -> anyhow::Result<()> {
+/// Starts the supervisor in the background (this same command line without `--detach`) and
+/// waits for it to say it is ready.
+fn detach_pair(argv: &[String], dir: &std::path::Path) -> anyhow::Result<()> {
     use std::io::{BufRead, BufReader};
-    let dir = &args.dir;
     std::fs::create_dir_all(dir)?;
-    let log = std::fs::File::create(dir.join("supervisor.log"))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("supervisor.log"))?;
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
-    cmd.arg("--secret-file")
-        .arg(&args.secret_file)
-        .args(["pair", "up", "--dir"])
-        .arg(dir)
-        .args([
-            "--base-port",
-            &args.base_port.to_string(),
-            "--app-version",
-            &args.app_version,
-        ]);
-    if let Some(pass) = &args.requirepass {
-        cmd.args(["--requirepass", pass]);
-    }
+    cmd.args(argv.iter().skip(1).filter(|a| *a != "--detach"));
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let mut child = cmd
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())

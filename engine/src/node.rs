@@ -6,11 +6,19 @@
 //! path has no locks and no cross-thread hand-off. The one rule that keeps acknowledged writes
 //! safe lives in [`Engine::refresh_released`]: a reply that saw sequence `s` is released when
 //! the in-sync standby has acknowledged `s`, or, with no in-sync standby, only while the
-//! supervisor's simplex lease is valid (an active that has lost both its standby and the
-//! supervisor stops acknowledging writes).
+//! supervisor's simplex lease is valid and (by default) once the simplex journal holds `s` on
+//! disk; and while a published journal exists, never beyond what it holds. An active that has
+//! lost both its standby and the supervisor stops acknowledging writes.
+//!
+//! Leases are stamped with the supervisor's `CLOCK_MONOTONIC` at the time it sent them (every
+//! process of a pair runs on one machine): a lease is valid until its stamp plus its TTL, however
+//! late it is read, and one stamped before a lease already taken is ignored, so that a renewal
+//! delayed in a socket buffer or sent by a supervisor since replaced can never extend a lease.
 
 use std::cell::RefCell;
+use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use replicator::{BatchConfig, Identity, LinkConfig, Outbox, Sender, VersionCheck};
@@ -19,7 +27,19 @@ use serde::Serialize;
 use tokio::sync::{oneshot, watch, Notify};
 
 use crate::app::Application;
+use crate::journal::{self, Journal};
 use crate::state::State;
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock every process of a pair shares (leases).
+pub fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// The instant at which `CLOCK_MONOTONIC` reads `deadline_ns` (now, if that has passed).
+fn instant_at(now: Instant, deadline_ns: u64) -> Instant {
+    now + Duration::from_nanos(deadline_ns.saturating_sub(monotonic_ns()))
+}
 
 pub type Shared = Rc<RefCell<Engine>>;
 
@@ -54,6 +74,9 @@ pub struct Config {
     pub link: LinkConfig,
     pub snapshot_chunk_bytes: usize,
     pub limits: crate::server::ServerLimits,
+    /// The engine's data directory: with it (and a supervisor), simplex writes are released
+    /// only once the journal there holds them; without it, simplex is memory only.
+    pub journal_dir: Option<PathBuf>,
 }
 
 /// The active's link to its standby.
@@ -84,6 +107,9 @@ pub struct Counters {
     pub clients_refused: u64,
     /// Clients dropped because they did not read their replies.
     pub clients_dropped_output: u64,
+    /// Leases ignored because a later one (by the supervisor's clock) was already taken.
+    pub leases_stale: u64,
+    pub journals_started: u64,
 }
 
 pub struct Engine {
@@ -104,6 +130,20 @@ pub struct Engine {
     next_link_id: u64,
     pub follow: Option<Follow>,
     pub simplex_lease_until: Option<Instant>,
+    /// The supervisor's clock stamp of the latest lease taken (see the module comment).
+    pub lease_stamp_ns: u64,
+    /// Does this engine hold a whole state (of `history`)? False from the start of a snapshot
+    /// until it is verified, and after an update failed to apply: such a standby must never be
+    /// promoted.
+    pub state_complete: bool,
+    /// The simplex journal, open while this active has no in-sync standby.
+    pub journal: Option<Journal>,
+    /// Woken by the journal's writer when more is on disk.
+    pub journal_wake: Arc<tokio::sync::Notify>,
+    /// Callers waiting for the journal to be published (`TANDEM.JOURNAL`).
+    pub journal_waiters: Vec<oneshot::Sender<Result<String, String>>>,
+    /// What this engine recovered from its journal at start, if it did.
+    pub recovered: Option<journal::Recovered>,
     /// Set by a degrade lease: the current standby no longer counts, until a new one attaches.
     pub standby_stale: bool,
     /// The client address of the active, for `-NOTACTIVE` answers.
@@ -123,6 +163,8 @@ pub struct Engine {
     pub link_wake: Rc<Notify>,
     /// Wakes the standby task when it should stop following.
     pub follow_wake: Rc<Notify>,
+    /// Tells the process to exit (`TANDEM.SHUTDOWN`).
+    pub shutdown: Rc<Notify>,
     pub started: Instant,
 }
 
@@ -144,6 +186,12 @@ impl Engine {
             next_link_id: 1,
             follow: None,
             simplex_lease_until: None,
+            lease_stamp_ns: 0,
+            state_complete: true,
+            journal: None,
+            journal_wake: Arc::new(tokio::sync::Notify::new()),
+            journal_waiters: Vec::new(),
+            recovered: None,
             standby_stale: false,
             active_hint: None,
             stepping_down: None,
@@ -155,6 +203,7 @@ impl Engine {
             progress: watch::channel(0).0,
             link_wake: Rc::new(Notify::new()),
             follow_wake: Rc::new(Notify::new()),
+            shutdown: Rc::new(Notify::new()),
             started: Instant::now(),
         }
     }
@@ -198,24 +247,49 @@ impl Engine {
         !self.config.supervised || self.simplex_lease_until.is_some_and(|t| now < t)
     }
 
-    /// Recomputes how far replies may be released. Call after acks, lease and link changes.
+    /// Is every simplex write to be on disk before its reply goes?
+    pub fn journal_required(&self) -> bool {
+        self.config.supervised && self.config.journal_dir.is_some()
+    }
+
+    /// Recomputes how far replies may be released. Call after acks, lease, link and journal
+    /// changes.
     pub fn refresh_released(&mut self, now: Instant) {
         if self.role != Role::Active {
             return;
         }
+        if self.journal_required() && !self.standby_in_sync() {
+            self.open_journal();
+        }
+        self.feed_journal();
         let before = self.seq_released;
+        let mut release = self.seq_released;
         if self.sync_mode() && !self.standby_stale {
             let acked = self.link.as_ref().map_or(0, |l| l.sender.seq_acked());
-            self.seq_released = self.seq_released.max(acked);
+            release = release.max(acked);
             if self.standby_in_sync() {
                 // From here on only the standby's acks release writes: a simplex lease from
                 // before must not outlive the moment the supervisor learns we are in sync.
                 self.simplex_lease_until = None;
             }
         } else if self.simplex_allowed(now) {
-            self.seq_released = self.seq_released.max(self.outbox.seq_last());
-            self.seq_released_simplex = self.seq_released;
+            release = match (&self.journal, self.journal_required()) {
+                (Some(j), true) if j.is_published() => release.max(j.synced().unwrap_or(0)),
+                (_, true) => release, // the checkpoint is not on disk yet
+                (_, false) => release.max(self.outbox.seq_last()),
+            };
         }
+        // A journal whose checkpoint is on disk gates every release, so that once published it
+        // holds every write ever released; it is published as soon as that is true.
+        let gate = self.journal.as_ref().and_then(Journal::synced);
+        if let Some(synced) = gate {
+            release = release.min(synced).max(self.seq_released);
+            self.publish_journal(synced);
+        }
+        if release > self.seq_released && !self.sync_mode() {
+            self.seq_released_simplex = release;
+        }
+        self.seq_released = release;
         if self.seq_released != before {
             self.bump();
         }
@@ -225,16 +299,102 @@ impl Engine {
         }
     }
 
-    /// After a client's commands have written: seal now when no link will, or wake the link.
+    /// After a client's commands have written: seal now when no link will (or the journal
+    /// needs the batch), and wake the link.
     pub fn after_writes(&mut self, now: Instant) {
         self.seq_applied = self.outbox.seq_last();
-        match &self.link {
-            Some(l) if !l.sender.is_closed() => self.link_wake.notify_one(),
-            _ => {
-                self.outbox.seal();
-            }
+        let linked = self.link.as_ref().is_some_and(|l| !l.sender.is_closed());
+        if !linked || self.journal.is_some() {
+            self.outbox.seal();
+        }
+        if linked {
+            self.link_wake.notify_one();
         }
         self.refresh_released(now);
+    }
+
+    /// Opens the simplex journal if none is open: a checkpoint of the state as it is after
+    /// sealing what is open, taken in this borrow, written by the journal's thread.
+    pub fn open_journal(&mut self) {
+        let Some(dir) = self.config.journal_dir.clone() else {
+            return;
+        };
+        if self.journal.is_some() || self.role != Role::Active {
+            return;
+        }
+        self.outbox.seal();
+        let seq = self.outbox.seq_sealed();
+        let header = journal::Header::new(
+            &self.config.name,
+            self.app.version(),
+            self.epoch,
+            self.history,
+            seq,
+        );
+        let entries = self.app.snapshot(&self.state);
+        let digest = self.state.digest();
+        self.counters.journals_started += 1;
+        eprintln!(
+            "[{}] no standby in sync: journaling from sequence {seq} ({} records in the checkpoint)",
+            self.config.name,
+            entries.len()
+        );
+        self.journal = Some(Journal::start(
+            &dir,
+            header,
+            entries,
+            digest,
+            self.journal_wake.clone(),
+        ));
+    }
+
+    /// Hands every batch sealed since the last call to the journal.
+    fn feed_journal(&mut self) {
+        let Engine {
+            journal, outbox, ..
+        } = self;
+        if let Some(j) = journal.as_mut() {
+            while let Some(batch) = outbox.batch_after(j.seq_queued()) {
+                j.push(batch);
+            }
+        }
+    }
+
+    /// Publishes the journal once nothing released is missing from it (`synced` is on disk).
+    fn publish_journal(&mut self, synced: u64) {
+        let Some(j) = self.journal.as_mut() else {
+            return;
+        };
+        if j.is_published() || self.seq_released > synced {
+            return;
+        }
+        let result = j.publish();
+        if let Err(e) = &result {
+            eprintln!("[{}] {e}", self.config.name);
+        } else {
+            eprintln!(
+                "[{}] journal on disk up to {synced}: simplex writes are durable",
+                self.config.name
+            );
+        }
+        for waiter in self.journal_waiters.drain(..) {
+            let _ = waiter.send(
+                result
+                    .clone()
+                    .map(|()| format!("OK journal on disk up to {synced}")),
+            );
+        }
+    }
+
+    /// Closes the journal, removing its file: it no longer holds everything released.
+    pub fn close_journal(&mut self, why: &str) {
+        if let Some(j) = self.journal.take() {
+            eprintln!("[{}] journal closed: {why}", self.config.name);
+            j.close(true);
+        }
+        for waiter in self.journal_waiters.drain(..) {
+            let _ = waiter.send(Err(format!("ERR journal closed: {why}")));
+        }
     }
 
     pub fn next_link_id(&mut self) -> u64 {
@@ -282,6 +442,9 @@ impl Engine {
 
     /// Leaves the active role (fenced by a higher epoch, or taken out of service).
     pub fn step_down(&mut self, role: Role, epoch: u64) {
+        if self.role == Role::Active {
+            self.close_journal("no longer active");
+        }
         self.role = role;
         self.epoch = self.epoch.max(epoch);
         self.link = None;
@@ -291,13 +454,20 @@ impl Engine {
         self.bump();
     }
 
+    /// A lease from the supervisor, stamped with its clock when it was sent.
     pub fn grant_lease(
         &mut self,
         epoch: u64,
+        stamp_ns: u64,
         ttl: Duration,
         mode: LeaseMode,
         now: Instant,
     ) -> Result<(), String> {
+        if stamp_ns < self.lease_stamp_ns {
+            // Sent before one already taken (delayed, or from a supervisor since replaced).
+            self.counters.leases_stale += 1;
+            return Ok(());
+        }
         if epoch < self.epoch {
             return Err(format!(
                 "STALEEPOCH lease for epoch {epoch}, this engine is at {}",
@@ -318,8 +488,15 @@ impl Engine {
             // longer in sync, whatever its link says, until a new standby attaches.
             self.standby_stale = true;
         }
+        self.lease_stamp_ns = stamp_ns;
         if mode != LeaseMode::Sync && self.role == Role::Active && !self.standby_in_sync() {
-            self.simplex_lease_until = Some(now + ttl);
+            let until = instant_at(now, stamp_ns.saturating_add(ttl.as_nanos() as u64));
+            self.simplex_lease_until = Some(until);
+        }
+        if mode == LeaseMode::Sync && self.standby_in_sync() && self.journal.is_some() {
+            // The supervisor counts the standby as promotable: it, not the journal, is what a
+            // failover would use from now on.
+            self.close_journal("the standby is in sync and the supervisor knows it");
         }
         self.refresh_released(now);
         Ok(())
@@ -382,6 +559,12 @@ impl Engine {
                 seq,
                 digest: format!("{d:016x}"),
             }),
+            state_complete: self.state_complete,
+            journal: self.journal.as_ref().map(Journal::status),
+            recovered: self.recovered.clone(),
+            lease_ms_left: self
+                .simplex_lease_until
+                .map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64),
             counters: self.counters.clone(),
         }
     }
@@ -430,6 +613,12 @@ pub struct EngineStatus {
     pub backlog_bytes: u64,
     pub uptime_ms: u64,
     pub sync_point: Option<SyncPoint>,
+    /// This engine holds a whole state (see `Engine::state_complete`).
+    pub state_complete: bool,
+    pub journal: Option<journal::JournalStatus>,
+    pub recovered: Option<journal::Recovered>,
+    /// How long the simplex lease has left, if one is held.
+    pub lease_ms_left: Option<u64>,
     pub counters: Counters,
 }
 
@@ -457,6 +646,7 @@ mod tests {
             link: LinkConfig::new(replicator::Secret::from_bytes(*b"tandem-test-secret")),
             snapshot_chunk_bytes: 4096,
             limits: Default::default(),
+            journal_dir: None,
         };
         let mut e = Engine::new(config, Box::new(Sessions::new(AppVersion::V1_0, None)));
         e.become_active(1, true, Instant::now());
@@ -481,8 +671,14 @@ mod tests {
         let mut e = engine(true);
         let seq = set(&mut e, "k", now);
         assert!(e.seq_released < seq, "released without standby or lease");
-        e.grant_lease(1, Duration::from_millis(500), LeaseMode::Simplex, now)
-            .unwrap();
+        e.grant_lease(
+            1,
+            monotonic_ns(),
+            Duration::from_millis(500),
+            LeaseMode::Simplex,
+            now,
+        )
+        .unwrap();
         assert!(e.seq_released >= seq);
         // Once the lease runs out, new writes wait again.
         let later = now + Duration::from_millis(501);
@@ -503,11 +699,23 @@ mod tests {
         let now = Instant::now();
         let mut e = engine(true);
         assert!(e
-            .grant_lease(0, Duration::from_millis(500), LeaseMode::Simplex, now)
+            .grant_lease(
+                0,
+                monotonic_ns(),
+                Duration::from_millis(500),
+                LeaseMode::Simplex,
+                now
+            )
             .is_err());
         assert_eq!(e.role, Role::Active);
         assert!(e
-            .grant_lease(2, Duration::from_millis(500), LeaseMode::Simplex, now)
+            .grant_lease(
+                2,
+                monotonic_ns(),
+                Duration::from_millis(500),
+                LeaseMode::Simplex,
+                now
+            )
             .is_err());
         assert_eq!(e.role, Role::OutOfService);
         assert_eq!(e.epoch, 2);

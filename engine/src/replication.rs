@@ -286,9 +286,11 @@ fn active_turn(
         };
     };
     // Group commit: seal what has gathered whenever the window has room for it.
+    let mut sealed = false;
     if link.sender.window_open() && outbox.ready(now) {
         outbox.seal();
         progress.send_modify(|v| *v = v.wrapping_add(1));
+        sealed = true;
     }
     while let Some(f) = link.sender.poll_transmit(now, outbox) {
         tx.push_back(f);
@@ -298,10 +300,11 @@ fn active_turn(
         (Some(a), Some(b)) if link.sender.window_open() => Some(a.min(b)),
         (a, _) => a,
     };
-    Turn {
-        deadline,
-        done: done || link.sender.is_closed(),
+    let done = done || link.sender.is_closed();
+    if sealed && eng.journal.is_some() {
+        eng.refresh_released(now); // the journal takes the new batch too
     }
+    Turn { deadline, done }
 }
 
 fn on_stepped_up(eng: &mut Engine, seq: u64) {
@@ -431,6 +434,7 @@ fn standby_turn(
             // state no longer belongs to any history: the next link starts with a snapshot.
             applied = None;
             eng.history = 0;
+            eng.state_complete = false;
             receiver.close(reason);
             break;
         }
@@ -472,10 +476,11 @@ fn standby_event(
             eng.active_hint = Some(active.client_addr.clone());
             if let Start::Snapshot { .. } = start {
                 // Until the snapshot is complete and verified this state is nobody's: a link
-                // that breaks half-way must not be resumed from it.
+                // that breaks half-way must not be resumed from it, nor promoted.
                 eng.state = State::default();
                 eng.seq_applied = 0;
                 eng.history = 0;
+                eng.state_complete = false;
                 eng.counters.snapshots_received += 1;
             }
             if let Some(f) = eng.follow.as_mut() {
@@ -497,6 +502,7 @@ fn standby_event(
                 ));
             }
             eng.seq_applied = end.seq;
+            eng.state_complete = true;
             eng.history = eng
                 .follow
                 .as_ref()

@@ -1,14 +1,17 @@
-//! Starting one engine process: bind the ports, take the initial role, announce readiness on
-//! stdout (one `READY {json}` line the supervisor reads), and serve until told to stop.
+//! Starting one engine process: recover its journal if told to, bind the ports, take the
+//! initial role, announce readiness on stdout (one `READY {json}` line the supervisor reads,
+//! and nothing else is ever written there: the supervisor that reads it may be gone later),
+//! and serve until `TANDEM.SHUTDOWN` or a signal. An engine does not depend on its supervisor
+//! staying alive: it keeps serving under the rules of `node.rs` when it is gone.
 
 use std::cell::RefCell;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Instant;
 
 use anyhow::Context;
 use replicator::{BatchConfig, LinkConfig};
 use serde::Serialize;
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
 use crate::node::{Config, Engine, Follow, Role};
@@ -30,8 +33,10 @@ pub struct EngineArgs {
     pub follow: Option<String>,
     pub epoch: u64,
     pub supervised: bool,
-    /// Exit when standard input closes (the supervisor holds the other end).
-    pub exit_with_stdin: bool,
+    /// The engine's data directory (its journal); None: simplex writes live in memory only.
+    pub data_dir: Option<PathBuf>,
+    /// Start from the journal in `data_dir` (out of service, until the supervisor promotes it).
+    pub recover: bool,
     pub batch: BatchConfig,
     /// The link's limits and the pair's secret.
     pub link: LinkConfig,
@@ -45,6 +50,7 @@ struct Ready<'a> {
     client_addr: String,
     replication_addr: String,
     control_addr: String,
+    recovered: Option<crate::journal::Recovered>,
 }
 
 pub fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
@@ -84,9 +90,34 @@ pub fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
             link: args.link.clone(),
             snapshot_chunk_bytes: 256 << 10,
             limits: args.limits.clone(),
+            journal_dir: args.data_dir.clone(),
         };
         let mut engine = Engine::new(config, Box::new(Sessions::new(version, fault)));
         engine.epoch = args.epoch;
+        if args.recover {
+            let dir = args
+                .data_dir
+                .as_deref()
+                .context("--recover needs --data-dir")?;
+            let started = Instant::now();
+            let Engine { app, state, .. } = &mut engine;
+            let r = crate::journal::recover(dir, app.as_mut(), state).map_err(anyhow::Error::msg)?;
+            eprintln!(
+                "[{}] recovered from the journal: checkpoint at {} ({} records) and {} batches, up to sequence {} (epoch {}, {} torn bytes ignored) in {:.0} ms",
+                args.name,
+                r.header.seq,
+                r.checkpoint_records,
+                r.batches,
+                r.seq,
+                r.header.epoch,
+                r.torn_bytes,
+                started.elapsed().as_secs_f64() * 1e3
+            );
+            engine.seq_applied = r.seq;
+            engine.history = r.header.history;
+            engine.epoch = engine.epoch.max(r.header.epoch);
+            engine.recovered = Some(r);
+        }
         if let Some(epoch) = args.active_epoch {
             engine.become_active(epoch, true, Instant::now());
         } else if let Some(addr) = &args.follow {
@@ -103,7 +134,16 @@ pub fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
             engine.app.version(),
             engine.role.as_str()
         );
+        let recovered = engine.recovered.clone();
+        let (journal_wake, shutdown) = (engine.journal_wake.clone(), engine.shutdown.clone());
         let engine = Rc::new(RefCell::new(engine));
+        let journal_engine = engine.clone();
+        tokio::task::spawn_local(async move {
+            loop {
+                journal_wake.notified().await;
+                journal_engine.borrow_mut().refresh_released(Instant::now());
+            }
+        });
         tokio::task::spawn_local(crate::server::serve(engine.clone(), client, Port::Client));
         tokio::task::spawn_local(crate::server::serve(engine.clone(), control, Port::Control));
         tokio::task::spawn_local(crate::replication::serve(engine.clone(), replication));
@@ -114,24 +154,20 @@ pub fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
             client_addr,
             replication_addr,
             control_addr,
+            recovered,
         };
         println!("READY {}", serde_json::to_string(&ready)?);
-        let stop = async {
-            if args.exit_with_stdin {
-                let mut stdin = tokio::io::stdin();
-                let mut buf = [0u8; 64];
-                while !matches!(stdin.read(&mut buf).await, Ok(0) | Err(_)) {}
-            } else {
-                std::future::pending::<()>().await;
-            }
-        };
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
-            _ = stop => {}
+            _ = shutdown.notified() => {}
             _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
         }
         eprintln!("[{}] stopping", args.name);
-        // Nothing is kept on disk: skip freeing a large state piece by piece, so that taking
-        // an engine out of service costs milliseconds, not a walk over every record.
+        // Skip freeing a large state piece by piece, so that taking an engine out of service
+        // costs milliseconds, not a walk over every record. (A journal, if open, holds what it
+        // must: every released write is on disk already.)
         std::process::exit(0)
     })
 }

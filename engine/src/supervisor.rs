@@ -1,12 +1,29 @@
-//! The pair supervisor: starts engines A and B as child processes of its own executable,
-//! serves the admin endpoint, and is the arbiter of epochs.
+//! The pair supervisor: starts engines A and B from its own executable, serves the admin
+//! endpoint, grants epochs and leases, and replaces a failed engine without ever losing an
+//! acknowledged write.
 //!
-//! It renews the active's lease every tick and learns from the reply whether the standby is
-//! in sync; only an in-sync standby may be promoted, and the supervisor marks it stale before
-//! it lets the active run simplex. A dead active (its process exited, or it stopped answering
-//! and was killed) is replaced by promoting the standby with a new epoch; a dead engine is
-//! restarted as the standby of the active and catches up. Long operations (an upgrade, see
-//! `upgrade.rs`) keep the lease ticking and child exits handled through [`Supervisor::pump`].
+//! Every tick it renews the active's lease (stamped with its clock, see `node.rs`) and learns
+//! from the reply whether the standby is in sync: the standby is *promotable* only then, and
+//! the supervisor marks it not promotable (on disk, see `pair_state.rs`) before it lets the
+//! active run simplex. When the active is lost (its process exited, or it answered no lease for
+//! `hang_timeout`):
+//! - a promotable standby is promoted in a new epoch, retried until it answers (a promotion
+//!   whose answer was lost is found out by the retry); a standby that says its state is not
+//!   whole is never promoted;
+//! - otherwise, if the lost active's journal exists, that engine is killed if it still runs,
+//!   restarted from its journal, and promoted;
+//! - otherwise no engine is known to hold every acknowledged write: the pair refuses writes and
+//!   says why (status, timeline, log) until an operator accepts the loss (`PROMOTE name FORCE`).
+//!
+//! A hung engine that was replaced is fenced: it must follow the new active when it answers
+//! again, and is killed if it does not within `hung_kill_after`. A dead standby is restarted
+//! and catches up.
+//!
+//! Engines outlive the supervisor. A supervisor started on a directory whose engines still run
+//! adopts them (checks who they are through their control ports, takes the highest epoch,
+//! resumes the leases) and finishes or rolls back an upgrade its predecessor left half done.
+//! Long operations (an upgrade, see `upgrade.rs`) keep the pair served through
+//! [`Supervisor::pump`].
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -18,20 +35,49 @@ use resp::{Client, Reply};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
-use tokio::process::{ChildStdin, Command};
+use tokio::process::Command;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::admin;
+use crate::pair_state::{DirLock, EngineState, PairState, UpgradeState};
+use crate::process::Watched;
 
 const TICK: Duration = Duration::from_millis(50);
-const LEASE_TTL_MS: u64 = 500;
+/// Control calls other than the lease: status, follow, promote.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
-const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// A status asked of each engine for `STATUS`: a hung engine must not hold the answer up.
+const STATUS_TIMEOUT: Duration = Duration::from_millis(300);
+/// An engine has this long to be ready (a recovery replays its whole journal first).
+const START_TIMEOUT: Duration = Duration::from_secs(120);
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// A switchover drains what is in flight to the standby first: it may take longer than a call.
 const SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(30);
-/// Missed lease renewals after which a live but silent active is killed and replaced.
-const SILENT_TICKS_MAX: u32 = 20;
+/// The active writes its journal's checkpoint before a planned simplex window.
+const JOURNAL_TIMEOUT: Duration = Duration::from_secs(120);
+/// The standby (and a fenced engine) is looked at every this many ticks.
+const STANDBY_CHECK_TICKS: u64 = 4;
+
+/// Timeouts of the failure detector and the leases (flags of `tandem pair up`).
+#[derive(Clone, Debug)]
+pub struct Timing {
+    /// A simplex lease lasts this long after the supervisor sent it.
+    pub lease_ttl: Duration,
+    /// An active that answers no lease renewal for this long is taken for hung and replaced.
+    pub hang_timeout: Duration,
+    /// A replaced (fenced) or silent standby engine that stays unresponsive this long is killed
+    /// and restarted.
+    pub hung_kill_after: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            lease_ttl: Duration::from_millis(500),
+            hang_timeout: Duration::from_millis(500),
+            hung_kill_after: Duration::from_secs(10),
+        }
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct PairArgs {
@@ -42,6 +88,13 @@ pub struct PairArgs {
     pub secret_file: PathBuf,
     /// The client port's `AUTH` password, if any (handed to engines in their environment).
     pub requirepass: Option<String>,
+    pub timing: Timing,
+    /// Simplex writes are released only once on disk (the journal); false: memory only.
+    pub journal: bool,
+    /// Start empty even if the directory holds a pair whose engines are gone.
+    pub fresh: bool,
+    /// More `tandem engine` flags for every engine (link and client limits).
+    pub engine_args: Vec<String>,
 }
 
 pub(crate) struct Slot {
@@ -52,11 +105,49 @@ pub(crate) struct Slot {
     pub app_version: String,
     pub fault: Option<String>,
     pub pid: Option<u32>,
-    stdin: Option<ChildStdin>,
-    kill: Option<oneshot::Sender<()>>,
+    process: Option<Watched>,
     client: Option<Client>,
     /// The supervisor is stopping this engine on purpose: do not replace it.
     expected_exit: bool,
+    /// When this engine last answered a control call.
+    last_answer: Instant,
+    /// Replaced while it hung: when it answers again it must follow the active, not serve.
+    fenced: bool,
+}
+
+impl Slot {
+    fn new(name: &'static str, base_port: u16, offsets: [u16; 3], app_version: &str) -> Slot {
+        Slot {
+            name,
+            client_addr: addr_for(base_port, offsets[0]),
+            replication_addr: addr_for(base_port, offsets[1]),
+            control_addr: addr_for(base_port, offsets[2]),
+            app_version: app_version.to_string(),
+            fault: None,
+            pid: None,
+            process: None,
+            client: None,
+            expected_exit: false,
+            last_answer: Instant::now(),
+            fenced: false,
+        }
+    }
+
+    fn alive(&self) -> bool {
+        self.pid.is_some() && !self.expected_exit
+    }
+
+    fn state(&self) -> EngineState {
+        EngineState {
+            name: self.name.into(),
+            pid: self.pid,
+            app_version: self.app_version.clone(),
+            fault: self.fault.clone(),
+            client_addr: self.client_addr.clone(),
+            replication_addr: self.replication_addr.clone(),
+            control_addr: self.control_addr.clone(),
+        }
+    }
 }
 
 pub(crate) enum Event {
@@ -76,6 +167,26 @@ pub(crate) enum Event {
 /// Events queued for the supervisor's loop, at most (admin commands wait for room).
 const EVENTS_QUEUE: usize = 256;
 
+/// A failover under way: the standby to promote, in this epoch, until it answers.
+#[derive(Clone, Debug)]
+struct Promotion {
+    target: usize,
+    epoch: u64,
+    since: Instant,
+    attempts: u32,
+    last_error: Option<String>,
+    /// What happened to the active (for the timeline).
+    cause: String,
+}
+
+/// How an engine is started.
+enum Start {
+    Active,
+    Follow(String),
+    /// From its journal, out of service until promoted.
+    Recover,
+}
+
 pub(crate) struct Supervisor {
     pub args: PairArgs,
     pub admin_addr: String,
@@ -83,16 +194,28 @@ pub(crate) struct Supervisor {
     pub active: usize,
     pub epoch: u64,
     pub promotable: bool,
-    silent_ticks: u32,
     events_tx: mpsc::Sender<Event>,
     events: mpsc::Receiver<Event>,
     tick: tokio::time::Interval,
+    ticks: u64,
     timeline: Timeline,
     subscribers: Vec<mpsc::Sender<String>>,
-    secret: replicator::Secret,
     /// A long operation is running: other long operations are refused meanwhile.
     busy: bool,
     shutdown: bool,
+    /// Exit leaving the engines running (a signal to the supervisor, not `SHUTDOWN`).
+    leave: bool,
+    secret: replicator::Secret,
+    promotion: Option<Promotion>,
+    /// Why the pair refuses writes (no engine known to hold every acknowledged write).
+    pub unavailable: Option<String>,
+    /// Failovers and recoveries so far: an upgrade notices the ones during its steps.
+    pub failovers: u64,
+    /// The upgrade in progress, as persisted.
+    pub upgrade_state: Option<UpgradeState>,
+    /// The active's last reported release point (0: nothing was ever acknowledged).
+    seq_released: u64,
+    _lock: DirLock,
 }
 
 fn addr_for(base: u16, offset: u16) -> String {
@@ -103,6 +226,14 @@ fn addr_for(base: u16, offset: u16) -> String {
     }
 }
 
+fn engine_index(name: &str) -> Option<usize> {
+    match name {
+        "a" => Some(0),
+        "b" => Some(1),
+        _ => None,
+    }
+}
+
 pub fn run_pair(args: PairArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -110,70 +241,108 @@ pub fn run_pair(args: PairArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         std::fs::create_dir_all(&args.dir)
             .with_context(|| format!("creating {}", args.dir.display()))?;
-        let listener = TcpListener::bind(addr_for(args.base_port, 0))
-            .await
-            .context("binding the admin endpoint")?;
+        let lock = DirLock::take(&args.dir).map_err(anyhow::Error::msg)?;
+        let previous = match args.fresh {
+            true => None,
+            false => PairState::load(&args.dir).map_err(anyhow::Error::msg)?,
+        };
+        // A restarted supervisor keeps its predecessor's admin address when it can.
+        let listener = match previous.as_ref().map(|p| p.admin.clone()) {
+            Some(addr) if args.base_port == 0 || addr == addr_for(args.base_port, 0) => {
+                match TcpListener::bind(&addr).await {
+                    Ok(l) => l,
+                    Err(_) => TcpListener::bind(addr_for(args.base_port, 0)).await?,
+                }
+            }
+            _ => TcpListener::bind(addr_for(args.base_port, 0)).await?,
+        };
         let admin_addr = listener.local_addr()?.to_string();
         let secret = replicator::Secret::load(&args.secret_file)?;
         let (events_tx, events) = mpsc::channel(EVENTS_QUEUE);
-        let slot = |name, offset: u16, control: u16| Slot {
-            name,
-            client_addr: addr_for(args.base_port, offset),
-            replication_addr: addr_for(args.base_port, offset + 1),
-            control_addr: addr_for(args.base_port, control),
-            app_version: args.app_version.clone(),
-            fault: None,
-            pid: None,
-            stdin: None,
-            kill: None,
-            client: None,
-            expected_exit: false,
-        };
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let base = args.base_port;
         let mut sup = Supervisor {
-            slots: [slot("a", 1, 5), slot("b", 3, 6)],
+            slots: [
+                Slot::new("a", base, [1, 2, 5], &args.app_version),
+                Slot::new("b", base, [3, 4, 6], &args.app_version),
+            ],
             args: args.clone(),
             admin_addr: admin_addr.clone(),
             active: 0,
             epoch: 1,
-            promotable: false,
-            silent_ticks: 0,
+            promotable: true,
             events_tx: events_tx.clone(),
             events,
             tick,
-            timeline: Timeline::new(),
+            ticks: 0,
+            timeline: load_timeline(&args.dir),
             subscribers: Vec::new(),
             busy: false,
             shutdown: false,
+            leave: false,
             secret: secret.clone(),
+            promotion: None,
+            unavailable: None,
+            failovers: 0,
+            upgrade_state: None,
+            seq_released: 0,
+            _lock: lock,
         };
-        sup.start(0, None).await?;
-        let follow = sup.slots[0].replication_addr.clone();
-        sup.start(1, Some(follow)).await?;
+        match previous {
+            None => sup.start_fresh().await?,
+            Some(state) => sup.adopt(state).await?,
+        }
         tokio::spawn(admin::serve(listener, events_tx, secret));
         sup.write_pair_file();
         sup.write_timeline();
         println!("READY admin={admin_addr}");
         eprintln!(
-            "pair up: admin {admin_addr}, a active on {}, b standby on {}",
-            sup.slots[0].client_addr, sup.slots[1].client_addr
+            "pair up: admin {admin_addr}, {} active on {}, {} standby on {}",
+            sup.slots[sup.active].name,
+            sup.slots[sup.active].client_addr,
+            sup.slots[sup.standby()].name,
+            sup.slots[sup.standby()].client_addr
         );
+        if sup.upgrade_state.is_some() {
+            sup.busy = true;
+            sup.resume_upgrade().await;
+            sup.busy = false;
+        }
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         while !sup.shutdown {
             tokio::select! {
-                _ = sup.tick.tick() => sup.renew_lease().await,
+                _ = sup.tick.tick() => sup.on_tick().await,
                 ev = sup.events.recv() => match ev {
                     Some(ev) => sup.handle(ev).await,
                     None => break,
                 },
-                _ = tokio::signal::ctrl_c() => break,
+                _ = tokio::signal::ctrl_c() => sup.leave = true,
+                _ = terminate.recv() => sup.leave = true,
             }
+            sup.shutdown |= sup.leave;
         }
-        sup.stop_all();
+        if sup.leave {
+            eprintln!(
+                "supervisor stopping; the engines keep serving. `tandem pair up --dir {0}` takes them back, `tandem pair down --dir {0}` stops them",
+                sup.args.dir.display()
+            );
+            return Ok(());
+        }
+        sup.stop_all().await;
+        PairState::remove(&sup.args.dir);
         let _ = std::fs::remove_file(sup.args.dir.join("pair.json"));
         eprintln!("pair down");
         Ok(())
     })
+}
+
+fn load_timeline(dir: &std::path::Path) -> Timeline {
+    std::fs::read(dir.join("timeline.json"))
+        .ok()
+        .and_then(|t| serde_json::from_slice(&t).ok())
+        .unwrap_or_default()
 }
 
 impl Supervisor {
@@ -181,11 +350,52 @@ impl Supervisor {
         1 - self.active
     }
 
-    /// Starts an engine process: as the active (no `follow`) or following an address.
-    pub async fn start(&mut self, i: usize, follow: Option<String>) -> anyhow::Result<()> {
+    /// Is there an active engine serving (no failover under way, not unavailable)?
+    pub fn has_active(&self) -> bool {
+        self.promotion.is_none() && self.unavailable.is_none() && self.slots[self.active].alive()
+    }
+
+    pub fn timeline(&self) -> &Timeline {
+        &self.timeline
+    }
+
+    /// A new pair: A active, B its standby, both empty (so B is trivially promotable).
+    async fn start_fresh(&mut self) -> anyhow::Result<()> {
+        self.persist();
+        self.start(0, Start::Active).await?;
+        let follow = self.slots[0].replication_addr.clone();
+        self.start(1, Start::Follow(follow)).await?;
+        self.persist();
+        Ok(())
+    }
+
+    /// Everything the supervisor knows, as it must survive it.
+    fn pair_state(&self) -> PairState {
+        let mut s = PairState::new(
+            self.admin_addr.clone(),
+            self.epoch,
+            self.slots[self.active].name.into(),
+            self.promotable,
+        );
+        s.unavailable = self.unavailable.clone();
+        s.engines = self.slots.iter().map(Slot::state).collect();
+        s.upgrade = self.upgrade_state.clone();
+        s
+    }
+
+    /// Writes the supervisor's state to disk; called before acting on a change.
+    pub fn persist(&self) {
+        if let Err(e) = self.pair_state().save(&self.args.dir) {
+            eprintln!("could not save the supervisor's state: {e}");
+        }
+    }
+
+    /// Starts an engine process of this executable, in a process group of its own.
+    async fn start(&mut self, i: usize, how: Start) -> anyhow::Result<()> {
         let exe = std::env::current_exe().context("finding the tandem executable")?;
         let slot = &self.slots[i];
         let log_path = self.args.dir.join(format!("{}.log", slot.name));
+        let data_dir = self.args.dir.join(slot.name);
         let mut cmd = Command::new(exe);
         cmd.arg("engine")
             .args(["--name", slot.name])
@@ -197,27 +407,38 @@ impl Supervisor {
             .args(["--app-version", &slot.app_version])
             .args(["--epoch", &self.epoch.to_string()])
             .arg("--supervised")
-            .arg("--exit-with-stdin");
+            .args(&self.args.engine_args);
+        if self.args.journal {
+            cmd.arg("--data-dir").arg(&data_dir);
+        }
         if let Some(fault) = &slot.fault {
             cmd.args(["--fault", fault]);
         }
         if let Some(pass) = &self.args.requirepass {
             cmd.env("TANDEM_REQUIREPASS", pass);
         }
-        match &follow {
-            Some(addr) => cmd.args(["--follow", addr]),
-            None => cmd.args(["--active-epoch", &self.epoch.to_string()]),
+        match &how {
+            Start::Active => cmd.args(["--active-epoch", &self.epoch.to_string()]),
+            Start::Follow(addr) => cmd.args(["--follow", addr]),
+            Start::Recover => cmd.arg("--recover"),
         };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)?;
-        cmd.stdin(Stdio::piped())
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
-            .kill_on_drop(true);
+            .process_group(0)
+            .kill_on_drop(false);
         let mut child = cmd.spawn().context("starting an engine process")?;
+        let pid = child.id().unwrap_or(0);
+        // Opened before anything can reap the child: the pid is surely this process's.
+        let process = Watched::open(pid).context("watching the engine process")?;
         let stdout = child.stdout.take().expect("piped stdout");
+        tokio::spawn(async move {
+            let _ = child.wait().await; // reaps it; the pidfd tells the supervisor
+        });
         let mut lines = BufReader::new(stdout).lines();
         let name = slot.name;
         let ready = tokio::time::timeout(START_TIMEOUT, async {
@@ -230,96 +451,221 @@ impl Supervisor {
             let last = last.lines().last().unwrap_or("").to_string();
             bail!("engine {name} exited before it was ready: {last}")
         })
-        .await
-        .map_err(|_| anyhow::anyhow!("engine {name} not ready within {START_TIMEOUT:?}"))??;
-        let pid = child.id().unwrap_or(0);
+        .await;
+        let ready = match ready {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                process.kill();
+                bail!("engine {name} not ready within {START_TIMEOUT:?}")
+            }
+        };
         let slot = &mut self.slots[i];
-        slot.client_addr = ready["client_addr"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        slot.replication_addr = ready["replication_addr"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        slot.control_addr = ready["control_addr"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        slot.pid = Some(pid);
-        slot.stdin = child.stdin.take();
+        let field = |k: &str| ready[k].as_str().unwrap_or_default().to_string();
+        slot.client_addr = field("client_addr");
+        slot.replication_addr = field("replication_addr");
+        slot.control_addr = field("control_addr");
         slot.client = None;
         slot.expected_exit = false;
-        // Keep draining stdout so the engine never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let (kill_tx, kill_rx) = oneshot::channel::<()>();
-        slot.kill = Some(kill_tx);
-        let events = self.events_tx.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = child.wait() => {}
-                _ = kill_rx => { let _ = child.kill().await; }
-            }
-            let _ = events.send(Event::Exited { slot: i, pid }).await;
-        });
+        slot.fenced = false;
+        slot.last_answer = Instant::now();
         eprintln!(
-            "started engine {} {} (pid {pid}) on {}",
-            slot.name, slot.app_version, slot.client_addr
+            "started engine {} {} (pid {pid}) on {}{}",
+            slot.name,
+            slot.app_version,
+            slot.client_addr,
+            match how {
+                Start::Recover => format!(", recovered {}", ready["recovered"]),
+                _ => String::new(),
+            }
         );
+        self.watch(i, process);
+        self.persist();
         Ok(())
     }
 
-    /// Kills an engine process (SIGKILL through its child handle).
+    /// Takes `process` as engine `i`'s and tells the loop when it exits.
+    fn watch(&mut self, i: usize, process: Watched) {
+        let pid = process.pid;
+        self.slots[i].pid = Some(pid);
+        self.slots[i].process = Some(process.clone());
+        let events = self.events_tx.clone();
+        tokio::spawn(async move {
+            process.exited().await;
+            let _ = events.send(Event::Exited { slot: i, pid }).await;
+        });
+    }
+
+    /// Kills an engine process (SIGKILL through its pidfd).
     fn kill(&mut self, i: usize) {
-        if let Some(tx) = self.slots[i].kill.take() {
-            let _ = tx.send(());
+        if let Some(p) = &self.slots[i].process {
+            p.kill();
         }
     }
 
     pub async fn call(&mut self, i: usize, args: &[&str]) -> Result<Reply, String> {
-        let slot = &mut self.slots[i];
-        if slot.pid.is_none() {
-            return Err(format!("engine {} is not running", slot.name));
-        }
-        if slot.client.is_none() {
-            let mut c = Client::connect_authenticated(
-                &slot.control_addr,
-                CALL_TIMEOUT,
-                &self.secret,
-                "control",
-            )
-            .await
-            .map_err(|e| format!("engine {} did not answer: {e}", slot.name))?;
-            c.set_timeout(Some(CALL_TIMEOUT));
-            slot.client = Some(c);
-        }
-        let client = slot.client.as_mut().expect("connected above");
-        let parts: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-        match client.call(&parts).await {
-            Ok(Reply::Error(e)) => Err(e),
-            Ok(r) => Ok(r),
-            Err(e) => {
-                slot.client = None;
-                Err(format!("engine {} did not answer: {e:?}", slot.name))
-            }
-        }
+        self.call_timeout(i, args, CALL_TIMEOUT).await
     }
 
-    /// A control call that may take up to `timeout`.
+    /// A control call that may take up to `timeout` (connecting and authenticating included).
     pub async fn call_timeout(
         &mut self,
         i: usize,
         args: &[&str],
         timeout: Duration,
     ) -> Result<Reply, String> {
-        if let Some(c) = self.slots[i].client.as_mut() {
-            c.set_timeout(Some(timeout));
+        let secret = self.secret.clone();
+        let slot = &mut self.slots[i];
+        if slot.pid.is_none() {
+            return Err(format!("engine {} is not running", slot.name));
         }
-        let result = self.call(i, args).await;
-        if let Some(c) = self.slots[i].client.as_mut() {
-            c.set_timeout(Some(CALL_TIMEOUT));
+        let parts: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        let result = tokio::time::timeout(timeout, async {
+            if slot.client.is_none() {
+                let c =
+                    Client::connect_authenticated(&slot.control_addr, timeout, &secret, "control")
+                        .await?;
+                slot.client = Some(c);
+            }
+            slot.client
+                .as_mut()
+                .expect("connected above")
+                .call(&parts)
+                .await
+        })
+        .await;
+        match result {
+            Ok(Ok(Reply::Error(e))) => {
+                slot.last_answer = Instant::now();
+                Err(e)
+            }
+            Ok(Ok(r)) => {
+                slot.last_answer = Instant::now();
+                Ok(r)
+            }
+            Ok(Err(e)) => {
+                slot.client = None;
+                Err(format!("engine {} did not answer: {e}", slot.name))
+            }
+            Err(_) => {
+                slot.client = None; // its answer may still come: on a connection now closed
+                Err(format!(
+                    "engine {} did not answer within {} ms",
+                    slot.name,
+                    timeout.as_millis()
+                ))
+            }
         }
-        result
+    }
+
+    /// A control call whose reply is JSON.
+    pub async fn call_json(&mut self, i: usize, args: &[&str]) -> Result<Value, String> {
+        match self.call(i, args).await? {
+            Reply::Bulk(b) => serde_json::from_slice(&b).map_err(|e| e.to_string()),
+            other => Err(format!("unexpected reply {other}")),
+        }
+    }
+
+    async fn status_of(&mut self, i: usize, timeout: Duration) -> Result<Value, String> {
+        match self.call_timeout(i, &["TANDEM.STATUS"], timeout).await? {
+            Reply::Bulk(b) => serde_json::from_slice(&b).map_err(|e| e.to_string()),
+            other => Err(format!("unexpected reply {other}")),
+        }
+    }
+
+    /// Marks the standby promotable or not. Going to not promotable is on disk before the
+    /// caller lets the active run simplex: a successor must never promote a stale standby.
+    fn set_promotable(&mut self, promotable: bool, why: &str) {
+        if self.promotable == promotable {
+            return;
+        }
+        self.promotable = promotable;
+        self.persist();
+        let (kind, what) = match promotable {
+            true => (EventKind::SimplexEnd, "standby in sync"),
+            false => (EventKind::SimplexStart, "no standby in sync"),
+        };
+        self.emit(TimelineEvent {
+            message: Some(format!("{what}: {why}")),
+            ..TimelineEvent::new(timeline::now_ms(), kind)
+        });
+    }
+
+    /// One tick: a pending promotion first, then the lease, the failure detector, the standby.
+    async fn on_tick(&mut self) {
+        self.ticks += 1;
+        if self.promotion.is_some() {
+            self.try_promotion().await;
+            return;
+        }
+        if self.unavailable.is_some() {
+            return;
+        }
+        self.renew_lease().await;
+        let active = self.active;
+        let silent = self.slots[active].last_answer.elapsed();
+        if self.slots[active].alive() && silent >= self.args.timing.hang_timeout {
+            let cause = format!(
+                "{} answered no lease for {} ms",
+                self.slots[active].name,
+                silent.as_millis()
+            );
+            self.active_lost(active, cause, false).await;
+            return;
+        }
+        if self.ticks.is_multiple_of(STANDBY_CHECK_TICKS) {
+            self.check_standby().await;
+        }
+    }
+
+    /// Renews the active's lease and learns whether the standby is in sync.
+    pub async fn renew_lease(&mut self) {
+        let active = self.active;
+        if !self.slots[active].alive() || self.promotion.is_some() {
+            return;
+        }
+        // The standby stops being promotable before the active may run simplex.
+        let mode = if self.promotable { "sync" } else { "simplex" };
+        let stamp = crate::node::monotonic_ns().to_string();
+        let (epoch, ttl) = (
+            self.epoch.to_string(),
+            self.args.timing.lease_ttl.as_millis().to_string(),
+        );
+        // Half the hang timeout: a slow answer is not waited for past the point of replacing.
+        let timeout = self.args.timing.hang_timeout / 2;
+        let reply = self
+            .call_timeout(
+                active,
+                &["TANDEM.LEASE", &epoch, &stamp, &ttl, mode],
+                timeout,
+            )
+            .await;
+        match reply {
+            Ok(Reply::Bulk(b)) => {
+                let Ok(status) = serde_json::from_slice::<Value>(&b) else {
+                    return;
+                };
+                self.seq_released = status["seq_released"].as_u64().unwrap_or(self.seq_released);
+                let in_sync = status["standby_in_sync"].as_bool() == Some(true);
+                let standby = self.slots[self.standby()].name;
+                self.set_promotable(
+                    in_sync,
+                    &format!(
+                        "the active reports {standby} {}",
+                        if in_sync { "in sync" } else { "not in sync" }
+                    ),
+                );
+            }
+            Ok(_) => {}
+            Err(e) if e.starts_with("STALEEPOCH") => {
+                eprintln!(
+                    "lease refused by {}: {e}; resyncing",
+                    self.slots[active].name
+                );
+                self.resync().await;
+            }
+            Err(_) => {} // the failure detector counts the silence
+        }
     }
 
     /// After the engines and the supervisor disagree (an epoch it did not grant, a lost
@@ -327,7 +673,7 @@ impl Supervisor {
     async fn resync(&mut self) {
         let mut best: Option<(usize, u64)> = None;
         for i in 0..2 {
-            if let Ok(st) = self.call_json(i, &["TANDEM.STATUS"]).await {
+            if let Ok(st) = self.status_of(i, CALL_TIMEOUT).await {
                 let epoch = st["epoch"].as_u64().unwrap_or(0);
                 if st["role"] == "active" && best.is_none_or(|(_, e)| epoch > e) {
                     best = Some((i, epoch));
@@ -342,55 +688,52 @@ impl Supervisor {
                     self.slots[i].name
                 );
                 self.active = i;
-                self.promotable = false;
-                self.write_pair_file();
+                self.set_promotable(false, "resynced with the engines");
             }
         }
+        self.persist();
+        self.write_pair_file();
     }
 
-    /// A control call whose reply is JSON.
-    pub async fn call_json(&mut self, i: usize, args: &[&str]) -> Result<Value, String> {
-        match self.call(i, args).await? {
-            Reply::Bulk(b) => serde_json::from_slice(&b).map_err(|e| e.to_string()),
-            other => Err(format!("unexpected reply {other}")),
-        }
-    }
-
-    /// Renews the active's lease and learns whether the standby is in sync.
-    pub async fn renew_lease(&mut self) {
-        let active = self.active;
-        if self.slots[active].pid.is_none() {
+    /// Looks after the engine that is not active: a fenced one must follow the active, a
+    /// silent one is killed once it has been silent for `hung_kill_after`.
+    async fn check_standby(&mut self) {
+        let (active, standby) = (self.active, self.standby());
+        if !self.slots[standby].alive() {
             return;
         }
-        // The standby stops being promotable before the active may run simplex.
-        let mode = if self.promotable { "sync" } else { "simplex" };
-        let (epoch, ttl) = (self.epoch.to_string(), LEASE_TTL_MS.to_string());
-        match self
-            .call_json(active, &["TANDEM.LEASE", &epoch, &ttl, mode])
-            .await
-        {
-            Ok(status) => {
-                self.silent_ticks = 0;
-                self.promotable = status["standby_in_sync"].as_bool() == Some(true);
-            }
-            Err(e) if e.contains("did not answer") || e.contains("Io") => {
-                self.silent_ticks += 1;
-                if self.silent_ticks == SILENT_TICKS_MAX {
-                    eprintln!(
-                        "active {} silent for {SILENT_TICKS_MAX} ticks: killing it",
-                        self.slots[active].name
-                    );
-                    self.kill(active);
-                }
-            }
-            Err(e) if e.starts_with("STALEEPOCH") => {
+        let answered = if self.slots[standby].fenced {
+            let (addr, hint, epoch) = (
+                self.slots[active].replication_addr.clone(),
+                self.slots[active].client_addr.clone(),
+                self.epoch.to_string(),
+            );
+            let r = self
+                .call_timeout(
+                    standby,
+                    &["TANDEM.FOLLOW", &addr, &epoch, &hint],
+                    STATUS_TIMEOUT,
+                )
+                .await;
+            if r.is_ok() {
+                self.slots[standby].fenced = false;
                 eprintln!(
-                    "lease refused by {}: {e}; resyncing",
-                    self.slots[active].name
+                    "{} answers again: it follows {} at epoch {epoch}",
+                    self.slots[standby].name, self.slots[active].name
                 );
-                self.resync().await;
             }
-            Err(e) => eprintln!("lease refused by {}: {e}", self.slots[active].name),
+            r.is_ok()
+        } else {
+            self.status_of(standby, STATUS_TIMEOUT).await.is_ok()
+        };
+        let silent = self.slots[standby].last_answer.elapsed();
+        if !answered && silent >= self.args.timing.hung_kill_after {
+            eprintln!(
+                "{} silent for {} ms: killing it, it will be restarted",
+                self.slots[standby].name,
+                silent.as_millis()
+            );
+            self.kill(standby);
         }
     }
 
@@ -406,8 +749,9 @@ impl Supervisor {
         }
     }
 
-    /// Keeps the pair served while a long operation waits: renews leases, handles child exits
-    /// and quick admin commands, until `cond` holds or `timeout` passes. True if `cond` held.
+    /// Keeps the pair served while a long operation waits: ticks (leases, failovers), engine
+    /// exits and quick admin commands, until `cond` holds or `timeout` passes. True if `cond`
+    /// held.
     pub async fn pump(&mut self, timeout: Duration, cond: impl Fn(&Supervisor) -> bool) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -418,7 +762,7 @@ impl Supervisor {
                 return cond(self);
             }
             tokio::select! {
-                _ = self.tick.tick() => self.renew_lease().await,
+                _ = self.tick.tick() => self.on_tick().await,
                 ev = self.events.recv() => match ev {
                     Some(Event::Admin { cmd, reply }) => {
                         let result = match self.quick_admin(&cmd).await {
@@ -449,77 +793,464 @@ impl Supervisor {
         let name = self.slots[i].name;
         let slot = &mut self.slots[i];
         slot.pid = None;
+        slot.process = None;
         slot.client = None;
-        slot.stdin = None;
-        slot.kill = None;
-        if i != self.active {
-            self.promotable = false;
+        let expected = std::mem::take(&mut slot.expected_exit);
+        let fenced = std::mem::take(&mut slot.fenced);
+        if i != self.active || fenced {
+            self.set_promotable(false, &format!("{name} exited"));
         }
-        if std::mem::take(&mut slot.expected_exit) {
+        self.persist();
+        if expected || self.shutdown {
             eprintln!("engine {name} (pid {pid}) stopped");
             self.write_pair_file();
             return;
         }
-        if i == self.active {
-            self.failover(i, pid).await;
-        } else {
-            eprintln!("standby {name} (pid {pid}) died");
-        }
-        if self.shutdown {
+        if i == self.active && !fenced {
+            if self.promotion.is_none() && self.unavailable.is_none() {
+                self.active_lost(i, format!("{name} (pid {pid}) exited"), true)
+                    .await;
+            }
             return;
         }
-        // Nobody could be promoted: the engine comes back as the active (with what state it
-        // can get: none), rather than leave the pair without one or following itself.
-        let follow = (self.active != i).then(|| self.slots[self.active].replication_addr.clone());
-        if let Err(e) = self.start(i, follow).await {
-            eprintln!("restarting {name} failed: {e:#}");
+        if self.promotion.as_ref().is_some_and(|p| p.target == i) {
+            // The engine being promoted died too: nobody in sync is left.
+            let p = self.promotion.take().expect("checked");
+            let cause = format!("{}; then {name}, being promoted, exited", p.cause);
+            self.no_promotable(self.active, cause, true).await;
+            return;
+        }
+        eprintln!("standby {name} (pid {pid}) died: restarting it");
+        self.restart_standby(i).await;
+    }
+
+    /// Restarts engine `i` as the standby of the active.
+    async fn restart_standby(&mut self, i: usize) {
+        if !self.slots[self.active].alive() || self.unavailable.is_some() {
+            return;
+        }
+        let follow = self.slots[self.active].replication_addr.clone();
+        if let Err(e) = self.start(i, Start::Follow(follow)).await {
+            eprintln!("restarting {} failed: {e:#}", self.slots[i].name);
         }
         self.write_pair_file();
     }
 
-    async fn failover(&mut self, dead: usize, pid: u32) {
-        let detected = Instant::now();
+    /// The active is gone (`exited`) or hung: replace it by an engine that holds every
+    /// acknowledged write, or say that none does.
+    async fn active_lost(&mut self, dead: usize, cause: String, exited: bool) {
         let other = 1 - dead;
-        let name = self.slots[dead].name;
-        if !self.promotable {
-            eprintln!(
-                "active {name} died while {} was not in sync: promoting it anyway, writes acknowledged in simplex may be lost",
-                self.slots[other].name
-            );
-        }
-        self.epoch += 1;
-        let epoch = self.epoch.to_string();
-        if self.slots[other].pid.is_none() || self.slots[other].expected_exit {
-            eprintln!(
-                "active {name} died while {} was out of service: no engine holds the state; {name} restarts as an empty active",
-                self.slots[other].name
-            );
+        eprintln!("active lost: {cause}");
+        let standby_ok = self.slots[other].alive() && !self.slots[other].fenced;
+        if self.promotable && standby_ok {
+            self.epoch += 1;
+            self.persist(); // this epoch is never granted twice
+            if !exited {
+                self.slots[dead].fenced = true; // it must follow when it answers again
+                self.slots[dead].client = None;
+            }
+            self.promotion = Some(Promotion {
+                target: other,
+                epoch: self.epoch,
+                since: Instant::now(),
+                attempts: 0,
+                last_error: None,
+                cause,
+            });
+            self.try_promotion().await;
             return;
         }
-        match self.call(other, &["TANDEM.PROMOTE", &epoch]).await {
-            Ok(_) => {
-                self.active = other;
-                self.promotable = false;
-                let _ = self
-                    .call(
-                        other,
-                        &["TANDEM.LEASE", &epoch, &LEASE_TTL_MS.to_string(), "simplex"],
-                    )
+        self.no_promotable(dead, cause, exited).await;
+    }
+
+    /// One attempt at the pending promotion; kept pending while the standby does not answer.
+    async fn try_promotion(&mut self) {
+        let Some(mut p) = self.promotion.take() else {
+            return;
+        };
+        p.attempts += 1;
+        let epoch = p.epoch.to_string();
+        let timeout = self
+            .args
+            .timing
+            .hang_timeout
+            .max(Duration::from_millis(200));
+        let result = self
+            .call_timeout(p.target, &["TANDEM.PROMOTE", &epoch], timeout)
+            .await;
+        match result {
+            Ok(_) => self.promoted(p).await,
+            Err(e) if e.starts_with("NOTREADY") => {
+                let dead = 1 - p.target;
+                let cause = format!(
+                    "{}; {} refused to be promoted: {e}",
+                    p.cause, self.slots[p.target].name
+                );
+                self.no_promotable(dead, cause, self.slots[dead].pid.is_none())
                     .await;
-                let took_ms = detected.elapsed().as_secs_f64() * 1e3;
-                eprintln!("failover: {name} (pid {pid}) died, {} promoted at epoch {epoch} in {took_ms:.1} ms", self.slots[other].name);
-                self.emit(TimelineEvent {
-                    switchover: Some(SwitchoverKind::Failover),
-                    stepup_ms: Some(took_ms),
-                    message: Some(format!(
-                        "{name} died, {} promoted at epoch {epoch}",
-                        self.slots[other].name
-                    )),
-                    ..TimelineEvent::new(timeline::now_ms(), EventKind::Failover)
-                });
             }
-            Err(e) => eprintln!("failover of {name} failed: {e}"),
+            Err(e) if e.starts_with("STALEEPOCH") => {
+                // Someone (a predecessor) granted a higher epoch: go above it and retry.
+                if let Ok(st) = self.status_of(p.target, CALL_TIMEOUT).await {
+                    self.epoch = self.epoch.max(st["epoch"].as_u64().unwrap_or(0)) + 1;
+                    self.persist();
+                    p.epoch = self.epoch;
+                }
+                p.last_error = Some(e);
+                self.promotion = Some(p);
+            }
+            Err(e) => {
+                if p.attempts == 1 || p.attempts.is_power_of_two() {
+                    eprintln!(
+                        "promoting {} at epoch {epoch}: attempt {} failed ({e}); retrying",
+                        self.slots[p.target].name, p.attempts
+                    );
+                }
+                p.last_error = Some(e);
+                self.promotion = Some(p);
+            }
         }
+    }
+
+    async fn promoted(&mut self, p: Promotion) {
+        let dead = 1 - p.target;
+        let took_ms = p.since.elapsed().as_secs_f64() * 1e3;
+        self.active = p.target;
+        self.failovers += 1;
+        self.set_promotable(
+            false,
+            &format!("{} took over alone", self.slots[p.target].name),
+        );
+        self.persist();
+        self.renew_lease().await;
+        let (to, from) = (self.slots[p.target].name, self.slots[dead].name);
+        eprintln!(
+            "failover: {}; {to} promoted at epoch {} in {took_ms:.1} ms ({} attempts)",
+            p.cause, p.epoch, p.attempts
+        );
+        self.emit(TimelineEvent {
+            switchover: Some(SwitchoverKind::Failover),
+            stepup_ms: Some(took_ms),
+            message: Some(format!("{}; {to} promoted at epoch {}", p.cause, p.epoch)),
+            ..TimelineEvent::new(timeline::now_ms(), EventKind::Failover)
+        });
+        self.write_pair_file();
+        if self.slots[dead].pid.is_none() {
+            eprintln!("restarting {from} as the standby of {to}");
+            self.restart_standby(dead).await;
+        }
+    }
+
+    /// The active is lost and no standby is known to hold every acknowledged write: recover the
+    /// lost engine from its journal if it has one, else refuse writes and say why.
+    async fn no_promotable(&mut self, dead: usize, cause: String, exited: bool) {
+        let data_dir = self.args.dir.join(self.slots[dead].name);
+        let other = 1 - dead;
+        if crate::journal::exists(&data_dir) {
+            if let Err(e) = self.recover(dead, &cause, exited).await {
+                self.set_unavailable(format!(
+                    "{cause}; recovering it from its journal failed: {e}"
+                ));
+            }
+            return;
+        }
+        if self.seq_released == 0 && self.slots[other].alive() {
+            // Nothing was ever acknowledged: nothing can be lost by promoting the other.
+            self.epoch += 1;
+            self.persist();
+            let epoch = self.epoch.to_string();
+            if self
+                .call(other, &["TANDEM.PROMOTE", &epoch, "FORCE"])
+                .await
+                .is_ok()
+            {
+                let p = Promotion {
+                    target: other,
+                    epoch: self.epoch,
+                    since: Instant::now(),
+                    attempts: 1,
+                    last_error: None,
+                    cause: format!("{cause} (nothing had been acknowledged yet)"),
+                };
+                self.promoted(p).await;
+                return;
+            }
+        }
+        let standby = self.slots[other].name;
+        self.set_unavailable(format!(
+            "{cause}, while {standby} was not in sync and with no journal: no engine is known to hold every acknowledged write, so the pair refuses writes. To accept the loss: `tandem promote --admin {} --engine {standby} --accept-data-loss`",
+            self.admin_addr
+        ));
+    }
+
+    /// Restarts engine `dead` from its journal (killing it first if it still runs) and
+    /// promotes it; the other engine follows it.
+    async fn recover(&mut self, dead: usize, cause: &str, exited: bool) -> Result<(), String> {
+        let name = self.slots[dead].name;
+        if !exited {
+            if let Some(p) = self.slots[dead].process.clone() {
+                eprintln!("{name} is hung and holds the only copy of some writes, in its journal: killing it to recover it");
+                self.slots[dead].expected_exit = true;
+                p.kill();
+                if tokio::time::timeout(STOP_TIMEOUT, p.exited())
+                    .await
+                    .is_err()
+                {
+                    return Err(format!("{name} would not die"));
+                }
+                self.slots[dead].pid = None;
+                self.slots[dead].process = None;
+                self.slots[dead].expected_exit = false;
+            }
+        }
+        let started = Instant::now();
+        self.start(dead, Start::Recover)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        self.epoch += 1;
+        self.persist();
+        let epoch = self.epoch.to_string();
+        let mut last = String::new();
+        for _ in 0..20 {
+            match self.call(dead, &["TANDEM.PROMOTE", &epoch]).await {
+                Ok(_) => {
+                    last.clear();
+                    break;
+                }
+                Err(e) => last = e,
+            }
+        }
+        if !last.is_empty() {
+            return Err(format!("promoting the recovered {name}: {last}"));
+        }
+        let took_ms = started.elapsed().as_secs_f64() * 1e3;
+        self.active = dead;
+        self.failovers += 1;
+        self.unavailable = None;
+        self.set_promotable(false, &format!("{name} recovered from its journal"));
+        self.persist();
+        self.renew_lease().await;
+        let other = 1 - dead;
+        eprintln!("recovery: {cause}; {name} restarted from its journal and active at epoch {epoch} in {took_ms:.0} ms");
+        self.emit(TimelineEvent {
+            switchover: Some(SwitchoverKind::Failover),
+            stepup_ms: Some(took_ms),
+            message: Some(format!(
+                "{cause}; {name} recovered from its journal, active at epoch {epoch}"
+            )),
+            ..TimelineEvent::new(timeline::now_ms(), EventKind::Failover)
+        });
+        if self.slots[other].alive() {
+            let (addr, hint) = (
+                self.slots[dead].replication_addr.clone(),
+                self.slots[dead].client_addr.clone(),
+            );
+            if self
+                .call(other, &["TANDEM.FOLLOW", &addr, &epoch, &hint])
+                .await
+                .is_err()
+            {
+                self.slots[other].fenced = true;
+            }
+        } else if self.slots[other].pid.is_none() && !self.slots[other].expected_exit {
+            self.restart_standby(other).await;
+        }
+        self.write_pair_file();
+        Ok(())
+    }
+
+    fn set_unavailable(&mut self, why: String) {
+        eprintln!("PAIR UNAVAILABLE: {why}");
+        self.unavailable = Some(why.clone());
+        self.persist();
+        self.emit(TimelineEvent {
+            message: Some(why),
+            ..TimelineEvent::new(timeline::now_ms(), EventKind::Unavailable)
+        });
+        self.write_pair_file();
+    }
+
+    /// The operator accepts the loss: `name` becomes active whatever it holds.
+    async fn force_promote(&mut self, name: &str) -> Result<String, String> {
+        let i = engine_index(name).ok_or_else(|| format!("ERR no engine named {name}"))?;
+        if self.unavailable.is_none() && self.promotion.is_none() {
+            return Err("ERR the pair is available: use SWITCHOVER".into());
+        }
+        if self.slots[i].pid.is_none() {
+            // Its journal if it has one, else empty: the operator accepted the loss.
+            let has_journal = crate::journal::exists(&self.args.dir.join(name));
+            let how = if has_journal {
+                Start::Recover
+            } else {
+                Start::Active
+            };
+            self.start(i, how)
+                .await
+                .map_err(|e| format!("ERR starting {name}: {e:#}"))?;
+        }
+        self.epoch += 1;
+        self.persist();
+        let epoch = self.epoch.to_string();
+        self.call(i, &["TANDEM.PROMOTE", &epoch, "FORCE"]).await?;
+        self.promotion = None;
+        let why = self.unavailable.take().unwrap_or_default();
+        self.active = i;
+        self.failovers += 1;
+        self.set_promotable(false, "forced promotion");
+        self.persist();
+        self.emit(TimelineEvent {
+            switchover: Some(SwitchoverKind::Failover),
+            message: Some(format!(
+                "{name} promoted at epoch {epoch} by the operator, accepting data loss ({why})"
+            )),
+            ..TimelineEvent::new(timeline::now_ms(), EventKind::Failover)
+        });
+        let other = 1 - i;
+        if self.slots[other].pid.is_none() {
+            self.restart_standby(other).await;
+        } else {
+            let (addr, hint) = (
+                self.slots[i].replication_addr.clone(),
+                self.slots[i].client_addr.clone(),
+            );
+            let _ = self
+                .call(other, &["TANDEM.FOLLOW", &addr, &epoch, &hint])
+                .await;
+        }
+        self.write_pair_file();
+        Ok(format!("OK {name} is active at epoch {epoch}"))
+    }
+
+    /// Takes back the engines of a pair whose supervisor is gone.
+    async fn adopt(&mut self, state: PairState) -> anyhow::Result<()> {
+        self.epoch = state.epoch;
+        self.promotable = state.promotable;
+        self.unavailable = state.unavailable.clone();
+        self.upgrade_state = state.upgrade.clone();
+        self.active = engine_index(&state.active).unwrap_or(0);
+        let mut statuses: [Option<Value>; 2] = [None, None];
+        for e in &state.engines {
+            let Some(i) = engine_index(&e.name) else {
+                continue;
+            };
+            let slot = &mut self.slots[i];
+            slot.app_version = e.app_version.clone();
+            slot.fault = e.fault.clone();
+            slot.client_addr = e.client_addr.clone();
+            slot.replication_addr = e.replication_addr.clone();
+            slot.control_addr = e.control_addr.clone();
+            let Some(pid) = e.pid else { continue };
+            let Ok(process) = Watched::open(pid) else {
+                continue;
+            };
+            slot.pid = Some(pid);
+            match self.status_of(i, CALL_TIMEOUT).await {
+                Ok(st) if st["pid"].as_u64() == Some(pid as u64) && st["name"] == e.name => {
+                    self.epoch = self.epoch.max(st["epoch"].as_u64().unwrap_or(0));
+                    self.watch(i, process);
+                    statuses[i] = Some(st);
+                }
+                _ => {
+                    self.slots[i].pid = None;
+                    self.slots[i].client = None;
+                }
+            }
+        }
+        let describe = |i: usize, st: &Option<Value>| match st {
+            Some(st) => format!(
+                "{} ({}, epoch {})",
+                ["a", "b"][i],
+                st["role"].as_str().unwrap_or("?"),
+                st["epoch"]
+            ),
+            None => format!("{} (gone)", ["a", "b"][i]),
+        };
+        let message = format!(
+            "supervisor restarted (pid {}): epoch {}, {}, {}",
+            std::process::id(),
+            self.epoch,
+            describe(0, &statuses[0]),
+            describe(1, &statuses[1])
+        );
+        eprintln!("{message}");
+        self.emit(TimelineEvent {
+            message: Some(message),
+            ..TimelineEvent::new(timeline::now_ms(), EventKind::SupervisorStart)
+        });
+        // The active: whichever engine says so at the highest epoch.
+        let active = (0..2)
+            .filter(|&i| statuses[i].as_ref().is_some_and(|s| s["role"] == "active"))
+            .max_by_key(|&i| statuses[i].as_ref().and_then(|s| s["epoch"].as_u64()));
+        if statuses.iter().all(Option::is_none) {
+            let journals: Vec<usize> = (0..2)
+                .filter(|&i| crate::journal::exists(&self.args.dir.join(self.slots[i].name)))
+                .collect();
+            let Some(&i) = journals
+                .iter()
+                .find(|&&i| i == self.active)
+                .or(journals.first())
+            else {
+                bail!(
+                    "the pair in {} (epoch {}) has no engine left and no journal to recover from: its data is gone. `tandem pair up --dir {} --fresh` starts an empty pair",
+                    self.args.dir.display(),
+                    self.epoch,
+                    self.args.dir.display()
+                );
+            };
+            self.active = i;
+            self.recover(
+                i,
+                "both engines were gone when the supervisor started",
+                true,
+            )
+            .await
+            .map_err(anyhow::Error::msg)?;
+            return Ok(());
+        }
+        match active {
+            Some(i) => {
+                self.active = i;
+                self.persist();
+                let standby = self.standby();
+                let st = statuses[standby].clone();
+                match st {
+                    None => self.restart_standby(standby).await,
+                    Some(st) if st["role"] != "standby" => {
+                        // Taken out of service by the predecessor mid-step: make it a standby.
+                        let (addr, hint, epoch) = (
+                            self.slots[i].replication_addr.clone(),
+                            self.slots[i].client_addr.clone(),
+                            self.epoch.to_string(),
+                        );
+                        let _ = self
+                            .call(standby, &["TANDEM.FOLLOW", &addr, &epoch, &hint])
+                            .await;
+                    }
+                    Some(_) => {}
+                }
+            }
+            None => {
+                // Nobody is active: the active died (or was being switched) while no
+                // supervisor watched. The usual rules decide who holds the data.
+                let dead = self.active;
+                let exited = statuses[dead].is_none();
+                if !exited {
+                    self.slots[dead].fenced = true;
+                }
+                self.active_lost(
+                    dead,
+                    format!(
+                        "no engine was active when the supervisor started ({} was {})",
+                        self.slots[dead].name,
+                        if exited { "gone" } else { "not active" }
+                    ),
+                    exited,
+                )
+                .await;
+            }
+        }
+        self.persist();
+        Ok(())
     }
 
     /// A planned switchover to the standby; returns the step-up time in milliseconds.
@@ -532,6 +1263,8 @@ impl Supervisor {
             ));
         }
         let epoch = self.epoch + 1;
+        self.epoch = epoch;
+        self.persist(); // granted once, whatever happens next
         self.emit(TimelineEvent {
             switchover: Some(kind),
             ..TimelineEvent::new(timeline::now_ms(), EventKind::SwitchoverBegin)
@@ -554,7 +1287,7 @@ impl Supervisor {
         if let Err(e) = result {
             // The step-up may have happened even though its answer was lost: then the standby
             // is active in the new epoch, and the old active must follow it.
-            let adopted = match self.call_json(to, &["TANDEM.STATUS"]).await {
+            let adopted = match self.status_of(to, CALL_TIMEOUT).await {
                 Ok(st) => st["role"] == "active" && st["epoch"].as_u64() == Some(epoch),
                 Err(_) => false,
             };
@@ -574,9 +1307,10 @@ impl Supervisor {
                 .call(from, &["TANDEM.FOLLOW", &addr, &epoch.to_string(), &hint])
                 .await;
         }
-        self.epoch = epoch;
         self.active = to;
-        self.promotable = false;
+        self.slots[to].last_answer = Instant::now();
+        self.set_promotable(false, "switched over: the old active follows");
+        self.persist();
         self.renew_lease().await;
         self.write_pair_file();
         let msg = format!(
@@ -588,26 +1322,37 @@ impl Supervisor {
     }
 
     /// Stops an engine on purpose (out of service, then its process), waiting for it to exit.
+    /// Before the standby goes, the active's journal is on disk: the simplex window that starts
+    /// is durable from its first write.
     pub async fn stop_engine(&mut self, i: usize) -> Result<(), String> {
         let Some(pid) = self.slots[i].pid else {
             return Ok(());
         };
         if i == self.standby() {
+            let active = self.active;
+            self.set_promotable(false, &format!("{} is being stopped", self.slots[i].name));
+            if let Err(e) = self
+                .call_timeout(active, &["TANDEM.JOURNAL"], JOURNAL_TIMEOUT)
+                .await
+            {
+                eprintln!("journal before stopping the standby: {e}");
+            }
             // The active is about to lose its standby: it runs simplex from now on, before
             // the link drops, so that no write waits for the next lease renewal.
-            self.promotable = false;
-            let active = self.active;
-            let (epoch, ttl) = (self.epoch.to_string(), LEASE_TTL_MS.to_string());
+            let stamp = crate::node::monotonic_ns().to_string();
+            let (epoch, ttl) = (
+                self.epoch.to_string(),
+                self.args.timing.lease_ttl.as_millis().to_string(),
+            );
             if let Err(e) = self
-                .call(active, &["TANDEM.LEASE", &epoch, &ttl, "degrade"])
+                .call(active, &["TANDEM.LEASE", &epoch, &stamp, &ttl, "degrade"])
                 .await
             {
                 eprintln!("degrade lease refused by {}: {e}", self.slots[active].name);
             }
         }
         self.slots[i].expected_exit = true;
-        let _ = self.call(i, &["TANDEM.OUTOFSERVICE"]).await;
-        self.slots[i].stdin = None; // the engine exits when its standard input closes
+        let _ = self.call(i, &["TANDEM.SHUTDOWN"]).await;
         if !self
             .pump(STOP_TIMEOUT, move |s| s.slots[i].pid != Some(pid))
             .await
@@ -637,13 +1382,25 @@ impl Supervisor {
         version: &str,
         fault: Option<String>,
     ) -> Result<(), String> {
-        assert_ne!(i, self.active, "only the standby is reloaded");
+        if i == self.active {
+            return Err(format!(
+                "ERR {} is active: only the standby is reloaded",
+                self.slots[i].name
+            ));
+        }
         self.stop_engine(i).await?;
         self.slots[i].app_version = version.to_string();
         self.slots[i].fault = fault;
+        self.persist();
+        if !self.slots[self.active].alive() {
+            return Err(format!(
+                "the active {} is gone",
+                self.slots[self.active].name
+            ));
+        }
         let follow = self.slots[self.active].replication_addr.clone();
         let result = self
-            .start(i, Some(follow))
+            .start(i, Start::Follow(follow))
             .await
             .map_err(|e| format!("{e:#}"));
         self.write_pair_file();
@@ -703,6 +1460,11 @@ impl Supervisor {
             .map(|c| c.to_ascii_uppercase())
             .unwrap_or_default();
         let arg = |i: usize| cmd.get(i).map(String::as_str);
+        if let Some(why) = &self.unavailable {
+            if verb != "PROMOTE" {
+                return Err(format!("UNAVAILABLE {why}"));
+            }
+        }
         match verb.as_str() {
             "SWITCHOVER" => self.switchover(SwitchoverKind::Planned).await.map(|ms| {
                 format!("OK {} is active at epoch {}, step-up took {ms:.1} ms", self.slots[self.active].name, self.epoch)
@@ -727,8 +1489,12 @@ impl Supervisor {
                     _ => Err("ERR usage: RELOAD standby_name version [fault]".into()),
                 }
             }
+            "PROMOTE" => match (arg(1), arg(2).map(str::to_ascii_uppercase).as_deref()) {
+                (Some(name), Some("FORCE")) => self.force_promote(name).await,
+                _ => Err("ERR usage: PROMOTE engine_name FORCE (accepts losing acknowledged writes)".into()),
+            },
             _ => Err(format!(
-                "ERR unknown admin command '{verb}' (PING, STATUS, SWITCHOVER, UPGRADE, FEATURES.ENABLE, RELOAD, SUBSCRIBE, SHUTDOWN)"
+                "ERR unknown admin command '{verb}' (PING, STATUS, SWITCHOVER, UPGRADE, FEATURES.ENABLE, RELOAD, PROMOTE, SUBSCRIBE, SHUTDOWN)"
             )),
         }
     }
@@ -765,25 +1531,41 @@ impl Supervisor {
         let mut engines = Vec::new();
         for i in 0..2 {
             let status = match self.slots[i].pid {
-                Some(_) => self.call_json(i, &["TANDEM.STATUS"]).await.ok(),
+                Some(_) => self.status_of(i, STATUS_TIMEOUT).await.ok(),
                 None => None,
             };
             engines.push(status.unwrap_or_else(|| self.down_status(i)));
         }
         serde_json::json!({
             "admin": self.admin_addr,
+            "supervisor_pid": std::process::id(),
             "epoch": self.epoch,
             "active": self.slots[self.active].name,
             "standby_promotable": self.promotable,
+            "simplex": !self.promotable,
             "upgrade_in_progress": self.busy,
+            "unavailable": self.unavailable,
+            "failover_pending": self.promotion.as_ref().map(|p| serde_json::json!({
+                "promoting": self.slots[p.target].name,
+                "epoch": p.epoch,
+                "attempts": p.attempts,
+                "last_error": p.last_error,
+                "cause": p.cause,
+            })),
+            "failovers": self.failovers,
             "engines": engines,
         })
     }
 
     fn down_status(&self, i: usize) -> Value {
         let s = &self.slots[i];
+        let role = if s.pid.is_some() {
+            "unresponsive"
+        } else {
+            "out_of_service"
+        };
         serde_json::json!({
-            "name": s.name, "role": "out_of_service", "app_version": s.app_version, "pid": Value::Null,
+            "name": s.name, "role": role, "app_version": s.app_version, "pid": s.pid,
             "client_addr": s.client_addr, "replication_addr": s.replication_addr,
             "control_addr": s.control_addr, "epoch": self.epoch,
         })
@@ -795,7 +1577,7 @@ impl Supervisor {
                 let s = &self.slots[i];
                 let role = if s.pid.is_none() {
                     "out_of_service"
-                } else if i == self.active {
+                } else if i == self.active && self.unavailable.is_none() {
                     "active"
                 } else {
                     "standby"
@@ -807,15 +1589,31 @@ impl Supervisor {
                 })
             })
             .collect();
-        let file = serde_json::json!({ "admin": self.admin_addr, "epoch": self.epoch, "engines": engines });
+        let file = serde_json::json!({
+            "admin": self.admin_addr, "supervisor_pid": std::process::id(),
+            "epoch": self.epoch, "engines": engines,
+        });
         let json = serde_json::to_string_pretty(&file).expect("pair file serializes");
         write_atomically(&self.args.dir.join("pair.json"), &json);
     }
 
-    fn stop_all(&mut self) {
+    /// `SHUTDOWN`: every engine stops (asked, then killed), and so does the supervisor.
+    async fn stop_all(&mut self) {
         for i in 0..2 {
-            self.slots[i].stdin = None; // the engine exits when its stdin closes
-            self.kill(i);
+            self.slots[i].expected_exit = true;
+            let _ = self
+                .call_timeout(i, &["TANDEM.SHUTDOWN"], STATUS_TIMEOUT)
+                .await;
+        }
+        for i in 0..2 {
+            if let Some(p) = self.slots[i].process.clone() {
+                if tokio::time::timeout(STOP_TIMEOUT, p.exited())
+                    .await
+                    .is_err()
+                {
+                    p.kill();
+                }
+            }
         }
     }
 }

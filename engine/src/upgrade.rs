@@ -11,19 +11,25 @@
 //! 7. acceptable: take A out of service, reload it with the new version, make it standby;
 //! 8. enable the new features on both engines: the upgrade ends `completed`.
 //!
-//! Every step emits timeline events; a step that fails aborts the upgrade and restores a
-//! working pair on the old version.
+//! Every step emits timeline events, and the step the upgrade is in is on disk (see
+//! `pair_state.rs`). Every failover during the upgrade is noticed at once: before the new
+//! version was accepted the upgrade is rolled back (a pair on the old version), after it the
+//! upgrade is finished from the pair's real state (both engines on the new version, in sync,
+//! features enabled); the timeline says which. A supervisor that restarts in the middle of an
+//! upgrade does the same from where its predecessor stopped. A step that fails otherwise
+//! aborts the upgrade and restores a working pair on the old version.
 
 use std::time::Duration;
 
 use reports::timeline::{self, phase, Event, EventKind, SwitchoverKind};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::pair_state::UpgradeState;
 use crate::supervisor::Supervisor;
 
 /// Acceptance criteria and step limits; every one has a flag on `tandem upgrade`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Options {
     /// Faulty build to upgrade to (slow, errors), for exercising the fallback.
     pub fault: Option<String>,
@@ -38,6 +44,12 @@ pub struct Options {
     pub p99_factor: f64,
     /// ...or the baseline's plus this, whichever is larger (tiny baselines are noisy).
     pub p99_slack_ms: f64,
+    /// Fault injection: keep this out-of-service phase open this long with its engine down
+    /// (the other serves alone), so that a test or a demo can fail that engine meanwhile.
+    #[serde(default)]
+    pub hold_phase: Option<String>,
+    #[serde(default)]
+    pub hold_ms: u64,
 }
 
 impl Default for Options {
@@ -51,6 +63,8 @@ impl Default for Options {
             max_error_rate: 0.01,
             p99_factor: 3.0,
             p99_slack_ms: 2.0,
+            hold_phase: None,
+            hold_ms: 0,
         }
     }
 }
@@ -75,6 +89,8 @@ impl Options {
                 "max_error_rate" => o.max_error_rate = num(value)?,
                 "p99_factor" => o.p99_factor = num(value)?,
                 "p99_slack_ms" => o.p99_slack_ms = num(value)?,
+                "hold_phase" => o.hold_phase = Some(value.to_string()),
+                "hold_ms" => o.hold_ms = num(value)? as u64,
                 _ => return Err(format!("ERR unknown upgrade option {key}")),
             }
         }
@@ -94,6 +110,10 @@ impl Options {
         ];
         if let Some(f) = &self.fault {
             v.push(("fault", f.clone()));
+        }
+        if let Some(h) = &self.hold_phase {
+            v.push(("hold_phase", h.clone()));
+            v.push(("hold_ms", self.hold_ms.to_string()));
         }
         v.into_iter()
             .flat_map(|(k, v)| [k.to_string(), v])
@@ -135,6 +155,8 @@ struct Run {
     baseline: Value,
     evaluation: Value,
     open_phase: Option<(String, u64)>,
+    /// Failovers counted when the current step began.
+    failovers: u64,
 }
 
 impl Supervisor {
@@ -147,6 +169,51 @@ impl Supervisor {
             ..Event::new(now, EventKind::PhaseStart)
         });
         run.open_phase = Some((name.to_string(), now));
+        if let Some(u) = self.upgrade_state.as_mut() {
+            u.step = name.to_string();
+        }
+        self.persist();
+    }
+
+    /// Fails the step if a failover happened since the last check, or the pair is unavailable.
+    fn check_failover(&mut self, run: &mut Run) -> Result<(), String> {
+        if let Some(why) = &self.unavailable {
+            return Err(format!("the pair became unavailable: {why}"));
+        }
+        if self.failovers != run.failovers {
+            run.failovers = self.failovers;
+            let at = run
+                .open_phase
+                .as_ref()
+                .map_or("the upgrade", |p| p.0.as_str());
+            return Err(format!(
+                "an engine failed during {at} and was replaced: {}",
+                self.last_failover_message()
+            ));
+        }
+        Ok(())
+    }
+
+    fn last_failover_message(&self) -> String {
+        self.timeline()
+            .events
+            .iter()
+            .rev()
+            .find(|e| e.kind == EventKind::Failover)
+            .and_then(|e| e.message.clone())
+            .unwrap_or_default()
+    }
+
+    /// Keeps the current out-of-service phase open if the options ask so (fault injection).
+    async fn hold(&mut self, run: &Run, name: &str) {
+        if run.options.hold_phase.as_deref() == Some(name) && run.options.hold_ms > 0 {
+            let failovers = self.failovers;
+            let until = std::time::Instant::now() + Duration::from_millis(run.options.hold_ms);
+            self.pump(Duration::from_millis(run.options.hold_ms), move |s| {
+                s.failovers != failovers || std::time::Instant::now() >= until
+            })
+            .await;
+        }
     }
 
     fn end_phase(&mut self, run: &mut Run, message: Option<String>) {
@@ -164,9 +231,16 @@ impl Supervisor {
         }
     }
 
-    async fn wait_caught_up(&mut self, run: &Run, what: &str) -> Result<(), String> {
+    async fn wait_caught_up(&mut self, run: &mut Run, what: &str) -> Result<(), String> {
         let timeout = Duration::from_millis(run.options.catch_up_timeout_ms);
-        if self.pump(timeout, |s| s.promotable).await {
+        let failovers = run.failovers;
+        let done = self
+            .pump(timeout, move |s| {
+                s.promotable || s.failovers != failovers || s.unavailable.is_some()
+            })
+            .await;
+        self.check_failover(run)?;
+        if done {
             Ok(())
         } else {
             Err(format!(
@@ -174,6 +248,76 @@ impl Supervisor {
                 timeout.as_millis()
             ))
         }
+    }
+
+    /// Waits until the pair has an active engine again (a failover in progress ends).
+    async fn wait_for_active(&mut self, run: &Run) -> Result<(), String> {
+        let timeout = Duration::from_millis(run.options.catch_up_timeout_ms);
+        self.pump(timeout, |s| s.has_active() || s.unavailable.is_some())
+            .await;
+        match &self.unavailable {
+            Some(why) => Err(format!("the pair is unavailable: {why}")),
+            None if self.has_active() => Ok(()),
+            None => Err("no engine became active".into()),
+        }
+    }
+
+    /// Brings the pair, whatever state it is in, to both engines on `version` (with `fault`)
+    /// and the standby in sync: reloads the standby if it runs anything else, switches over if
+    /// the active does, and goes on from the pair's new state after a failover.
+    async fn converge(
+        &mut self,
+        run: &mut Run,
+        version: &str,
+        fault: Option<String>,
+        kind: SwitchoverKind,
+    ) -> Result<(), String> {
+        let mut failures = Vec::new();
+        for _ in 0..8 {
+            match self.converge_step(run, version, &fault, kind).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => {} // switched over: the other engine is next
+                Err(e) => {
+                    eprintln!("upgrade: {e}; going on from the pair's state");
+                    run.failovers = self.failovers;
+                    failures.push(e);
+                    if failures.len() == 3 {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(format!(
+            "the pair did not settle on {version}: {}",
+            failures.join("; ")
+        ))
+    }
+
+    /// One step of [`Self::converge`]; true once settled.
+    async fn converge_step(
+        &mut self,
+        run: &mut Run,
+        version: &str,
+        fault: &Option<String>,
+        kind: SwitchoverKind,
+    ) -> Result<bool, String> {
+        self.wait_for_active(run).await?;
+        let standby = self.standby();
+        let standby_ok = self.slots[standby].pid.is_some()
+            && self.slots[standby].app_version == version
+            && self.slots[standby].fault == *fault;
+        if !standby_ok {
+            self.reload(standby, version, fault.clone()).await?;
+            self.check_failover(run)?;
+        }
+        let what = format!("{} on {version}", self.slots[standby].name);
+        self.wait_caught_up(run, &what).await?;
+        let active = self.active;
+        if self.slots[active].app_version == version && self.slots[active].fault == *fault {
+            return Ok(true);
+        }
+        run.switchovers_ms.push(self.switchover(kind).await?);
+        Ok(false)
     }
 
     /// Runs the whole upgrade to `to`. Errors are only for requests refused up front; a step
@@ -196,48 +340,29 @@ impl Supervisor {
         let mut run = Run {
             from: from.clone(),
             to: to.clone(),
-            options,
+            options: options.clone(),
             phases: Vec::new(),
             switchovers_ms: Vec::new(),
             baseline: Value::Null,
             evaluation: Value::Null,
             open_phase: None,
+            failovers: self.failovers,
         };
+        self.upgrade_state = Some(UpgradeState {
+            from: from.clone(),
+            to: to.clone(),
+            options,
+            step: "start".into(),
+            accepted: false,
+        });
+        self.persist();
         self.emit(Event {
             message: Some(format!("upgrade {from} -> {to}")),
             ..Event::new(timeline::now_ms(), EventKind::UpgradeStart)
         });
-        let (outcome, reason) = match self.upgrade_steps(&mut run).await {
-            Ok(None) => ("completed", None),
-            Ok(Some(verdict)) => ("rolled_back", Some(verdict)),
-            Err(failure) => {
-                self.end_phase(&mut run, Some(format!("failed: {failure}")));
-                eprintln!("upgrade: {failure}; restoring the pair on {from}");
-                match self.restore(&mut run).await {
-                    Ok(()) => (
-                        "rolled_back",
-                        Some(format!("aborted: {failure}; pair restored on {from}")),
-                    ),
-                    Err(e) => (
-                        "rolled_back",
-                        Some(format!("aborted: {failure}; restoring failed too: {e}")),
-                    ),
-                }
-            }
-        };
-        self.end_phase(&mut run, None);
-        self.emit(Event {
-            outcome: Some(outcome.into()),
-            message: reason.clone(),
-            ..Event::new(timeline::now_ms(), EventKind::UpgradeEnd)
-        });
-        eprintln!(
-            "upgrade: {outcome}{}",
-            reason
-                .as_deref()
-                .map(|r| format!(" ({r})"))
-                .unwrap_or_default()
-        );
+        let result = self.upgrade_steps(&mut run).await;
+        let (outcome, reason) = self.settle(&mut run, result).await;
+        self.end_upgrade(&mut run, outcome, &reason);
         Ok(Report {
             outcome,
             from,
@@ -248,6 +373,109 @@ impl Supervisor {
             baseline: run.baseline,
             evaluation: run.evaluation,
         })
+    }
+
+    /// After the steps: a failure before the new version was accepted rolls the pair back to
+    /// the old version; one after it finishes the upgrade from the pair's real state.
+    async fn settle(
+        &mut self,
+        run: &mut Run,
+        result: Result<Option<String>, String>,
+    ) -> (&'static str, Option<String>) {
+        let failure = match result {
+            Ok(None) => return ("completed", None),
+            Ok(Some(verdict)) => return ("rolled_back", Some(verdict)),
+            Err(failure) => failure,
+        };
+        self.end_phase(run, Some(format!("failed: {failure}")));
+        let accepted = self.upgrade_state.as_ref().is_some_and(|u| u.accepted);
+        let (from, to) = (run.from.clone(), run.to.clone());
+        let decision = if accepted {
+            format!(
+                "{failure}; {to} was accepted already: finishing the upgrade from the pair's state"
+            )
+        } else {
+            format!("{failure}; rolling back to {from}")
+        };
+        eprintln!("upgrade: {decision}");
+        self.emit(Event {
+            message: Some(decision),
+            ..Event::new(timeline::now_ms(), EventKind::Fallback)
+        });
+        run.failovers = self.failovers;
+        if accepted {
+            let fault = run.options.fault.clone();
+            let finished = match self
+                .converge(run, &to, fault, SwitchoverKind::Planned)
+                .await
+            {
+                Ok(()) => self.enable_features().await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            return match finished {
+                Ok(()) => ("completed", Some(format!("{failure}; finished on {to}"))),
+                Err(e) => (
+                    "rolled_back",
+                    Some(format!("{failure}; finishing on {to} failed: {e}")),
+                ),
+            };
+        }
+        match self
+            .converge(run, &from, None, SwitchoverKind::Fallback)
+            .await
+        {
+            Ok(()) => (
+                "rolled_back",
+                Some(format!("aborted: {failure}; pair restored on {from}")),
+            ),
+            Err(e) => (
+                "rolled_back",
+                Some(format!("aborted: {failure}; restoring failed too: {e}")),
+            ),
+        }
+    }
+
+    fn end_upgrade(&mut self, run: &mut Run, outcome: &str, reason: &Option<String>) {
+        self.end_phase(run, None);
+        self.emit(Event {
+            outcome: Some(outcome.into()),
+            message: reason.clone(),
+            ..Event::new(timeline::now_ms(), EventKind::UpgradeEnd)
+        });
+        self.upgrade_state = None;
+        self.persist();
+        eprintln!(
+            "upgrade: {outcome}{}",
+            reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        );
+    }
+
+    /// A supervisor restarted in the middle of an upgrade finishes it (the new version was
+    /// accepted) or rolls it back (it was not), and says which.
+    pub(crate) async fn resume_upgrade(&mut self) {
+        let Some(u) = self.upgrade_state.clone() else {
+            return;
+        };
+        let mut run = Run {
+            from: u.from.clone(),
+            to: u.to.clone(),
+            options: u.options.clone(),
+            phases: Vec::new(),
+            switchovers_ms: Vec::new(),
+            baseline: Value::Null,
+            evaluation: Value::Null,
+            open_phase: None,
+            failovers: self.failovers,
+        };
+        let failure = format!(
+            "the supervisor restarted during {} of the upgrade {} -> {}",
+            u.step, u.from, u.to
+        );
+        let (outcome, reason) = self.settle(&mut run, Err(failure)).await;
+        self.end_upgrade(&mut run, outcome, &reason);
     }
 
     /// The steps; Ok(None) completed, Ok(Some(verdict)) fell back, Err aborted.
@@ -264,7 +492,8 @@ impl Supervisor {
 
         self.phase(run, phase::B_OUT_OF_SERVICE);
         let b = self.standby();
-        self.reload(b, &to, fault).await?;
+        self.reload_held(run, b, &to, fault, phase::B_OUT_OF_SERVICE)
+            .await?;
 
         self.phase(run, phase::B_CATCH_UP);
         self.wait_caught_up(run, "the new version").await?;
@@ -272,11 +501,13 @@ impl Supervisor {
         self.phase(run, phase::SWITCHOVER_TO_B);
         run.switchovers_ms
             .push(self.switchover(SwitchoverKind::Planned).await?);
+        self.check_failover(run)?;
         self.wait_caught_up(run, "the old version, following the new")
             .await?;
 
         self.phase(run, phase::EVALUATION);
         let verdict = self.evaluate(run).await?;
+        self.check_failover(run)?;
         if let Some(verdict) = verdict {
             self.end_phase(run, Some(format!("not acceptable: {verdict}")));
             self.emit(Event {
@@ -286,6 +517,10 @@ impl Supervisor {
             self.fall_back(run).await?;
             return Ok(Some(verdict));
         }
+        if let Some(u) = self.upgrade_state.as_mut() {
+            u.accepted = true;
+        }
+        self.persist();
         let idle = run.evaluation["stats"]["commands"].as_u64() == Some(0);
         let verdict = if idle {
             "acceptable (no traffic while evaluated: only health and digests were checked)"
@@ -296,7 +531,9 @@ impl Supervisor {
 
         self.phase(run, phase::A_OUT_OF_SERVICE);
         let a = self.standby();
-        self.reload(a, &to, run.options.fault.clone()).await?;
+        let fault = run.options.fault.clone();
+        self.reload_held(run, a, &to, fault, phase::A_OUT_OF_SERVICE)
+            .await?;
 
         self.phase(run, phase::A_CATCH_UP);
         self.wait_caught_up(run, "the second engine").await?;
@@ -305,7 +542,25 @@ impl Supervisor {
         self.enable_features().await?;
         self.pump_for(Duration::from_millis(run.options.settle_ms))
             .await;
+        self.check_failover(run)?;
         Ok(None)
+    }
+
+    /// Reloads the standby, keeping it down for the hold of `phase` if the options ask so;
+    /// fails if the active was lost meanwhile.
+    async fn reload_held(
+        &mut self,
+        run: &mut Run,
+        i: usize,
+        version: &str,
+        fault: Option<String>,
+        phase: &str,
+    ) -> Result<(), String> {
+        self.stop_engine(i).await?;
+        self.hold(run, phase).await;
+        self.check_failover(run)?;
+        self.reload(i, version, fault).await?;
+        self.check_failover(run)
     }
 
     /// Measures the new version while it is active and returns why it is not acceptable,
@@ -336,7 +591,7 @@ impl Supervisor {
             ));
         }
         let exits_after = self.slots.iter().filter_map(|s| s.pid).collect::<Vec<_>>();
-        if exits_after != exits_before || self.active != active {
+        if exits_after != exits_before || self.active != active || self.failovers != run.failovers {
             problems.push("an engine failed during the evaluation".into());
         } else if !self.promotable {
             problems.push("the standby is not in sync".into());
@@ -381,11 +636,13 @@ impl Supervisor {
         self.wait_caught_up(run, "the old version").await?;
         run.switchovers_ms
             .push(self.switchover(SwitchoverKind::Fallback).await?);
+        self.check_failover(run)?;
 
         self.phase(run, phase::B_RELOAD_PREVIOUS);
         let b = self.standby();
         let from = run.from.clone();
-        self.reload(b, &from, None).await?;
+        self.reload_held(run, b, &from, None, phase::B_RELOAD_PREVIOUS)
+            .await?;
 
         self.phase(run, phase::B_CATCH_UP_PREVIOUS);
         self.wait_caught_up(run, "the reloaded engine").await?;
@@ -393,30 +650,6 @@ impl Supervisor {
         self.phase(run, phase::RESTORED);
         self.pump_for(Duration::from_millis(run.options.settle_ms))
             .await;
-        Ok(())
-    }
-
-    /// After a failed step: a working pair on the old version, whatever state it was left in.
-    async fn restore(&mut self, run: &mut Run) -> Result<(), String> {
-        let from = run.from.clone();
-        let active = self.active;
-        if self.slots[active].app_version != from {
-            // The new version is active: the old one must be standby and in sync first.
-            let standby = self.standby();
-            if self.slots[standby].app_version != from || self.slots[standby].pid.is_none() {
-                self.reload(standby, &from, None).await?;
-            }
-            self.wait_caught_up(run, "the old version").await?;
-            run.switchovers_ms
-                .push(self.switchover(SwitchoverKind::Fallback).await?);
-        }
-        let standby = self.standby();
-        if self.slots[standby].app_version != from
-            || self.slots[standby].pid.is_none()
-            || self.slots[standby].fault.is_some()
-        {
-            self.reload(standby, &from, None).await?;
-        }
-        self.wait_caught_up(run, "the restored standby").await
+        self.check_failover(run)
     }
 }

@@ -102,6 +102,10 @@ pub(crate) fn print_event(ev: &Event, started_ms: u64) {
         EventKind::Fallback => format!("FALLBACK{msg}"),
         EventKind::FeaturesEnabled => format!("  features enabled{msg}"),
         EventKind::Failover => format!("  FAILOVER{msg}"),
+        EventKind::SimplexStart => format!("  simplex: one engine serves alone{msg}"),
+        EventKind::SimplexEnd => format!("  duplex again{msg}"),
+        EventKind::Unavailable => format!("  PAIR UNAVAILABLE{msg}"),
+        EventKind::SupervisorStart => format!("  supervisor started{msg}"),
         EventKind::UpgradeEnd => format!(
             "upgrade ended: {}{msg}",
             ev.outcome.as_deref().unwrap_or("?")

@@ -14,8 +14,28 @@ use crate::record::{self, Op};
 pub type Entry = (Op, Bytes, Bytes);
 
 /// Encodes `entries` into snapshot-chunk frames of at most about `chunk_bytes_max` payload
-/// bytes each (a single record larger than that gets a chunk of its own).
+/// bytes each (a single record larger than that gets a chunk of its own), on every core.
 pub fn encode_snapshot(entries: &[Entry], seq: u64, chunk_bytes_max: usize) -> Vec<Bytes> {
+    chunk_ranges(entries, chunk_bytes_max)
+        .into_par_iter()
+        .map(|range| encode_chunk(entries, range, seq))
+        .collect()
+}
+
+/// The same chunks one after another on the calling thread, for a writer that must leave the
+/// other cores to serving (the journal's checkpoint).
+pub fn encode_snapshot_sequential(
+    entries: &[Entry],
+    seq: u64,
+    chunk_bytes_max: usize,
+) -> impl Iterator<Item = Bytes> + '_ {
+    chunk_ranges(entries, chunk_bytes_max)
+        .into_iter()
+        .map(move |range| encode_chunk(entries, range, seq))
+}
+
+/// `(from, to, payload bytes)` of each chunk, in one cheap pass over the record sizes.
+fn chunk_ranges(entries: &[Entry], chunk_bytes_max: usize) -> Vec<(usize, usize, usize)> {
     let mut ranges = Vec::new();
     let (mut start, mut bytes) = (0, 4);
     for (i, (_, k, v)) in entries.iter().enumerate() {
@@ -30,17 +50,16 @@ pub fn encode_snapshot(entries: &[Entry], seq: u64, chunk_bytes_max: usize) -> V
         ranges.push((start, entries.len(), bytes));
     }
     ranges
-        .into_par_iter()
-        .map(|(from, to, bytes)| {
-            let mut frame = FrameBuf::with_capacity(bytes);
-            let out = frame.payload_mut();
-            out.put_u32_le((to - from) as u32);
-            for (op, k, v) in &entries[from..to] {
-                record::put(out, *op, k, v);
-            }
-            frame.seal(Kind::SnapshotChunk, seq)
-        })
-        .collect()
+}
+
+fn encode_chunk(entries: &[Entry], (from, to, bytes): (usize, usize, usize), seq: u64) -> Bytes {
+    let mut frame = FrameBuf::with_capacity(bytes);
+    let out = frame.payload_mut();
+    out.put_u32_le((to - from) as u32);
+    for (op, k, v) in &entries[from..to] {
+        record::put(out, *op, k, v);
+    }
+    frame.seal(Kind::SnapshotChunk, seq)
 }
 
 #[cfg(test)]
@@ -73,6 +92,8 @@ mod tests {
         }
         let want: Vec<Bytes> = entries.iter().map(|e| e.1.clone()).collect();
         assert_eq!(seen, want);
+        let sequential: Vec<Bytes> = encode_snapshot_sequential(&entries, 77, 4096).collect();
+        assert_eq!(sequential, chunks);
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub enum Kind {
     StepUpAck = 9,
     Goodbye = 10,
     Challenge = 11,
+    /// The first frame of an engine's journal file (never sent on a link): who wrote it, in
+    /// which epoch and history, and the sequence of the checkpoint that follows.
+    JournalHeader = 12,
 }
 
 impl Kind {
@@ -53,6 +56,7 @@ impl Kind {
             9 => Kind::StepUpAck,
             10 => Kind::Goodbye,
             11 => Kind::Challenge,
+            12 => Kind::JournalHeader,
             _ => return None,
         })
     }

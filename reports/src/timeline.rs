@@ -48,6 +48,14 @@ pub enum EventKind {
     FeaturesEnabled,
     UpgradeEnd,
     Failover,
+    /// The pair lost its promotable standby: one engine serves alone (the simplex window).
+    SimplexStart,
+    /// A standby is in sync again.
+    SimplexEnd,
+    /// No engine is known to hold every acknowledged write: the pair refuses writes.
+    Unavailable,
+    /// A supervisor started on a pair whose engines were running, and took them back.
+    SupervisorStart,
 }
 
 impl SwitchoverKind {
@@ -102,10 +110,16 @@ impl Event {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Timeline {
     pub schema: String,
     pub events: Vec<Event>,
+}
+
+impl Default for Timeline {
+    fn default() -> Self {
+        Timeline::new()
+    }
 }
 
 impl Timeline {

@@ -131,9 +131,12 @@ impl Pair {
 
 impl Drop for Pair {
     fn drop(&mut self) {
-        // SIGKILL the supervisor: its engines exit when their stdin closes.
+        // Engines outlive their supervisor: kill it, then every engine of this directory.
         let _ = self.supervisor.kill();
         let _ = self.supervisor.wait();
+        for pid in engine::process::engines_under(&self.dir) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
         if std::thread::panicking() {
             // Show what the pair said before the failure.
             for log in ["supervisor.log", "a.log", "b.log"] {
