@@ -1150,12 +1150,29 @@ impl Supervisor {
                     self.watch(i, process);
                     statuses[i] = Some(st);
                 }
+                Err(e) if e.contains("authentication failed") => bail!(
+                    "engine {} (pid {pid}) runs but refuses this supervisor's secret ({}): start it with the pair's secret (--secret-file or {})",
+                    self.slots[i].name,
+                    self.args.secret_file.display(),
+                    auth::SECRET_FILE_ENV
+                ),
+                Err(e) if process.alive() => {
+                    // Running but silent (hung, or busy): watched, and fenced until it answers.
+                    eprintln!(
+                        "engine {} (pid {pid}) runs but does not answer ({e}): adopting it as hung",
+                        self.slots[i].name
+                    );
+                    self.slots[i].fenced = true;
+                    self.watch(i, process);
+                }
                 _ => {
+                    // Another process under that pid, or it died meanwhile.
                     self.slots[i].pid = None;
                     self.slots[i].client = None;
                 }
             }
         }
+        let hung = [self.slots[0].fenced, self.slots[1].fenced];
         let describe = |i: usize, st: &Option<Value>| match st {
             Some(st) => format!(
                 "{} ({}, epoch {})",
@@ -1163,6 +1180,7 @@ impl Supervisor {
                 st["role"].as_str().unwrap_or("?"),
                 st["epoch"]
             ),
+            None if hung[i] => format!("{} (running, not answering)", ["a", "b"][i]),
             None => format!("{} (gone)", ["a", "b"][i]),
         };
         let message = format!(
@@ -1181,7 +1199,7 @@ impl Supervisor {
         let active = (0..2)
             .filter(|&i| statuses[i].as_ref().is_some_and(|s| s["role"] == "active"))
             .max_by_key(|&i| statuses[i].as_ref().and_then(|s| s["epoch"].as_u64()));
-        if statuses.iter().all(Option::is_none) {
+        if statuses.iter().all(Option::is_none) && !hung.contains(&true) {
             let journals: Vec<usize> = (0..2)
                 .filter(|&i| crate::journal::exists(&self.args.dir.join(self.slots[i].name)))
                 .collect();

@@ -161,11 +161,17 @@ struct Run {
 
 impl Supervisor {
     fn phase(&mut self, run: &mut Run, name: &str) {
+        self.phase_noted(run, name, String::new());
+    }
+
+    /// Starts a phase whose start event says why (empty: nothing to say).
+    fn phase_noted(&mut self, run: &mut Run, name: &str, note: String) {
         self.end_phase(run, None);
         let now = timeline::now_ms();
         eprintln!("upgrade: phase {name}");
         self.emit(Event {
             phase: Some(name.into()),
+            message: (!note.is_empty()).then_some(note),
             ..Event::new(now, EventKind::PhaseStart)
         });
         run.open_phase = Some((name.to_string(), now));
@@ -398,18 +404,22 @@ impl Supervisor {
             format!("{failure}; rolling back to {from}")
         };
         eprintln!("upgrade: {decision}");
-        self.emit(Event {
-            message: Some(decision),
-            ..Event::new(timeline::now_ms(), EventKind::Fallback)
-        });
         run.failovers = self.failovers;
+        let settle = Duration::from_millis(run.options.settle_ms);
         if accepted {
+            // The phases of the path it finishes on, so that the run reads as any upgrade.
+            self.phase_noted(run, phase::A_CATCH_UP, decision);
             let fault = run.options.fault.clone();
             let finished = match self
                 .converge(run, &to, fault, SwitchoverKind::Planned)
                 .await
             {
-                Ok(()) => self.enable_features().await.map(|_| ()),
+                Ok(()) => {
+                    self.phase(run, phase::FEATURES_ENABLED);
+                    let enabled = self.enable_features().await.map(|_| ());
+                    self.pump_for(settle).await;
+                    enabled
+                }
                 Err(e) => Err(e),
             };
             return match finished {
@@ -420,10 +430,19 @@ impl Supervisor {
                 ),
             };
         }
-        match self
+        self.emit(Event {
+            message: Some(decision.clone()),
+            ..Event::new(timeline::now_ms(), EventKind::Fallback)
+        });
+        self.phase_noted(run, phase::FALLBACK, decision);
+        let restored = self
             .converge(run, &from, None, SwitchoverKind::Fallback)
-            .await
-        {
+            .await;
+        if restored.is_ok() {
+            self.phase(run, phase::RESTORED);
+            self.pump_for(settle).await;
+        }
+        match restored {
             Ok(()) => (
                 "rolled_back",
                 Some(format!("aborted: {failure}; pair restored on {from}")),

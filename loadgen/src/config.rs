@@ -193,6 +193,9 @@ pub struct Config {
     /// With `redis`: `WAIT 1 0` after each write, which counts as acknowledged only once a
     /// replica has it (synchronous like tandem).
     pub redis_wait: bool,
+    /// A connection whose oldest request waits this long for its reply is given up and the
+    /// active looked for again (a hung engine keeps connections open and silent).
+    pub reply_timeout: Duration,
     pub mode: Mode,
     /// Open loop: the rate is spread over this many connections.
     pub connections: usize,
@@ -224,6 +227,7 @@ impl Default for Config {
             admin_secret: None,
             redis: false,
             redis_wait: false,
+            reply_timeout: Duration::from_secs(1),
             mode: Mode::Open { rate_ops_s: 1000 },
             connections: 4,
             pipeline: 16,

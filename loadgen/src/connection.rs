@@ -16,7 +16,9 @@
 //! requests in flight unknown: they are not acknowledged; a `SET` or `GET` is retried as a
 //! new request (a `SET` with a new sequence number), a session whose step is unknown is
 //! abandoned and the next session step opens a new one. A retried request keeps its
-//! intended send time: the switchover's cost lands in its latency.
+//! intended send time: the switchover's cost lands in its latency. A server that keeps the
+//! connection open but answers nothing for `reply_timeout` (a hung engine) is a lost
+//! connection too: that is how a client notices a failover the server cannot announce.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,6 +64,8 @@ pub struct Shared {
     pub targets: Vec<String>,
     pub dialect: Dialect,
     pub redis_wait: bool,
+    /// The oldest request in flight unanswered this long: the connection is given up.
+    pub reply_timeout: Duration,
     pub pipeline: usize,
     /// Open loop: the run's rate; closed loop: `None`.
     pub rate_ops_s: Option<u64>,
@@ -159,6 +163,8 @@ const ERROR_EXAMPLES_MAX: usize = 3;
 struct Request {
     op: Op,
     intended_ns: u64,
+    /// When it was last sent (for the reply timeout).
+    sent_ns: u64,
     /// Replies still expected: 1, or 2 for a write followed by `WAIT`.
     replies_left: u8,
     first: First,
@@ -314,6 +320,11 @@ impl Connection {
                 }
                 continue;
             }
+            if self.reply_overdue(now_ns) {
+                let ms = self.shared.reply_timeout.as_millis();
+                self.connection_lost(&format!("no reply within {ms} ms"));
+                continue;
+            }
             if self.redirect.is_none() {
                 self.fill(now_ns, stop_ns);
             }
@@ -437,6 +448,7 @@ impl Connection {
         Request {
             op,
             intended_ns,
+            sent_ns: 0,
             replies_left: 0,
             first: First::Pending,
         }
@@ -456,6 +468,7 @@ impl Connection {
         }
         request.replies_left = 1;
         request.first = First::Pending;
+        request.sent_ns = self.shared.clock.now_ns();
         if self.shared.redis_wait && request.op.is_write() {
             self.encoder.wait(&mut self.out);
             request.replies_left = 2;
@@ -738,8 +751,20 @@ impl Connection {
         }
     }
 
+    /// Has the oldest request in flight waited longer than the reply timeout?
+    fn reply_overdue(&self, now_ns: u64) -> bool {
+        self.stream.is_some()
+            && self
+                .in_flight
+                .front()
+                .is_some_and(|r| now_ns >= r.sent_ns + self.shared.reply_timeout.as_nanos() as u64)
+    }
+
     fn next_wake_ns(&self, now_ns: u64, stop_ns: u64) -> u64 {
         let mut wake = now_ns + TICK_NS;
+        if let Some(r) = self.in_flight.front() {
+            wake = wake.min(r.sent_ns + self.shared.reply_timeout.as_nanos() as u64);
+        }
         let room = self.in_flight.len() < self.shared.pipeline && self.retry.is_empty();
         if self.redirect.is_none() && room {
             if let Some(schedule) = &self.schedule {

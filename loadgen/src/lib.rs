@@ -151,6 +151,7 @@ pub async fn run(config: Config) -> Result<RunResult, Error> {
         targets: targets.clone(),
         dialect,
         redis_wait: config.redis_wait,
+        reply_timeout: config.reply_timeout,
         pipeline: config.pipeline,
         rate_ops_s: match config.mode {
             Mode::Open { rate_ops_s } => Some(rate_ops_s),

@@ -54,6 +54,11 @@ struct Args {
     #[arg(long, value_name = "CONNECTIONS", value_parser = parse_positive)]
     closed: Option<usize>,
 
+    /// A connection whose oldest request gets no reply for this long is given up and the
+    /// active looked for again (how a client notices a hung engine), e.g. 1s, 500ms.
+    #[arg(long, value_name = "D", value_parser = parse_duration, default_value = "1s")]
+    reply_timeout: Duration,
+
     /// How long to run, e.g. 30s, 500ms, 2m.
     #[arg(long, value_name = "D", value_parser = parse_duration)]
     duration: Duration,
@@ -145,6 +150,7 @@ impl Args {
             admin_secret,
             redis: self.redis,
             redis_wait: self.wait,
+            reply_timeout: self.reply_timeout,
             mode,
             connections: self.connections,
             pipeline: self.pipeline,

@@ -21,12 +21,50 @@ pub struct Pair {
     pub dir: PathBuf,
     /// The pair's own secret (each test pair has one, in its directory).
     pub secret: replicator::Secret,
+    flags: Vec<String>,
+}
+
+#[allow(unused_imports)]
+pub use reports::timeline::{Event as TimelineEvent, EventKind};
+
+/// Starts `tandem pair up` on `dir` and waits for its `READY` line.
+fn start_supervisor(dir: &std::path::Path, flags: &[String]) -> (Child, String) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("supervisor.log"))
+        .expect("supervisor log");
+    let mut supervisor = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .env("TANDEM_SECRET_FILE", dir.join("secret"))
+        .args(["pair", "up", "--base-port", "0", "--dir"])
+        .arg(dir)
+        .args(flags)
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("start tandem pair up");
+    let stdout = supervisor.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(admin) = line.strip_prefix("READY admin=") {
+                let _ = tx.send(admin.to_string());
+            }
+        }
+    });
+    let admin = rx.recv_timeout(DEADLINE).expect("pair ready");
+    (supervisor, admin)
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 impl Pair {
     pub fn up() -> Pair {
+        Pair::up_with(&[])
+    }
+
+    /// A pair with more `tandem pair up` flags.
+    pub fn up_with(flags: &[&str]) -> Pair {
         let dir = std::env::temp_dir().join(format!(
             "tandem-test-{}-{}",
             std::process::id(),
@@ -34,33 +72,63 @@ impl Pair {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("test directory");
-        let log = std::fs::File::create(dir.join("supervisor.log")).expect("supervisor log");
         let secret_file = dir.join("secret");
         let secret = replicator::Secret::load_or_create(&secret_file).expect("secret");
-        let mut supervisor = Command::new(env!("CARGO_BIN_EXE_tandem"))
-            .env("TANDEM_SECRET_FILE", &secret_file)
-            .args(["pair", "up", "--base-port", "0", "--dir"])
-            .arg(&dir)
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("start tandem pair up");
-        let stdout = supervisor.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(admin) = line.strip_prefix("READY admin=") {
-                    let _ = tx.send(admin.to_string());
-                }
-            }
-        });
-        let admin = rx.recv_timeout(DEADLINE).expect("pair ready");
+        let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+        let (supervisor, admin) = start_supervisor(&dir, &flags);
         Pair {
             supervisor,
             admin,
             dir,
             secret,
+            flags,
         }
+    }
+
+    /// SIGKILL of the supervisor only: its engines go on.
+    pub fn kill_supervisor(&mut self) {
+        let _ = self.supervisor.kill();
+        let _ = self.supervisor.wait();
+    }
+
+    /// A new supervisor on the pair's directory (`tandem pair up --dir` again).
+    pub fn restart_supervisor(&mut self) {
+        let (supervisor, admin) = start_supervisor(&self.dir, &self.flags);
+        self.supervisor = supervisor;
+        self.admin = admin;
+    }
+
+    /// The pair's timeline as it happens (past events first), through `SUBSCRIBE`.
+    pub async fn subscribe(&self) -> tokio::sync::mpsc::UnboundedReceiver<TimelineEvent> {
+        let mut c = Client::connect_authenticated(
+            &self.admin,
+            Duration::from_secs(5),
+            &self.secret,
+            "admin",
+        )
+        .await
+        .expect("admin reachable");
+        c.queue(&[b"SUBSCRIBE"]);
+        c.flush().await.expect("subscribe");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Reply::Bulk(json)) = c.read_reply().await {
+                if let Ok(ev) = serde_json::from_slice::<TimelineEvent>(&json) {
+                    if tx.send(ev).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        rx
+    }
+
+    /// The timeline as written in the pair's directory.
+    pub fn timeline(&self) -> Vec<TimelineEvent> {
+        let text = std::fs::read(self.dir.join("timeline.json")).expect("timeline.json");
+        serde_json::from_slice::<reports::timeline::Timeline>(&text)
+            .expect("timeline")
+            .events
     }
 
     pub async fn admin(&self, args: &[&str]) -> Reply {
@@ -149,12 +217,46 @@ impl Drop for Pair {
 }
 
 pub fn kill9(pid: u64) {
+    signal(pid, "-9");
+}
+
+/// Sends a signal (`-9`, `-STOP`, `-CONT`) to a process.
+pub fn signal(pid: u64, sig: &str) {
     let ok = Command::new("kill")
-        .args(["-9", &pid.to_string()])
+        .args([sig, &pid.to_string()])
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    assert!(ok, "kill -9 {pid}");
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// The pid of the engine with `role` in a status.
+pub fn pid_of(status: &Value, role: &str) -> u64 {
+    Pair::engine(status, role)
+        .and_then(|e| e["pid"].as_u64())
+        .unwrap_or_else(|| panic!("no {role} engine in {status:#}"))
+}
+
+/// Fills the pair with `n` sessions of `payload_bytes` each (pipelined), so that a catch-up
+/// takes a while.
+pub async fn preload(pair: &Pair, n: usize, payload_bytes: usize) {
+    let mut client = pair.active_client().await;
+    let payload = Bytes::from(vec![b'p'; payload_bytes]);
+    for start in (0..n).step_by(1000) {
+        let reqs: Vec<Vec<Bytes>> = (start..(start + 1000).min(n))
+            .map(|i| {
+                vec![
+                    Bytes::from_static(b"SESSION.OPEN"),
+                    Bytes::from(format!("pre-{i}")),
+                    Bytes::from_static(b"sub"),
+                    payload.clone(),
+                ]
+            })
+            .collect();
+        for r in client.pipeline(&reqs).await.expect("preload") {
+            assert!(!r.is_error(), "preload: {r}");
+        }
+    }
 }
 
 pub fn set(key: &str, value: &str) -> Vec<Bytes> {
@@ -175,6 +277,7 @@ pub fn get(key: &str) -> Vec<Bytes> {
 pub struct Writer {
     pub stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     pub handle: tokio::task::JoinHandle<WriterReport>,
+    count: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Default, Debug)]
@@ -182,6 +285,29 @@ pub struct WriterReport {
     pub acked: std::collections::HashMap<String, String>,
     pub errors: u64,
     pub redirects: u64,
+    /// Pipelines that got no answer within the client's timeout (a hung engine).
+    pub timeouts: u64,
+}
+
+impl Writer {
+    /// Acknowledged so far (the writer keeps going).
+    pub fn acked(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the writer has `n` more acknowledged writes than now.
+    pub async fn wait_for_more(&self, n: u64) {
+        let target = self.acked() + n;
+        let start = Instant::now();
+        while self.acked() < target {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "writes did not go on: {} acknowledged, waited for {target}",
+                self.acked()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 }
 
 impl Writer {
@@ -190,6 +316,8 @@ impl Writer {
         let secret = pair.secret.clone();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = count.clone();
         let handle = tokio::spawn(async move {
             let mut report = WriterReport::default();
             let mut client: Option<Client> = None;
@@ -199,6 +327,10 @@ impl Writer {
                     Some(c) => c,
                     None => {
                         client = connect_active(&admin, &secret).await;
+                        if client.is_none() {
+                            // No supervisor or no active just now: ask again shortly.
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
                         continue;
                     }
                 };
@@ -215,6 +347,7 @@ impl Writer {
                                         format!("{prefix}{}", n + i as u64),
                                         format!("v{}", n + i as u64),
                                     );
+                                    counter.fetch_add(1, Ordering::Relaxed);
                                 }
                                 Reply::Error(e) if e.starts_with("NOTACTIVE ") => {
                                     redirect = Some(e[10..].to_string())
@@ -227,7 +360,14 @@ impl Writer {
                             client = Client::connect_timeout(addr.as_str(), Duration::from_secs(2))
                                 .await
                                 .ok();
+                            if let Some(c) = client.as_mut() {
+                                c.set_timeout(Some(WRITER_TIMEOUT));
+                            }
                         }
+                    }
+                    Err(resp::ClientError::Timeout) => {
+                        report.timeouts += 1;
+                        client = None;
                     }
                     Err(_) => client = None,
                 }
@@ -235,7 +375,11 @@ impl Writer {
             }
             report
         });
-        Writer { stop, handle }
+        Writer {
+            stop,
+            handle,
+            count,
+        }
     }
 
     pub async fn finish(self) -> WriterReport {
@@ -244,10 +388,15 @@ impl Writer {
     }
 }
 
+/// A pipeline unanswered this long: the writer gives the connection up (a hung engine) and
+/// asks the supervisor where the active is.
+const WRITER_TIMEOUT: Duration = Duration::from_secs(2);
+
 async fn connect_active(admin: &str, secret: &replicator::Secret) -> Option<Client> {
     let mut c = Client::connect_authenticated(admin, Duration::from_secs(2), secret, "admin")
         .await
         .ok()?;
+    c.set_timeout(Some(Duration::from_secs(5)));
     let Ok(Reply::Bulk(b)) = c.call(&[b"STATUS"]).await else {
         return None;
     };
@@ -255,9 +404,11 @@ async fn connect_active(admin: &str, secret: &replicator::Secret) -> Option<Clie
     let addr = Pair::engine(&s, "active")?["client_addr"]
         .as_str()?
         .to_string();
-    Client::connect_timeout(addr.as_str(), Duration::from_secs(2))
+    let mut client = Client::connect_timeout(addr.as_str(), Duration::from_secs(2))
         .await
-        .ok()
+        .ok()?;
+    client.set_timeout(Some(WRITER_TIMEOUT));
+    Some(client)
 }
 
 /// Reads every key back from the active and returns the ones missing or different.
