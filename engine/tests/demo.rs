@@ -53,6 +53,12 @@ fn quick_demo_completes_and_the_faulty_one_rolls_back_with_nothing_lost() {
     assert_eq!(s.lost_updates, 0);
     assert!(s.acknowledged_updates > 0 && s.verified_updates > 0);
     assert!(s.switchovers.iter().any(|w| w.kind == "planned"));
+    // The windows in which one engine served alone are measured, and fall in the phases
+    // where the upgrade takes an engine away.
+    assert!(s.simplex_ms > 0 && !s.simplex_windows.is_empty(), "{s:?}");
+    let alone = |name: &str| s.phases.iter().find(|p| p.name == name).unwrap().simplex_ms;
+    assert!(alone("b_out_of_service") > 0 && alone("a_out_of_service") > 0);
+    assert_eq!(alone("baseline"), 0);
 
     let s = demo(&base.join("rolled_back"), &["--fault", "errors"]);
     assert_eq!(s.outcome, "rolled_back");

@@ -311,6 +311,16 @@ pub async fn run(config: Config) -> Result<RunResult, Error> {
         .find(|e| e.kind == reports::timeline::EventKind::UpgradeEnd && e.t_ms + 50 >= started_ms)
         .and_then(|e| e.outcome.clone())
         .unwrap_or_else(|| "completed".to_string());
+    let simplex_windows: Vec<[u64; 2]> = timeline
+        .simplex_windows(started_ms, ended_ms)
+        .into_iter()
+        .map(|(s, e)| [s, e])
+        .collect();
+    let mut phases = phases;
+    for p in &mut phases {
+        p.summary.simplex_ms =
+            reports::summary::overlap_ms(&simplex_windows, p.summary.start_ms, p.summary.end_ms);
+    }
     let summary = Summary {
         schema: RUN_SCHEMA.to_string(),
         outcome,
@@ -323,6 +333,8 @@ pub async fn run(config: Config) -> Result<RunResult, Error> {
         acknowledged_updates,
         verified_updates: verification.verified,
         lost_updates: verification.lost,
+        simplex_ms: simplex_windows.iter().map(|[s, e]| e - s).sum(),
+        simplex_windows,
     };
     let slices = summary::slices(recorded.slices, &map, &clock);
     let timeline = config.admin.is_some().then_some(timeline);

@@ -79,6 +79,29 @@ pub fn print_summary(s: &Summary) {
             sw.kind, sw.stepup_ms, sw.client_gap_ms
         );
     }
+    if s.target != "redis" {
+        let phases: Vec<String> = s
+            .phases
+            .iter()
+            .filter(|p| p.simplex_ms > 0)
+            .map(|p| format!("{} {} ms", p.name, p.simplex_ms))
+            .collect();
+        println!(
+            "one engine served alone: {} ms in {} window{}{}",
+            s.simplex_ms,
+            s.simplex_windows.len(),
+            if s.simplex_windows.len() == 1 {
+                ""
+            } else {
+                "s"
+            },
+            if phases.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", phases.join(", "))
+            }
+        );
+    }
     println!(
         "updates: {} acknowledged, {} verified, {} lost; outcome {}",
         s.acknowledged_updates, s.verified_updates, s.lost_updates, s.outcome

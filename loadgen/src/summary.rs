@@ -97,6 +97,7 @@ fn result(
             throughput_ops_s: cell.ops as f64 / span_s,
             errors: cell.errors,
             latency_us: latency_of(&cell.histogram),
+            simplex_ms: 0,
         },
         cell,
     }

@@ -387,6 +387,15 @@ fn header(body: &mut String, summary: &Summary, origin: u64, end: u64) {
         "<div class=\"stat\"><span class=\"num\">{}</span><span class=\"label\">verified after the run</span></div>\n",
         format::thousands(summary.verified_updates)
     );
+    if summary.target != "redis" {
+        w!(
+            body,
+            "<div class=\"stat\"><span class=\"num\">{} ms</span><span class=\"label\">one engine served alone ({} window{})</span></div>\n",
+            format::thousands(summary.simplex_ms),
+            summary.simplex_windows.len(),
+            if summary.simplex_windows.len() == 1 { "" } else { "s" }
+        );
+    }
     if summary.lost_updates == 0 {
         body.push_str(
             "<div class=\"stat good\"><span class=\"num\">0 lost</span><span class=\"label\">every acknowledged update was found</span></div>\n",
@@ -452,7 +461,7 @@ fn latency_cells(out: &mut String, p: &PhaseSummary) {
 fn phase_table(body: &mut String, summary: &Summary, origin: u64) {
     body.push_str("<section>\n<h2>Phases</h2>\n<div class=\"scroll\"><table>\n<thead><tr>");
     body.push_str(
-        "<th class=\"l\">phase</th><th>start&nbsp;s</th><th>duration&nbsp;s</th><th>ops</th><th>throughput ops/s</th><th>errors</th>\
+        "<th class=\"l\">phase</th><th>start&nbsp;s</th><th>duration&nbsp;s</th><th>alone&nbsp;ms</th><th>ops</th><th>throughput ops/s</th><th>errors</th>\
          <th class=\"sep\">p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th>\
          <th class=\"sep\">ops/s vs baseline</th><th>p99 vs baseline</th></tr></thead>\n<tbody>\n",
     );
@@ -471,6 +480,12 @@ fn phase_table(body: &mut String, summary: &Summary, origin: u64) {
             "<td>{}</td>",
             format::seconds(p.end_ms.saturating_sub(p.start_ms))
         );
+        match p.simplex_ms {
+            0 => body.push_str("<td class=\"muted\">–</td>"),
+            ms => {
+                w!(body, "<td>{}</td>", format::thousands(ms));
+            }
+        }
         w!(body, "<td>{}</td>", format::thousands(p.ops));
         w!(body, "<td>{}</td>", format::rate(p.throughput_ops_s));
         if p.errors > 0 {
@@ -504,7 +519,7 @@ fn phase_table(body: &mut String, summary: &Summary, origin: u64) {
         body.push_str("</tr>\n");
     }
     if summary.phases.is_empty() {
-        body.push_str("<tr><td class=\"none\" colspan=\"13\">no phases recorded</td></tr>\n");
+        body.push_str("<tr><td class=\"none\" colspan=\"14\">no phases recorded</td></tr>\n");
     }
     body.push_str("</tbody></table></div>\n</section>\n");
 }

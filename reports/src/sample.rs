@@ -144,8 +144,18 @@ fn build(
                 throughput_ops_s: ops as f64 * 1000.0 / p.duration_ms as f64,
                 errors: ops * p.errors_per_million / 1_000_000,
                 latency_us: l,
+                simplex_ms: if serves_alone(p.name) {
+                    end_ms - start_ms
+                } else {
+                    0
+                },
             }
         })
+        .collect();
+    let simplex_windows: Vec<[u64; 2]> = phases
+        .iter()
+        .filter(|p| p.simplex_ms > 0)
+        .map(|p| [p.start_ms, p.end_ms])
         .collect();
 
     let mut timeline = Timeline::new();
@@ -159,6 +169,9 @@ fn build(
             phase: Some(p.name.into()),
             ..Event::new(start_ms, EventKind::PhaseStart)
         });
+        if serves_alone(p.name) {
+            push(Event::new(start_ms, EventKind::SimplexStart));
+        }
         for s in switchovers
             .iter()
             .filter(|s| (start_ms..end_ms).contains(&(STARTED_MS + s.offset_ms)))
@@ -177,6 +190,9 @@ fn build(
         }
         if p.name == phase::FEATURES_ENABLED {
             push(Event::new(start_ms + 20, EventKind::FeaturesEnabled));
+        }
+        if serves_alone(p.name) {
+            push(Event::new(end_ms, EventKind::SimplexEnd));
         }
         push(Event {
             phase: Some(p.name.into()),
@@ -215,8 +231,17 @@ fn build(
         acknowledged_updates,
         verified_updates: acknowledged_updates,
         lost_updates: 0,
+        simplex_ms: simplex_windows.iter().map(|[s, e]| e - s).sum(),
+        simplex_windows,
     };
     (summary, slices, timeline)
+}
+
+/// The phases in which one engine serves alone.
+fn serves_alone(name: &str) -> bool {
+    name.ends_with("out_of_service")
+        || name.contains("catch_up")
+        || name == phase::B_RELOAD_PREVIOUS
 }
 
 /// The eight phases of a completed upgrade over 62 s, one planned switchover.

@@ -27,6 +27,9 @@ pub struct PhaseSummary {
     pub errors: u64,
     /// Coordinated-omission-corrected latency, microseconds.
     pub latency_us: Latency,
+    /// How much of the phase one engine served alone (no standby in sync), ms.
+    #[serde(default)]
+    pub simplex_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -57,4 +60,19 @@ pub struct Summary {
     pub acknowledged_updates: u64,
     pub verified_updates: u64,
     pub lost_updates: u64,
+    /// How long, in all, one engine served alone during the run (ms); 0 for a peer that
+    /// reports no such thing (Redis).
+    #[serde(default)]
+    pub simplex_ms: u64,
+    /// Each window in which one engine served alone: `[start_ms, end_ms]`.
+    #[serde(default)]
+    pub simplex_windows: Vec<[u64; 2]>,
+}
+
+/// Milliseconds of `windows` that fall in `start_ms..end_ms`.
+pub fn overlap_ms(windows: &[[u64; 2]], start_ms: u64, end_ms: u64) -> u64 {
+    windows
+        .iter()
+        .map(|[s, e]| (*e).min(end_ms).saturating_sub((*s).max(start_ms)))
+        .sum()
 }

@@ -156,6 +156,31 @@ impl Timeline {
         out
     }
 
+    /// When one engine served alone (between `simplex_start` and `simplex_end` events),
+    /// clipped to `from_ms..to_ms`; a window still open ends at `to_ms`.
+    pub fn simplex_windows(&self, from_ms: u64, to_ms: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut open: Option<u64> = None;
+        for e in &self.events {
+            match e.kind {
+                EventKind::SimplexStart if open.is_none() => open = Some(e.t_ms),
+                EventKind::SimplexEnd => {
+                    if let Some(start) = open.take() {
+                        out.push((start, e.t_ms));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(start) = open {
+            out.push((start, to_ms.max(start)));
+        }
+        out.into_iter()
+            .map(|(s, e)| (s.max(from_ms), e.min(to_ms)))
+            .filter(|(s, e)| s < e)
+            .collect()
+    }
+
     /// The phase a sample taken at `t_ms` belongs to (the latest phase that started at or
     /// before it and had not ended).
     pub fn phase_at(&self, t_ms: u64, now_ms: u64) -> Option<String> {
@@ -183,6 +208,26 @@ mod tests {
             phase: Some(p.into()),
             ..Event::new(t, kind)
         }
+    }
+
+    #[test]
+    fn simplex_windows_pair_up_and_are_clipped_to_the_run() {
+        let mut t = Timeline::new();
+        for (ms, kind) in [
+            (50, EventKind::SimplexStart),
+            (120, EventKind::SimplexEnd),
+            (300, EventKind::SimplexStart),
+            (310, EventKind::SimplexStart),
+            (400, EventKind::SimplexEnd),
+            (900, EventKind::SimplexStart),
+        ] {
+            t.events.push(Event::new(ms, kind));
+        }
+        assert_eq!(
+            t.simplex_windows(100, 1000),
+            vec![(100, 120), (300, 400), (900, 1000)]
+        );
+        assert!(t.simplex_windows(500, 800).is_empty());
     }
 
     #[test]

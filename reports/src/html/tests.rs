@@ -149,6 +149,8 @@ fn thin_runs_render_without_panicking() {
         acknowledged_updates: 0,
         verified_updates: 0,
         lost_updates: 0,
+        simplex_ms: 0,
+        simplex_windows: Vec::new(),
     };
     let mut reversed = empty.clone();
     reversed.started_ms = 5_000;
