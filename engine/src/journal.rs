@@ -371,6 +371,13 @@ pub struct Recovered {
     pub torn_bytes: u64,
 }
 
+/// Removes the journal in `dir`, if any (an engine started without `--recover`).
+pub fn discard(dir: &Path) {
+    for name in [FILE, FILE_NEW] {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
+}
+
 /// Does `dir` hold a journal to recover from?
 pub fn exists(dir: &Path) -> bool {
     dir.join(FILE).is_file()

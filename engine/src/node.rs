@@ -694,6 +694,99 @@ mod tests {
         assert!(e.seq_released >= seq);
     }
 
+    fn control(e: &mut Engine, args: &[&str]) -> String {
+        let cmd = resp::Command {
+            args: args.iter().map(|a| a.to_string().into()).collect(),
+        };
+        let mut out = BytesMut::new();
+        dispatch(e, Port::Control, &cmd, &mut out, Instant::now());
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[test]
+    fn a_lease_stamped_before_the_last_one_taken_is_ignored() {
+        let now = Instant::now();
+        let mut e = engine(true);
+        let late = monotonic_ns();
+        let early = late - 1_000_000;
+        e.grant_lease(1, late, Duration::from_millis(1), LeaseMode::Simplex, now)
+            .unwrap();
+        // A renewal sent earlier but read later (a stale socket, a replaced supervisor) does
+        // not extend the lease.
+        e.grant_lease(1, early, Duration::from_secs(60), LeaseMode::Simplex, now)
+            .unwrap();
+        assert_eq!(e.counters.leases_stale, 1);
+        let seq = set(&mut e, "k", now + Duration::from_millis(5));
+        assert!(e.seq_released < seq, "a stale lease released a write");
+        // And a lease counts from when it was sent, not when it is read.
+        let sent_long_ago = monotonic_ns() - 2_000_000_000;
+        let mut f = engine(true);
+        f.grant_lease(
+            1,
+            sent_long_ago,
+            Duration::from_secs(1),
+            LeaseMode::Simplex,
+            now,
+        )
+        .unwrap();
+        let seq = set(&mut f, "k", Instant::now());
+        assert!(f.seq_released < seq, "an expired lease released a write");
+    }
+
+    #[test]
+    fn a_standby_whose_state_is_incomplete_refuses_promotion() {
+        let mut e = engine(true);
+        e.step_down(Role::Standby, 1);
+        e.state_complete = false; // a snapshot under way
+        let reply = control(&mut e, &["TANDEM.PROMOTE", "2"]);
+        assert!(reply.starts_with("-NOTREADY"), "{reply}");
+        assert_eq!((e.role, e.epoch), (Role::Standby, 1));
+        // Only the operator, accepting the loss, can force it.
+        let reply = control(&mut e, &["TANDEM.PROMOTE", "2", "FORCE"]);
+        assert!(reply.starts_with("+OK"), "{reply}");
+        assert_eq!((e.role, e.epoch), (Role::Active, 2));
+    }
+
+    #[test]
+    fn a_simplex_write_is_released_only_once_the_journal_holds_it() {
+        let dir = std::env::temp_dir().join(format!("tandem-node-journal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut e = engine(true);
+        e.config.journal_dir = Some(dir.clone());
+        let now = Instant::now();
+        e.grant_lease(
+            1,
+            monotonic_ns(),
+            Duration::from_secs(60),
+            LeaseMode::Simplex,
+            now,
+        )
+        .unwrap();
+        let seq = set(&mut e, "k", now);
+        assert!(e.journal.is_some(), "no standby in sync: a journal opens");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while e.seq_released < seq {
+            assert!(
+                Instant::now() < deadline,
+                "{:?}",
+                e.journal.as_ref().map(Journal::status)
+            );
+            // Until the journal has it on disk the write is not released...
+            assert!(!crate::journal::exists(&dir) || e.journal.as_ref().unwrap().is_published());
+            std::thread::yield_now();
+            e.refresh_released(Instant::now());
+        }
+        // ...and once it is, a recovery would find it.
+        assert!(crate::journal::exists(&dir));
+        let mut app = Sessions::new(AppVersion::V1_0, None);
+        let mut state = State::default();
+        let r = crate::journal::recover(&dir, &mut app, &mut state).unwrap();
+        assert!(r.seq >= seq && state.db.get(b"k").is_some());
+        e.close_journal("test over");
+        assert!(!crate::journal::exists(&dir));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn epochs_fence_a_stale_active() {
         let now = Instant::now();

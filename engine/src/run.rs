@@ -118,6 +118,14 @@ pub fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
             engine.epoch = engine.epoch.max(r.header.epoch);
             engine.recovered = Some(r);
         }
+        if !args.recover {
+            if let Some(dir) = args.data_dir.as_deref().filter(|d| crate::journal::exists(d)) {
+                // Started without it: the supervisor holds the data elsewhere, and a journal
+                // left from an earlier life must never be recovered from later.
+                crate::journal::discard(dir);
+                eprintln!("[{}] discarded the journal of an earlier run", args.name);
+            }
+        }
         if let Some(epoch) = args.active_epoch {
             engine.become_active(epoch, true, Instant::now());
         } else if let Some(addr) = &args.follow {

@@ -54,8 +54,10 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 const SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(30);
 /// The active writes its journal's checkpoint before a planned simplex window.
 const JOURNAL_TIMEOUT: Duration = Duration::from_secs(120);
-/// The standby (and a fenced engine) is looked at every this many ticks.
-const STANDBY_CHECK_TICKS: u64 = 4;
+/// The standby (and a fenced engine) is looked at every this many ticks...
+const STANDBY_CHECK_TICKS: u64 = 10;
+/// ...briefly: a hung standby must not hold up the active's leases.
+const STANDBY_CHECK_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Timeouts of the failure detector and the leases (flags of `tandem pair up`).
 #[derive(Clone, Debug)]
@@ -618,8 +620,17 @@ impl Supervisor {
         }
     }
 
-    /// Renews the active's lease and learns whether the standby is in sync.
+    /// Renews the active's lease and learns whether the standby is in sync; when it learns
+    /// that it no longer is, grants the simplex lease at once rather than a tick later.
     pub async fn renew_lease(&mut self) {
+        let promotable = self.promotable;
+        self.renew_lease_once().await;
+        if promotable && !self.promotable {
+            self.renew_lease_once().await;
+        }
+    }
+
+    async fn renew_lease_once(&mut self) {
         let active = self.active;
         if !self.slots[active].alive() || self.promotion.is_some() {
             return;
@@ -712,7 +723,7 @@ impl Supervisor {
                 .call_timeout(
                     standby,
                     &["TANDEM.FOLLOW", &addr, &epoch, &hint],
-                    STATUS_TIMEOUT,
+                    STANDBY_CHECK_TIMEOUT,
                 )
                 .await;
             if r.is_ok() {
@@ -724,7 +735,7 @@ impl Supervisor {
             }
             r.is_ok()
         } else {
-            self.status_of(standby, STATUS_TIMEOUT).await.is_ok()
+            self.status_of(standby, STANDBY_CHECK_TIMEOUT).await.is_ok()
         };
         let silent = self.slots[standby].last_answer.elapsed();
         if !answered && silent >= self.args.timing.hung_kill_after {

@@ -98,6 +98,15 @@ impl Pair {
         self.admin = admin;
     }
 
+    /// A new, empty pair on the same directory (`tandem pair up --fresh`).
+    pub fn restart_fresh(&mut self) {
+        let mut flags = self.flags.clone();
+        flags.push("--fresh".into());
+        let (supervisor, admin) = start_supervisor(&self.dir, &flags);
+        self.supervisor = supervisor;
+        self.admin = admin;
+    }
+
     /// The pair's timeline as it happens (past events first), through `SUBSCRIBE`.
     pub async fn subscribe(&self) -> tokio::sync::mpsc::UnboundedReceiver<TimelineEvent> {
         let mut c = Client::connect_authenticated(
