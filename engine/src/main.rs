@@ -479,6 +479,21 @@ fn print_status(text: &str) -> anyhow::Result<()> {
             ""
         }
     );
+    if let Some(why) = pair["unavailable"].as_str() {
+        println!("UNAVAILABLE (writes refused): {why}");
+    }
+    if let Some(p) = pair["failover_pending"].as_object() {
+        println!(
+            "failover in progress: promoting {} at epoch {} (attempt {}{})",
+            p["promoting"].as_str().unwrap_or("?"),
+            p["epoch"],
+            p["attempts"],
+            p["last_error"]
+                .as_str()
+                .map(|e| format!(", last: {e}"))
+                .unwrap_or_default()
+        );
+    }
     println!(
         "{:<4} {:<15} {:<7} {:<9} {:<8} {:<21} {:<21} {:>5} {:>10} {:>10} {:<16}",
         "name",
@@ -494,20 +509,22 @@ fn print_status(text: &str) -> anyhow::Result<()> {
         "digest"
     );
     for e in pair["engines"].as_array().into_iter().flatten() {
-        let s = |k: &str| {
-            e[k].as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| e[k].to_string())
+        let s = |k: &str| match &e[k] {
+            serde_json::Value::Null => "-".to_string(),
+            serde_json::Value::String(v) => v.clone(),
+            v => v.to_string(),
         };
-        let features = format!(
-            "L{}{}",
-            s("feature_level"),
-            if e["features_enabled"] == true {
-                "+on"
-            } else {
-                ""
-            }
-        );
+        let features = match e["feature_level"].as_u64() {
+            Some(level) => format!(
+                "L{level}{}",
+                if e["features_enabled"] == true {
+                    "+on"
+                } else {
+                    ""
+                }
+            ),
+            None => "-".into(),
+        };
         println!(
             "{:<4} {:<15} {:<7} {:<9} {:<8} {:<21} {:<21} {:>5} {:>10} {:>10} {:<16}",
             s("name"),
