@@ -210,3 +210,81 @@ async fn a_hello_without_the_secret_gets_no_state_and_moves_no_epoch() {
         Reply::Simple("OK".into())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_requirepass_the_client_port_wants_auth_first() {
+    let pair = Pair::up_with(&["--requirepass", "s3cret-pass"]);
+    let s = pair.wait_in_sync().await;
+    let addr = addr(&s, "active", "client_addr").to_string();
+    let mut c = Client::connect_timeout(addr.as_str(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let r = c.call(&[b"SET", b"k", b"v"]).await.unwrap();
+    assert!(
+        matches!(&r, Reply::Error(e) if e.starts_with("NOAUTH")),
+        "{r}"
+    );
+    let r = c.call(&[b"AUTH", b"wrong"]).await.unwrap();
+    assert!(
+        matches!(&r, Reply::Error(e) if e.starts_with("WRONGPASS")),
+        "{r}"
+    );
+    let r = c
+        .call(&[b"AUTH", b"default", b"s3cret-pass"])
+        .await
+        .unwrap();
+    assert_eq!(r, Reply::Simple("OK".into()));
+    assert_eq!(
+        c.call(&[b"SET", b"k", b"v"]).await.unwrap(),
+        Reply::Simple("OK".into())
+    );
+    // The pair's own control plane does not use the password: a switchover still works.
+    let r = pair.admin(&["SWITCHOVER"]).await;
+    assert!(!r.is_error(), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_clients_max_are_refused_and_the_others_served() {
+    let pair = Pair::up_with(&["--clients-max", "3"]);
+    let s = pair.wait_in_sync().await;
+    let addr = addr(&s, "active", "client_addr").to_string();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut c = Client::connect_timeout(addr.as_str(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(
+            c.call(&[b"PING"]).await.unwrap(),
+            Reply::Simple("PONG".into())
+        );
+        held.push(c);
+    }
+    let mut extra = Client::connect_timeout(addr.as_str(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let r = extra.call(&[b"PING"]).await;
+    assert!(
+        matches!(&r, Ok(Reply::Error(e)) if e.contains("max number of clients")) || r.is_err(),
+        "{r:?}"
+    );
+    // The ones admitted are served; one that leaves frees its place.
+    assert_eq!(
+        held[0].call(&[b"PING"]).await.unwrap(),
+        Reply::Simple("PONG".into())
+    );
+    drop(held.pop());
+    let deadline = Instant::now() + common::DEADLINE;
+    loop {
+        let mut c = Client::connect_timeout(addr.as_str(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        if c.call(&[b"PING"]).await.ok() == Some(Reply::Simple("PONG".into())) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the freed place was not given back"
+        );
+        tokio::task::yield_now().await;
+    }
+}
