@@ -28,6 +28,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use replicator::catch_up::{self, Entry};
+use replicator::driver;
 use replicator::{frame, Kind, Records, Sealed, SnapshotEnd};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -41,8 +42,6 @@ const SCHEMA: &str = "tandem.journal/1";
 /// Frames handed to the writer and not yet durable, at most; beyond, writes wait.
 const QUEUE_BYTES_MAX: usize = 64 << 20;
 const CHUNK_BYTES: usize = 256 << 10;
-/// Frames gathered into one `writev`.
-const IOV_MAX: usize = 64;
 
 /// Who wrote a journal, and where its checkpoint stands.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -333,28 +332,11 @@ impl Writer {
 }
 
 fn write_all(file: &mut File, frames: &mut VecDeque<Bytes>) -> std::io::Result<()> {
-    use bytes::Buf;
     while !frames.is_empty() {
-        let mut iov = [IoSlice::new(&[]); IOV_MAX];
-        let mut n = 0;
-        for (slot, f) in iov.iter_mut().zip(frames.iter()) {
-            *slot = IoSlice::new(f);
-            n += 1;
-        }
-        let mut written = file.write_vectored(&iov[..n])?;
-        if written == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        while written > 0 {
-            let front = frames.front_mut().expect("written bytes belong to frames");
-            if written >= front.len() {
-                written -= front.len();
-                frames.pop_front();
-            } else {
-                front.advance(written);
-                written = 0;
-            }
-        }
+        let mut iov = [IoSlice::new(&[]); driver::IOV_MAX];
+        let n = driver::gather(frames, &mut iov);
+        let written = file.write_vectored(&iov[..n])?;
+        driver::consume(frames, written)?;
     }
     Ok(())
 }

@@ -159,6 +159,22 @@ struct Run {
     failovers: u64,
 }
 
+impl Run {
+    fn new(from: &str, to: &str, options: Options, failovers: u64) -> Run {
+        Run {
+            from: from.to_string(),
+            to: to.to_string(),
+            options,
+            phases: Vec::new(),
+            switchovers_ms: Vec::new(),
+            baseline: Value::Null,
+            evaluation: Value::Null,
+            open_phase: None,
+            failovers,
+        }
+    }
+}
+
 impl Supervisor {
     fn phase(&mut self, run: &mut Run, name: &str) {
         self.phase_noted(run, name, String::new());
@@ -343,17 +359,7 @@ impl Supervisor {
         if !self.pump(Duration::from_secs(10), |s| s.promotable).await {
             return Err("ERR the standby is not in sync: an upgrade needs a healthy pair".into());
         }
-        let mut run = Run {
-            from: from.clone(),
-            to: to.clone(),
-            options: options.clone(),
-            phases: Vec::new(),
-            switchovers_ms: Vec::new(),
-            baseline: Value::Null,
-            evaluation: Value::Null,
-            open_phase: None,
-            failovers: self.failovers,
-        };
+        let mut run = Run::new(&from, &to, options.clone(), self.failovers);
         self.upgrade_state = Some(UpgradeState {
             from: from.clone(),
             to: to.clone(),
@@ -478,17 +484,7 @@ impl Supervisor {
         let Some(u) = self.upgrade_state.clone() else {
             return;
         };
-        let mut run = Run {
-            from: u.from.clone(),
-            to: u.to.clone(),
-            options: u.options.clone(),
-            phases: Vec::new(),
-            switchovers_ms: Vec::new(),
-            baseline: Value::Null,
-            evaluation: Value::Null,
-            open_phase: None,
-            failovers: self.failovers,
-        };
+        let mut run = Run::new(&u.from, &u.to, u.options.clone(), self.failovers);
         let failure = format!(
             "the supervisor restarted during {} of the upgrade {} -> {}",
             u.step, u.from, u.to

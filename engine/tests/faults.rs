@@ -10,7 +10,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{lost, pid_of, preload, signal, EventKind, Pair, TimelineEvent, Writer, DEADLINE};
+use common::{
+    lost, pid_of, preload, signal, versions, EventKind, Pair, TimelineEvent, Writer, DEADLINE,
+};
 use resp::{Client, Reply};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
@@ -83,15 +85,6 @@ const QUICK: [&str; 10] = [
     "p99_slack_ms",
     "60000",
 ];
-
-fn versions(s: &Value) -> Vec<String> {
-    s["engines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["app_version"].as_str().unwrap_or("?").to_string())
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_the_supervisor_loses_nothing_and_a_new_one_adopts_the_engines() {

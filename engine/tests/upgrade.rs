@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{lost, Pair, Writer};
+use common::{lost, versions, Pair, Writer};
 use resp::Reply;
 use serde_json::Value;
 
@@ -43,15 +43,6 @@ async fn transfer(pair: &Pair, id: &str) -> Reply {
     c.call(&[b"SESSION.TRANSFER", id.as_bytes(), b"bob"])
         .await
         .unwrap()
-}
-
-fn versions(s: &Value) -> Vec<String> {
-    s["engines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["app_version"].as_str().unwrap_or("?").to_string())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

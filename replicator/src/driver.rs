@@ -28,7 +28,7 @@ pub struct Turn {
 pub const WRITE_STALL_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How many frames one vectored write gathers at most.
-const IOV_MAX: usize = 64;
+pub const IOV_MAX: usize = 64;
 const READ_BYTES: usize = 64 << 10;
 
 /// Sets the socket options every replication link uses.
@@ -36,36 +36,50 @@ pub fn configure(stream: &TcpStream) -> io::Result<()> {
     stream.set_nodelay(true)
 }
 
+/// Points `iov` at the first frames of `frames` (up to `IOV_MAX`); returns how many.
+pub fn gather<'a>(frames: &'a VecDeque<Bytes>, iov: &mut [IoSlice<'a>; IOV_MAX]) -> usize {
+    let mut count = 0;
+    for (slot, frame) in iov.iter_mut().zip(frames.iter()) {
+        *slot = IoSlice::new(frame);
+        count += 1;
+    }
+    count
+}
+
+/// Drops what a vectored write wrote from the front of `frames`. A short write leaves the rest
+/// of a frame, and the frames after it, for the next write.
+pub fn consume(frames: &mut VecDeque<Bytes>, mut written: usize) -> io::Result<()> {
+    if written == 0 {
+        return Err(io::ErrorKind::WriteZero.into());
+    }
+    while written > 0 {
+        let Some(front) = frames.front_mut() else {
+            return Err(io::Error::other(
+                "a write reported more bytes than were queued",
+            ));
+        };
+        if written >= front.len() {
+            written -= front.len();
+            frames.pop_front();
+        } else {
+            front.advance(written);
+            written = 0;
+        }
+    }
+    Ok(())
+}
+
 /// Writes every frame in `frames`, gathering up to `IOV_MAX` per `writev`.
 pub async fn write_frames(stream: &mut TcpStream, frames: &mut VecDeque<Bytes>) -> io::Result<()> {
     while !frames.is_empty() {
         // The iovec array lives on the stack: no allocation per write.
         let mut iov = [IoSlice::new(&[]); IOV_MAX];
-        let mut count = 0;
-        for (slot, frame) in iov.iter_mut().zip(frames.iter()) {
-            *slot = IoSlice::new(frame);
-            count += 1;
-        }
-        let slices = &iov[..count];
+        let count = gather(frames, &mut iov);
         // A peer that stops reading (frozen mid-snapshot) must not hold this link forever.
-        let mut written = tokio::time::timeout(WRITE_STALL_MAX, stream.write_vectored(slices))
+        let written = tokio::time::timeout(WRITE_STALL_MAX, stream.write_vectored(&iov[..count]))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the peer stopped reading"))??;
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        while written > 0 {
-            let front = frames
-                .front_mut()
-                .expect("written bytes belong to queued frames");
-            if written >= front.len() {
-                written -= front.len();
-                frames.pop_front();
-            } else {
-                front.advance(written);
-                written = 0;
-            }
-        }
+        consume(frames, written)?;
     }
     Ok(())
 }

@@ -25,7 +25,7 @@ use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use io_uring::{opcode, squeue, types, IoUring};
 
 use crate::driver::Turn;
@@ -315,25 +315,7 @@ impl Ring {
     /// Drops what a completed `writev` wrote from `tx`. A short write leaves the rest of a
     /// frame, and the frames after it, for the next `writev`.
     fn advance(&mut self, result: i32) -> io::Result<()> {
-        let mut written = check(result)?;
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        while written > 0 {
-            let Some(front) = self.tx.front_mut() else {
-                return Err(io::Error::other(
-                    "writev reported more bytes than were queued",
-                ));
-            };
-            if written >= front.len() {
-                written -= front.len();
-                self.tx.pop_front();
-            } else {
-                front.advance(written);
-                written = 0;
-            }
-        }
-        Ok(())
+        crate::driver::consume(&mut self.tx, check(result)?)
     }
 
     /// Takes a completed wake read, if any: true if the caller asked for a turn.

@@ -93,18 +93,20 @@ impl Pair {
 
     /// A new supervisor on the pair's directory (`tandem pair up --dir` again).
     pub fn restart_supervisor(&mut self) {
-        let (supervisor, admin) = start_supervisor(&self.dir, &self.flags);
+        self.restart_with(&[]);
+    }
+
+    fn restart_with(&mut self, extra: &[&str]) {
+        let mut flags = self.flags.clone();
+        flags.extend(extra.iter().map(|f| f.to_string()));
+        let (supervisor, admin) = start_supervisor(&self.dir, &flags);
         self.supervisor = supervisor;
         self.admin = admin;
     }
 
     /// A new, empty pair on the same directory (`tandem pair up --fresh`).
     pub fn restart_fresh(&mut self) {
-        let mut flags = self.flags.clone();
-        flags.push("--fresh".into());
-        let (supervisor, admin) = start_supervisor(&self.dir, &flags);
-        self.supervisor = supervisor;
-        self.admin = admin;
+        self.restart_with(&["--fresh"]);
     }
 
     /// The pair's timeline as it happens (past events first), through `SUBSCRIBE`.
@@ -237,6 +239,16 @@ pub fn signal(pid: u64, sig: &str) {
         .map(|s| s.success())
         .unwrap_or(false);
     assert!(ok, "kill {sig} {pid}");
+}
+
+/// The application version of each engine in a status.
+pub fn versions(s: &Value) -> Vec<String> {
+    s["engines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["app_version"].as_str().unwrap_or("?").to_string())
+        .collect()
 }
 
 /// The pid of the engine with `role` in a status.
