@@ -218,14 +218,12 @@ impl Journal {
         }
     }
 
-    /// Closes the journal. With `remove`, its file is gone before this returns: a journal
-    /// that no longer holds every released write must never be recovered from.
+    /// Closes the journal. With `remove`, its file (and any older one, recovered from) is
+    /// gone before this returns: a journal that no longer holds every released write must
+    /// never be recovered from.
     pub fn close(self, remove: bool) {
-        if remove && self.published {
-            let _ = std::fs::remove_file(self.dir.join(FILE));
-        }
         if remove {
-            let _ = std::fs::remove_file(self.dir.join(FILE_NEW));
+            discard(&self.dir);
         }
         let mut q = self.shared.queue.lock().expect("journal lock");
         q.stop = true;

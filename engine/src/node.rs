@@ -144,6 +144,10 @@ pub struct Engine {
     pub journal_waiters: Vec<oneshot::Sender<Result<String, String>>>,
     /// What this engine recovered from its journal at start, if it did.
     pub recovered: Option<journal::Recovered>,
+    /// Recovered from a journal that is still the one a recovery would read: until a new
+    /// journal is published, nothing past this sequence may be released (that old file would
+    /// not hold it).
+    pub journal_floor: Option<u64>,
     /// Set by a degrade lease: the current standby no longer counts, until a new one attaches.
     pub standby_stale: bool,
     /// The client address of the active, for `-NOTACTIVE` answers.
@@ -192,6 +196,7 @@ impl Engine {
             journal_wake: Arc::new(tokio::sync::Notify::new()),
             journal_waiters: Vec::new(),
             recovered: None,
+            journal_floor: None,
             standby_stale: false,
             active_hint: None,
             stepping_down: None,
@@ -286,6 +291,9 @@ impl Engine {
             release = release.min(synced).max(self.seq_released);
             self.publish_journal(synced);
         }
+        if let Some(floor) = self.journal_floor {
+            release = release.min(floor.max(self.seq_released));
+        }
         if release > self.seq_released && !self.sync_mode() {
             self.seq_released_simplex = release;
         }
@@ -369,6 +377,9 @@ impl Engine {
             return;
         }
         let result = j.publish();
+        if result.is_ok() {
+            self.journal_floor = None; // the new journal replaced the recovered one
+        }
         if let Err(e) = &result {
             eprintln!("[{}] {e}", self.config.name);
         } else {
@@ -390,7 +401,8 @@ impl Engine {
     pub fn close_journal(&mut self, why: &str) {
         if let Some(j) = self.journal.take() {
             eprintln!("[{}] journal closed: {why}", self.config.name);
-            j.close(true);
+            j.close(true); // and any recovered one with it
+            self.journal_floor = None;
         }
         for waiter in self.journal_waiters.drain(..) {
             let _ = waiter.send(Err(format!("ERR journal closed: {why}")));
@@ -444,6 +456,12 @@ impl Engine {
     pub fn step_down(&mut self, role: Role, epoch: u64) {
         if self.role == Role::Active {
             self.close_journal("no longer active");
+        }
+        if let Some(dir) = self.config.journal_dir.as_deref() {
+            if self.journal_floor.take().is_some() {
+                // Recovered, then told to step aside: another engine holds the data now.
+                journal::discard(dir);
+            }
         }
         self.role = role;
         self.epoch = self.epoch.max(epoch);
@@ -784,6 +802,45 @@ mod tests {
         assert!(r.seq >= seq && state.db.get(b"k").is_some());
         e.close_journal("test over");
         assert!(!crate::journal::exists(&dir));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn after_a_recovery_nothing_passes_the_old_journal_until_a_new_one_is_on_disk() {
+        let dir = std::env::temp_dir().join(format!("tandem-node-floor-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut e = engine(true);
+        e.config.journal_dir = Some(dir.clone());
+        e.journal_floor = Some(0); // recovered up to 0 from a journal still on disk
+        let now = Instant::now();
+        // In sync or not, a release past the floor waits for the new journal.
+        e.grant_lease(
+            1,
+            monotonic_ns(),
+            Duration::from_secs(60),
+            LeaseMode::Simplex,
+            now,
+        )
+        .unwrap();
+        let seq = set(&mut e, "k", now);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while e.seq_released < seq {
+            assert!(Instant::now() < deadline, "never released");
+            std::thread::yield_now();
+            e.refresh_released(Instant::now());
+            if e.seq_released > 0 {
+                assert!(e.journal.as_ref().unwrap().is_published());
+            }
+        }
+        assert_eq!(
+            e.journal_floor, None,
+            "the new journal replaced the recovered one"
+        );
+        e.step_down(Role::Standby, 2);
+        assert!(
+            !crate::journal::exists(&dir),
+            "a stepped-down engine kept a journal"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

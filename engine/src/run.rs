@@ -116,6 +116,7 @@ pub fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
             engine.seq_applied = r.seq;
             engine.history = r.header.history;
             engine.epoch = engine.epoch.max(r.header.epoch);
+            engine.journal_floor = Some(r.seq);
             engine.recovered = Some(r);
         }
         if !args.recover {
