@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::server::{AUTH_TIMEOUT, UNAUTHENTICATED_MAX};
 use crate::supervisor::Event;
+use crate::waiting_room::{Ticket, WaitingRoom};
 
 /// Admin connections at once, at most.
 const CONNECTIONS_MAX: usize = 256;
@@ -40,7 +41,7 @@ pub async fn connect(addr: &str, secret: &Secret) -> anyhow::Result<Client> {
 
 pub(crate) async fn serve(listener: TcpListener, events: mpsc::Sender<Event>, secret: Secret) {
     let open = Arc::new(AtomicUsize::new(0));
-    let unauthenticated = Arc::new(AtomicUsize::new(0));
+    let waiting = WaitingRoom::new(UNAUTHENTICATED_MAX);
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -50,18 +51,16 @@ pub(crate) async fn serve(listener: TcpListener, events: mpsc::Sender<Event>, se
                 continue;
             }
         };
-        if open.load(Ordering::Relaxed) >= CONNECTIONS_MAX
-            || unauthenticated.load(Ordering::Relaxed) >= UNAUTHENTICATED_MAX
-        {
+        if open.load(Ordering::Relaxed) >= CONNECTIONS_MAX {
             continue; // dropped: closes it
         }
-        let counts = (open.clone(), unauthenticated.clone());
+        let (ticket, _) = waiting.enter();
+        let open = open.clone();
         let (events, secret) = (events.clone(), secret.clone());
+        open.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
-            counts.0.fetch_add(1, Ordering::Relaxed);
-            counts.1.fetch_add(1, Ordering::Relaxed);
-            connection(stream, events, secret, &counts.1).await;
-            counts.0.fetch_sub(1, Ordering::Relaxed);
+            connection(stream, events, secret, ticket).await;
+            open.fetch_sub(1, Ordering::Relaxed);
         });
     }
 }
@@ -72,15 +71,19 @@ async fn authenticate(
     rx: &mut BytesMut,
     secret: &Secret,
     limits: &resp::Limits,
+    ticket: &Ticket,
 ) -> bool {
     let mut gate = ServerAuth::new("admin");
     let mut out = BytesMut::new();
     let deadline = tokio::time::Instant::now() + AUTH_TIMEOUT;
     let mut first = true;
     while !gate.is_done() {
-        match tokio::time::timeout_at(deadline, stream.read_buf(rx)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            _ => return false,
+        tokio::select! {
+            read = tokio::time::timeout_at(deadline, stream.read_buf(rx)) => match read {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return false,
+            },
+            () = ticket.turned_out() => return false,
         }
         if std::mem::take(&mut first) && resp::auth::looks_like_http(rx) {
             eprintln!(
@@ -110,13 +113,13 @@ async fn connection(
     mut stream: TcpStream,
     events: mpsc::Sender<Event>,
     secret: Secret,
-    unauthenticated: &AtomicUsize,
+    ticket: Ticket,
 ) {
     let mut rx = BytesMut::with_capacity(4096);
     let mut out = BytesMut::new();
     let limits = resp::Limits::default();
-    let authenticated = authenticate(&mut stream, &mut rx, &secret, &limits).await;
-    unauthenticated.fetch_sub(1, Ordering::Relaxed);
+    let authenticated = authenticate(&mut stream, &mut rx, &secret, &limits, &ticket).await;
+    drop(ticket); // out of the waiting room either way
     if !authenticated {
         return;
     }

@@ -113,6 +113,10 @@ pub fn dispatch(
             eng.step_down(Role::OutOfService, eng.epoch);
             Ok(Some("OK".into()))
         }
+        b"TANDEM.JOURNAL" if cmd.arg(1).is_some_and(|a| a.eq_ignore_ascii_case(b"UNPIN")) => {
+            eng.journal_pinned = false;
+            Ok(Some("OK".into()))
+        }
         b"TANDEM.JOURNAL" => return journal(eng, out),
         b"TANDEM.SHUTDOWN" => {
             // Out of service first, so nothing is answered by a process about to go away.
@@ -165,6 +169,8 @@ fn journal(eng: &mut Engine, out: &mut BytesMut) -> Outcome {
         return Outcome::Done { seq: 0 };
     }
     eng.open_journal();
+    // Kept open through sync leases until the degrade lease that takes the standby away.
+    eng.journal_pinned = true;
     if eng.journal.as_ref().is_some_and(|j| j.is_published()) {
         reply::simple(out, "OK journal on disk");
         return Outcome::Done { seq: 0 };

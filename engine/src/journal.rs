@@ -23,7 +23,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{IoSlice, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use bytes::{Bytes, BytesMut};
@@ -84,7 +84,6 @@ pub struct JournalStatus {
 struct Queue {
     frames: VecDeque<Bytes>,
     seq_last: u64,
-    bytes: usize,
     stop: bool,
     remove: bool,
     /// The engine renamed the file into place: make the rename durable.
@@ -97,6 +96,9 @@ struct Shared {
     /// The checkpoint is on disk (under the temporary name).
     checkpointed: AtomicBool,
     synced: AtomicU64,
+    failed: AtomicBool,
+    /// Bytes handed to the writer and not yet written (read without the lock).
+    queued: AtomicUsize,
     error: Mutex<Option<String>>,
     /// Wakes the engine thread when more is durable (or the writer failed).
     wake: Arc<Notify>,
@@ -127,7 +129,6 @@ impl Journal {
             queue: Mutex::new(Queue {
                 frames: VecDeque::new(),
                 seq_last: seq,
-                bytes: 0,
                 stop: false,
                 remove: false,
                 sync_dir: false,
@@ -135,6 +136,8 @@ impl Journal {
             ready: Condvar::new(),
             checkpointed: AtomicBool::new(false),
             synced: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+            queued: AtomicUsize::new(0),
             error: Mutex::new(None),
             wake,
         });
@@ -147,6 +150,7 @@ impl Journal {
             .spawn(move || writer.run(header, entries, digest));
         if let Err(e) = spawned {
             *shared.error.lock().expect("journal lock") = Some(format!("no journal thread: {e}"));
+            shared.failed.store(true, Ordering::Release);
         }
         Journal {
             shared,
@@ -170,8 +174,10 @@ impl Journal {
             "journal batches out of order"
         );
         self.seq_queued = sealed.seq_last;
+        self.shared
+            .queued
+            .fetch_add(sealed.frame.len(), Ordering::AcqRel);
         let mut q = self.shared.queue.lock().expect("journal lock");
-        q.bytes += sealed.frame.len();
         q.frames.push_back(sealed.frame.clone());
         q.seq_last = sealed.seq_last;
         drop(q);
@@ -203,9 +209,17 @@ impl Journal {
         Ok(())
     }
 
+    /// Why the writer stopped, if it failed (cheap to ask while it has not).
+    pub fn error(&self) -> Option<String> {
+        if !self.shared.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        self.shared.error.lock().expect("journal lock").clone()
+    }
+
     /// Too much waits for the disk: writers must wait too.
     pub fn is_full(&self) -> bool {
-        self.shared.queue.lock().expect("journal lock").bytes > QUEUE_BYTES_MAX
+        self.shared.queued.load(Ordering::Acquire) > QUEUE_BYTES_MAX
     }
 
     pub fn status(&self) -> JournalStatus {
@@ -213,7 +227,7 @@ impl Journal {
             checkpoint_seq: self.seq_checkpoint,
             durable: self.published,
             synced_seq: self.shared.synced.load(Ordering::Acquire),
-            queued_bytes: self.shared.queue.lock().expect("journal lock").bytes,
+            queued_bytes: self.shared.queued.load(Ordering::Acquire),
             error: self.shared.error.lock().expect("journal lock").clone(),
         }
     }
@@ -248,6 +262,7 @@ impl Writer {
         if let Err(e) = result {
             eprintln!("[{}] journal failed: {e}", header.engine);
             *self.shared.error.lock().expect("journal lock") = Some(e);
+            self.shared.failed.store(true, Ordering::Release);
             self.shared.wake.notify_one();
         }
     }
@@ -298,7 +313,6 @@ impl Writer {
                     q = self.shared.ready.wait(q).expect("journal lock");
                 }
                 std::mem::swap(&mut frames, &mut q.frames);
-                q.bytes = 0;
                 (
                     q.seq_last,
                     q.stop,
@@ -317,7 +331,9 @@ impl Writer {
                     .map_err(|e| format!("syncing {}: {e}", self.dir.display()))?;
             }
             if !frames.is_empty() {
+                let bytes: usize = frames.iter().map(Bytes::len).sum();
                 write_all(&mut file, &mut frames).map_err(|e| format!("writing: {e}"))?;
+                self.shared.queued.fetch_sub(bytes, Ordering::AcqRel);
                 file.sync_data().map_err(|e| format!("syncing: {e}"))?;
                 self.shared.synced.store(seq, Ordering::Release);
                 self.shared.wake.notify_one();

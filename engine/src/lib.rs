@@ -28,3 +28,4 @@ pub mod stats;
 pub mod supervisor;
 pub mod upgrade;
 pub mod upgrade_cli;
+pub mod waiting_room;

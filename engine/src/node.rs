@@ -142,6 +142,9 @@ pub struct Engine {
     pub journal_wake: Arc<tokio::sync::Notify>,
     /// Callers waiting for the journal to be published (`TANDEM.JOURNAL`).
     pub journal_waiters: Vec<oneshot::Sender<Result<String, String>>>,
+    /// Opened ahead of a planned window (`TANDEM.JOURNAL`): sync leases do not close it; the
+    /// degrade lease that starts the window (or `TANDEM.JOURNAL UNPIN`) ends the pin.
+    pub journal_pinned: bool,
     /// What this engine recovered from its journal at start, if it did.
     pub recovered: Option<journal::Recovered>,
     /// Recovered from a journal that is still the one a recovery would read: until a new
@@ -195,6 +198,7 @@ impl Engine {
             journal: None,
             journal_wake: Arc::new(tokio::sync::Notify::new()),
             journal_waiters: Vec::new(),
+            journal_pinned: false,
             recovered: None,
             journal_floor: None,
             standby_stale: false,
@@ -252,6 +256,12 @@ impl Engine {
         !self.config.supervised || self.simplex_lease_until.is_some_and(|t| now < t)
     }
 
+    /// Must writers wait (the open batch is full, or the journal is that far behind the disk)?
+    pub fn writes_blocked(&self) -> bool {
+        self.role == Role::Active
+            && (self.outbox.is_full() || self.journal.as_ref().is_some_and(Journal::is_full))
+    }
+
     /// Is every simplex write to be on disk before its reply goes?
     pub fn journal_required(&self) -> bool {
         self.config.supervised && self.config.journal_dir.is_some()
@@ -286,6 +296,11 @@ impl Engine {
         }
         // A journal whose checkpoint is on disk gates every release, so that once published it
         // holds every write ever released; it is published as soon as that is true.
+        if let Some(error) = self.journal.as_ref().and_then(Journal::error) {
+            for waiter in self.journal_waiters.drain(..) {
+                let _ = waiter.send(Err(format!("ERR the journal failed: {error}")));
+            }
+        }
         let gate = self.journal.as_ref().and_then(Journal::synced);
         if let Some(synced) = gate {
             release = release.min(synced).max(self.seq_released);
@@ -404,6 +419,7 @@ impl Engine {
             j.close(true); // and any recovered one with it
             self.journal_floor = None;
         }
+        self.journal_pinned = false;
         for waiter in self.journal_waiters.drain(..) {
             let _ = waiter.send(Err(format!("ERR journal closed: {why}")));
         }
@@ -501,6 +517,9 @@ impl Engine {
             }
             self.epoch = epoch;
         }
+        if mode == LeaseMode::Degrade {
+            self.journal_pinned = false;
+        }
         if mode == LeaseMode::Degrade && self.role == Role::Active {
             // The supervisor has written the standby off (it is about to be stopped): no
             // longer in sync, whatever its link says, until a new standby attaches.
@@ -511,7 +530,11 @@ impl Engine {
             let until = instant_at(now, stamp_ns.saturating_add(ttl.as_nanos() as u64));
             self.simplex_lease_until = Some(until);
         }
-        if mode == LeaseMode::Sync && self.standby_in_sync() && self.journal.is_some() {
+        if mode == LeaseMode::Sync
+            && self.standby_in_sync()
+            && self.journal.is_some()
+            && !self.journal_pinned
+        {
             // The supervisor counts the standby as promotable: it, not the journal, is what a
             // failover would use from now on.
             self.close_journal("the standby is in sync and the supervisor knows it");

@@ -33,6 +33,9 @@ pub struct PairState {
     pub promotable: bool,
     /// Why the pair refuses writes, when no engine is known to hold every acknowledged one.
     pub unavailable: Option<String>,
+    /// The pair has acknowledged a write at some point (so a lost engine may hold one).
+    #[serde(default)]
+    pub released_any: bool,
     pub engines: Vec<EngineState>,
     pub upgrade: Option<UpgradeState>,
 }
@@ -71,6 +74,7 @@ impl PairState {
             active,
             promotable,
             unavailable: None,
+            released_any: false,
             engines: Vec::new(),
             upgrade: None,
         }

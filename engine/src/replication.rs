@@ -482,6 +482,9 @@ fn standby_event(
                 eng.history = 0;
                 eng.state_complete = false;
                 eng.counters.snapshots_received += 1;
+            } else {
+                // Resumed: only a standby of this very history, whole, gets to resume.
+                eng.state_complete = eng.history != 0;
             }
             if let Some(f) = eng.follow.as_mut() {
                 f.connected = true;

@@ -131,6 +131,8 @@ pub fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
             engine.become_active(epoch, true, Instant::now());
         } else if let Some(addr) = &args.follow {
             engine.role = Role::Standby;
+            // Nothing is held until a snapshot (or a resume) says what: not promotable before.
+            engine.state_complete = false;
             engine.follow = Some(Follow {
                 replication_addr: addr.clone(),
                 ..Follow::default()
@@ -150,7 +152,9 @@ pub fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
         tokio::task::spawn_local(async move {
             loop {
                 journal_wake.notified().await;
-                journal_engine.borrow_mut().refresh_released(Instant::now());
+                let mut eng = journal_engine.borrow_mut();
+                eng.refresh_released(Instant::now());
+                eng.bump(); // writers held back by a full journal queue look again
             }
         });
         tokio::task::spawn_local(crate::server::serve(engine.clone(), client, Port::Client));

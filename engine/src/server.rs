@@ -11,7 +11,8 @@
 //! reach [`ROUND_OUTPUT_BYTES`] (the rest waits, unread, in the socket), a client that takes no
 //! reply bytes for `output_stall_timeout` is disconnected and its buffers freed, connections
 //! are counted against `clients_max`, an unauthenticated one must prove itself within
-//! [`AUTH_TIMEOUT`], and an accept error (out of file descriptors) backs off instead of
+//! [`AUTH_TIMEOUT`] and waits in a bounded room that turns out its oldest occupant when full
+//! (`waiting_room.rs`), and an accept error (out of file descriptors) backs off instead of
 //! spinning.
 
 use std::cell::Cell;
@@ -27,6 +28,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::app::Access;
 use crate::control;
 use crate::node::{Engine, Role, Shared};
+use crate::waiting_room::{Ticket, WaitingRoom};
 
 const READ_BYTES: usize = 16 << 10;
 /// A client whose unparsed input grows past this is cut off (a request is bounded by Limits).
@@ -37,8 +39,11 @@ const RELEASE_RECHECK: Duration = Duration::from_millis(20);
 pub const ROUND_OUTPUT_BYTES: usize = 1 << 20;
 /// An unauthenticated connection must finish the handshake (or `AUTH`) within this long.
 pub const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
-/// Unauthenticated connections held at once, at most, per port; more are closed at once.
+/// Unauthenticated connections held at once, at most, per port; a new one turns out the
+/// oldest.
 pub const UNAUTHENTICATED_MAX: usize = 64;
+/// Connections to the control port at once, at most (the supervisor uses one or two).
+const CONTROL_CONNECTIONS_MAX: usize = 256;
 /// After an accept error (EMFILE), the listener pauses this long before it tries again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -104,7 +109,7 @@ impl Drop for Slot {
 
 pub async fn serve(engine: Shared, listener: TcpListener, port: Port) {
     let connections = Rc::new(Cell::new(0));
-    let unauthenticated = Rc::new(Cell::new(0));
+    let waiting = WaitingRoom::new(UNAUTHENTICATED_MAX);
     let mut accept_failures = 0u64;
     loop {
         let (mut stream, _) = match listener.accept().await {
@@ -121,7 +126,7 @@ pub async fn serve(engine: Shared, listener: TcpListener, port: Port) {
         };
         let max = match port {
             Port::Client => engine.borrow().config.limits.clients_max,
-            Port::Control => UNAUTHENTICATED_MAX,
+            Port::Control => CONTROL_CONNECTIONS_MAX,
         };
         let Some(slot) = Slot::take(&connections, max) else {
             engine.borrow_mut().counters.clients_refused += 1;
@@ -134,16 +139,13 @@ pub async fn serve(engine: Shared, listener: TcpListener, port: Port) {
         };
         let needs_auth =
             port == Port::Control || engine.borrow().config.limits.requirepass.is_some();
-        let pending = match needs_auth {
-            true => match Slot::take(&unauthenticated, UNAUTHENTICATED_MAX) {
-                Some(p) => Some(p),
-                None => {
-                    engine.borrow_mut().counters.clients_refused += 1;
-                    continue;
-                }
-            },
-            false => None,
-        };
+        let pending = needs_auth.then(|| {
+            let (ticket, evicted) = waiting.enter();
+            if evicted {
+                engine.borrow_mut().counters.clients_refused += 1;
+            }
+            ticket
+        });
         tokio::task::spawn_local(connection(engine.clone(), stream, port, slot, pending));
     }
 }
@@ -238,7 +240,7 @@ async fn connection(
     mut stream: TcpStream,
     port: Port,
     _slot: Slot,
-    mut unauthenticated: Option<Slot>,
+    mut unauthenticated: Option<Ticket>,
 ) {
     let _ = stream.set_nodelay(true);
     let limits = Limits::default();
@@ -260,12 +262,15 @@ async fn connection(
             break;
         }
         let read = stream.read_buf(&mut rx);
-        let read = match auth.is_open() {
-            true => read.await,
-            false => match tokio::time::timeout_at(auth_deadline, read).await {
-                Ok(r) => r,
-                Err(_) => break, // never authenticated: its slot goes to someone else
+        let read = match (auth.is_open(), unauthenticated.as_ref()) {
+            (false, Some(ticket)) => tokio::select! {
+                r = tokio::time::timeout_at(auth_deadline, read) => match r {
+                    Ok(r) => r,
+                    Err(_) => break, // never authenticated: its place goes to someone else
+                },
+                () = ticket.turned_out() => break, // the room was full and it waited longest
             },
+            _ => read.await,
         };
         match read {
             Ok(0) | Err(_) => break,
@@ -300,8 +305,8 @@ async fn connection(
                 epoch_seen = eng.epoch;
                 let seq_before = eng.outbox.seq_last();
                 loop {
-                    if eng.role == Role::Active && eng.outbox.is_full() {
-                        break; // back-pressure: let the link drain first
+                    if eng.writes_blocked() {
+                        break; // back-pressure: let the link (or the journal) drain first
                     }
                     let cmd = match resp::parse_command(&mut rx, &limits) {
                         Ok(Some(cmd)) => cmd,
@@ -407,10 +412,7 @@ async fn connection(
             if need_more {
                 break;
             }
-            let stalled = {
-                let eng = engine.borrow();
-                eng.role == Role::Active && eng.outbox.is_full()
-            };
+            let stalled = engine.borrow().writes_blocked();
             if stalled && progress.changed().await.is_err() {
                 break 'conn;
             }

@@ -53,7 +53,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// A switchover drains what is in flight to the standby first: it may take longer than a call.
 const SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(30);
 /// The active writes its journal's checkpoint before a planned simplex window.
-const JOURNAL_TIMEOUT: Duration = Duration::from_secs(120);
+const JOURNAL_TIMEOUT: Duration = Duration::from_secs(60);
 /// The standby (and a fenced engine) is looked at every this many ticks...
 const STANDBY_CHECK_TICKS: u64 = 10;
 /// ...briefly: a hung standby must not hold up the active's leases.
@@ -215,8 +215,8 @@ pub(crate) struct Supervisor {
     pub failovers: u64,
     /// The upgrade in progress, as persisted.
     pub upgrade_state: Option<UpgradeState>,
-    /// The active's last reported release point (0: nothing was ever acknowledged).
-    seq_released: u64,
+    /// Has this pair ever acknowledged a write (on disk, so that no successor assumes not)?
+    pub released_any: bool,
     _lock: DirLock,
 }
 
@@ -288,7 +288,7 @@ pub fn run_pair(args: PairArgs) -> anyhow::Result<()> {
             unavailable: None,
             failovers: 0,
             upgrade_state: None,
-            seq_released: 0,
+            released_any: false,
             _lock: lock,
         };
         match previous {
@@ -380,6 +380,7 @@ impl Supervisor {
             self.promotable,
         );
         s.unavailable = self.unavailable.clone();
+        s.released_any = self.released_any;
         s.engines = self.slots.iter().map(Slot::state).collect();
         s.upgrade = self.upgrade_state.clone();
         s
@@ -575,6 +576,15 @@ impl Supervisor {
         }
     }
 
+    /// Notes an engine's release point: once anything was acknowledged, no engine may be
+    /// promoted on the grounds that nothing could be lost.
+    fn note_released(&mut self, seq_released: u64) {
+        if seq_released > 0 && !self.released_any {
+            self.released_any = true;
+            self.persist();
+        }
+    }
+
     /// Marks the standby promotable or not. Going to not promotable is on disk before the
     /// caller lets the active run simplex: a successor must never promote a stale standby.
     fn set_promotable(&mut self, promotable: bool, why: &str) {
@@ -656,7 +666,8 @@ impl Supervisor {
                 let Ok(status) = serde_json::from_slice::<Value>(&b) else {
                     return;
                 };
-                self.seq_released = status["seq_released"].as_u64().unwrap_or(self.seq_released);
+                let released = status["seq_released"].as_u64().unwrap_or(0);
+                self.note_released(released);
                 let in_sync = status["standby_in_sync"].as_bool() == Some(true);
                 let standby = self.slots[self.standby()].name;
                 self.set_promotable(
@@ -735,7 +746,16 @@ impl Supervisor {
             }
             r.is_ok()
         } else {
-            self.status_of(standby, STANDBY_CHECK_TIMEOUT).await.is_ok()
+            match self.status_of(standby, STANDBY_CHECK_TIMEOUT).await {
+                Ok(st) => {
+                    if st["role"] == "active" && st["epoch"].as_u64() >= Some(self.epoch) {
+                        // It stepped up without our hearing of it: it is the active.
+                        self.resync().await;
+                    }
+                    true
+                }
+                Err(_) => false,
+            }
         };
         let silent = self.slots[standby].last_answer.elapsed();
         if !answered && silent >= self.args.timing.hung_kill_after {
@@ -840,6 +860,8 @@ impl Supervisor {
         if !self.slots[self.active].alive() || self.unavailable.is_some() {
             return;
         }
+        // A new process holds nothing until it has caught up.
+        self.set_promotable(false, &format!("{} restarts empty", self.slots[i].name));
         let follow = self.slots[self.active].replication_addr.clone();
         if let Err(e) = self.start(i, Start::Follow(follow)).await {
             eprintln!("restarting {} failed: {e:#}", self.slots[i].name);
@@ -879,6 +901,9 @@ impl Supervisor {
         let Some(mut p) = self.promotion.take() else {
             return;
         };
+        if p.since.elapsed() >= self.args.timing.hung_kill_after && self.take_back(&p).await {
+            return;
+        }
         p.attempts += 1;
         let epoch = p.epoch.to_string();
         let timeout = self
@@ -923,6 +948,46 @@ impl Supervisor {
         }
     }
 
+    /// A promotion that has not been answered for `hung_kill_after`: if the engine it was to
+    /// replace answers again (it was hung, not dead) and is still active with a whole state,
+    /// it takes the pair back in a new epoch, and the silent target is fenced instead.
+    async fn take_back(&mut self, p: &Promotion) -> bool {
+        let lost = 1 - p.target;
+        if !self.slots[lost].alive() {
+            return false;
+        }
+        let Ok(st) = self.status_of(lost, STANDBY_CHECK_TIMEOUT).await else {
+            return false;
+        };
+        if st["role"] != "active" || st["state_complete"] != true {
+            return false;
+        }
+        self.epoch += 1;
+        self.persist();
+        let epoch = self.epoch.to_string();
+        if self.call(lost, &["TANDEM.PROMOTE", &epoch]).await.is_err() {
+            return false;
+        }
+        let (back, silent) = (self.slots[lost].name, self.slots[p.target].name);
+        eprintln!("{back} answers again and {silent} still does not: {back} stays active at epoch {epoch}");
+        self.slots[lost].fenced = false;
+        self.slots[p.target].fenced = true;
+        self.slots[p.target].client = None;
+        self.active = lost;
+        self.failovers += 1;
+        self.set_promotable(false, &format!("{silent} does not answer"));
+        self.persist();
+        self.emit(TimelineEvent {
+            message: Some(format!(
+                "{}; {silent} never answered its promotion, {back} answers again: {back} active at epoch {epoch}",
+                p.cause
+            )),
+            ..TimelineEvent::new(timeline::now_ms(), EventKind::Failover)
+        });
+        self.write_pair_file();
+        true
+    }
+
     async fn promoted(&mut self, p: Promotion) {
         let dead = 1 - p.target;
         let took_ms = p.since.elapsed().as_secs_f64() * 1e3;
@@ -965,8 +1030,16 @@ impl Supervisor {
             }
             return;
         }
-        if self.seq_released == 0 && self.slots[other].alive() {
-            // Nothing was ever acknowledged: nothing can be lost by promoting the other.
+        if !self.released_any && self.slots[other].alive() {
+            // Nothing was ever acknowledged: nothing can be lost by promoting the other. The
+            // lost one, if it still runs, is killed first: it must not serve beside it.
+            if !exited {
+                if let Some(p) = self.slots[dead].process.clone() {
+                    self.slots[dead].expected_exit = true;
+                    p.kill();
+                    let _ = tokio::time::timeout(STOP_TIMEOUT, p.exited()).await;
+                }
+            }
             self.epoch += 1;
             self.persist();
             let epoch = self.epoch.to_string();
@@ -1137,6 +1210,7 @@ impl Supervisor {
         self.epoch = state.epoch;
         self.promotable = state.promotable;
         self.unavailable = state.unavailable.clone();
+        self.released_any = state.released_any;
         self.upgrade_state = state.upgrade.clone();
         self.active = engine_index(&state.active).unwrap_or(0);
         let mut statuses: [Option<Value>; 2] = [None, None];
@@ -1158,6 +1232,9 @@ impl Supervisor {
             match self.status_of(i, CALL_TIMEOUT).await {
                 Ok(st) if st["pid"].as_u64() == Some(pid as u64) && st["name"] == e.name => {
                     self.epoch = self.epoch.max(st["epoch"].as_u64().unwrap_or(0));
+                    let released = st["seq_released"].as_u64().unwrap_or(0);
+                    let applied = st["seq_applied"].as_u64().unwrap_or(0);
+                    self.note_released(released.max(applied));
                     self.watch(i, process);
                     statuses[i] = Some(st);
                 }
@@ -1262,7 +1339,7 @@ impl Supervisor {
                 // Nobody is active: the active died (or was being switched) while no
                 // supervisor watched. The usual rules decide who holds the data.
                 let dead = self.active;
-                let exited = statuses[dead].is_none();
+                let exited = statuses[dead].is_none() && !hung[dead];
                 if !exited {
                     self.slots[dead].fenced = true;
                 }
@@ -1318,6 +1395,27 @@ impl Supervisor {
             // is active in the new epoch, and the old active must follow it.
             let adopted = match self.status_of(to, CALL_TIMEOUT).await {
                 Ok(st) => st["role"] == "active" && st["epoch"].as_u64() == Some(epoch),
+                Err(unreachable) if !e.starts_with("ERR") => {
+                    // Neither answered: the standby may have stepped up. It held every
+                    // acknowledged write (the active stopped taking writes for the
+                    // switchover), so it is promoted in this epoch, retried until it answers
+                    // ("already active" if it did step up); the old active is fenced.
+                    self.emit(end(format!("unconfirmed: {e}; {unreachable}")));
+                    self.slots[from].fenced = true;
+                    self.slots[from].client = None;
+                    self.promotion = Some(Promotion {
+                        target: to,
+                        epoch,
+                        since: Instant::now(),
+                        attempts: 0,
+                        last_error: None,
+                        cause: format!("the switchover's answer was lost ({e})"),
+                    });
+                    return Err(format!(
+                        "{e}; {} did not answer either: promoting it at epoch {epoch}",
+                        self.slots[to].name
+                    ));
+                }
                 Err(_) => false,
             };
             if !adopted {
@@ -1357,15 +1455,22 @@ impl Supervisor {
         let Some(pid) = self.slots[i].pid else {
             return Ok(());
         };
-        if i == self.standby() {
+        if i == self.standby() && self.slots[self.active].alive() {
+            // The standby goes only once the active's journal holds everything: until then
+            // the standby stays promotable (the journal is pinned against the sync leases
+            // that would close it), and if that fails the standby is not taken away at all.
             let active = self.active;
-            self.set_promotable(false, &format!("{} is being stopped", self.slots[i].name));
-            if let Err(e) = self
+            let journaled = self
                 .call_timeout(active, &["TANDEM.JOURNAL"], JOURNAL_TIMEOUT)
-                .await
-            {
-                eprintln!("journal before stopping the standby: {e}");
+                .await;
+            if let Err(e) = journaled {
+                let _ = self.call(active, &["TANDEM.JOURNAL", "UNPIN"]).await;
+                return Err(format!(
+                    "the active's journal is not on disk ({e}): {} stays in service",
+                    self.slots[i].name
+                ));
             }
+            self.set_promotable(false, &format!("{} is being stopped", self.slots[i].name));
             // The active is about to lose its standby: it runs simplex from now on, before
             // the link drops, so that no write waits for the next lease renewal.
             let stamp = crate::node::monotonic_ns().to_string();
@@ -1377,7 +1482,10 @@ impl Supervisor {
                 .call(active, &["TANDEM.LEASE", &epoch, &stamp, &ttl, "degrade"])
                 .await
             {
-                eprintln!("degrade lease refused by {}: {e}", self.slots[active].name);
+                return Err(format!(
+                    "degrade lease refused by {} ({e}): {} stays in service",
+                    self.slots[active].name, self.slots[i].name
+                ));
             }
         }
         self.slots[i].expected_exit = true;

@@ -455,3 +455,34 @@ async fn a_pair_whose_engines_all_died_is_not_restarted_empty() {
     );
     pair.restart_fresh();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_restarted_by_a_new_supervisor_is_not_promoted_before_it_caught_up() {
+    // The supervisor and the standby die; a new supervisor restarts the standby (empty) and
+    // the active dies at once: the empty standby must not become the active.
+    let mut pair = Pair::up();
+    pair.wait_in_sync().await;
+    preload(&pair, 200_000, 256).await;
+    let s = pair.wait_in_sync().await;
+    let writer = Writer::start(&pair, "w");
+    writer.wait_for_more(500).await;
+    pair.kill_supervisor();
+    common::kill9(pid_of(&s, "standby"));
+    pair.restart_supervisor();
+    // The active, alone, has its journal on disk (a second fault before that would lose
+    // what only the dead standby and its memory held: see RELIABILITY.md).
+    let now = pair
+        .wait_for(|s| Pair::engine(s, "active").is_some_and(|e| e["journal"]["durable"] == true))
+        .await;
+    common::kill9(pid_of(&now, "active"));
+    let after = pair
+        .wait_for(|s| {
+            s["standby_promotable"] == true
+                && Pair::engine(s, "active")
+                    .is_some_and(|e| e["work_units"].as_u64() >= Some(200_000))
+        })
+        .await;
+    assert!(after["unavailable"].is_null(), "{after:#}");
+    writer.wait_for_more(500).await;
+    check_nothing_lost(&pair, writer).await;
+}

@@ -288,3 +288,34 @@ async fn connections_beyond_clients_max_are_refused_and_the_others_served() {
         tokio::task::yield_now().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_idle_connections_does_not_lock_the_pair_out_of_its_control_plane() {
+    let mut pair = Pair::up();
+    let s = pair.wait_in_sync().await;
+    let mut idle = Vec::new();
+    for target in [
+        addr(&s, "active", "control_addr").to_string(),
+        addr(&s, "standby", "control_addr").to_string(),
+        pair.admin.clone(),
+    ] {
+        for _ in 0..150 {
+            idle.push(tokio::net::TcpStream::connect(&target).await.unwrap());
+        }
+    }
+    // A new supervisor still gets in to both engines (new control connections), and the
+    // operator to it (a new admin connection).
+    pair.kill_supervisor();
+    pair.restart_supervisor();
+    for _ in 0..150 {
+        idle.push(tokio::net::TcpStream::connect(&pair.admin).await.unwrap());
+    }
+    let r = pair.admin(&["SWITCHOVER"]).await;
+    assert!(!r.is_error(), "{r}");
+    let after = pair.wait_in_sync().await;
+    assert_ne!(
+        Pair::engine(&after, "active").unwrap()["name"],
+        Pair::engine(&s, "active").unwrap()["name"]
+    );
+    drop(idle);
+}
