@@ -4,7 +4,7 @@
 //! files, so that the next `tandem pair up --dir DIR` starts a new pair.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use replicator::Secret;
@@ -25,15 +25,14 @@ pub fn run(dir: &Path, secret: &Secret) -> anyhow::Result<String> {
             let state = state.context("a supervisor holds the directory but wrote no state")?;
             let mut admin = crate::admin::connect(&state.admin, secret).await?;
             let _ = admin.call(&[b"SHUTDOWN"]).await;
-            let started = Instant::now();
-            while DirLock::held(dir) {
-                anyhow::ensure!(
-                    started.elapsed() < DEADLINE,
-                    "the supervisor (pid {}) did not stop within {DEADLINE:?}",
-                    state.supervisor_pid
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            // The lock is released when the supervisor's process ends.
+            let dir_owned = dir.to_path_buf();
+            let released = tokio::task::spawn_blocking(move || DirLock::wait_released(&dir_owned));
+            anyhow::ensure!(
+                tokio::time::timeout(DEADLINE, released).await.is_ok(),
+                "the supervisor (pid {}) did not stop within {DEADLINE:?}",
+                state.supervisor_pid
+            );
             return Ok(format!("OK pair in {} stopped by its supervisor", dir.display()));
         }
         let mut stopped = Vec::new();

@@ -151,6 +151,13 @@ impl DirLock {
         Ok(DirLock { _file: file, path })
     }
 
+    /// Blocks until no supervisor holds `dir` (its process has ended).
+    pub fn wait_released(dir: &Path) {
+        if let Ok(file) = File::open(dir.join(LOCK_FILE)) {
+            let _ = rustix::fs::flock(&file, rustix::fs::FlockOperation::LockShared);
+        }
+    }
+
     /// Is a live supervisor holding `dir`?
     pub fn held(dir: &Path) -> bool {
         let Ok(file) = File::open(dir.join(LOCK_FILE)) else {

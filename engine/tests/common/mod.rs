@@ -299,6 +299,7 @@ pub struct Writer {
     pub stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     pub handle: tokio::task::JoinHandle<WriterReport>,
     count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    progress: tokio::sync::watch::Receiver<u64>,
 }
 
 #[derive(Default, Debug)]
@@ -319,15 +320,13 @@ impl Writer {
     /// Waits until the writer has `n` more acknowledged writes than now.
     pub async fn wait_for_more(&self, n: u64) {
         let target = self.acked() + n;
-        let start = Instant::now();
-        while self.acked() < target {
-            assert!(
-                start.elapsed() < DEADLINE,
-                "writes did not go on: {} acknowledged, waited for {target}",
-                self.acked()
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let mut progress = self.progress.clone();
+        let reached = tokio::time::timeout(DEADLINE, progress.wait_for(|&acked| acked >= target));
+        assert!(
+            matches!(reached.await, Ok(Ok(_))),
+            "writes did not go on: {} acknowledged, waited for {target}",
+            self.acked()
+        );
     }
 }
 
@@ -339,6 +338,7 @@ impl Writer {
         let flag = stop.clone();
         let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counter = count.clone();
+        let (progress_tx, progress) = tokio::sync::watch::channel(0u64);
         let handle = tokio::spawn(async move {
             let mut report = WriterReport::default();
             let mut client: Option<Client> = None;
@@ -368,7 +368,8 @@ impl Writer {
                                         format!("{prefix}{}", n + i as u64),
                                         format!("v{}", n + i as u64),
                                     );
-                                    counter.fetch_add(1, Ordering::Relaxed);
+                                    let acked = counter.fetch_add(1, Ordering::Relaxed) + 1;
+                                    progress_tx.send_replace(acked);
                                 }
                                 Reply::Error(e) if e.starts_with("NOTACTIVE ") => {
                                     redirect = Some(e[10..].to_string())
@@ -400,6 +401,7 @@ impl Writer {
             stop,
             handle,
             count,
+            progress,
         }
     }
 
