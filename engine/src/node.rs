@@ -623,7 +623,7 @@ pub enum LeaseMode {
     Degrade,
 }
 
-/// What `TANDEM.STATUS` reports; the names are the DESIGN.md contract.
+/// What `TANDEM.STATUS` reports; its field names are the contract of `tandem status --json` and `pair.json`.
 #[derive(Serialize, Clone)]
 pub struct EngineStatus {
     pub name: String,

@@ -1,8 +1,8 @@
-//! A run directory on disk (DESIGN.md, "Runs on disk"): the one place that knows the file
+//! A run directory on disk (`reports/SCHEMA.md`): the one place that knows the file
 //! names, so that the load generator that writes a run, the `tandem report` command that
 //! re-renders it and the tests that check it cannot drift apart. `validate` holds the
 //! contract checks of `summary.json` in Rust, rule for rule the same as the shared
-//! `tools/validate-run`, so that integration tests can assert a run holds without Python.
+//! the project's external run validator, so that integration tests can assert a run holds without Python.
 //!
 //! Files are written to a temporary name and renamed into place: a report rendered, or a
 //! run validated, while the load generator is still writing never sees half a file.
@@ -165,7 +165,7 @@ impl RunDir {
         Ok(self.report_path())
     }
 
-    /// The whole-directory check of `tools/validate-run`: `validate` on the summary, plus
+    /// The whole-directory check: `validate` on the summary, plus
     /// the files that must be there and a report that opens without a network.
     pub fn check(&self) -> Result<Vec<String>, RunError> {
         let summary = self.read_summary()?;
@@ -229,7 +229,7 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T, RunError> {
     })
 }
 
-/// `src=` or `href=` followed by `//` or `http(s)://`, as `tools/validate-run` looks for it.
+/// `src=` or `href=` followed by `//` or `http(s)://`, as a run validator looks for it.
 fn loads_from_network(html: &str) -> bool {
     let lower = html.to_ascii_lowercase();
     ["src", "href"].iter().any(|attr| {
@@ -248,8 +248,8 @@ fn loads_from_network(html: &str) -> bool {
     })
 }
 
-/// The contract checks of a run's summary (DESIGN.md, "Runs on disk"), the same rules and
-/// messages as `tools/validate-run`. Returns the problems; empty means the summary holds.
+/// The contract checks of a run's summary (`reports/SCHEMA.md`), the same rules and
+/// messages as the external run validator. Returns the problems; empty means the summary holds.
 /// The timeline, when given, must carry a `tandem.timeline/` schema; whether the file must
 /// exist is the directory's business (`RunDir::check`).
 pub fn validate(summary: &Summary, timeline: Option<&Timeline>) -> Vec<String> {

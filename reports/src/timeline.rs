@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 pub const TIMELINE_SCHEMA: &str = "tandem.timeline/1";
 
-/// Phase names (DESIGN.md): the upgrade path, then the fallback path.
+/// Phase names (the contract of `reports/SCHEMA.md`): the upgrade path, then the fallback path.
 pub mod phase {
     pub const BASELINE: &str = "baseline";
     pub const B_OUT_OF_SERVICE: &str = "b_out_of_service";
