@@ -153,6 +153,8 @@ pub struct Engine {
     pub journal_floor: Option<u64>,
     /// Set by a degrade lease: the current standby no longer counts, until a new one attaches.
     pub standby_stale: bool,
+    /// A standby link closed (it died, hung, or was taken away) and no new one is in sync yet.
+    pub standby_lost: bool,
     /// The client address of the active, for `-NOTACTIVE` answers.
     pub active_hint: Option<String>,
     /// A switchover in progress: writes are refused, the caller waits for the outcome.
@@ -202,6 +204,7 @@ impl Engine {
             recovered: None,
             journal_floor: None,
             standby_stale: false,
+            standby_lost: false,
             active_hint: None,
             stepping_down: None,
             stepping_down_epoch: None,
@@ -262,6 +265,17 @@ impl Engine {
             && (self.outbox.is_full() || self.journal.as_ref().is_some_and(Journal::is_full))
     }
 
+    /// Should a journal be open? When this active may serve alone (it holds a simplex lease)
+    /// or has just lost its standby (the checkpoint then overlaps the supervisor's reaction).
+    /// Not merely for having no standby yet: after a planned switchover the old active
+    /// resumes within milliseconds, and releases wait for it under sync leases.
+    fn wants_journal(&self) -> bool {
+        self.journal_required()
+            && self.role == Role::Active
+            && !self.standby_in_sync()
+            && (self.simplex_lease_until.is_some() || self.standby_lost || self.standby_stale)
+    }
+
     /// Is every simplex write to be on disk before its reply goes?
     pub fn journal_required(&self) -> bool {
         self.config.supervised && self.config.journal_dir.is_some()
@@ -273,8 +287,10 @@ impl Engine {
         if self.role != Role::Active {
             return;
         }
-        if self.journal_required() && !self.standby_in_sync() {
-            self.open_journal();
+        if self.wants_journal() && self.journal.is_none() {
+            // Opened on the journal task's next turn (`on_journal_wake`), not in this borrow:
+            // a step-up or a promotion answers first, and the checkpoint's copy comes after.
+            self.journal_wake.notify_one();
         }
         self.feed_journal();
         let before = self.seq_released;
@@ -286,6 +302,7 @@ impl Engine {
                 // From here on only the standby's acks release writes: a simplex lease from
                 // before must not outlive the moment the supervisor learns we are in sync.
                 self.simplex_lease_until = None;
+                self.standby_lost = false;
             }
         } else if self.simplex_allowed(now) {
             release = match (&self.journal, self.journal_required()) {
@@ -334,6 +351,16 @@ impl Engine {
             self.link_wake.notify_one();
         }
         self.refresh_released(now);
+    }
+
+    /// The journal task's turn: opens the journal if one is wanted, then looks at what is on
+    /// disk now.
+    pub fn on_journal_wake(&mut self, now: Instant) {
+        if self.wants_journal() {
+            self.open_journal();
+        }
+        self.refresh_released(now);
+        self.bump(); // writers held back by a full journal queue look again
     }
 
     /// Opens the simplex journal if none is open: a checkpoint of the state as it is after
@@ -433,6 +460,7 @@ impl Engine {
     pub fn close_link(&mut self, id: u64, now: Instant) {
         if self.link.as_ref().is_some_and(|l| l.id == id) {
             self.link = None;
+            self.standby_lost = true;
             self.outbox.pin(None);
             self.counters.replication_links_closed += 1;
             if let Some(done) = self.stepping_down.take() {
@@ -455,6 +483,7 @@ impl Engine {
         );
         self.role = Role::Active;
         self.epoch = epoch;
+        self.standby_lost = false;
         if new_history || self.history == 0 {
             self.history = epoch;
         }
@@ -804,6 +833,7 @@ mod tests {
         )
         .unwrap();
         let seq = set(&mut e, "k", now);
+        e.on_journal_wake(now); // what the journal task does when woken
         assert!(e.journal.is_some(), "no standby in sync: a journal opens");
         let deadline = Instant::now() + Duration::from_secs(20);
         while e.seq_released < seq {
@@ -850,7 +880,7 @@ mod tests {
         while e.seq_released < seq {
             assert!(Instant::now() < deadline, "never released");
             std::thread::yield_now();
-            e.refresh_released(Instant::now());
+            e.on_journal_wake(Instant::now());
             if e.seq_released > 0 {
                 assert!(e.journal.as_ref().unwrap().is_published());
             }

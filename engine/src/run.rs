@@ -152,9 +152,7 @@ pub fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
         tokio::task::spawn_local(async move {
             loop {
                 journal_wake.notified().await;
-                let mut eng = journal_engine.borrow_mut();
-                eng.refresh_released(Instant::now());
-                eng.bump(); // writers held back by a full journal queue look again
+                journal_engine.borrow_mut().on_journal_wake(Instant::now());
             }
         });
         tokio::task::spawn_local(crate::server::serve(engine.clone(), client, Port::Client));

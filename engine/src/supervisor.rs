@@ -1390,6 +1390,7 @@ impl Supervisor {
             message: Some(message),
             ..TimelineEvent::new(timeline::now_ms(), EventKind::SwitchoverEnd)
         };
+        let answered = result.is_ok();
         if let Err(e) = result {
             // The step-up may have happened even though its answer was lost: then the standby
             // is active in the new epoch, and the old active must follow it.
@@ -1436,7 +1437,16 @@ impl Supervisor {
         }
         self.active = to;
         self.slots[to].last_answer = Instant::now();
-        self.set_promotable(false, "switched over: the old active follows");
+        if !answered {
+            // Told to follow after a lost answer, the old active starts over with a snapshot.
+            self.set_promotable(
+                false,
+                "switched over without an answer: the old active re-syncs",
+            );
+        }
+        // Otherwise the old active still holds every acknowledged write, and the new one
+        // releases only what it acknowledges (sync leases): it stays promotable, and a planned
+        // switchover opens no simplex window.
         self.persist();
         self.renew_lease().await;
         self.write_pair_file();
