@@ -123,8 +123,6 @@ pub struct Engine {
     pub seq_applied: u64,
     /// Replies that saw up to this sequence may be sent.
     pub seq_released: u64,
-    /// The highest sequence released without a standby's acknowledgement.
-    pub seq_released_simplex: u64,
     pub outbox: Outbox,
     pub link: Option<Link>,
     next_link_id: u64,
@@ -189,7 +187,6 @@ impl Engine {
             history: 0,
             seq_applied: 0,
             seq_released: 0,
-            seq_released_simplex: 0,
             outbox,
             link: None,
             next_link_id: 1,
@@ -325,9 +322,6 @@ impl Engine {
         }
         if let Some(floor) = self.journal_floor {
             release = release.min(floor.max(self.seq_released));
-        }
-        if release > self.seq_released && !self.sync_mode() {
-            self.seq_released_simplex = release;
         }
         self.seq_released = release;
         if self.seq_released != before {
@@ -491,7 +485,6 @@ impl Engine {
         self.follow_wake.notify_one();
         self.outbox.reset(self.seq_applied);
         self.seq_released = self.seq_applied;
-        self.seq_released_simplex = self.seq_applied;
         self.active_hint = Some(self.config.client_addr.clone());
         self.refresh_released(now);
         self.bump();
@@ -817,21 +810,22 @@ mod tests {
         assert_eq!((e.role, e.epoch), (Role::Active, 2));
     }
 
-    #[test]
-    fn a_simplex_write_is_released_only_once_the_journal_holds_it() {
-        let dir = std::env::temp_dir().join(format!("tandem-node-journal-{}", std::process::id()));
+    /// A supervised active with a journal directory (fresh) and a long simplex lease.
+    fn alone_with_a_journal(name: &str) -> (Engine, std::path::PathBuf, Instant) {
+        let dir = std::env::temp_dir().join(format!("tandem-node-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let mut e = engine(true);
         e.config.journal_dir = Some(dir.clone());
         let now = Instant::now();
-        e.grant_lease(
-            1,
-            monotonic_ns(),
-            Duration::from_secs(60),
-            LeaseMode::Simplex,
-            now,
-        )
-        .unwrap();
+        let lease = Duration::from_secs(60);
+        e.grant_lease(1, monotonic_ns(), lease, LeaseMode::Simplex, now)
+            .unwrap();
+        (e, dir, now)
+    }
+
+    #[test]
+    fn a_simplex_write_is_released_only_once_the_journal_holds_it() {
+        let (mut e, dir, now) = alone_with_a_journal("journal");
         let seq = set(&mut e, "k", now);
         e.on_journal_wake(now); // what the journal task does when woken
         assert!(e.journal.is_some(), "no standby in sync: a journal opens");
@@ -860,21 +854,10 @@ mod tests {
 
     #[test]
     fn after_a_recovery_nothing_passes_the_old_journal_until_a_new_one_is_on_disk() {
-        let dir = std::env::temp_dir().join(format!("tandem-node-floor-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut e = engine(true);
-        e.config.journal_dir = Some(dir.clone());
-        e.journal_floor = Some(0); // recovered up to 0 from a journal still on disk
-        let now = Instant::now();
-        // In sync or not, a release past the floor waits for the new journal.
-        e.grant_lease(
-            1,
-            monotonic_ns(),
-            Duration::from_secs(60),
-            LeaseMode::Simplex,
-            now,
-        )
-        .unwrap();
+        let (mut e, dir, now) = alone_with_a_journal("floor");
+        // Recovered up to 0 from a journal still on disk: a release past it waits for the new
+        // journal.
+        e.journal_floor = Some(0);
         let seq = set(&mut e, "k", now);
         let deadline = Instant::now() + Duration::from_secs(20);
         while e.seq_released < seq {

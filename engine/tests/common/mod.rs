@@ -111,14 +111,7 @@ impl Pair {
 
     /// The pair's timeline as it happens (past events first), through `SUBSCRIBE`.
     pub async fn subscribe(&self) -> tokio::sync::mpsc::UnboundedReceiver<TimelineEvent> {
-        let mut c = Client::connect_authenticated(
-            &self.admin,
-            Duration::from_secs(5),
-            &self.secret,
-            "admin",
-        )
-        .await
-        .expect("admin reachable");
+        let mut c = self.admin_client().await;
         c.queue(&[b"SUBSCRIBE"]);
         c.flush().await.expect("subscribe");
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -142,15 +135,15 @@ impl Pair {
             .events
     }
 
+    /// An authenticated connection to the supervisor's admin endpoint.
+    pub async fn admin_client(&self) -> Client {
+        Client::connect_authenticated(&self.admin, Duration::from_secs(5), &self.secret, "admin")
+            .await
+            .expect("admin reachable")
+    }
+
     pub async fn admin(&self, args: &[&str]) -> Reply {
-        let mut c = Client::connect_authenticated(
-            &self.admin,
-            Duration::from_secs(5),
-            &self.secret,
-            "admin",
-        )
-        .await
-        .expect("admin reachable");
+        let mut c = self.admin_client().await;
         c.set_timeout(Some(Duration::from_secs(30)));
         let parts: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
         c.call(&parts).await.expect("admin call")
