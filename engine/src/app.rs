@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use replicator::{Op, Outbox, Record};
 use resp::Command;
 
@@ -86,11 +86,6 @@ pub trait Application {
     fn digest(&self, state: &State) -> u64 {
         state.digest()
     }
-
-    /// The state as snapshot records (restore is `apply` of each).
-    fn snapshot(&self, state: &State) -> Vec<replicator::catch_up::Entry> {
-        state.entries()
-    }
 }
 
 /// What a command on the active sees: the state, and the outbox its writes go to.
@@ -109,7 +104,7 @@ impl<'a> Ctx<'a> {
         self.state.features_enabled
     }
 
-    pub fn db_get(&self, key: &[u8]) -> Option<&Bytes> {
+    pub fn db_get(&self, key: &[u8]) -> Option<&[u8]> {
         self.state.db.get(key)
     }
 
@@ -117,7 +112,7 @@ impl<'a> Ctx<'a> {
         self.state.db.len()
     }
 
-    pub fn unit_get(&self, id: &[u8]) -> Option<&Bytes> {
+    pub fn unit_get(&self, id: &[u8]) -> Option<&[u8]> {
         self.state.units.get(id)
     }
 

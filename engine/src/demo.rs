@@ -24,6 +24,8 @@ pub struct DemoArgs {
     pub fault: Option<String>,
     /// Requests per second offered by the load generator (open loop).
     pub rate_ops_s: Option<u64>,
+    /// Work units (sessions) and database records to preload before the baseline, each.
+    pub state: u64,
     /// The pair's secret, for the pair the demo starts and for talking to it.
     pub secret_file: PathBuf,
 }
@@ -54,6 +56,13 @@ fn plan(args: &DemoArgs) -> Plan {
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     if let Some(f) = &args.fault {
         crate::sessions::Fault::parse(f).map_err(anyhow::Error::msg)?;
+    }
+    if args.state > crate::state::WORK_UNITS_MAX as u64 {
+        bail!(
+            "--state {} is above the {} work units an engine holds at most",
+            args.state,
+            crate::state::WORK_UNITS_MAX
+        );
     }
     let out = args.out.clone().unwrap_or_else(default_out_dir);
     std::fs::create_dir_all(&out)
@@ -159,6 +168,81 @@ async fn pair_status(admin: &str, secret: &replicator::Secret) -> anyhow::Result
     }
 }
 
+/// Sessions and database records per pipeline, and pipelines in flight, while preloading.
+const PRELOAD_PIPELINE: u64 = 1000;
+const PRELOAD_CONNECTIONS: u64 = 4;
+
+/// Preloads `n` work units (sessions `pre-<i>`) and `n` database records (`pre:<i>`), each
+/// with a 100-byte payload, over a few pipelined connections, with a progress line.
+async fn preload(active: &str, n: u64) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for c in 0..PRELOAD_CONNECTIONS {
+        let (active, done) = (active.to_string(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut client = resp::Client::connect(active.as_str()).await?;
+            let payload = bytes::Bytes::from(vec![b'p'; 100]);
+            let mut start = c * PRELOAD_PIPELINE;
+            while start < n {
+                let end = (start + PRELOAD_PIPELINE).min(n);
+                let mut reqs = Vec::with_capacity(2 * (end - start) as usize);
+                for i in start..end {
+                    reqs.push(vec![
+                        bytes::Bytes::from_static(b"SESSION.OPEN"),
+                        bytes::Bytes::from(format!("pre-{i}")),
+                        bytes::Bytes::from(format!("sub-{}", i % 1000)),
+                        payload.clone(),
+                    ]);
+                    reqs.push(vec![
+                        bytes::Bytes::from_static(b"SET"),
+                        bytes::Bytes::from(format!("pre:{i}")),
+                        payload.clone(),
+                    ]);
+                }
+                for r in client.pipeline(&reqs).await? {
+                    if let Reply::Error(e) = r {
+                        bail!("preloading: {e}");
+                    }
+                }
+                done.fetch_add(end - start, std::sync::atomic::Ordering::Relaxed);
+                start += PRELOAD_CONNECTIONS * PRELOAD_PIPELINE;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let progress = std::io::stderr().is_terminal();
+    let all = join_all(tasks);
+    tokio::pin!(all);
+    loop {
+        tokio::select! {
+            r = &mut all => { r?; break; }
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                if progress {
+                    let d = done.load(std::sync::atomic::Ordering::Relaxed);
+                    eprint!("\rpreloading: {d} of {n} work units and database records each");
+                }
+            }
+        }
+    }
+    if progress {
+        eprint!("\r\x1b[K");
+    }
+    println!(
+        "preloaded {n} work units and {n} database records (100-byte payloads) in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Waits for every task; an error of any is the result.
+async fn join_all(tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>) -> anyhow::Result<()> {
+    for t in tasks {
+        t.await.context("a preload connection")??;
+    }
+    Ok(())
+}
+
 async fn demo(
     args: &DemoArgs,
     out: &std::path::Path,
@@ -179,6 +263,16 @@ async fn demo(
         plan.rate_ops_s,
         out.display()
     );
+    if args.state > 0 {
+        let active = status["engines"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["role"] == "active")
+            .and_then(|e| e["client_addr"].as_str())
+            .context("no active engine to preload")?;
+        preload(active, args.state).await?;
+    }
     let config = loadgen::Config {
         targets,
         admin: Some(admin.to_string()),

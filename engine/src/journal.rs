@@ -2,9 +2,10 @@
 //! when it crashes.
 //!
 //! Whenever an active has no in-sync standby it opens a journal in its data directory: a
-//! checkpoint of the whole state (the same snapshot-chunk frames a new standby gets, behind a
-//! header frame), then every sealed batch frame after it, exactly as it would go to a standby,
-//! each group of frames made durable with one `fdatasync`. While a journal is open the engine
+//! header frame, then exactly the frames a new standby would get: the checkpoint (the
+//! snapshot-chunk frames of every shard, a slice per turn of the engine thread, see
+//! `catch_up`) interleaved with the batches sealed meanwhile, the snapshot end, and every
+//! batch after it, each group of frames made durable with one `fdatasync`. While a journal is open the engine
 //! releases a reply only once the journal holds its writes (see `Engine::refresh_released`),
 //! so `journal.tj`, whenever it exists, holds every write this engine ever acknowledged. A
 //! restart with `--recover` replays it (checkpoint, then the batches up to the first torn or
@@ -27,21 +28,24 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use bytes::{Bytes, BytesMut};
-use replicator::catch_up::{self, Entry};
+use replicator::catch_up as catch_up_proto;
 use replicator::driver;
 use replicator::{frame, Kind, Records, Sealed, SnapshotEnd};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use crate::app::Application;
+use crate::catch_up::{self, Restore};
 use crate::state::State;
 
 pub const FILE: &str = "journal.tj";
 const FILE_NEW: &str = "journal.tj.new";
-const SCHEMA: &str = "tandem.journal/1";
+/// v2: the checkpoint is in shards, interleaved with the batches (protocol v3 frames).
+const SCHEMA: &str = "tandem.journal/2";
 /// Frames handed to the writer and not yet durable, at most; beyond, writes wait.
 const QUEUE_BYTES_MAX: usize = 64 << 20;
-const CHUNK_BYTES: usize = 256 << 10;
+/// The checkpoint goes on only while less than this waits for the disk: it yields to writes.
+const CHECKPOINT_QUEUE_BYTES: usize = 4 << 20;
 
 /// Who wrote a journal, and where its checkpoint stands.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -51,7 +55,8 @@ pub struct Header {
     pub app_version: String,
     pub epoch: u64,
     pub history: u64,
-    /// The checkpoint is the state after this sequence; batches follow it.
+    /// The checkpoint starts after this sequence: the batches after it follow, interleaved
+    /// with its chunks.
     pub seq: u64,
     pub written_ms: u64,
 }
@@ -84,6 +89,8 @@ pub struct JournalStatus {
 struct Queue {
     frames: VecDeque<Bytes>,
     seq_last: u64,
+    /// The checkpoint's end is among `frames`: once they are durable, so is the checkpoint.
+    checkpoint_end: bool,
     stop: bool,
     remove: bool,
     /// The engine renamed the file into place: make the rename durable.
@@ -93,7 +100,7 @@ struct Queue {
 struct Shared {
     queue: Mutex<Queue>,
     ready: Condvar,
-    /// The checkpoint is on disk (under the temporary name).
+    /// The checkpoint is on disk (under the temporary name), up to its end.
     checkpointed: AtomicBool,
     synced: AtomicU64,
     failed: AtomicBool,
@@ -115,20 +122,15 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Opens a journal whose checkpoint is `entries` (the state after `header.seq`, with digest
-    /// `digest`); the writer thread starts on it at once.
-    pub fn start(
-        dir: &Path,
-        header: Header,
-        entries: Vec<Entry>,
-        digest: u64,
-        wake: Arc<Notify>,
-    ) -> Journal {
+    /// Opens a journal after `header.seq`; the writer thread starts at once. The caller then
+    /// sends the checkpoint ([`Self::push_chunk`], [`Self::finish_checkpoint`]) and the batches.
+    pub fn start(dir: &Path, header: Header, wake: Arc<Notify>) -> Journal {
         let seq = header.seq;
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 frames: VecDeque::new(),
                 seq_last: seq,
+                checkpoint_end: false,
                 stop: false,
                 remove: false,
                 sync_dir: false,
@@ -147,7 +149,7 @@ impl Journal {
         };
         let spawned = std::thread::Builder::new()
             .name("journal".into())
-            .spawn(move || writer.run(header, entries, digest));
+            .spawn(move || writer.run(header));
         if let Err(e) = spawned {
             *shared.error.lock().expect("journal lock") = Some(format!("no journal thread: {e}"));
             shared.failed.store(true, Ordering::Release);
@@ -159,6 +161,38 @@ impl Journal {
             seq_queued: seq,
             published: false,
         }
+    }
+
+    fn enqueue(&mut self, frame: Bytes, seq_last: Option<u64>, checkpoint_end: bool) {
+        self.shared.queued.fetch_add(frame.len(), Ordering::AcqRel);
+        let mut q = self.shared.queue.lock().expect("journal lock");
+        q.frames.push_back(frame);
+        if let Some(seq) = seq_last {
+            q.seq_last = seq;
+        }
+        q.checkpoint_end |= checkpoint_end;
+        drop(q);
+        self.shared.ready.notify_one();
+    }
+
+    /// Queues a frame of the checkpoint.
+    pub fn push_chunk(&mut self, chunk: Bytes) {
+        self.enqueue(chunk, None, false);
+    }
+
+    /// Queues the checkpoint's end: the caller sealed at `end.seq` and queued the batches up
+    /// to it. Once that is on disk, [`Self::synced`] says how far.
+    pub fn finish_checkpoint(&mut self, end: &SnapshotEnd) {
+        debug_assert_eq!(end.seq, self.seq_queued);
+        self.seq_checkpoint = end.seq;
+        let mut frame = BytesMut::new();
+        end.encode(&mut frame);
+        self.enqueue(frame.freeze(), None, true);
+    }
+
+    /// Is there room for more of the checkpoint (writes first)?
+    pub fn checkpoint_room(&self) -> bool {
+        self.shared.queued.load(Ordering::Acquire) < CHECKPOINT_QUEUE_BYTES
     }
 
     /// The last sequence handed to the writer.
@@ -174,14 +208,7 @@ impl Journal {
             "journal batches out of order"
         );
         self.seq_queued = sealed.seq_last;
-        self.shared
-            .queued
-            .fetch_add(sealed.frame.len(), Ordering::AcqRel);
-        let mut q = self.shared.queue.lock().expect("journal lock");
-        q.frames.push_back(sealed.frame.clone());
-        q.seq_last = sealed.seq_last;
-        drop(q);
-        self.shared.ready.notify_one();
+        self.enqueue(sealed.frame.clone(), Some(sealed.seq_last), false);
     }
 
     /// Everything up to this sequence is on disk; None until the checkpoint is.
@@ -254,11 +281,8 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(self, header: Header, entries: Vec<Entry>, digest: u64) {
-        let result = self.checkpoint(&header, &entries, digest).and_then(|file| {
-            drop(entries);
-            self.stream(file)
-        });
+    fn run(self, header: Header) {
+        let result = self.create(&header).and_then(|file| self.stream(file));
         if let Err(e) = result {
             eprintln!("[{}] journal failed: {e}", header.engine);
             *self.shared.error.lock().expect("journal lock") = Some(e);
@@ -267,13 +291,8 @@ impl Writer {
         }
     }
 
-    fn stopping(&self) -> bool {
-        self.shared.queue.lock().expect("journal lock").stop
-    }
-
-    /// Writes the checkpoint under the temporary name and makes it durable. Returns the file,
-    /// positioned at its end, for the batches.
-    fn checkpoint(&self, header: &Header, entries: &[Entry], digest: u64) -> Result<File, String> {
+    /// Creates the file under the temporary name, with its header.
+    fn create(&self, header: &Header) -> Result<File, String> {
         let io = |what: &str, e: std::io::Error| format!("{what} {}: {e}", self.dir.display());
         std::fs::create_dir_all(&self.dir).map_err(|e| io("creating", e))?;
         let tmp = self.dir.join(FILE_NEW);
@@ -282,32 +301,14 @@ impl Writer {
         let json = serde_json::to_vec(header).expect("journal header serializes");
         frame::encode(&mut head, Kind::JournalHeader, header.seq, &json);
         file.write_all(&head).map_err(|e| io("writing to", e))?;
-        for chunk in catch_up::encode_snapshot_sequential(entries, header.seq, CHUNK_BYTES) {
-            if self.stopping() {
-                return Err("closed during the checkpoint".into());
-            }
-            file.write_all(&chunk).map_err(|e| io("writing to", e))?;
-        }
-        let end = SnapshotEnd {
-            seq: header.seq,
-            records: entries.len() as u64,
-            state_digest: digest,
-        };
-        let mut tail = BytesMut::new();
-        end.encode(&mut tail);
-        file.write_all(&tail).map_err(|e| io("writing to", e))?;
-        file.sync_data().map_err(|e| io("syncing", e))?;
-        self.shared.synced.store(header.seq, Ordering::Release);
-        self.shared.checkpointed.store(true, Ordering::Release);
-        self.shared.wake.notify_one();
         Ok(file)
     }
 
-    /// Appends queued batches, one `writev` and one `fdatasync` per group, until closed.
+    /// Appends queued frames, one `writev` and one `fdatasync` per group, until closed.
     fn stream(&self, mut file: File) -> Result<(), String> {
         let mut frames = VecDeque::new();
         loop {
-            let (seq, stop, remove, sync_dir) = {
+            let (seq, checkpoint_end, stop, remove, sync_dir) = {
                 let mut q = self.shared.queue.lock().expect("journal lock");
                 while q.frames.is_empty() && !q.stop && !q.sync_dir {
                     q = self.shared.ready.wait(q).expect("journal lock");
@@ -315,6 +316,7 @@ impl Writer {
                 std::mem::swap(&mut frames, &mut q.frames);
                 (
                     q.seq_last,
+                    std::mem::take(&mut q.checkpoint_end),
                     q.stop,
                     q.remove,
                     std::mem::take(&mut q.sync_dir),
@@ -336,6 +338,9 @@ impl Writer {
                 self.shared.queued.fetch_sub(bytes, Ordering::AcqRel);
                 file.sync_data().map_err(|e| format!("syncing: {e}"))?;
                 self.shared.synced.store(seq, Ordering::Release);
+                if checkpoint_end {
+                    self.shared.checkpointed.store(true, Ordering::Release);
+                }
                 self.shared.wake.notify_one();
             }
             if stop {
@@ -380,7 +385,8 @@ pub fn exists(dir: &Path) -> bool {
 }
 
 /// Replays the journal in `dir` into `state` through the application, as a standby would
-/// apply the same frames: the checkpoint (whose digest must match), then every whole batch in
+/// apply the same frames: the checkpoint's chunks and the batches among them (see
+/// `catch_up::Restore`) up to its end, whose digest must match, then every whole batch in
 /// sequence. A frame cut short or corrupt at the end is where the crash stopped the writer.
 pub fn recover(
     dir: &Path,
@@ -403,67 +409,62 @@ pub fn recover(
         return Err(bad(format!("schema {} is not {SCHEMA}", header.schema)));
     }
     *state = State::default();
-    let mut checkpoint_records = 0;
-    loop {
-        let f = match frame::decode(&mut buf) {
-            Ok(Some(f)) => f,
-            _ => return Err(bad("the checkpoint is incomplete".into())),
-        };
-        match f.kind {
-            Kind::SnapshotChunk => {
-                for record in
-                    Records::new(Kind::SnapshotChunk, f.payload).map_err(|e| bad(e.to_string()))?
-                {
-                    let record = record.map_err(|e| bad(e.to_string()))?;
-                    app.apply(state, &record).map_err(&bad)?;
-                    checkpoint_records += 1;
-                }
-            }
-            Kind::SnapshotEnd => {
-                let end = SnapshotEnd::decode(f.seq, f.payload).map_err(|e| bad(e.to_string()))?;
-                if end.state_digest != state.digest() {
-                    return Err(bad(format!(
-                        "the checkpoint's digest {:016x} does not match its records ({:016x})",
-                        end.state_digest,
-                        state.digest()
-                    )));
-                }
-                break;
-            }
-            other => return Err(bad(format!("unexpected {other:?} frame in the checkpoint"))),
-        }
-    }
+    let mut restore = Some(Restore::default());
     let mut seq = header.seq;
     let mut batches = 0;
+    let mut checkpoint_records = 0;
     loop {
         let before = buf.len();
         let f = match frame::decode(&mut buf) {
-            Ok(Some(f)) if f.kind == Kind::Batch => f,
+            Ok(Some(f)) => f,
+            _ if restore.is_some() => return Err(bad("the checkpoint is incomplete".into())),
             _ => {
-                let torn_bytes = before as u64;
                 return Ok(Recovered {
                     header,
                     seq,
                     batches,
                     checkpoint_records,
-                    torn_bytes,
-                });
+                    torn_bytes: before as u64,
+                })
             }
         };
-        let count =
-            Records::validate(Kind::Batch, &f.payload).map_err(|e| bad(e.to_string()))? as u64;
-        if count == 0 || f.seq.wrapping_sub(count) != seq {
-            return Err(bad(format!(
-                "batch ending at {} does not follow {seq}",
-                f.seq
-            )));
+        match (f.kind, restore.as_mut()) {
+            (Kind::SnapshotChunk, Some(r)) => {
+                catch_up_proto::validate_chunk(&f.payload).map_err(|e| bad(e.to_string()))?;
+                r.chunk(&*app, state, f.seq, f.payload).map_err(&bad)?;
+            }
+            (Kind::SnapshotEnd, Some(r)) => {
+                let end = SnapshotEnd::decode(f.seq, f.payload).map_err(|e| bad(e.to_string()))?;
+                checkpoint_records = end.records;
+                r.end(end).map_err(&bad)?;
+            }
+            (Kind::Batch, _) => {
+                let count = Records::validate(Kind::Batch, &f.payload)
+                    .map_err(|e| bad(e.to_string()))? as u64;
+                if count == 0 || f.seq.wrapping_sub(count) != seq {
+                    return Err(bad(format!(
+                        "batch ending at {} does not follow {seq}",
+                        f.seq
+                    )));
+                }
+                catch_up::apply_batch(
+                    app,
+                    state,
+                    restore.as_ref(),
+                    seq + 1,
+                    f.payload,
+                    |_, _, _| {},
+                )
+                .map_err(&bad)?;
+                seq = f.seq;
+                batches += 1;
+            }
+            (other, _) => return Err(bad(format!("unexpected {other:?} frame"))),
         }
-        for record in Records::new(Kind::Batch, f.payload).map_err(|e| bad(e.to_string()))? {
-            let record = record.map_err(|e| bad(e.to_string()))?;
-            app.apply(state, &record).map_err(&bad)?;
+        if let Some(done) = restore.as_ref().and_then(|r| r.finished(seq, state)) {
+            done.map_err(&bad)?;
+            restore = None;
         }
-        seq = f.seq;
-        batches += 1;
     }
 }
 
@@ -478,6 +479,13 @@ mod tests {
         let d = std::env::temp_dir().join(format!("tandem-journal-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
+    }
+
+    /// The whole checkpoint at once (the engine writes it a slice per turn).
+    fn checkpoint(journal: &mut Journal, state: &State, seq: u64) {
+        let mut cursor = crate::catch_up::Cursor::default();
+        while !cursor.step(state, seq, 64 << 10, &mut |f| journal.push_chunk(f)) {}
+        journal.finish_checkpoint(&cursor.end(state, seq));
     }
 
     fn wait(journal: &Journal, seq: u64) {
@@ -500,13 +508,8 @@ mod tests {
                 .unwrap();
         }
         let header = Header::new("a", "1.0", 3, 3, 1000);
-        let mut journal = Journal::start(
-            &dir,
-            header,
-            state.entries(),
-            state.digest(),
-            Arc::new(Notify::new()),
-        );
+        let mut journal = Journal::start(&dir, header, Arc::new(Notify::new()));
+        checkpoint(&mut journal, &state, 1000);
         let mut outbox = Outbox::new(BatchConfig::default(), 1000);
         for round in 0..20 {
             for i in 0..50 {
@@ -544,15 +547,13 @@ mod tests {
     fn closing_with_remove_leaves_nothing_to_recover() {
         let dir = temp_dir("remove");
         let state = State::default();
-        let journal = Journal::start(
+        let mut journal = Journal::start(
             &dir,
             Header::new("a", "1.0", 1, 1, 0),
-            state.entries(),
-            state.digest(),
             Arc::new(Notify::new()),
         );
+        checkpoint(&mut journal, &state, 0);
         wait(&journal, 0);
-        let mut journal = journal;
         journal.publish().unwrap();
         assert!(exists(&dir));
         journal.close(true);

@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod catch_up;
 pub mod control;
 pub mod demo;
 pub mod journal;

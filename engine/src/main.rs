@@ -46,6 +46,10 @@ enum Cmd {
         /// 10000 otherwise).
         #[arg(long)]
         rate: Option<u64>,
+        /// Preload N work units (sessions) and N database records, 100-byte payloads, before
+        /// the baseline, to see the upgrade at a real state size (e.g. 1000000).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        state: u64,
     },
     /// Start or stop a pair (engine A active, engine B standby) under a supervisor.
     Pair {
@@ -409,11 +413,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             quick,
             fault,
             rate,
+            state,
         } => engine::demo::run(engine::demo::DemoArgs {
             out,
             quick,
             fault,
             rate_ops_s: rate,
+            state,
             secret_file: replicator::Secret::resolve(secret_file)?.0,
         }),
         Cmd::Report { run_dir, compare } => report(&run_dir, compare.as_deref()),

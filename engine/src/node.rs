@@ -27,6 +27,7 @@ use serde::Serialize;
 use tokio::sync::{oneshot, watch, Notify};
 
 use crate::app::Application;
+use crate::catch_up;
 use crate::journal::{self, Journal};
 use crate::state::State;
 
@@ -84,6 +85,8 @@ pub struct Link {
     pub id: u64,
     pub sender: Sender,
     pub peer: Option<Identity>,
+    /// The snapshot still going to this standby, a slice per turn (see `catch_up`).
+    pub catch_up: Option<catch_up::Cursor>,
 }
 
 /// The standby's view of the active it follows.
@@ -134,6 +137,8 @@ pub struct Engine {
     /// until it is verified, and after an update failed to apply: such a standby must never be
     /// promoted.
     pub state_complete: bool,
+    /// A standby taking a snapshot: which shards it holds (see `catch_up`).
+    pub restore: Option<Box<catch_up::Restore>>,
     /// The simplex journal, open while this active has no in-sync standby.
     pub journal: Option<Journal>,
     /// Woken by the journal's writer when more is on disk.
@@ -149,6 +154,8 @@ pub struct Engine {
     /// journal is published, nothing past this sequence may be released (that old file would
     /// not hold it).
     pub journal_floor: Option<u64>,
+    /// The journal's checkpoint still to write, a slice per turn of the journal task.
+    journal_cursor: Option<catch_up::Cursor>,
     /// Set by a degrade lease: the current standby no longer counts, until a new one attaches.
     pub standby_stale: bool,
     /// A standby link closed (it died, hung, or was taken away) and no new one is in sync yet.
@@ -194,12 +201,14 @@ impl Engine {
             simplex_lease_until: None,
             lease_stamp_ns: 0,
             state_complete: true,
+            restore: None,
             journal: None,
             journal_wake: Arc::new(tokio::sync::Notify::new()),
             journal_waiters: Vec::new(),
             journal_pinned: false,
             recovered: None,
             journal_floor: None,
+            journal_cursor: None,
             standby_stale: false,
             standby_lost: false,
             active_hint: None,
@@ -347,18 +356,20 @@ impl Engine {
         self.refresh_released(now);
     }
 
-    /// The journal task's turn: opens the journal if one is wanted, then looks at what is on
-    /// disk now.
-    pub fn on_journal_wake(&mut self, now: Instant) {
+    /// The journal task's turn: opens the journal if one is wanted, writes a slice of its
+    /// checkpoint, then looks at what is on disk now. True if it wants another turn at once.
+    pub fn on_journal_wake(&mut self, now: Instant) -> bool {
         if self.wants_journal() {
             self.open_journal();
         }
+        let again = self.step_checkpoint();
         self.refresh_released(now);
         self.bump(); // writers held back by a full journal queue look again
+        again
     }
 
-    /// Opens the simplex journal if none is open: a checkpoint of the state as it is after
-    /// sealing what is open, taken in this borrow, written by the journal's thread.
+    /// Opens the simplex journal if none is open, after sealing what is open; its checkpoint
+    /// follows a slice per turn (`step_checkpoint`).
     pub fn open_journal(&mut self) {
         let Some(dir) = self.config.journal_dir.clone() else {
             return;
@@ -375,21 +386,47 @@ impl Engine {
             self.history,
             seq,
         );
-        let entries = self.app.snapshot(&self.state);
-        let digest = self.state.digest();
         self.counters.journals_started += 1;
         eprintln!(
-            "[{}] no standby in sync: journaling from sequence {seq} ({} records in the checkpoint)",
+            "[{}] no standby in sync: journaling from sequence {seq} (checkpoint of {} records)",
             self.config.name,
-            entries.len()
+            self.state.units.len() + self.state.db.len()
         );
-        self.journal = Some(Journal::start(
-            &dir,
-            header,
-            entries,
-            digest,
-            self.journal_wake.clone(),
-        ));
+        self.journal = Some(Journal::start(&dir, header, self.journal_wake.clone()));
+        self.journal_cursor = Some(catch_up::Cursor::default());
+    }
+
+    /// Writes one slice of the journal's checkpoint, if the writer has room for it. True if
+    /// more is to be written at once.
+    fn step_checkpoint(&mut self) -> bool {
+        self.feed_journal();
+        let Engine {
+            journal: Some(journal),
+            journal_cursor: Some(cursor),
+            state,
+            outbox,
+            ..
+        } = self
+        else {
+            return false;
+        };
+        if !journal.checkpoint_room() {
+            return false; // the writer's wake brings the next turn
+        }
+        let seq = outbox.seq_last();
+        if !cursor.step(state, seq, catch_up::CHUNK_BYTES, &mut |f| {
+            journal.push_chunk(f)
+        }) {
+            return true;
+        }
+        outbox.seal();
+        let end = cursor.end(state, outbox.seq_sealed());
+        self.journal_cursor = None;
+        self.feed_journal();
+        if let Some(j) = self.journal.as_mut() {
+            j.finish_checkpoint(&end);
+        }
+        false
     }
 
     /// Hands every batch sealed since the last call to the journal.
@@ -435,6 +472,7 @@ impl Engine {
 
     /// Closes the journal, removing its file: it no longer holds everything released.
     pub fn close_journal(&mut self, why: &str) {
+        self.journal_cursor = None;
         if let Some(j) = self.journal.take() {
             eprintln!("[{}] journal closed: {why}", self.config.name);
             j.close(true); // and any recovered one with it

@@ -10,13 +10,11 @@ use std::time::{Duration, Instant};
 
 use replicator::driver::{self, Turn};
 use replicator::handshake::negotiate;
-use replicator::{
-    catch_up, frame, Hello, Kind, Receiver, ReceiverEvent, Records, Sender, SenderEvent, Snapshot,
-    Start, VersionCheck,
-};
+use replicator::{frame, Hello, Receiver, ReceiverEvent, Sender, SenderEvent, Start, VersionCheck};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::catch_up;
 use crate::node::{Engine, Link, Role, Shared};
 use crate::state::State;
 
@@ -40,11 +38,8 @@ pub async fn serve(engine: Shared, listener: TcpListener) {
 }
 
 /// Decides, under one borrow, whether a standby may attach and how it starts: resuming from
-/// the backlog, or with a snapshot (the entries and digest of one consistent state).
-fn admit(
-    eng: &mut Engine,
-    hello: &Hello,
-) -> Result<(Start, Vec<catch_up::Entry>, replicator::Identity, u64), String> {
+/// the backlog, or with a snapshot (sent shard by shard while the stream goes on after it).
+fn admit(eng: &mut Engine, hello: &Hello) -> Result<(Start, replicator::Identity), String> {
     if eng.role != Role::Active || eng.stepping_down.is_some() {
         return Err(format!(
             "{} is not active ({})",
@@ -92,19 +87,14 @@ fn admit(
         && eng.outbox.covers(hello.seq_applied);
     if resume {
         eng.outbox.pin(Some(hello.seq_applied));
-        return Ok((Start::Resume, Vec::new(), eng.identity(), 0));
+        return Ok((Start::Resume, eng.identity()));
     }
+    // The snapshot starts here and goes out a slice per turn, alongside the stream after it.
     eng.outbox.seal();
     let seq = eng.outbox.seq_sealed();
     eng.outbox.pin(Some(seq));
     eng.counters.snapshots_sent += 1;
-    let entries = eng.app.snapshot(&eng.state);
-    Ok((
-        Start::Snapshot { seq },
-        entries,
-        eng.identity(),
-        eng.state.digest(),
-    ))
+    Ok((Start::Snapshot { seq }, eng.identity()))
 }
 
 /// Reads until the sender has decided about the hello, within the peer timeout.
@@ -159,37 +149,21 @@ async fn active_link(engine: Shared, mut stream: TcpStream) -> Result<(), String
         Err(reason) => return refuse(sender, stream, reason).await,
     };
     let decision = admit(&mut engine.borrow_mut(), &hello);
-    let (start, entries, identity, digest) = match decision {
+    let (start, identity) = match decision {
         Ok(d) => d,
         Err(reason) => return refuse(sender, stream, reason).await,
     };
-    let snapshot = match start {
-        Start::Resume => Snapshot::default(),
-        Start::Snapshot { seq } => {
-            // The entries and the digest were taken in one borrow: they describe the same
-            // state, which may move on while the chunks are encoded off this thread.
-            let chunk_bytes = engine.borrow().config.snapshot_chunk_bytes;
-            let records = entries.len() as u64;
-            let chunks = tokio::task::spawn_blocking(move || {
-                catch_up::encode_snapshot(&entries, seq, chunk_bytes)
-            })
-            .await
-            .map_err(|e| format!("snapshot encoding failed: {e}"))?;
-            Snapshot {
-                chunks,
-                records,
-                state_digest: digest,
-            }
-        }
-    };
     let id = {
         let mut eng = engine.borrow_mut();
-        sender.accept(Instant::now(), identity, start, hello.seq_applied, snapshot);
+        sender.accept(Instant::now(), identity, start, hello.seq_applied);
         let Some(id) = eng.open_link(sender) else {
             return Err("another standby attached meanwhile".into());
         };
         if let Some(link) = eng.link.as_mut() {
             link.peer = Some(hello.identity.clone());
+            if let Start::Snapshot { .. } = start {
+                link.catch_up = Some(catch_up::Cursor::default());
+            }
         }
         eprintln!(
             "[{}] standby {} attached ({})",
@@ -197,7 +171,7 @@ async fn active_link(engine: Shared, mut stream: TcpStream) -> Result<(), String
             hello.identity.engine,
             match start {
                 Start::Resume => format!("resuming after {}", hello.seq_applied),
-                Start::Snapshot { seq } => format!("snapshot at {seq}"),
+                Start::Snapshot { seq } => format!("snapshot from {seq}"),
             }
         );
         id
@@ -277,6 +251,8 @@ fn active_turn(
         link,
         outbox,
         progress,
+        state,
+        config,
         ..
     } = &mut *eng;
     let Some(link) = link.as_mut().filter(|l| l.id == id) else {
@@ -285,18 +261,44 @@ fn active_turn(
             done: true,
         };
     };
-    // Group commit: seal what has gathered whenever the window has room for it.
     let mut sealed = false;
+    // One slice of the snapshot per turn, then the other tasks of this thread get theirs.
+    let mut again = false;
+    if let Some(cursor) = link
+        .catch_up
+        .as_mut()
+        .filter(|_| link.sender.snapshot_pending())
+    {
+        let seq = outbox.seq_last();
+        let push = &mut |f| link.sender.push_snapshot(f);
+        if cursor.step(state, seq, catch_up::CHUNK_BYTES, push) {
+            outbox.seal();
+            sealed = true;
+            let end = cursor.end(state, outbox.seq_sealed());
+            eprintln!(
+                "[{}] snapshot sent: {} records, the stream goes on after {}",
+                config.name, end.records, end.seq
+            );
+            link.sender.finish_snapshot(end);
+            link.catch_up = None;
+        } else {
+            again = true;
+        }
+    }
+    // Group commit: seal what has gathered whenever the window has room for it.
     if link.sender.window_open() && outbox.ready(now) {
         outbox.seal();
-        progress.send_modify(|v| *v = v.wrapping_add(1));
         sealed = true;
+    }
+    if sealed {
+        progress.send_modify(|v| *v = v.wrapping_add(1));
     }
     while let Some(f) = link.sender.poll_transmit(now, outbox) {
         tx.push_back(f);
     }
     tx.extend(link.sender.drain_out());
     let deadline = match (link.sender.poll_timeout(), outbox.deadline()) {
+        _ if again => Some(now),
         (Some(a), Some(b)) if link.sender.window_open() => Some(a.min(b)),
         (a, _) => a,
     };
@@ -478,12 +480,17 @@ fn standby_event(
                 // Until the snapshot is complete and verified this state is nobody's: a link
                 // that breaks half-way must not be resumed from it, nor promoted.
                 eng.state = State::default();
-                eng.seq_applied = 0;
+                eng.restore = Some(Box::default());
+                eng.seq_applied = match start {
+                    Start::Snapshot { seq } => seq,
+                    Start::Resume => unreachable!(),
+                };
                 eng.history = 0;
                 eng.state_complete = false;
                 eng.counters.snapshots_received += 1;
             } else {
                 // Resumed: only a standby of this very history, whole, gets to resume.
+                eng.restore = None;
                 eng.state_complete = eng.history != 0;
             }
             if let Some(f) = eng.follow.as_mut() {
@@ -493,34 +500,35 @@ fn standby_event(
             }
             eng.bump();
         }
-        ReceiverEvent::SnapshotChunk(payload) => {
-            apply_records(eng, Kind::SnapshotChunk, 0, payload)?
+        ReceiverEvent::SnapshotChunk { seq, payload } => {
+            let Engine {
+                app,
+                state,
+                restore,
+                ..
+            } = eng;
+            let restore = restore
+                .as_mut()
+                .ok_or("a snapshot chunk outside a snapshot")?;
+            restore.chunk(app.as_ref(), state, seq, payload)?;
         }
         ReceiverEvent::SnapshotEnd(end) => {
-            let digest = eng.state.digest();
-            if digest != end.state_digest {
-                return Err(format!(
-                    "snapshot digest {digest:016x} differs from the active's {:016x}",
-                    end.state_digest
-                ));
-            }
-            eng.seq_applied = end.seq;
-            eng.state_complete = true;
-            eng.history = eng
-                .follow
-                .as_ref()
-                .and_then(|f| f.active.as_ref())
-                .map_or(0, |a| a.history);
-            *applied = Some(end.seq);
+            let restore = eng
+                .restore
+                .as_mut()
+                .ok_or("a snapshot end outside a snapshot")?;
+            restore.end(end)?;
+            finish_restore(eng, receiver)?;
         }
         ReceiverEvent::Batch {
             seq_first,
             seq_last,
             payload,
         } => {
-            apply_records(eng, Kind::Batch, seq_first, payload)?;
+            apply_records(eng, seq_first, payload)?;
             eng.seq_applied = seq_last;
             *applied = Some(seq_last);
+            finish_restore(eng, receiver)?;
         }
         ReceiverEvent::Heartbeat { epoch, in_sync } => {
             eng.epoch = eng.epoch.max(epoch);
@@ -564,32 +572,62 @@ fn standby_event(
     Ok(())
 }
 
-/// Applies the records of a batch (whose first sequence is `seq_first`) or snapshot chunk.
-fn apply_records(
-    eng: &mut Engine,
-    kind: Kind,
-    seq_first: u64,
-    payload: bytes::Bytes,
-) -> Result<(), String> {
+/// Applies the records of a batch whose first sequence is `seq_first` (during a snapshot,
+/// those `Restore` wants), noting the digest at each sync point once the state is whole.
+fn apply_records(eng: &mut Engine, seq_first: u64, payload: bytes::Bytes) -> Result<(), String> {
     let Engine {
         app,
         state,
         sync_point,
+        restore,
         ..
     } = eng;
-    for (i, record) in Records::new(kind, payload)
-        .map_err(|e| e.to_string())?
-        .enumerate()
-    {
-        let record = record.map_err(|e| e.to_string())?;
-        app.apply(state, &record)?;
-        if kind == Kind::Batch
-            && record.op == replicator::Op::Control(crate::state::control::SYNC_POINT)
-        {
-            *sync_point = Some((seq_first + i as u64, state.digest()));
+    let whole = restore.is_none();
+    catch_up::apply_batch(
+        app.as_mut(),
+        state,
+        restore.as_deref(),
+        seq_first,
+        payload,
+        |seq, code, state| {
+            if whole && code == crate::state::control::SYNC_POINT {
+                *sync_point = Some((seq, state.digest()));
+            }
+        },
+    )
+}
+
+/// Once the batches up to the snapshot end are applied, checks the digest: the state is whole,
+/// and the active hears so (until then it does not count this standby as caught up).
+fn finish_restore(eng: &mut Engine, receiver: &mut Receiver) -> Result<(), String> {
+    let Some(restore) = eng.restore.as_ref() else {
+        return Ok(());
+    };
+    match restore.finished(eng.seq_applied, &eng.state) {
+        None => Ok(()),
+        Some(Err(e)) => Err(e),
+        Some(Ok(seq)) => {
+            let (bytes, took) = (restore.bytes, restore.started.elapsed());
+            eng.restore = None;
+            eng.state_complete = true;
+            eng.history = eng
+                .follow
+                .as_ref()
+                .and_then(|f| f.active.as_ref())
+                .map_or(0, |a| a.history);
+            receiver.snapshot_verified(seq);
+            eprintln!(
+                "[{}] snapshot complete and verified at {seq}: {} work units, {} records, {:.1} MB in {} ms ({:.0} MB/s)",
+                eng.config.name,
+                eng.state.units.len(),
+                eng.state.db.len(),
+                bytes as f64 / 1e6,
+                took.as_millis(),
+                bytes as f64 / 1e6 / took.as_secs_f64().max(1e-6)
+            );
+            Ok(())
         }
     }
-    Ok(())
 }
 
 impl Engine {
@@ -604,6 +642,7 @@ impl Engine {
             id,
             sender,
             peer: None,
+            catch_up: None,
         });
         Some(id)
     }

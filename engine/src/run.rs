@@ -152,7 +152,10 @@ pub fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
         tokio::task::spawn_local(async move {
             loop {
                 journal_wake.notified().await;
-                journal_engine.borrow_mut().on_journal_wake(Instant::now());
+                // A checkpoint goes a slice per turn, the other tasks of this thread between.
+                while journal_engine.borrow_mut().on_journal_wake(Instant::now()) {
+                    tokio::task::yield_now().await;
+                }
             }
         });
         tokio::task::spawn_local(crate::server::serve(engine.clone(), client, Port::Client));

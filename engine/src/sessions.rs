@@ -195,7 +195,7 @@ impl Sessions {
     /// written to while the session is still being read.
     fn load(&self, ctx: &Ctx<'_>, id: &[u8]) -> Result<Bytes, CommandError> {
         ctx.unit_get(id)
-            .cloned()
+            .map(Bytes::copy_from_slice)
             .ok_or_else(|| CommandError(format!("ERR no such session {}", lossy(id))))
     }
 
@@ -836,7 +836,7 @@ mod tests {
             self.state
                 .units
                 .get(id.as_bytes())
-                .cloned()
+                .map(Bytes::copy_from_slice)
                 .expect("registered session")
         }
     }
@@ -934,10 +934,7 @@ mod tests {
             assert_eq!(e.run("SESSION.END s1"), "+OK\r\n");
             assert_eq!(e.run("SESSION.GET s1"), "$-1\r\n");
             assert_eq!(e.run("SESSION.COUNT"), ":0\r\n");
-            assert_eq!(
-                e.state.db.get(b"cdr:s1").map(|v| &v[..]),
-                Some(&b"alice 3"[..])
-            );
+            assert_eq!(e.state.db.get(b"cdr:s1"), Some(&b"alice 3"[..]));
             // An open session ends too, and an empty payload is a payload.
             assert_eq!(e.run("SESSION.OPEN s2 bob"), "+OK\r\n");
             assert_eq!(
@@ -945,10 +942,7 @@ mod tests {
                 expected_get(&e, "open", 0, "bob", "")
             );
             assert_eq!(e.run("SESSION.END s2"), "+OK\r\n");
-            assert_eq!(
-                e.state.db.get(b"cdr:s2").map(|v| &v[..]),
-                Some(&b"bob 0"[..])
-            );
+            assert_eq!(e.state.db.get(b"cdr:s2"), Some(&b"bob 0"[..]));
             // A session id can be reused once ended; its record is then overwritten.
             assert_eq!(e.run("SESSION.OPEN s1 carol"), "+OK\r\n");
         }
@@ -1081,10 +1075,7 @@ mod tests {
             e.run("SESSION.GET s1"),
             "*5\r\n$11\r\ntransferred\r\n:1\r\n$5\r\nalice\r\n$1\r\np\r\n:7\r\n"
         );
-        assert_eq!(
-            e.state.db.get(b"transfer:s1").map(|v| &v[..]),
-            Some(&b"bob"[..])
-        );
+        assert_eq!(e.state.db.get(b"transfer:s1"), Some(&b"bob"[..]));
         assert_eq!(
             e.run("SESSION.TRANSFER s1 carol"),
             "-ERR session s1 is transferred\r\n"
@@ -1102,10 +1093,7 @@ mod tests {
             "-ERR wrong number of arguments for 'session.transfer' command\r\n"
         );
         assert_eq!(e.run("SESSION.END s1"), "+OK\r\n");
-        assert_eq!(
-            e.state.db.get(b"cdr:s1").map(|v| &v[..]),
-            Some(&b"alice 1"[..])
-        );
+        assert_eq!(e.state.db.get(b"cdr:s1"), Some(&b"alice 1"[..]));
         let standby = e
             .replay(Sessions::new(AppVersion::V2_0, None))
             .expect("2.0 follows 2.0");

@@ -5,81 +5,142 @@
 //! receives. Each half keeps an order-independent digest up to date on every change, so that
 //! "both engines hold the same state" is one comparison of two numbers, at any time.
 
-use griddle::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
-
 use bytes::Bytes;
-use replicator::catch_up::Entry;
+use hashbrown::HashTable;
+
+use replicator::catch_up::{key_hash, shard_of, ChunkWriter, SHARDS};
 use replicator::{Op, Record};
 
 /// Work units may not exceed this count, nor database records theirs: a limit on everything.
 pub const WORK_UNITS_MAX: usize = 10_000_000;
 pub const DB_RECORDS_MAX: usize = 50_000_000;
 
-/// A map with a running digest: the wrapping sum of a hash of every (key, value).
-#[derive(Default, Clone)]
-pub struct DigestMap {
-    map: HashMap<Bytes, Bytes>,
-    digest: u64,
-    salt: u8,
+/// One entry: the key's hash (kept for the table's resizes), the key, and the value, whose
+/// buffer an overwrite reuses when it fits.
+#[derive(Clone)]
+struct Slot {
+    hash: u64,
+    key: Box<[u8]>,
+    value: Vec<u8>,
 }
 
-fn entry_hash(salt: u8, key: &[u8], value: &[u8]) -> u64 {
-    let mut h = DefaultHasher::new();
-    salt.hash(&mut h);
-    key.hash(&mut h);
-    value.hash(&mut h);
-    h.finish()
+#[derive(Clone, Default)]
+struct Shard {
+    table: HashTable<Slot>,
+    digest: u64,
+}
+
+/// A map in [`SHARDS`] shards (by `catch_up::shard_of`, the same on every engine) with a
+/// running digest: the wrapping sum of a hash of every (key, value). Shards keep every
+/// table resize small, and let a snapshot go shard by shard while the map keeps changing.
+#[derive(Clone)]
+pub struct DigestMap {
+    shards: Box<[Shard]>,
+    len: usize,
+    digest: u64,
+    seed: u64,
+}
+
+/// The digest of one entry: XXH3-64 of the value, seeded with the key's hash and the map's
+/// seed. A fixed specification, so that two builds compare digests.
+fn entry_hash(seed: u64, key_hash: u64, value: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(value, key_hash ^ seed)
 }
 
 impl DigestMap {
-    fn new(salt: u8) -> DigestMap {
+    fn new(seed: u64) -> DigestMap {
         DigestMap {
-            salt,
-            ..DigestMap::default()
+            shards: vec![Shard::default(); SHARDS].into_boxed_slice(),
+            len: 0,
+            digest: 0,
+            seed,
         }
     }
 
-    pub fn get(&self, key: &[u8]) -> Option<&Bytes> {
-        self.map.get(key)
+    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        let hash = key_hash(key);
+        self.shards[shard_of(hash)]
+            .table
+            .find(hash, |s| *s.key == *key)
+            .map(|s| &s.value[..])
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len == 0
     }
 
     pub fn digest(&self) -> u64 {
         self.digest
     }
 
-    /// Stores a copy of `key` and `value`: received frames are not kept alive by one record.
+    /// Stores a copy of `key` and `value`; an existing entry's value buffer is reused, so an
+    /// overwrite that fits allocates nothing.
     fn put(&mut self, key: &[u8], value: &[u8]) {
-        let salt = self.salt;
-        self.digest = self.digest.wrapping_add(entry_hash(salt, key, value));
-        if let Some(old) = self
-            .map
-            .insert(Bytes::copy_from_slice(key), Bytes::copy_from_slice(value))
-        {
-            self.digest = self.digest.wrapping_sub(entry_hash(salt, key, &old));
+        let hash = key_hash(key);
+        let seed = self.seed;
+        let shard = &mut self.shards[shard_of(hash)];
+        let add = entry_hash(seed, hash, value);
+        let mut removed = 0u64;
+        match shard.table.find_mut(hash, |s| *s.key == *key) {
+            Some(slot) => {
+                removed = entry_hash(seed, hash, &slot.value);
+                slot.value.clear();
+                slot.value.extend_from_slice(value);
+            }
+            None => {
+                let slot = Slot {
+                    hash,
+                    key: key.into(),
+                    value: value.to_vec(),
+                };
+                shard.table.insert_unique(hash, slot, |s| s.hash);
+                self.len += 1;
+            }
         }
+        shard.digest = shard.digest.wrapping_add(add).wrapping_sub(removed);
+        self.digest = self.digest.wrapping_add(add).wrapping_sub(removed);
     }
 
     fn remove(&mut self, key: &[u8]) -> bool {
-        match self.map.remove(key) {
-            Some(old) => {
-                self.digest = self.digest.wrapping_sub(entry_hash(self.salt, key, &old));
-                true
-            }
-            None => false,
-        }
+        let hash = key_hash(key);
+        let shard = &mut self.shards[shard_of(hash)];
+        let Ok(entry) = shard.table.find_entry(hash, |s| *s.key == *key) else {
+            return false;
+        };
+        let (slot, _) = entry.remove();
+        let removed = entry_hash(self.seed, hash, &slot.value);
+        shard.digest = shard.digest.wrapping_sub(removed);
+        self.digest = self.digest.wrapping_sub(removed);
+        self.len -= 1;
+        true
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Bytes)> {
-        self.map.iter()
+    /// Empties one shard (a snapshot chunk replaces it).
+    fn clear_shard(&mut self, shard: usize) {
+        let s = &mut self.shards[shard];
+        self.len -= s.table.len();
+        self.digest = self.digest.wrapping_sub(s.digest);
+        s.digest = 0;
+        s.table = HashTable::new();
+    }
+
+    fn shard_len(&self, shard: usize) -> usize {
+        self.shards[shard].table.len()
+    }
+
+    fn shard_iter(&self, shard: usize) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.shards[shard]
+            .table
+            .iter()
+            .map(|s| (&s.key[..], &s.value[..]))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        (0..SHARDS).flat_map(|j| self.shard_iter(j))
     }
 }
 
@@ -113,8 +174,8 @@ pub struct State {
 impl Default for State {
     fn default() -> Self {
         State {
-            db: DigestMap::new(1),
-            units: DigestMap::new(2),
+            db: DigestMap::new(u64::from_le_bytes(*b"tandemdb")),
+            units: DigestMap::new(u64::from_le_bytes(*b"tandemwu")),
             features_enabled: false,
         }
     }
@@ -173,27 +234,41 @@ impl State {
         self.db.digest() ^ self.units.digest().rotate_left(17) ^ (self.features_enabled as u64)
     }
 
-    /// The whole state as records, for a snapshot: work units first, then the database.
-    pub fn entries(&self) -> Vec<Entry> {
-        let mut out = Vec::with_capacity(self.units.len() + self.db.len() + 1);
-        out.extend(
-            self.units
-                .iter()
-                .map(|(k, v)| (Op::UnitCreate, k.clone(), v.clone())),
-        );
-        out.extend(
-            self.db
-                .iter()
-                .map(|(k, v)| (Op::DbPut, k.clone(), v.clone())),
-        );
-        if self.features_enabled {
-            out.push((
-                Op::Control(control::FEATURES_ENABLED),
-                Bytes::new(),
-                Bytes::new(),
-            ));
+    /// Appends shard `shard` (work units, then database records) to a snapshot chunk.
+    pub fn encode_shard(
+        &self,
+        shard: usize,
+        chunks: &mut ChunkWriter,
+        emit: &mut impl FnMut(Bytes),
+    ) {
+        for (k, v) in self.units.shard_iter(shard) {
+            chunks.push(Op::UnitCreate, k, v, emit);
         }
-        out
+        for (k, v) in self.db.shard_iter(shard) {
+            chunks.push(Op::DbPut, k, v, emit);
+        }
+    }
+
+    /// Entries in shard `shard`, of both maps.
+    pub fn shard_entries(&self, shard: usize) -> usize {
+        self.units.shard_len(shard) + self.db.shard_len(shard)
+    }
+
+    /// Empties a shard of both maps, before a snapshot chunk fills it again.
+    pub fn clear_shard(&mut self, shard: usize) {
+        self.units.clear_shard(shard);
+        self.db.clear_shard(shard);
+    }
+
+    /// Restores one record of a snapshot chunk into its (cleared) shard.
+    pub fn restore(&mut self, r: &Record) -> Result<(), ApplyError> {
+        match r.op {
+            Op::UnitCreate => self.units.put(&r.key, &r.value),
+            Op::DbPut => self.db.put(&r.key, &r.value),
+            Op::Control(control::FEATURES_ENABLED) => self.features_enabled = true,
+            op => return Err(ApplyError::Rejected(format!("{op:?} in a snapshot"))),
+        }
+        Ok(())
     }
 }
 

@@ -467,14 +467,30 @@ async fn a_standby_restarted_by_a_new_supervisor_is_not_promoted_before_it_caugh
     let writer = Writer::start(&pair, "w");
     writer.wait_for_more(500).await;
     pair.kill_supervisor();
-    common::kill9(pid_of(&s, "standby"));
+    let old = pid_of(&s, "standby");
+    common::kill9(old);
     pair.restart_supervisor();
+    // The restarted standby is frozen before it can take in 200,000 sessions (a catch-up
+    // takes a fraction of a second): it stays behind while the active dies.
+    let restarted = pair
+        .wait_for(|s| {
+            Pair::engine(s, "standby").is_some_and(|e| e["pid"].as_u64().is_some_and(|p| p != old))
+        })
+        .await;
+    let standby = pid_of(&restarted, "standby");
+    common::signal(standby, "-STOP");
     // The active, alone, has its journal on disk (a second fault before that would lose
-    // what only the dead standby and its memory held: see RELIABILITY.md).
+    // what only the dead standby and its memory held: see RELIABILITY.md). Should the
+    // standby have caught up before it was frozen, it is promotable instead, and promoting
+    // it is right.
     let now = pair
-        .wait_for(|s| Pair::engine(s, "active").is_some_and(|e| e["journal"]["durable"] == true))
+        .wait_for(|s| {
+            s["standby_promotable"] == true
+                || Pair::engine(s, "active").is_some_and(|e| e["journal"]["durable"] == true)
+        })
         .await;
     common::kill9(pid_of(&now, "active"));
+    common::signal(standby, "-CONT");
     let after = pair
         .wait_for(|s| {
             s["standby_promotable"] == true

@@ -1,6 +1,7 @@
 //! A real pair of engine processes on loopback: acknowledged writes survive a planned
 //! switchover and a SIGKILL of the active, a standby killed mid catch-up catches up after its
-//! restart, and garbage on either port is refused while the engine keeps serving.
+//! restart, a standby that catches up under writes ends with the active's digest, and
+//! garbage on either port is refused while the engine keeps serving.
 
 mod common;
 
@@ -8,7 +9,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{get, kill9, set, Pair, DEADLINE};
+use common::{get, kill9, set, Pair, Writer, DEADLINE};
 use resp::{Client, Reply};
 use tokio::io::AsyncWriteExt;
 
@@ -169,6 +170,43 @@ async fn a_standby_killed_mid_catch_up_catches_up_after_its_restart() {
     for e in s["engines"].as_array().unwrap() {
         assert_eq!(e["work_units"], 40_000, "{e:#}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_that_catches_up_while_writes_go_on_ends_with_the_actives_digest() {
+    let pair = Pair::up();
+    pair.wait_in_sync().await;
+    common::preload(&pair, 100_000, 100).await;
+    let writer = Writer::start(&pair, "during-catch-up");
+    writer.wait_for_more(500).await;
+    // A new standby takes a snapshot of 100,000 sessions while the writer keeps writing: the
+    // shards go over interleaved with the live batches.
+    let s = pair.status().await;
+    let old = common::pid_of(&s, "standby");
+    kill9(old);
+    pair.wait_for(|s| {
+        s["standby_promotable"] == true
+            && Pair::engine(s, "standby").is_some_and(|e| e["pid"].as_u64() != Some(old))
+    })
+    .await;
+    writer.wait_for_more(500).await;
+    let report = writer.finish().await;
+    let s = pair
+        .wait_for(|s| {
+            let e = s["engines"].as_array().unwrap();
+            e[0]["digest"] == e[1]["digest"] && e[0]["seq_applied"] == e[1]["seq_applied"]
+        })
+        .await;
+    for e in s["engines"].as_array().unwrap() {
+        assert_eq!(e["work_units"], 100_000, "{e:#}");
+    }
+    let mut client = pair.active_client().await;
+    let missing = common::lost(&mut client, &report.acked).await;
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged writes lost",
+        missing.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -160,7 +160,7 @@ async fn intrude(replication: &str, secret: Secret, epoch: u64) -> (bool, String
     let accepted = events.iter().any(|e| {
         matches!(
             e,
-            ReceiverEvent::Accepted { .. } | ReceiverEvent::SnapshotChunk(_)
+            ReceiverEvent::Accepted { .. } | ReceiverEvent::SnapshotChunk { .. }
         )
     });
     let closed = events

@@ -1,103 +1,248 @@
-//! Snapshot encoding for a new or returning standby: the full state as records, in bounded
-//! chunk frames, encoded in parallel with rayon.
+//! Catch-up of a new standby while the active keeps serving: the state goes over in shards,
+//! a few at a time, interleaved with the live stream.
 //!
-//! The chunk boundaries are found in one cheap sequential pass over the record sizes; the
-//! encoding (copying keys and values, computing the CRC) runs on all cores.
+//! The state of both engines is split into [`SHARDS`] shards by a fixed hash of the key
+//! ([`shard_of`]), the same on every engine and version. The active encodes whole shards,
+//! as they are at that moment, into snapshot-chunk frames, a bounded slice per turn of its
+//! engine thread, while the batches after the snapshot's start stream to the standby as
+//! usual. Each chunk frame carries the sequence its shards are as of (the frame header's
+//! sequence: the last update the active had applied) and the range of shards it covers:
+//!
+//! ```text
+//! payload: u16 shard_from | u16 shard_to (inclusive) | u32 count | count records
+//! ```
+//!
+//! A shard too big for one frame is split over several frames of the same shard and
+//! sequence. The receiving side (see `Restore` in the engine) replaces a shard the first time
+//! a frame names it, and applies a batch record only to a shard it holds already, and only if
+//! the record is newer than the shard's chunk. In whatever order chunks and batches
+//! interleave, the standby ends with the active's state; the snapshot end names a sequence
+//! (a batch boundary) and the active's digest there, which the standby checks when it has
+//! applied up to it.
+
+use std::ops::RangeInclusive;
 
 use bytes::{BufMut, Bytes};
-use rayon::prelude::*;
 
-use crate::frame::{FrameBuf, Kind};
-use crate::record::{self, Op};
+use crate::frame::{FrameBuf, FrameError, Kind};
+use crate::record::{self, Op, Records};
+use crate::wire::Reader;
 
-/// One entry of the state to snapshot (key and value share the engine's buffers).
-pub type Entry = (Op, Bytes, Bytes);
+/// Shards of the state. Part of the protocol: both ends must agree.
+pub const SHARDS: usize = 4096;
+const SHARD_BITS: u32 = SHARDS.trailing_zeros();
+/// The shard index is taken from the middle of the key hash: hash tables use the low bits
+/// (bucket) and the top seven (tag), which must vary within a shard.
+const SHARD_SHIFT: u32 = 44;
 
-/// Encodes `entries` into snapshot-chunk frames of at most about `chunk_bytes_max` payload
-/// bytes each (a single record larger than that gets a chunk of its own), on every core.
-pub fn encode_snapshot(entries: &[Entry], seq: u64, chunk_bytes_max: usize) -> Vec<Bytes> {
-    chunk_ranges(entries, chunk_bytes_max)
-        .into_par_iter()
-        .map(|range| encode_chunk(entries, range, seq))
-        .collect()
+/// The hash of a key: XXH3-64 with seed 0, a fixed specification (the shard of a key and the
+/// state digest must not change with the compiler or the platform).
+pub fn key_hash(key: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key)
 }
 
-/// The same chunks one after another on the calling thread, for a writer that must leave the
-/// other cores to serving (the journal's checkpoint).
-pub fn encode_snapshot_sequential(
-    entries: &[Entry],
+/// The shard a key belongs to, from its [`key_hash`].
+pub fn shard_of(hash: u64) -> usize {
+    ((hash >> SHARD_SHIFT) as usize) & ((1 << SHARD_BITS) - 1)
+}
+
+/// Chunk-frame payload bytes before the records' count.
+const CHUNK_HEADER_BYTES: usize = 4;
+
+/// Builds snapshot-chunk frames of whole shards: call [`ChunkWriter::begin_shard`] for each
+/// shard in increasing order, then [`ChunkWriter::push`] its records; a frame is sealed
+/// whenever it would exceed the size limit, and by [`ChunkWriter::flush`].
+pub struct ChunkWriter {
+    frame: Option<FrameBuf>,
+    bytes_max: usize,
+    shard_from: usize,
+    shard_to: usize,
+    count: u32,
     seq: u64,
-    chunk_bytes_max: usize,
-) -> impl Iterator<Item = Bytes> + '_ {
-    chunk_ranges(entries, chunk_bytes_max)
-        .into_iter()
-        .map(move |range| encode_chunk(entries, range, seq))
 }
 
-/// `(from, to, payload bytes)` of each chunk, in one cheap pass over the record sizes.
-fn chunk_ranges(entries: &[Entry], chunk_bytes_max: usize) -> Vec<(usize, usize, usize)> {
-    let mut ranges = Vec::new();
-    let (mut start, mut bytes) = (0, 4);
-    for (i, (_, k, v)) in entries.iter().enumerate() {
-        let len = record::encoded_len(k, v);
-        if i > start && bytes + len > chunk_bytes_max {
-            ranges.push((start, i, bytes));
-            (start, bytes) = (i, 4);
+impl ChunkWriter {
+    /// Frames of about `bytes_max` payload bytes (a single larger record gets a frame of its
+    /// own).
+    pub fn new(bytes_max: usize) -> ChunkWriter {
+        ChunkWriter {
+            frame: None,
+            bytes_max,
+            shard_from: 0,
+            shard_to: 0,
+            count: 0,
+            seq: 0,
         }
-        bytes += len;
     }
-    if start < entries.len() {
-        ranges.push((start, entries.len(), bytes));
+
+    /// Starts shard `shard`, as it is after update `seq`: it belongs to the open frame (opened
+    /// now if none is), which is sealed first if its shards are as of another sequence.
+    pub fn begin_shard(&mut self, shard: usize, seq: u64, emit: &mut impl FnMut(Bytes)) {
+        debug_assert!(shard < SHARDS);
+        if self.frame.is_some() && self.seq != seq {
+            self.flush(emit);
+        }
+        if self.frame.is_none() {
+            self.open(shard);
+        }
+        self.shard_to = shard;
+        self.seq = seq;
     }
-    ranges
+
+    fn open(&mut self, shard: usize) {
+        let mut frame = FrameBuf::with_capacity(self.bytes_max + CHUNK_HEADER_BYTES + 4);
+        frame.payload_mut().put_bytes(0, CHUNK_HEADER_BYTES + 4);
+        self.frame = Some(frame);
+        self.shard_from = shard;
+        self.shard_to = shard;
+        self.count = 0;
+    }
+
+    /// Appends one record of the current shard (after [`Self::begin_shard`]).
+    pub fn push(&mut self, op: Op, key: &[u8], value: &[u8], emit: &mut impl FnMut(Bytes)) {
+        let len = record::encoded_len(key, value);
+        let full = self.count > 0 && self.pending_bytes() + len > self.bytes_max;
+        if full {
+            // The rest of this shard continues in a frame of the same shard and sequence.
+            let shard = self.shard_to;
+            self.flush(emit);
+            self.open(shard);
+        }
+        let frame = self.frame.as_mut().expect("push after begin_shard");
+        record::put(frame.payload_mut(), op, key, value);
+        self.count += 1;
+    }
+
+    /// Payload bytes in the open frame.
+    pub fn pending_bytes(&self) -> usize {
+        self.frame.as_ref().map_or(0, FrameBuf::payload_len)
+    }
+
+    /// Seals the open frame, if any (a frame of shards with no records goes too: the receiver
+    /// learns that those shards are empty).
+    pub fn flush(&mut self, emit: &mut impl FnMut(Bytes)) {
+        let Some(mut frame) = self.frame.take() else {
+            return;
+        };
+        let head = &mut frame.payload_mut()[crate::frame::HEADER_BYTES..];
+        head[0..2].copy_from_slice(&(self.shard_from as u16).to_le_bytes());
+        head[2..4].copy_from_slice(&(self.shard_to as u16).to_le_bytes());
+        head[4..8].copy_from_slice(&self.count.to_le_bytes());
+        emit(frame.seal(Kind::SnapshotChunk, self.seq));
+    }
 }
 
-fn encode_chunk(entries: &[Entry], (from, to, bytes): (usize, usize, usize), seq: u64) -> Bytes {
-    let mut frame = FrameBuf::with_capacity(bytes);
-    let out = frame.payload_mut();
-    out.put_u32_le((to - from) as u32);
-    for (op, k, v) in &entries[from..to] {
-        record::put(out, *op, k, v);
+/// A decoded chunk: the shards it covers and its records.
+pub struct Chunk {
+    pub shards: RangeInclusive<usize>,
+    pub records: Records,
+}
+
+/// Decodes a chunk frame's payload (the records are checked as they are iterated; see
+/// [`Records::validate`]).
+pub fn decode_chunk(payload: Bytes) -> Result<Chunk, FrameError> {
+    let malformed = FrameError::Malformed {
+        kind: Kind::SnapshotChunk,
+        what: "shard range",
+    };
+    let mut reader = Reader::new(payload.clone());
+    let (Some(from), Some(to)) = (reader.u16(), reader.u16()) else {
+        return Err(malformed);
+    };
+    let (from, to) = (from as usize, to as usize);
+    if from > to || to >= SHARDS {
+        return Err(malformed);
     }
-    frame.seal(Kind::SnapshotChunk, seq)
+    let records = Records::new(Kind::SnapshotChunk, payload.slice(CHUNK_HEADER_BYTES..))?;
+    Ok(Chunk {
+        shards: from..=to,
+        records,
+    })
+}
+
+/// Checks a whole chunk frame's payload: its range and every record, and that each keyed
+/// record belongs to one of its shards.
+pub fn validate_chunk(payload: &Bytes) -> Result<(), FrameError> {
+    let chunk = decode_chunk(payload.clone())?;
+    for r in chunk.records {
+        let r = r?;
+        if !matches!(r.op, Op::Control(_)) && !chunk.shards.contains(&shard_of(key_hash(&r.key))) {
+            return Err(FrameError::Malformed {
+                kind: Kind::SnapshotChunk,
+                what: "record outside the chunk's shards",
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::frame::decode_exact;
-    use crate::record::Records;
 
-    #[test]
-    fn chunks_hold_every_entry_in_order_and_respect_the_bound() {
-        let entries: Vec<Entry> = (0..10_000u32)
-            .map(|i| {
-                (
-                    Op::DbPut,
-                    Bytes::from(format!("key{i}")),
-                    Bytes::from(vec![i as u8; (i % 50) as usize]),
-                )
-            })
-            .collect();
-        let chunks = encode_snapshot(&entries, 77, 4096);
-        assert!(chunks.len() > 10);
-        let mut seen = Vec::new();
-        for c in &chunks {
-            let f = decode_exact(c).unwrap();
-            assert_eq!((f.kind, f.seq), (Kind::SnapshotChunk, 77));
-            assert!(f.payload.len() <= 4096);
-            for r in Records::new(Kind::SnapshotChunk, f.payload).unwrap() {
-                seen.push(r.unwrap().key);
-            }
+    fn by_shard(n: u32) -> Vec<Vec<(Bytes, Bytes)>> {
+        let mut shards = vec![Vec::new(); SHARDS];
+        for i in 0..n {
+            let key = Bytes::from(format!("key{i}"));
+            shards[shard_of(key_hash(&key))]
+                .push((key, Bytes::from(vec![i as u8; (i % 300) as usize])));
         }
-        let want: Vec<Bytes> = entries.iter().map(|e| e.1.clone()).collect();
-        assert_eq!(seen, want);
-        let sequential: Vec<Bytes> = encode_snapshot_sequential(&entries, 77, 4096).collect();
-        assert_eq!(sequential, chunks);
+        shards
     }
 
     #[test]
-    fn an_empty_state_has_no_chunks() {
-        assert!(encode_snapshot(&[], 0, 1024).is_empty());
+    fn chunks_cover_every_shard_once_in_order_and_respect_the_bound() {
+        let shards = by_shard(20_000);
+        let mut frames = Vec::new();
+        let mut emit = |f: Bytes| frames.push(f);
+        let mut w = ChunkWriter::new(4096);
+        for (j, entries) in shards.iter().enumerate() {
+            w.begin_shard(j, 9, &mut emit);
+            for (k, v) in entries {
+                w.push(Op::DbPut, k, v, &mut emit);
+            }
+            if w.pending_bytes() > 2048 {
+                w.flush(&mut emit);
+            }
+        }
+        w.flush(&mut emit);
+        let mut next = 0;
+        let mut seen = vec![Vec::new(); SHARDS];
+        for f in &frames {
+            let f = decode_exact(f).unwrap();
+            assert_eq!((f.kind, f.seq), (Kind::SnapshotChunk, 9));
+            assert!(f.payload.len() <= 4096 + 8 + 300 + 16);
+            validate_chunk(&f.payload).unwrap();
+            let chunk = decode_chunk(f.payload).unwrap();
+            // Consecutive: a frame starts at the next shard, or continues the last one.
+            assert!(*chunk.shards.start() == next || *chunk.shards.start() + 1 == next);
+            next = chunk.shards.end() + 1;
+            for r in chunk.records {
+                let r = r.unwrap();
+                seen[shard_of(key_hash(&r.key))].push((r.key, r.value));
+            }
+        }
+        assert_eq!(next, SHARDS);
+        assert_eq!(seen, shards);
+    }
+
+    #[test]
+    fn a_record_in_the_wrong_shard_is_refused() {
+        let mut frames = Vec::new();
+        let mut w = ChunkWriter::new(1024);
+        let key = b"somewhere";
+        let wrong = (shard_of(key_hash(key)) + 1) % SHARDS;
+        w.begin_shard(wrong, 1, &mut |f| frames.push(f));
+        w.push(Op::DbPut, key, b"v", &mut |f| frames.push(f));
+        w.flush(&mut |f| frames.push(f));
+        let f = decode_exact(&frames[0]).unwrap();
+        assert!(validate_chunk(&f.payload).is_err());
+    }
+
+    #[test]
+    fn the_key_hash_is_xxh3() {
+        // The published XXH3-64 test vector of the empty input, seed 0.
+        assert_eq!(key_hash(b""), 0x2D06_8005_38D3_94C2);
     }
 }

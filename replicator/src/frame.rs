@@ -18,8 +18,9 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"TNDM");
 pub const HEADER_BYTES: usize = 24;
 /// The protocol versions this build speaks, oldest first.
 /// v2: the handshake is authenticated with the pair's secret (v1 was not, and is refused).
-pub const PROTOCOL_MIN: u8 = 2;
-pub const PROTOCOL_MAX: u8 = 2;
+/// v3: snapshot chunks carry whole shards and stream alongside the batches (`catch_up`).
+pub const PROTOCOL_MIN: u8 = 3;
+pub const PROTOCOL_MAX: u8 = 3;
 /// No frame carries more than this; a larger length is a corrupt or hostile peer.
 pub const PAYLOAD_BYTES_MAX: usize = 16 << 20;
 

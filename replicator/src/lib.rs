@@ -28,4 +28,4 @@ pub use handshake::{Hello, HelloReply, Identity, Start, VersionCheck};
 pub use link::{LinkConfig, SnapshotEnd, StepUp};
 pub use receiver::{Receiver, ReceiverEvent};
 pub use record::{Op, Record, Records};
-pub use sender::{Sender, SenderEvent, Snapshot};
+pub use sender::{Sender, SenderEvent};

@@ -78,6 +78,9 @@ impl StepUp {
     }
 }
 
+/// The payload of an ack that also says: the snapshot is whole here, its digest checked.
+pub const ACK_SNAPSHOT_VERIFIED: u8 = 1;
+
 /// The end of a snapshot: how many records it held and the state digest to check against.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotEnd {

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::catch_up;
 use crate::frame::{self, Frame, FrameError, Kind};
 use crate::handshake::{self, negotiate, Hello, HelloReply, Identity, Start};
 use crate::link::{self, frame_bytes, LinkConfig, SnapshotEnd, StepUp};
@@ -24,9 +25,10 @@ pub enum ReceiverEvent {
         active: Identity,
         start: Start,
     },
-    /// Records of the snapshot (payload: count, then records). Apply in order.
-    SnapshotChunk(Bytes),
-    /// The snapshot is complete at this sequence.
+    /// Shards of the snapshot as of update `seq` (payload: see `catch_up`), validated.
+    SnapshotChunk { seq: u64, payload: Bytes },
+    /// The last chunk is out: the state is whole once the batches up to `seq` are applied, and
+    /// its digest there is `state_digest`.
     SnapshotEnd(SnapshotEnd),
     /// A batch of updates ending at `seq_last` (payload: count, then records), validated.
     Batch {
@@ -156,17 +158,27 @@ impl Receiver {
                 self.handle_reply(HelloReply::decode(body)?);
             }
             (State::Snapshot, Kind::SnapshotChunk) => {
-                Records::validate(Kind::SnapshotChunk, &f.payload)?;
-                self.events
-                    .push_back(ReceiverEvent::SnapshotChunk(f.payload));
+                catch_up::validate_chunk(&f.payload)?;
+                self.events.push_back(ReceiverEvent::SnapshotChunk {
+                    seq: f.seq,
+                    payload: f.payload,
+                });
             }
             (State::Snapshot, Kind::SnapshotEnd) => {
                 let end = SnapshotEnd::decode(f.seq, f.payload)?;
-                self.seq_received = end.seq;
+                if end.seq < self.seq_received {
+                    self.close(format!(
+                        "snapshot end at {} is behind the stream at {}",
+                        end.seq, self.seq_received
+                    ));
+                    return Ok(());
+                }
                 self.state = State::Streaming;
                 self.events.push_back(ReceiverEvent::SnapshotEnd(end));
             }
-            (State::Streaming, Kind::Batch) => {
+            // Batches stream alongside the snapshot: the engine applies each record to the
+            // shards it holds already (see `catch_up`).
+            (State::Snapshot | State::Streaming, Kind::Batch) => {
                 let count = Records::validate(Kind::Batch, &f.payload)? as u64;
                 let seq_first = f.seq.wrapping_sub(count).wrapping_add(1);
                 if count == 0 || seq_first != self.seq_received + 1 {
@@ -217,10 +229,11 @@ impl Receiver {
                 }
                 self.state = match start {
                     Start::Resume => State::Streaming,
-                    Start::Snapshot { .. } => {
-                        // A snapshot replaces whatever this engine held.
-                        self.seq_received = 0;
-                        self.seq_acked = 0;
+                    Start::Snapshot { seq } => {
+                        // A snapshot replaces whatever this engine held; the stream goes on
+                        // after `seq` while it arrives.
+                        self.seq_received = seq;
+                        self.seq_acked = seq;
                         State::Snapshot
                     }
                 };
@@ -248,6 +261,16 @@ impl Receiver {
             self.out
                 .push_back(frame_bytes(|o| frame::encode(o, Kind::Ack, seq, &[])));
         }
+    }
+
+    /// The snapshot is whole at `seq` (applied, digest checked): a cumulative ack that says so,
+    /// without which the active never counts this standby as caught up.
+    pub fn snapshot_verified(&mut self, seq: u64) {
+        assert!(seq <= self.seq_received);
+        self.seq_acked = self.seq_acked.max(seq);
+        let flag = [link::ACK_SNAPSHOT_VERIFIED];
+        self.out
+            .push_back(frame_bytes(|o| frame::encode(o, Kind::Ack, seq, &flag)));
     }
 
     /// The answer to a step-up signal: `Ok` if this engine holds everything it describes.

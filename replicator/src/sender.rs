@@ -58,6 +58,8 @@ pub struct Sender {
     seq_caught_up: Option<u64>,
     /// Set once the standby has applied the start point and is no more than one batch behind.
     is_caught_up: bool,
+    /// The standby said it checked the snapshot's digest (always true for a resume).
+    snapshot_verified: bool,
     /// Acks since the start point was applied, while the standby was still further behind.
     acks_behind: u32,
     in_flight: VecDeque<(u64, usize)>,
@@ -86,6 +88,7 @@ impl Sender {
             seq_acked: 0,
             seq_caught_up: None,
             is_caught_up: false,
+            snapshot_verified: false,
             acks_behind: 0,
             in_flight: VecDeque::new(),
             bytes_in_flight: 0,
@@ -122,7 +125,10 @@ impl Sender {
     }
 
     fn check_caught_up(&mut self) {
-        if self.is_caught_up || self.seq_caught_up.is_none_or(|s| self.seq_acked < s) {
+        if self.is_caught_up
+            || !self.snapshot_verified
+            || self.seq_caught_up.is_none_or(|s| self.seq_acked < s)
+        {
             return;
         }
         // A standby that never drains the window (the active is saturated) is declared caught
@@ -191,7 +197,17 @@ impl Sender {
                     Err(e) => self.close(e.to_string()),
                 }
             }
-            (State::Streaming | State::SteppingUp, Kind::Ack) => self.handle_ack(f.seq),
+            (State::Streaming | State::SteppingUp, Kind::Ack) => {
+                if f.payload[..] == [link::ACK_SNAPSHOT_VERIFIED] {
+                    // Meaningful only for the end of the snapshot this end sent.
+                    if self.seq_caught_up.is_none_or(|end| f.seq < end) {
+                        self.close(format!("standby verified a snapshot ending at {}", f.seq));
+                        return;
+                    }
+                    self.snapshot_verified = true;
+                }
+                self.handle_ack(f.seq)
+            }
             (_, Kind::Heartbeat) => {}
             (State::SteppingUp, Kind::StepUpAck) => match link::decode_status(f.kind, f.payload) {
                 Ok((true, _)) => {
@@ -235,19 +251,13 @@ impl Sender {
         self.check_caught_up();
     }
 
-    /// Accepts the standby. With `Start::Snapshot`, `snapshot` holds the chunk frames of the
-    /// state at `seq` (see `catch_up`); with `Start::Resume` the stream continues after the
-    /// standby's own `seq_applied`, which the outbox must cover.
-    pub fn accept(
-        &mut self,
-        now: Instant,
-        identity: Identity,
-        start: Start,
-        resume_from: u64,
-        snapshot: Snapshot,
-    ) {
+    /// Accepts the standby. With `Start::Resume` the stream continues after the standby's own
+    /// `seq_applied` (`resume_from`), which the outbox must cover. With `Start::Snapshot { seq }`
+    /// the stream continues after `seq` and the caller sends the state alongside it, a slice
+    /// at a time ([`Sender::push_snapshot`], see `catch_up`), then [`Sender::finish_snapshot`].
+    pub fn accept(&mut self, now: Instant, identity: Identity, start: Start, resume_from: u64) {
         debug_assert_eq!(self.state, State::AwaitAccept);
-        // The standby has been waiting while the snapshot was prepared; its silence is ours.
+        // The standby has been waiting while the start was decided; its silence is ours.
         self.last_rx = now;
         let reply = HelloReply::Accept {
             protocol: frame::PROTOCOL_MAX,
@@ -265,25 +275,35 @@ impl Sender {
         ));
         let seq = match start {
             Start::Resume => resume_from,
-            Start::Snapshot { seq } => {
-                self.out.extend(snapshot.chunks);
-                let end = SnapshotEnd {
-                    seq,
-                    records: snapshot.records,
-                    state_digest: snapshot.state_digest,
-                };
-                self.out.push_back(frame_bytes(|o| end.encode(o)));
-                seq
-            }
+            Start::Snapshot { seq } => seq,
         };
         self.seq_sent = seq;
-        self.seq_acked = if start == Start::Resume {
-            resume_from
-        } else {
-            0
-        };
-        self.seq_caught_up = Some(seq);
+        self.seq_acked = seq;
         self.state = State::Streaming;
+        if start == Start::Resume {
+            self.seq_caught_up = Some(seq);
+            self.snapshot_verified = true;
+            self.check_caught_up();
+        }
+    }
+
+    /// Is the standby still to get the rest of a snapshot?
+    pub fn snapshot_pending(&self) -> bool {
+        self.state == State::Streaming && self.seq_caught_up.is_none()
+    }
+
+    /// Queues snapshot-chunk frames, ahead of the batches not yet sent.
+    pub fn push_snapshot(&mut self, chunk: Bytes) {
+        self.out.push_back(chunk);
+    }
+
+    /// Ends the snapshot: `end.seq` is a batch boundary the caller sealed at, and
+    /// `end.state_digest` the state's digest there. The standby is caught up once it has
+    /// applied `end.seq` and said it checked the digest there (an ack marked verified).
+    pub fn finish_snapshot(&mut self, end: SnapshotEnd) {
+        debug_assert!(self.seq_caught_up.is_none());
+        self.seq_caught_up = Some(end.seq);
+        self.out.push_back(frame_bytes(|o| end.encode(o)));
         self.check_caught_up();
     }
 
@@ -394,12 +414,4 @@ impl Sender {
     pub fn drain_out(&mut self) -> impl Iterator<Item = Bytes> + '_ {
         self.out.drain(..)
     }
-}
-
-/// A snapshot ready to stream: its chunk frames, record count and digest.
-#[derive(Default)]
-pub struct Snapshot {
-    pub chunks: Vec<Bytes>,
-    pub records: u64,
-    pub state_digest: u64,
 }

@@ -30,7 +30,7 @@ use replicator::frame;
 use replicator::uring::{self, UringWake};
 use replicator::{
     BatchConfig, Hello, Identity, Kind, LinkConfig, Op, Outbox, Receiver, ReceiverEvent, Records,
-    Sender, SenderEvent, Snapshot, Start,
+    Sender, SenderEvent, Start,
 };
 
 const UPDATES: u64 = 100_000;
@@ -206,13 +206,9 @@ fn active_end(
         sender.handle_timeout(now);
         while let Some(event) = sender.poll_event() {
             match event {
-                SenderEvent::Hello(hello) => sender.accept(
-                    now,
-                    identity("active", 1),
-                    Start::Resume,
-                    hello.seq_applied,
-                    Snapshot::default(),
-                ),
+                SenderEvent::Hello(hello) => {
+                    sender.accept(now, identity("active", 1), Start::Resume, hello.seq_applied)
+                }
                 SenderEvent::Acked(seq) => {
                     while unacked.front().is_some_and(|&last| last <= seq) {
                         unacked.pop_front();

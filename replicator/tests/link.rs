@@ -13,11 +13,11 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use replicator::catch_up::{self, Entry};
+use replicator::catch_up::{self, ChunkWriter, SHARDS};
 use replicator::frame::{self, HEADER_BYTES};
 use replicator::{
     BatchConfig, Hello, Identity, Kind, LinkConfig, Op, Outbox, Receiver, ReceiverEvent, Records,
-    Sender, SenderEvent, Snapshot, Start, StepUp,
+    Sender, SenderEvent, SnapshotEnd, Start, StepUp,
 };
 
 const MS: Duration = Duration::from_millis(1);
@@ -84,14 +84,23 @@ impl State {
         self.units.len() + self.db.len()
     }
 
-    /// The state as snapshot entries: work units, then database records.
-    fn entries(&self) -> Vec<Entry> {
+    /// The records of shards `from..to` as they are now: work units, then database records.
+    fn shards(&self, from: usize, to: usize) -> Vec<Vec<Entry<'_>>> {
+        let mut out = vec![Vec::new(); to - from];
         let units = self.units.iter().map(|(k, v)| (Op::UnitCreate, k, v));
         let db = self.db.iter().map(|(k, v)| (Op::DbPut, k, v));
-        units
-            .chain(db)
-            .map(|(op, k, v)| (op, Bytes::copy_from_slice(k), Bytes::copy_from_slice(v)))
-            .collect()
+        for (op, k, v) in units.chain(db) {
+            let shard = shard_of(k);
+            if (from..to).contains(&shard) {
+                out[shard - from].push((op, &k[..], &v[..]));
+            }
+        }
+        out
+    }
+
+    fn clear_shard(&mut self, shard: usize) {
+        self.units.retain(|k, _| shard_of(k) != shard);
+        self.db.retain(|k, _| shard_of(k) != shard);
     }
 
     fn units_digest(&self) -> u64 {
@@ -116,6 +125,13 @@ fn digest(map: &HashMap<Vec<u8>, Vec<u8>>) -> u64 {
             });
         sum.wrapping_add(h)
     })
+}
+
+/// A record of the state, as a snapshot chunk carries it.
+type Entry<'a> = (Op, &'a [u8], &'a [u8]);
+
+fn shard_of(key: &[u8]) -> usize {
+    catch_up::shard_of(catch_up::key_hash(key))
 }
 
 fn identity(engine: &str, epoch: u64) -> Identity {
@@ -209,6 +225,26 @@ struct Standby {
     /// Batches received and not yet applied: `(seq_first, seq_last, payload)`.
     pending: VecDeque<(u64, u64, Bytes)>,
     snapshot_records: u64,
+    /// During a snapshot: the shards held, as of which sequence (the engine's `Restore`).
+    restore: Option<HashMap<usize, u64>>,
+    end: Option<SnapshotEnd>,
+}
+
+impl Standby {
+    /// Is a batch record, update `seq`, to be applied (see `catch_up`)?
+    fn wants(&self, seq: u64, op: Op, key: &[u8]) -> bool {
+        match (&self.restore, op) {
+            (None, _) | (_, Op::Control(_)) => true,
+            (Some(held), _) => held.get(&shard_of(key)).is_some_and(|&s| seq > s),
+        }
+    }
+}
+
+/// The active's walk over the shards of a snapshot: next shard, chunk writer, records sent.
+struct Cursor {
+    next: usize,
+    writer: ChunkWriter,
+    records: u64,
 }
 
 /// An active and its standby, joined by two wires and a hand-driven clock.
@@ -234,6 +270,8 @@ struct Pair {
     max_in_flight: usize,
     /// Cuts deliveries into random pieces when set.
     splitter: Option<Rng>,
+    /// The snapshot still to send, if the standby was accepted with one.
+    cursor: Option<Cursor>,
 }
 
 impl Pair {
@@ -257,6 +295,7 @@ impl Pair {
             unacked_bytes: 0,
             max_in_flight: 0,
             splitter: None,
+            cursor: None,
         }
     }
 
@@ -281,7 +320,6 @@ impl Pair {
             identity("active", 1),
             Start::Resume,
             hello.seq_applied,
-            Snapshot::default(),
         );
         pair.pump();
         assert!(
@@ -434,9 +472,11 @@ impl Pair {
             };
             let records = Records::new(Kind::Batch, payload).expect("a validated batch");
             let mut count = 0;
-            for r in records {
+            for (seq, r) in (seq_first..).zip(records) {
                 let r = r.expect("a validated batch");
-                self.standby.state.apply(r.op, &r.key, &r.value);
+                if self.standby.wants(seq, r.op, &r.key) {
+                    self.standby.state.apply(r.op, &r.key, &r.value);
+                }
                 count += 1;
             }
             assert_eq!(
@@ -445,10 +485,90 @@ impl Pair {
                 "batch {seq_first}..={seq_last}"
             );
             self.standby.seq_applied = seq_last;
+            self.finish_restore();
         }
         if !self.receiver.is_closed() {
             self.receiver.applied(self.standby.seq_applied);
         }
+    }
+
+    /// Once the batches up to the snapshot end are applied: the digest must be the active's
+    /// there, and the standby says it is verified.
+    fn finish_restore(&mut self) {
+        let standby = &mut self.standby;
+        let Some(end) = standby
+            .end
+            .as_ref()
+            .filter(|e| standby.seq_applied >= e.seq)
+        else {
+            return;
+        };
+        assert_eq!(
+            standby.seq_applied, end.seq,
+            "the snapshot ends on a batch boundary"
+        );
+        assert_eq!(end.state_digest, standby.state.digest(), "snapshot digest");
+        let seq = end.seq;
+        (standby.restore, standby.end) = (None, None);
+        if !self.receiver.is_closed() {
+            self.receiver.snapshot_verified(seq);
+        }
+    }
+
+    /// Starts a snapshot for a standby accepted with `Start::Snapshot`.
+    fn accept_snapshot(&mut self, resume_from: u64) -> u64 {
+        let seq = self.outbox.seq_sealed();
+        self.sender.accept(
+            self.now,
+            identity("active", 1),
+            Start::Snapshot { seq },
+            resume_from,
+        );
+        self.cursor = Some(Cursor {
+            next: 0,
+            writer: ChunkWriter::new(256 + (seq as usize % 2048)),
+            records: 0,
+        });
+        seq
+    }
+
+    /// The active's engine sends up to `shards` more shards of the snapshot, as they are now,
+    /// and the end once all are out. Returns how many frames it queued.
+    fn send_snapshot(&mut self, shards: usize) -> usize {
+        let Some(cursor) = self.cursor.as_mut() else {
+            return 0;
+        };
+        if !self.sender.snapshot_pending() {
+            return 0;
+        }
+        let seq = self.outbox.seq_last();
+        let to = (cursor.next + shards).min(SHARDS);
+        let mut frames = Vec::new();
+        let mut emit = |f| frames.push(f);
+        for (i, records) in self.active.shards(cursor.next, to).into_iter().enumerate() {
+            cursor.writer.begin_shard(cursor.next + i, seq, &mut emit);
+            for (op, k, v) in records {
+                cursor.writer.push(op, k, v, &mut emit);
+                cursor.records += 1;
+            }
+        }
+        cursor.writer.flush(&mut emit);
+        cursor.next = to;
+        let sent = frames.len();
+        for f in frames {
+            self.sender.push_snapshot(f);
+        }
+        if to == SHARDS {
+            self.outbox.seal();
+            let end = SnapshotEnd {
+                seq: self.outbox.seq_sealed(),
+                records: cursor.records,
+                state_digest: self.active.digest(),
+            };
+            self.sender.finish_snapshot(end);
+            self.cursor = None;
+        }
+        sent
     }
 
     fn collect_sender_events(&mut self) {
@@ -466,18 +586,33 @@ impl Pair {
     }
 
     fn collect_receiver_events(&mut self) {
+        let mut finish = false;
         while let Some(ev) = self.receiver.poll_event() {
             let standby = &mut self.standby;
             match &ev {
                 ReceiverEvent::Accepted {
-                    start: Start::Snapshot { .. },
+                    start: Start::Snapshot { seq },
                     ..
                 } => {
-                    // A snapshot replaces whatever the standby held.
-                    *standby = Standby::default();
+                    // A snapshot replaces whatever the standby held; the stream goes on after
+                    // `seq` meanwhile.
+                    *standby = Standby {
+                        seq_applied: *seq,
+                        seq_received: *seq,
+                        restore: Some(HashMap::new()),
+                        ..Standby::default()
+                    };
                 }
-                ReceiverEvent::SnapshotChunk(payload) => {
-                    for r in Records::new(Kind::SnapshotChunk, payload.clone()).unwrap() {
+                ReceiverEvent::SnapshotChunk { seq, payload } => {
+                    let chunk = catch_up::decode_chunk(payload.clone()).unwrap();
+                    let held = standby.restore.as_mut().expect("a chunk during a snapshot");
+                    for shard in chunk.shards.clone() {
+                        if let std::collections::hash_map::Entry::Vacant(e) = held.entry(shard) {
+                            e.insert(*seq);
+                            standby.state.clear_shard(shard);
+                        }
+                    }
+                    for r in chunk.records {
                         let r = r.expect("a validated chunk");
                         standby.state.apply(r.op, &r.key, &r.value);
                         standby.snapshot_records += 1;
@@ -485,9 +620,9 @@ impl Pair {
                 }
                 ReceiverEvent::SnapshotEnd(end) => {
                     assert_eq!(end.records, standby.snapshot_records);
-                    assert_eq!(end.state_digest, standby.state.digest(), "snapshot digest");
-                    standby.seq_applied = end.seq;
-                    standby.seq_received = end.seq;
+                    assert_eq!(standby.restore.as_ref().map(HashMap::len), Some(SHARDS));
+                    standby.end = Some(end.clone());
+                    finish = true;
                 }
                 ReceiverEvent::Batch {
                     seq_first,
@@ -509,6 +644,9 @@ impl Pair {
             }
             self.receiver_events.push(ev);
         }
+        if finish {
+            self.finish_restore();
+        }
     }
 
     /// Lets each end see the clock, as a driver does on a deadline.
@@ -523,7 +661,8 @@ impl Pair {
     /// neither end has anything more to say.
     fn pump(&mut self) {
         for _ in 0..100_000 {
-            let moved = self.transmit_sender(ALL) + self.transmit_receiver();
+            let slice = self.send_snapshot(SHARDS / 8);
+            let moved = slice + self.transmit_sender(ALL) + self.transmit_receiver();
             let in_transit = self.to_receiver.len() + self.to_sender.len();
             if moved == 0 && in_transit == 0 && self.standby.pending.is_empty() {
                 self.check_deadlines();
@@ -659,12 +798,11 @@ fn handshake_then_resume_streams_a_thousand_updates_in_order() {
         identity("active", 1),
         Start::Resume,
         hello.seq_applied,
-        Snapshot::default(),
     );
     pair.pump();
     match &pair.receiver_events[..] {
         [ReceiverEvent::Accepted {
-            protocol: 2,
+            protocol: frame::PROTOCOL_MAX,
             active,
             start: Start::Resume,
         }] => {
@@ -781,27 +919,13 @@ fn a_new_standby_catches_up_from_a_snapshot_while_updates_keep_coming() {
         !pair.outbox.covers(hello.seq_applied),
         "the backlog should not reach back to 0"
     );
-    let chunks = catch_up::encode_snapshot(&pair.active.entries(), seq, 4 << 10);
-    let chunk_count = chunks.len();
-    assert!(chunk_count > 10);
-    let digest = pair.active.digest();
-    let snapshot = Snapshot {
-        chunks,
-        records: 5000,
-        state_digest: digest,
-    };
-    pair.sender.accept(
-        pair.now,
-        identity("active", 1),
-        Start::Snapshot { seq },
-        hello.seq_applied,
-        snapshot,
-    );
+    let start = pair.accept_snapshot(hello.seq_applied);
+    assert_eq!(start, seq);
     assert!(!pair.sender.caught_up());
 
-    // The snapshot goes out a few frames at a time while the active keeps writing.
+    // The snapshot goes out a few shards at a time while the active keeps writing, and the
+    // batches after its start go out alongside.
     let mut rng = Rng::new(2);
-    let mut sealed_when_snapshot_ended = None;
     for round in 0..60 {
         for _ in 0..8 {
             let key = format!("key{}", rng.below(6000));
@@ -818,16 +942,9 @@ fn a_new_standby_catches_up_from_a_snapshot_while_updates_keep_coming() {
         if pair.sender.window_open() {
             pair.outbox.seal();
         }
+        pair.send_snapshot(SHARDS / 50);
         pair.transmit_sender(3);
         pair.deliver_to_receiver(ALL);
-        if sealed_when_snapshot_ended.is_none()
-            && matches!(
-                pair.receiver_events.last(),
-                Some(ReceiverEvent::SnapshotEnd(_))
-            )
-        {
-            sealed_when_snapshot_ended = Some(pair.outbox.seq_sealed());
-        }
         pair.apply(ALL);
         pair.transmit_receiver();
         pair.deliver_to_sender(ALL);
@@ -835,47 +952,49 @@ fn a_new_standby_catches_up_from_a_snapshot_while_updates_keep_coming() {
     pair.outbox.seal();
     pair.pump();
 
-    // Accepted, every chunk, the end, then batches right after the snapshot's sequence.
+    // Accepted first; chunks and batches interleaved; one end, after the live writes began.
     let events = &pair.receiver_events;
     assert!(matches!(
         events[0],
         ReceiverEvent::Accepted { start: Start::Snapshot { seq: s }, .. } if s == seq
     ));
-    assert!(events[1..=chunk_count]
-        .iter()
-        .all(|ev| matches!(ev, ReceiverEvent::SnapshotChunk(_))));
-    match &events[chunk_count + 1] {
-        ReceiverEvent::SnapshotEnd(end) => {
-            assert_eq!(
-                (end.seq, end.records, end.state_digest),
-                (seq, 5000, digest)
-            );
-        }
-        other => panic!("expected the end of the snapshot, got {other:?}"),
-    }
-    assert!(events[chunk_count + 2..]
-        .iter()
-        .all(|ev| matches!(ev, ReceiverEvent::Batch { .. })));
-    assert_eq!(pair.batches().first().map(|b| b.0), Some(seq + 1));
+    let chunk_at: Vec<usize> = (0..events.len())
+        .filter(|&i| matches!(events[i], ReceiverEvent::SnapshotChunk { .. }))
+        .collect();
+    let batch_at: Vec<usize> = (0..events.len())
+        .filter(|&i| matches!(events[i], ReceiverEvent::Batch { .. }))
+        .collect();
+    assert!(chunk_at.len() > 10);
     assert!(
-        sealed_when_snapshot_ended.is_some_and(|s| s > seq),
-        "live updates should have been sealed while the snapshot streamed"
+        batch_at.first() < chunk_at.last(),
+        "batches should stream while the snapshot does"
     );
+    let ends: Vec<&SnapshotEnd> = events
+        .iter()
+        .filter_map(|ev| match ev {
+            ReceiverEvent::SnapshotEnd(end) => Some(end),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ends.len(), 1);
+    assert!(
+        ends[0].seq > seq,
+        "live updates went on during the snapshot"
+    );
+    assert!(ends[0].records >= 5000 - 60 * 8);
+    assert_eq!(pair.batches().first().map(|b| b.0), Some(seq + 1));
+    let seq = ends[0].seq;
 
-    // CaughtUp exactly once, right after the first ack at or beyond the snapshot.
+    // CaughtUp exactly once, right after an ack at or beyond the snapshot's end (the one
+    // that says the standby checked the digest there).
     let caught_up: Vec<usize> = (0..pair.sender_events.len())
         .filter(|&i| pair.sender_events[i] == SenderEvent::CaughtUp)
         .collect();
-    let first_ack_past_snapshot = pair
-        .sender_events
-        .iter()
-        .position(|ev| matches!(ev, SenderEvent::Acked(s) if *s >= seq))
-        .expect("the snapshot is acknowledged");
-    assert_eq!(caught_up, [first_ack_past_snapshot + 1]);
+    assert_eq!(caught_up.len(), 1);
+    assert!(matches!(pair.sender_events[caught_up[0] - 1], SenderEvent::Acked(s) if s >= seq));
     assert!(pair.sender.caught_up());
 
     assert_eq!(pair.sender.seq_acked(), pair.outbox.seq_last());
-    assert!(pair.outbox.seq_last() > seq + 400);
     assert_eq!(pair.standby.state, pair.active);
 }
 
@@ -1214,7 +1333,6 @@ fn a_sender_waiting_on_its_standby_is_not_woken_in_a_busy_loop() {
         identity("active", 1),
         Start::Resume,
         hello.seq_applied,
-        Snapshot::default(),
     );
     pair.pump();
 
@@ -1267,28 +1385,10 @@ fn random_run(seed: u64) {
     let active = identity("active", 1);
     if rng.one_in(2) {
         assert!(pair.outbox.covers(hello.seq_applied));
-        pair.sender.accept(
-            pair.now,
-            active,
-            Start::Resume,
-            hello.seq_applied,
-            Snapshot::default(),
-        );
+        pair.sender
+            .accept(pair.now, active, Start::Resume, hello.seq_applied);
     } else {
-        let seq = pair.outbox.seq_sealed();
-        let entries = pair.active.entries();
-        let snapshot = Snapshot {
-            chunks: catch_up::encode_snapshot(&entries, seq, 256 + rng.below(2048)),
-            records: entries.len() as u64,
-            state_digest: pair.active.digest(),
-        };
-        pair.sender.accept(
-            pair.now,
-            active,
-            Start::Snapshot { seq },
-            hello.seq_applied,
-            snapshot,
-        );
+        pair.accept_snapshot(hello.seq_applied);
     }
 
     for step in 0..600 {
@@ -1307,6 +1407,9 @@ fn random_run(seed: u64) {
                 }
             }
             4 => {
+                if rng.one_in(2) {
+                    pair.send_snapshot(1 + rng.below(SHARDS / 4));
+                }
                 pair.transmit_sender(1 + rng.below(4));
             }
             5 | 6 => {
