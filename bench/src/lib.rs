@@ -158,40 +158,45 @@ pub fn kill9(pid: u32) {
 }
 
 /// The `tandem` executable of this build: `target/release/tandem`, next to the benchmark's
-/// own `target/release/deps/...`. Built (`cargo build --release -p engine --bin tandem`,
-/// with the cargo that runs the benchmark) if it is missing.
+/// own `target/release/deps/...`. Run by cargo (`$CARGO` set), the benchmark first builds it
+/// (`cargo build --release -p engine --bin tandem`: a no-op when it is up to date), so that a
+/// stale binary is never measured; otherwise it must exist.
 pub fn tandem_exe() -> PathBuf {
     static EXE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     EXE.get_or_init(|| {
         let me = std::env::current_exe().expect("the benchmark's own path");
-        let profile_dir = me
+        let exe = me
             .parent()
             .and_then(Path::parent)
-            .expect("the benchmark runs from target/<profile>/deps");
-        let exe = profile_dir.join("tandem");
-        if exe.is_file() {
-            return exe;
-        }
-        let Some(cargo) = std::env::var_os("CARGO") else {
-            panic!(
-                "{} is missing and $CARGO is not set (not run by cargo): \
-                 run `cargo build --release -p engine --bin tandem` first",
-                exe.display()
-            );
-        };
-        eprintln!("{} is missing: building it", exe.display());
-        let built = Command::new(cargo)
-            .args(["build", "--release", "-p", "engine", "--bin", "tandem"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status();
+            .expect("the benchmark runs from target/<profile>/deps")
+            .join("tandem");
+        let built = std::env::var_os("CARGO").map(|cargo| {
+            Command::new(cargo)
+                .args([
+                    "build",
+                    "--release",
+                    "--quiet",
+                    "-p",
+                    "engine",
+                    "--bin",
+                    "tandem",
+                ])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+        });
         match built {
-            Ok(s) if s.success() && exe.is_file() => exe,
+            Some(Ok(s)) if s.success() && exe.is_file() => {}
+            _ if exe.is_file() => eprintln!(
+                "NOTICE: could not (re)build {}; measuring the binary that is there",
+                exe.display()
+            ),
             other => panic!(
-                "could not build {} ({other:?}): run `cargo build --release -p engine --bin tandem` \
-                 and look at its errors",
+                "{} is missing and could not be built ({other:?}): run \
+                 `cargo build --release -p engine --bin tandem` and look at its errors",
                 exe.display()
             ),
         }
+        exe
     })
     .clone()
 }
