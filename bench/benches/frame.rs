@@ -18,6 +18,7 @@ fn sealed_batch(updates: usize, value_bytes: usize) -> bytes::Bytes {
 
 fn encode(c: &mut Criterion) {
     let mut group = c.benchmark_group("batch_encode");
+    bench::micro::configure(&mut group);
     for &updates in &[1usize, 16, 256] {
         let value = vec![7u8; 100];
         let keys: Vec<Vec<u8>> = (0..updates)
@@ -25,7 +26,7 @@ fn encode(c: &mut Criterion) {
             .collect();
         group.throughput(Throughput::Elements(updates as u64));
         group.bench_with_input(
-            BenchmarkId::new("updates_100B", updates),
+            BenchmarkId::new("value_100B", format!("updates_{updates}")),
             &updates,
             |b, _| {
                 let mut outbox = Outbox::new(BatchConfig::default(), 0);
@@ -44,11 +45,12 @@ fn encode(c: &mut Criterion) {
 
 fn decode(c: &mut Criterion) {
     let mut group = c.benchmark_group("batch_decode");
+    bench::micro::configure(&mut group);
     for &updates in &[1usize, 16, 256] {
         let bytes = sealed_batch(updates, 100);
         group.throughput(Throughput::Elements(updates as u64));
         group.bench_with_input(
-            BenchmarkId::new("updates_100B", updates),
+            BenchmarkId::new("value_100B", format!("updates_{updates}")),
             &bytes,
             |b, bytes| {
                 b.iter(|| {
