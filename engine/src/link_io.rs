@@ -1,8 +1,9 @@
 //! Which driver moves the replication link's bytes: `tandem pair up --io tokio|uring`.
 //!
 //! Both run on the engine's one thread with the same contract (see `replicator::driver` and
-//! `replicator::uring`), so the link's turns are the same whichever is chosen. tokio is the
-//! default: measured end to end (`bench/scripts/io-drivers.sh`), io_uring does not win.
+//! `replicator::uring`), so the link's turns are the same whichever is chosen. tokio stays the
+//! default: measured end to end (`bench/scripts/io-drivers.sh`, `bench/RESULTS.md`), io_uring
+//! did not win by more than this machine's noise.
 
 use std::collections::VecDeque;
 use std::io;
