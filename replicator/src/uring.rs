@@ -205,7 +205,14 @@ async fn completion(eventfd: &AsyncFd<File>) -> io::Result<()> {
         let mut ready = eventfd.readable().await?;
         let mut count = [0u8; 8];
         match ready.try_io(|fd| fd.get_ref().read(&mut count)) {
-            Ok(read) => return read.map(drop),
+            Ok(read) => {
+                read?;
+                // The read took the whole count: nothing is left to read until the next
+                // signal, which makes epoll report the eventfd again. Clearing readiness now
+                // saves a read that would only find EAGAIN.
+                ready.clear_ready();
+                return Ok(());
+            }
             // Drained already: readiness is cleared, wait for the next signal.
             Err(_would_block) => continue,
         }
