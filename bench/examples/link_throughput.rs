@@ -38,7 +38,7 @@ mod linux {
 
     use bytes::Bytes;
     use replicator::driver::{self, Turn};
-    use replicator::uring::{self, UringWake};
+    use replicator::uring;
     use replicator::{
         BatchConfig, Hello, Identity, LinkConfig, Op, Outbox, Receiver, ReceiverEvent, Sender,
         SenderEvent, Snapshot, Start,
@@ -111,26 +111,25 @@ mod linux {
         }
     }
 
-    /// Runs one end on the calling thread with `driver`; nothing ever wakes either end.
+    /// Runs one end on the calling thread (a current-thread runtime) with `driver`; nothing
+    /// ever wakes either end.
     fn run_end<F>(driver: Driver, stream: TcpStream, step: F) -> io::Result<()>
     where
         F: FnMut(Instant, &[u8], &mut VecDeque<Bytes>) -> Turn,
     {
-        stream.set_nodelay(true)?;
-        match driver {
-            Driver::Tokio => {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                let notify = tokio::sync::Notify::new();
-                runtime.block_on(async {
-                    stream.set_nonblocking(true)?;
-                    let stream = tokio::net::TcpStream::from_std(stream)?;
-                    driver::run(stream, &notify, step).await
-                })
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let notify = tokio::sync::Notify::new();
+        runtime.block_on(async {
+            stream.set_nonblocking(true)?;
+            let stream = tokio::net::TcpStream::from_std(stream)?;
+            driver::configure(&stream)?;
+            match driver {
+                Driver::Tokio => driver::run(stream, &notify, step).await,
+                Driver::Uring => uring::run(stream, &notify, step).await,
             }
-            Driver::Uring => uring::run(stream, &UringWake::new()?, step),
-        }
+        })
     }
 
     fn active(

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use engine::link_io::LinkIo;
 use engine::run::{run_engine, EngineArgs};
 use engine::supervisor::{run_pair, PairArgs};
 use replicator::{BatchConfig, LinkConfig};
@@ -149,6 +150,10 @@ enum PairCmd {
         /// Start an empty pair even if DIR holds one whose engines and journals are gone.
         #[arg(long)]
         fresh: bool,
+        /// The replication link's driver on both engines: tokio (epoll), or uring (io_uring,
+        /// Linux 5.11+; refused at start where the kernel or a sandbox refuses io_uring).
+        #[arg(long, value_enum, default_value_t = LinkIo::Tokio)]
+        io: LinkIo,
     },
     /// Stop a pair and its engines: through its supervisor (--admin), or, with --dir, also
     /// when its supervisor is gone.
@@ -271,6 +276,9 @@ struct EngineCli {
     /// A client that takes none of its replies for this long is disconnected.
     #[arg(long, default_value_t = 30_000)]
     output_stall_timeout_ms: u64,
+    /// The replication link's driver.
+    #[arg(long, value_enum, default_value_t = LinkIo::Tokio)]
+    io: LinkIo,
 }
 
 /// With a password here the client port takes Redis's `AUTH` first (not a flag: it would
@@ -315,6 +323,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 peer_timeout: Duration::from_millis(e.peer_timeout_ms),
                 ..LinkConfig::new(secret(secret_file)?)
             },
+            io: e.io,
             limits: engine::server::ServerLimits {
                 clients_max: e.clients_max,
                 output_stall_timeout: Duration::from_millis(e.output_stall_timeout_ms),
@@ -340,9 +349,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     output_stall_timeout,
                     clients_max,
                     fresh,
+                    io,
                 },
         } => {
             engine::sessions::AppVersion::parse(&app_version).map_err(anyhow::Error::msg)?;
+            // Every engine would refuse to start: say so once, before starting any.
+            io.check()
+                .with_context(|| format!("--io {}", io.as_str()))?;
             let (secret_file, _) = replicator::Secret::resolve(secret_file)?;
             let engine_args = vec![
                 "--peer-timeout-ms".to_string(),
@@ -351,6 +364,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 output_stall_timeout.as_millis().to_string(),
                 "--clients-max".into(),
                 clients_max.to_string(),
+                "--io".into(),
+                io.as_str().into(),
             ];
             let args = PairArgs {
                 dir,

@@ -73,6 +73,8 @@ pub struct Config {
     pub supervised: bool,
     pub batch: BatchConfig,
     pub link: LinkConfig,
+    /// The driver of the replication link, both ends.
+    pub io: crate::link_io::LinkIo,
     pub snapshot_chunk_bytes: usize,
     pub limits: crate::server::ServerLimits,
     /// The engine's data directory: with it (and a supervisor), simplex writes are released
@@ -745,6 +747,7 @@ mod tests {
             supervised,
             batch: BatchConfig::default(),
             link: LinkConfig::new(replicator::Secret::from_bytes(*b"tandem-test-secret")),
+            io: Default::default(),
             snapshot_chunk_bytes: 4096,
             limits: Default::default(),
             journal_dir: None,

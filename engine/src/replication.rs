@@ -176,8 +176,11 @@ async fn active_link(engine: Shared, mut stream: TcpStream) -> Result<(), String
         );
         id
     };
-    let wake = engine.borrow().link_wake.clone();
-    let result = driver::run(stream, &wake, |now, input, tx| {
+    let (wake, io) = {
+        let eng = engine.borrow();
+        (eng.link_wake.clone(), eng.config.io)
+    };
+    let result = crate::link_io::run(io, stream, &wake, |now, input, tx| {
         active_turn(&engine, id, now, input, tx)
     })
     .await;
@@ -368,7 +371,8 @@ pub async fn follow(engine: Shared) {
             let hello = Hello::new(eng.identity(), eng.seq_applied, eng.history);
             Receiver::new(Instant::now(), eng.config.link.clone(), &hello)
         };
-        let result = driver::run(stream, &wake, |now, input, tx| {
+        let io = engine.borrow().config.io;
+        let result = crate::link_io::run(io, stream, &wake, |now, input, tx| {
             standby_turn(&engine, &addr, &mut receiver, now, input, tx)
         })
         .await;

@@ -14,6 +14,7 @@ use replicator::{BatchConfig, LinkConfig};
 use serde::Serialize;
 use tokio::net::TcpListener;
 
+use crate::link_io::LinkIo;
 use crate::node::{Config, Engine, Follow, Role};
 use crate::server::Port;
 use crate::sessions::{AppVersion, Fault, Sessions};
@@ -40,6 +41,8 @@ pub struct EngineArgs {
     pub batch: BatchConfig,
     /// The link's limits and the pair's secret.
     pub link: LinkConfig,
+    /// The link's driver.
+    pub io: LinkIo,
     pub limits: crate::server::ServerLimits,
 }
 
@@ -61,6 +64,10 @@ pub fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
         .map(Fault::parse)
         .transpose()
         .map_err(anyhow::Error::msg)?;
+    // Refused here, before the ports are bound, rather than on every link later.
+    args.io
+        .check()
+        .with_context(|| format!("--io {}", args.io.as_str()))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -88,6 +95,7 @@ pub fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
             supervised: args.supervised,
             batch: args.batch.clone(),
             link: args.link.clone(),
+            io: args.io,
             snapshot_chunk_bytes: 256 << 10,
             limits: args.limits.clone(),
             journal_dir: args.data_dir.clone(),

@@ -1,7 +1,7 @@
 //! A real pair of engine processes on loopback: acknowledged writes survive a planned
-//! switchover and a SIGKILL of the active, a standby killed mid catch-up catches up after its
-//! restart, a standby that catches up under writes ends with the active's digest, and
-//! garbage on either port is refused while the engine keeps serving.
+//! switchover (on either link driver) and a SIGKILL of the active, a standby killed mid
+//! catch-up catches up after its restart, a standby that catches up under writes ends with
+//! the active's digest, and garbage on either port is refused while the engine keeps serving.
 
 mod common;
 
@@ -30,7 +30,32 @@ async fn read_back(client: &mut Client, expected: &HashMap<String, String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_acknowledged_writes_survive_a_switchover() {
-    let pair = Pair::up();
+    writes_survive_a_switchover(&Pair::up()).await;
+}
+
+/// The same on io_uring links (`--io uring`): the supervisor hands the flag to both engines,
+/// and after the switchover the old active follows the new one on io_uring too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_acknowledged_writes_survive_a_switchover_on_io_uring() {
+    let pair = Pair::up_with(&["--io", "uring"]);
+    writes_survive_a_switchover(&pair).await;
+    let s = pair.status().await;
+    for e in s["engines"].as_array().unwrap() {
+        let pid = e["pid"].as_u64().expect("a running engine");
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("its command line");
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        assert!(
+            args.windows(2).any(|w| w == [&b"--io"[..], &b"uring"[..]]),
+            "engine {} runs without --io uring: {}",
+            e["name"],
+            String::from_utf8_lossy(&cmdline).replace('\0', " ")
+        );
+    }
+}
+
+/// Ten thousand writes, a planned switchover, every write read back from the new active, and
+/// both engines end with the same state.
+async fn writes_survive_a_switchover(pair: &Pair) {
     pair.wait_in_sync().await;
     let mut client = pair.active_client().await;
     let mut expected = HashMap::new();
@@ -174,7 +199,16 @@ async fn a_standby_killed_mid_catch_up_catches_up_after_its_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_that_catches_up_while_writes_go_on_ends_with_the_actives_digest() {
-    let pair = Pair::up();
+    catch_up_while_writes_go_on(Pair::up()).await;
+}
+
+/// The same on io_uring links: the active's slices and the standby's acks on the other driver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_that_catches_up_on_io_uring_while_writes_go_on_ends_with_the_actives_digest() {
+    catch_up_while_writes_go_on(Pair::up_with(&["--io", "uring"])).await;
+}
+
+async fn catch_up_while_writes_go_on(pair: Pair) {
     pair.wait_in_sync().await;
     common::preload(&pair, 100_000, 100).await;
     let writer = Writer::start(&pair, "during-catch-up");

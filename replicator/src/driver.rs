@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,10 +24,11 @@ pub struct Turn {
     pub done: bool,
 }
 
-/// A write that makes no progress for this long fails the link.
-pub const WRITE_STALL_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+/// A write that makes no progress for this long fails the link: a peer that stops reading
+/// (frozen mid-snapshot) must not hold a link forever.
+pub const WRITE_STALL_MAX: Duration = Duration::from_secs(10);
 
-/// How many frames one vectored write gathers at most.
+/// How many frames one vectored write gathers at most (both drivers).
 pub const IOV_MAX: usize = 64;
 const READ_BYTES: usize = 64 << 10;
 
@@ -71,12 +72,20 @@ pub fn consume(frames: &mut VecDeque<Bytes>, mut written: usize) -> io::Result<(
 
 /// Writes every frame in `frames`, gathering up to `IOV_MAX` per `writev`.
 pub async fn write_frames(stream: &mut TcpStream, frames: &mut VecDeque<Bytes>) -> io::Result<()> {
+    write_frames_within(stream, frames, WRITE_STALL_MAX).await
+}
+
+/// [`write_frames`], with a write that makes no progress for `write_stall_max` failing.
+pub async fn write_frames_within(
+    stream: &mut TcpStream,
+    frames: &mut VecDeque<Bytes>,
+    write_stall_max: Duration,
+) -> io::Result<()> {
     while !frames.is_empty() {
         // The iovec array lives on the stack: no allocation per write.
         let mut iov = [IoSlice::new(&[]); IOV_MAX];
         let count = gather(frames, &mut iov);
-        // A peer that stops reading (frozen mid-snapshot) must not hold this link forever.
-        let written = tokio::time::timeout(WRITE_STALL_MAX, stream.write_vectored(&iov[..count]))
+        let written = tokio::time::timeout(write_stall_max, stream.write_vectored(&iov[..count]))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the peer stopped reading"))??;
         consume(frames, written)?;
@@ -86,7 +95,26 @@ pub async fn write_frames(stream: &mut TcpStream, frames: &mut VecDeque<Bytes>) 
 
 /// Runs one link until `step` says it is done or the socket fails. `wake` is notified by the
 /// caller when there is something new to send.
-pub async fn run<F>(mut stream: TcpStream, wake: &Notify, mut step: F) -> io::Result<()>
+///
+/// `step` is called first with no input (to write what the endpoint has queued, such as the
+/// standby's hello), then after every read, wake-up or deadline. When it returns `done`, its
+/// frames are written, the write half is shut down and `run` returns `Ok`. A peer that closes
+/// first ends the loop with `UnexpectedEof` after a last `step`; a write that makes no
+/// progress for [`WRITE_STALL_MAX`] ends it with `TimedOut`.
+pub async fn run<F>(stream: TcpStream, wake: &Notify, step: F) -> io::Result<()>
+where
+    F: FnMut(Instant, &[u8], &mut VecDeque<Bytes>) -> Turn,
+{
+    run_with(stream, wake, WRITE_STALL_MAX, step).await
+}
+
+/// [`run`], with a write that makes no progress for `write_stall_max` failing the link.
+pub async fn run_with<F>(
+    mut stream: TcpStream,
+    wake: &Notify,
+    write_stall_max: Duration,
+    mut step: F,
+) -> io::Result<()>
 where
     F: FnMut(Instant, &[u8], &mut VecDeque<Bytes>) -> Turn,
 {
@@ -97,7 +125,7 @@ where
     loop {
         let turn = step(Instant::now(), &rx[..input_len], &mut tx);
         rx.clear();
-        write_frames(&mut stream, &mut tx).await?;
+        write_frames_within(&mut stream, &mut tx, write_stall_max).await?;
         if turn.done {
             let _ = stream.shutdown().await;
             return Ok(());

@@ -3,13 +3,14 @@
 //!
 //! An active streams updates from a producer thread through its [`Outbox`] and [`Sender`] to
 //! a standby whose [`Receiver`] hands out batches that it applies to a map and acknowledges.
-//! Each end runs on its own thread (tokio: a current-thread runtime per thread); the producer
+//! Each end runs on its own thread, in a current-thread runtime of its own; the producer
 //! pushes in chunks, wakes the active's link from its own thread, and holds back while the
 //! outbox is full or too far ahead of the acks. Every step is the same closure whichever
 //! driver runs it. At the end both maps are equal, the last sequence is acknowledged, and no
 //! more than `batches_in_flight_max` batches were ever unacknowledged. The tests wait on
 //! joins and condition variables, never on the clock: deadlines are far enough away that
-//! only a broken wake-up would ever reach one.
+//! only a broken wake-up would ever reach one. The one deadline meant to be reached is the
+//! write stall of a peer that stops reading, shortened for the test.
 //!
 //! A machine where io_uring is refused (a seccomp sandbox, `kernel.io_uring_disabled`) fails
 //! the io_uring tests with the reason, rather than skipping them. The io_uring driver exists
@@ -27,7 +28,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use replicator::driver::{self, Turn};
 use replicator::frame;
-use replicator::uring::{self, UringWake};
+use replicator::uring;
 use replicator::{
     BatchConfig, Hello, Identity, Kind, LinkConfig, Op, Outbox, Receiver, ReceiverEvent, Records,
     Sender, SenderEvent, Start,
@@ -48,54 +49,46 @@ enum Driver {
     Uring,
 }
 
-/// Whatever wakes the active's link, for the driver that runs it.
-#[derive(Clone)]
-enum Wake {
-    Tokio(Arc<tokio::sync::Notify>),
-    Uring(Arc<UringWake>),
+/// What wakes the active's link, from the producer's thread: the same for both drivers.
+type Wake = Arc<tokio::sync::Notify>;
+
+fn new_wake() -> Wake {
+    Arc::new(tokio::sync::Notify::new())
 }
 
-impl Wake {
-    fn new(driver: Driver) -> Wake {
+/// Runs one end of a link with `driver`, on the calling thread (a current-thread runtime of
+/// its own), until `step` is done; a write that makes no progress for `write_stall_max`
+/// fails it.
+fn run_link_with<F>(
+    driver: Driver,
+    stream: TcpStream,
+    wake: &Wake,
+    write_stall_max: Duration,
+    step: F,
+) -> io::Result<()>
+where
+    F: FnMut(Instant, &[u8], &mut VecDeque<Bytes>) -> Turn,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        stream.set_nonblocking(true)?;
+        let stream = tokio::net::TcpStream::from_std(stream)?;
+        driver::configure(&stream)?;
         match driver {
-            Driver::Tokio => Wake::Tokio(Arc::new(tokio::sync::Notify::new())),
-            Driver::Uring => Wake::Uring(Arc::new(
-                UringWake::new().expect("an eventfd for the io_uring driver"),
-            )),
+            Driver::Tokio => driver::run_with(stream, wake, write_stall_max, step).await,
+            Driver::Uring => uring::run_with(stream, wake, write_stall_max, step).await,
         }
-    }
-
-    fn notify(&self) {
-        match self {
-            Wake::Tokio(n) => n.notify_one(),
-            Wake::Uring(w) => w.notify(),
-        }
-    }
+    })
 }
 
-/// Runs one end of a link with `driver`, on the calling thread, until `step` is done.
+/// [`run_link_with`] with the drivers' own write-stall deadline.
 fn run_link<F>(driver: Driver, stream: TcpStream, wake: &Wake, step: F) -> io::Result<()>
 where
     F: FnMut(Instant, &[u8], &mut VecDeque<Bytes>) -> Turn,
 {
-    match (driver, wake) {
-        (Driver::Tokio, Wake::Tokio(notify)) => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async {
-                stream.set_nonblocking(true)?;
-                let stream = tokio::net::TcpStream::from_std(stream)?;
-                driver::configure(&stream)?;
-                driver::run(stream, notify, step).await
-            })
-        }
-        (Driver::Uring, Wake::Uring(wake)) => {
-            uring::configure(&stream)?;
-            uring::run(stream, wake, step)
-        }
-        _ => unreachable!("a wake of the driver's own kind"),
-    }
+    run_link_with(driver, stream, wake, driver::WRITE_STALL_MAX, step)
 }
 
 /// Fails the test, with the reason, where io_uring cannot be used.
@@ -263,7 +256,7 @@ fn active_end(
 
 fn standby_end(driver: Driver, stream: TcpStream, total: u64) -> StandbyReport {
     // Nobody wakes the standby: it turns on reads alone.
-    let wake = Wake::new(driver);
+    let wake = new_wake();
     let hello = Hello::new(identity("standby", 0), 0, 0);
     let mut receiver = Receiver::new(Instant::now(), link_config(), &hello);
     let mut db = HashMap::new();
@@ -351,7 +344,7 @@ fn produce(shared: &Shared, wake: &Wake, total: u64) -> HashMap<Vec<u8>, Vec<u8>
                 i += 1;
             }
         }
-        wake.notify();
+        wake.notify_one();
     }
     db
 }
@@ -377,7 +370,7 @@ fn stream_updates(active_driver: Driver, standby_driver: Driver, total: u64) {
         }),
         progress: Condvar::new(),
     });
-    let wake = Wake::new(active_driver);
+    let wake = new_wake();
     let active = {
         let (shared, wake) = (shared.clone(), wake.clone());
         thread::spawn(move || active_end(active_driver, stream, wake, shared, total))
@@ -468,7 +461,7 @@ fn writes_everything_in_order(driver: Driver) {
         expected.extend_from_slice(f);
     }
     let mut turns = 0;
-    let wake = Wake::new(driver);
+    let wake = new_wake();
     let result = run_link(driver, server, &wake, |_, _, tx| {
         turns += 1;
         tx.extend(frames.iter().cloned());
@@ -499,7 +492,7 @@ fn reads_everything_then_eof(driver: Driver) {
         })
     };
     let mut got = Vec::new();
-    let wake = Wake::new(driver);
+    let wake = new_wake();
     let result = run_link(driver, server, &wake, |_, input, _| {
         got.extend_from_slice(input);
         Turn {
@@ -526,16 +519,16 @@ fn reads_everything_then_eof(driver: Driver) {
 fn wakes_from_another_thread(driver: Driver) {
     const WAKES: usize = 50;
     let (server, _client) = loopback_pair();
-    let wake = Wake::new(driver);
+    let wake = new_wake();
     let (ready_tx, ready_rx) = mpsc::channel::<usize>();
     let waker = {
         let wake = wake.clone();
         thread::spawn(move || {
             for i in ready_rx {
                 // Every other wake-up is given twice: the loop may take one turn for both.
-                wake.notify();
+                wake.notify_one();
                 if i % 2 == 0 {
-                    wake.notify();
+                    wake.notify_one();
                 }
             }
         })
@@ -561,6 +554,55 @@ fn wakes_from_another_thread(driver: Driver) {
     drop(ready_tx);
     waker.join().expect("the waker");
     assert!(turns > WAKES);
+}
+
+/// A peer that stops reading (but keeps its socket open) fails the link with `TimedOut` once
+/// a write has made no progress for the write-stall deadline, and no sooner.
+fn a_peer_that_stops_reading_hits_the_write_stall(driver: Driver) {
+    const STALL: Duration = Duration::from_millis(300);
+    // Far more than loopback socket buffers hold, in one turn.
+    const FRAMES: usize = 256;
+    let (server, client) = loopback_pair();
+    let frame = Bytes::from(vec![0x5a; 1 << 20]);
+    let wake = new_wake();
+    let mut turns = 0;
+    let mut last_progress = Instant::now();
+    let result = run_link_with(driver, server, &wake, STALL, |now, _, tx| {
+        turns += 1;
+        last_progress = now;
+        if turns == 1 {
+            tx.extend((0..FRAMES).map(|_| frame.clone()));
+        }
+        Turn {
+            deadline: None,
+            done: false,
+        }
+    });
+    let failed_at = Instant::now();
+    drop(client);
+    let err = result.expect_err("the peer never reads");
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{driver:?}: {err}");
+    assert_eq!(err.to_string(), "the peer stopped reading", "{driver:?}");
+    assert_eq!(
+        turns, 1,
+        "{driver:?}: no turn before the frames are written"
+    );
+    assert!(
+        failed_at - last_progress >= STALL,
+        "{driver:?}: failed {:?} after the turn, before the stall deadline",
+        failed_at - last_progress
+    );
+}
+
+#[test]
+fn tokio_a_peer_that_stops_reading_hits_the_write_stall() {
+    a_peer_that_stops_reading_hits_the_write_stall(Driver::Tokio);
+}
+
+#[test]
+fn uring_a_peer_that_stops_reading_hits_the_write_stall() {
+    require_io_uring();
+    a_peer_that_stops_reading_hits_the_write_stall(Driver::Uring);
 }
 
 #[test]
