@@ -41,7 +41,7 @@ mod linux {
     use replicator::uring;
     use replicator::{
         BatchConfig, Hello, Identity, LinkConfig, Op, Outbox, Receiver, ReceiverEvent, Sender,
-        SenderEvent, Snapshot, Start,
+        SenderEvent, Start,
     };
 
     const ROUNDS_DEFAULT: usize = 3;
@@ -158,13 +158,9 @@ mod linux {
             }
             while let Some(event) = sender.poll_event() {
                 match event {
-                    SenderEvent::Hello(hello) => sender.accept(
-                        now,
-                        identity("active"),
-                        Start::Resume,
-                        hello.seq_applied,
-                        Snapshot::default(),
-                    ),
+                    SenderEvent::Hello(hello) => {
+                        sender.accept(now, identity("active"), Start::Resume, hello.seq_applied)
+                    }
                     SenderEvent::Acked(seq) => outbox.pin(Some(seq)),
                     _ => {}
                 }

@@ -13,8 +13,8 @@ start=$(date +%s)
 target/release/tandem demo --out "$runs/tandem" --rate $rate "$@"
 seconds=$(( $(date +%s) - start ))
 port=7990
-redis-server --port $port --save '' --appendonly no --daemonize yes --logfile "$runs/redis-primary.log"
-redis-server --port $((port + 1)) --save '' --appendonly no --daemonize yes --replicaof 127.0.0.1 $port --logfile "$runs/redis-replica.log"
+redis-server --port $port --save '' --appendonly no --daemonize yes --dir "$runs" --dbfilename primary.rdb --logfile "$runs/redis-primary.log"
+redis-server --port $((port + 1)) --save '' --appendonly no --daemonize yes --replicaof 127.0.0.1 $port --dir "$runs" --dbfilename replica.rdb --logfile "$runs/redis-replica.log"
 trap 'redis-cli -p $port shutdown nosave >/dev/null 2>&1 || true; redis-cli -p $((port + 1)) shutdown nosave >/dev/null 2>&1 || true' EXIT
 until redis-cli -p $((port + 1)) info replication | grep -q 'master_link_status:up'; do sleep 0.1; done
 target/release/loadgen --redis --wait --target 127.0.0.1:$port,127.0.0.1:$((port + 1)) \

@@ -64,8 +64,8 @@ table "$runs/tandem"
 target/release/tandem pair down --dir "$runs/pair" >/dev/null 2>&1 || true
 
 echo; echo "== Redis: $units sessions as hashes, $rate req/s, REPLICAOF (full resync) under load"
-redis-server --port $rport --save '' --appendonly no --daemonize yes --logfile "$runs/redis-primary.log"
-redis-server --port $((rport + 1)) --save '' --appendonly no --daemonize yes --logfile "$runs/redis-replica.log"
+redis-server --port $rport --save '' --appendonly no --daemonize yes --dir "$runs" --dbfilename primary.rdb --logfile "$runs/redis-primary.log"
+redis-server --port $((rport + 1)) --save '' --appendonly no --daemonize yes --dir "$runs" --dbfilename replica.rdb --logfile "$runs/redis-replica.log"
 until redis-cli -p $((rport + 1)) ping >/dev/null 2>&1; do sleep 0.1; done
 preload redis $rport
 load "$runs/redis" --redis --target 127.0.0.1:$rport --duration 40s &
@@ -73,7 +73,7 @@ lg=$!
 sleep 10
 t0=$(date +%s%3N)
 redis-cli -p $((rport + 1)) replicaof 127.0.0.1 $rport >/dev/null
-until redis-cli -p $((rport + 1)) info replication | grep -q 'master_link_status:up'; do sleep 0.05; done
+until redis-cli -p $((rport + 1)) info replication 2>/dev/null | grep -q 'master_link_status:up'; do sleep 0.05; done
 t1=$(date +%s%3N)
 wait $lg || true
 echo "full resync: $((t1 - t0)) ms (REPLICAOF to master_link_status:up)"

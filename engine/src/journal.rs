@@ -372,10 +372,38 @@ pub struct Recovered {
     pub torn_bytes: u64,
 }
 
-/// Removes the journal in `dir`, if any (an engine started without `--recover`).
+/// Removes the journal in `dir`, if any (an engine started without `--recover`, or a
+/// journal closed). Once this returns no recovery can read it: it is renamed out of the way at
+/// once, and freed on a thread of its own, because unlinking a journal of a million records
+/// takes tens of milliseconds (46 ms for 145 MB on ext4 here) that the engine thread would
+/// otherwise not be serving.
 pub fn discard(dir: &Path) {
+    let stamp = reports::timeline::now_ms();
+    let mut trash = Vec::new();
     for name in [FILE, FILE_NEW] {
-        let _ = std::fs::remove_file(dir.join(name));
+        // A name no other file has: renaming onto an existing file would free that one here.
+        let to = dir.join(format!("{name}.discarded-{stamp}-{}", trash.len()));
+        match std::fs::rename(dir.join(name), &to) {
+            Ok(()) => trash.push(to),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(_) => {
+                let _ = std::fs::remove_file(dir.join(name));
+            }
+        }
+    }
+    // And whatever an earlier engine renamed and did not get to free.
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let discarded = e.file_name().to_string_lossy().contains(".discarded-");
+            if discarded && !trash.contains(&e.path()) {
+                trash.push(e.path());
+            }
+        }
+    }
+    if !trash.is_empty() {
+        let _ = std::thread::Builder::new()
+            .name("journal-discard".into())
+            .spawn(move || trash.iter().for_each(|t| drop(std::fs::remove_file(t))));
     }
 }
 

@@ -60,7 +60,7 @@ pub struct Outbox {
 
 const COUNT_BYTES: usize = 4;
 /// Batches are built one after another in one arena of this size.
-const ARENA_BYTES: usize = 64 << 10;
+const ARENA_BYTES: usize = 1 << 20;
 
 fn fresh_batch() -> FrameBuf {
     let mut frame = FrameBuf::with_capacity(ARENA_BYTES);

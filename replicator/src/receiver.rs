@@ -9,10 +9,13 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::catch_up;
-use crate::frame::{self, Frame, FrameError, Kind};
+use crate::frame::{self, Frame, FrameBuf, FrameError, Kind};
+
+/// Bytes of ack frames per arena allocation (a hundred and more acks).
+const ACK_ARENA_BYTES: usize = 4096;
 use crate::handshake::{self, negotiate, Hello, HelloReply, Identity, Start};
 use crate::link::{self, frame_bytes, LinkConfig, SnapshotEnd, StepUp};
 use crate::record::Records;
@@ -65,6 +68,9 @@ pub struct Receiver {
     seq_acked: u64,
     last_rx: Instant,
     last_tx: Instant,
+    /// Acks are built one after another in this arena: one allocation per many acks, none
+    /// once the active has read the earlier ones.
+    acks: FrameBuf,
     /// The hello, sent once the active's challenge arrives, and the nonces of both ends.
     hello: Hello,
     nonce: auth::Nonce,
@@ -84,6 +90,7 @@ impl Receiver {
             seq_acked: hello.seq_applied,
             last_rx: now,
             last_tx: now,
+            acks: FrameBuf::with_capacity(ACK_ARENA_BYTES),
             hello: hello.clone(),
             nonce: auth::nonce(),
             challenge: [0; auth::NONCE_BYTES],
@@ -258,8 +265,8 @@ impl Receiver {
         );
         if seq > self.seq_acked {
             self.seq_acked = seq;
-            self.out
-                .push_back(frame_bytes(|o| frame::encode(o, Kind::Ack, seq, &[])));
+            let ack = self.acks.seal_and_continue(Kind::Ack, seq, ACK_ARENA_BYTES);
+            self.out.push_back(ack);
         }
     }
 
@@ -268,9 +275,9 @@ impl Receiver {
     pub fn snapshot_verified(&mut self, seq: u64) {
         assert!(seq <= self.seq_received);
         self.seq_acked = self.seq_acked.max(seq);
-        let flag = [link::ACK_SNAPSHOT_VERIFIED];
-        self.out
-            .push_back(frame_bytes(|o| frame::encode(o, Kind::Ack, seq, &flag)));
+        self.acks.payload_mut().put_u8(link::ACK_SNAPSHOT_VERIFIED);
+        let ack = self.acks.seal_and_continue(Kind::Ack, seq, ACK_ARENA_BYTES);
+        self.out.push_back(ack);
     }
 
     /// The answer to a step-up signal: `Ok` if this engine holds everything it describes.
