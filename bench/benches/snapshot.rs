@@ -105,7 +105,10 @@ fn apply(c: &mut Criterion) {
     let frames = encode_on_the_engine_thread(&state);
     let app = Sessions::new(AppVersion::V1_0, None);
     let want = state.digest();
-    assert_eq!(restore(&app, &frames, true, State::default()).digest(), want);
+    assert_eq!(
+        restore(&app, &frames, true, State::default()).digest(),
+        want
+    );
     let mut group = c.benchmark_group("snapshot_apply");
     bench::micro::configure(&mut group);
     group.throughput(Throughput::Bytes(bytes));

@@ -396,6 +396,9 @@ impl Engine {
         );
         self.journal = Some(Journal::start(&dir, header, self.journal_wake.clone()));
         self.journal_cursor = Some(catch_up::Cursor::default());
+        // The checkpoint goes on the journal task's turns, whoever opened the journal (the
+        // task itself, or `TANDEM.JOURNAL` ahead of a planned window).
+        self.journal_wake.notify_one();
     }
 
     /// Writes one slice of the journal's checkpoint, if the writer has room for it. True if
