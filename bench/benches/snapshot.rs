@@ -45,7 +45,7 @@ fn state_of(records: usize) -> (State, u64) {
 fn encode_on_the_engine_thread(state: &State) -> Vec<Bytes> {
     let mut frames = Vec::new();
     let mut cursor = Cursor::default();
-    while !cursor.step(state, 1, CHUNK_BYTES, &mut |f| frames.push(f)) {}
+    while !cursor.step(state, 1, &mut |f| frames.push(f)) {}
     frames
 }
 

@@ -25,41 +25,43 @@ pub const CHUNK_BYTES: usize = 128 << 10;
 pub struct Cursor {
     next: usize,
     writer: ChunkWriter,
+    /// Payload bytes per frame, and per slice.
+    chunk_bytes: usize,
     records: u64,
 }
 
 impl Default for Cursor {
     fn default() -> Self {
-        Cursor {
-            next: 0,
-            writer: ChunkWriter::new(CHUNK_BYTES),
-            records: 0,
-        }
+        Cursor::new(CHUNK_BYTES)
     }
 }
 
 impl Cursor {
-    /// Encodes whole shards from where the last call stopped, until about `budget` bytes of
-    /// frames are out; `seq` is the last update applied to `state`. True once every shard is.
-    pub fn step(
-        &mut self,
-        state: &State,
-        seq: u64,
-        budget: usize,
-        emit: &mut impl FnMut(Bytes),
-    ) -> bool {
+    /// A walk in frames (and slices) of about `chunk_bytes`.
+    pub fn new(chunk_bytes: usize) -> Cursor {
+        Cursor {
+            next: 0,
+            writer: ChunkWriter::new(chunk_bytes),
+            chunk_bytes,
+            records: 0,
+        }
+    }
+
+    /// Encodes whole shards from where the last call stopped, until about a slice of frames
+    /// is out; `seq` is the last update applied to `state`. True once every shard is.
+    pub fn step(&mut self, state: &State, seq: u64, emit: &mut impl FnMut(Bytes)) -> bool {
         let out = Cell::new(0);
         let mut emit = |f: Bytes| {
             out.set(out.get() + f.len());
             emit(f)
         };
-        if self.next == 0 && state.features_enabled {
-            self.writer.begin_shard(0, seq, &mut emit);
-            let features = Op::Control(control::FEATURES_ENABLED);
-            self.writer.push(features, b"", b"", &mut emit);
-        }
-        while self.next < SHARDS && out.get() + self.writer.pending_bytes() < budget {
+        while self.next < SHARDS && out.get() + self.writer.pending_bytes() < self.chunk_bytes {
             self.writer.begin_shard(self.next, seq, &mut emit);
+            if self.next == 0 && state.features_enabled {
+                // Pair-level state travels with the first shard, as of the same sequence.
+                let features = Op::Control(control::FEATURES_ENABLED);
+                self.writer.push(features, b"", b"", &mut emit);
+            }
             state.encode_shard(self.next, &mut self.writer, &mut emit);
             self.records += state.shard_entries(self.next) as u64;
             self.next += 1;
@@ -276,7 +278,8 @@ mod tests {
     /// One random write the active's state accepts, applied and queued in the outbox.
     fn write(rng: &mut Rng, state: &mut State, outbox: &mut Outbox) {
         let key = format!("k{}", rng.below(3000));
-        let value = format!("v{}", rng.below(1 << 20));
+        // Values up to 400 bytes: with small frames, shards split over several of them.
+        let value = "v".repeat(1 + rng.below(400) as usize);
         let op = match rng.below(6) {
             0 if state.units.get(key.as_bytes()).is_none() => Op::UnitCreate,
             1 if state.units.get(key.as_bytes()).is_some() => Op::UnitUpdate,
@@ -299,10 +302,16 @@ mod tests {
             for _ in 0..5000 {
                 write(&mut rng, &mut active, &mut outbox);
             }
+            if seed % 2 == 1 {
+                // Pair-level state goes with the snapshot too.
+                let features = Op::Control(control::FEATURES_ENABLED);
+                active.apply(features, b"", b"").unwrap();
+                outbox.push(Instant::now(), features, b"", b"");
+            }
             outbox.seal();
             let start = outbox.seq_sealed();
             outbox.pin(Some(start));
-            let mut cursor = Cursor::default();
+            let mut cursor = Cursor::new(256 + rng.below(8 << 10) as usize);
             let mut wire: VecDeque<Bytes> = VecDeque::new();
             let (mut sent, mut end) = (start, None);
             while end.is_none() {
@@ -320,10 +329,7 @@ mod tests {
                     sent = b.seq_last;
                     wire.push_back(b.frame.clone());
                 }
-                let budget = 1 + rng.below(8 << 10) as usize;
-                if cursor.step(&active, outbox.seq_last(), budget, &mut |f| {
-                    wire.push_back(f)
-                }) {
+                if cursor.step(&active, outbox.seq_last(), &mut |f| wire.push_back(f)) {
                     outbox.seal();
                     let e = cursor.end(&active, outbox.seq_sealed());
                     let mut f = bytes::BytesMut::new();
@@ -380,6 +386,7 @@ mod tests {
             assert_eq!(standby.digest(), active.digest(), "seed {seed}");
             assert_eq!(standby.db.len(), active.db.len());
             assert_eq!(standby.units.len(), active.units.len());
+            assert_eq!(standby.features_enabled, active.features_enabled);
         }
     }
 }

@@ -512,7 +512,7 @@ mod tests {
     /// The whole checkpoint at once (the engine writes it a slice per turn).
     fn checkpoint(journal: &mut Journal, state: &State, seq: u64) {
         let mut cursor = crate::catch_up::Cursor::default();
-        while !cursor.step(state, seq, 64 << 10, &mut |f| journal.push_chunk(f)) {}
+        while !cursor.step(state, seq, &mut |f| journal.push_chunk(f)) {}
         journal.finish_checkpoint(&cursor.end(state, seq));
     }
 

@@ -75,6 +75,7 @@ pub struct Config {
     pub link: LinkConfig,
     /// The driver of the replication link, both ends.
     pub io: crate::link_io::LinkIo,
+    /// Payload bytes per snapshot-chunk frame and per slice of a catch-up or checkpoint.
     pub snapshot_chunk_bytes: usize,
     pub limits: crate::server::ServerLimits,
     /// The engine's data directory: with it (and a supervisor), simplex writes are released
@@ -395,7 +396,7 @@ impl Engine {
             self.state.units.len() + self.state.db.len()
         );
         self.journal = Some(Journal::start(&dir, header, self.journal_wake.clone()));
-        self.journal_cursor = Some(catch_up::Cursor::default());
+        self.journal_cursor = Some(catch_up::Cursor::new(self.config.snapshot_chunk_bytes));
         // The checkpoint goes on the journal task's turns, whoever opened the journal (the
         // task itself, or `TANDEM.JOURNAL` ahead of a planned window).
         self.journal_wake.notify_one();
@@ -419,9 +420,7 @@ impl Engine {
             return false; // the writer's wake brings the next turn
         }
         let seq = outbox.seq_last();
-        if !cursor.step(state, seq, catch_up::CHUNK_BYTES, &mut |f| {
-            journal.push_chunk(f)
-        }) {
+        if !cursor.step(state, seq, &mut |f| journal.push_chunk(f)) {
             return true;
         }
         outbox.seal();
@@ -521,6 +520,7 @@ impl Engine {
         self.role = Role::Active;
         self.epoch = epoch;
         self.standby_lost = false;
+        self.restore = None; // a forced promotion mid-snapshot: nothing more is coming
         if new_history || self.history == 0 {
             self.history = epoch;
         }

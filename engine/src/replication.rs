@@ -16,7 +16,6 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::catch_up;
 use crate::node::{Engine, Link, Role, Shared};
-use crate::state::State;
 
 pub async fn serve(engine: Shared, listener: TcpListener) {
     loop {
@@ -159,10 +158,11 @@ async fn active_link(engine: Shared, mut stream: TcpStream) -> Result<(), String
         let Some(id) = eng.open_link(sender) else {
             return Err("another standby attached meanwhile".into());
         };
+        let chunk_bytes = eng.config.snapshot_chunk_bytes;
         if let Some(link) = eng.link.as_mut() {
             link.peer = Some(hello.identity.clone());
             if let Start::Snapshot { .. } = start {
-                link.catch_up = Some(catch_up::Cursor::default());
+                link.catch_up = Some(catch_up::Cursor::new(chunk_bytes));
             }
         }
         eprintln!(
@@ -274,7 +274,7 @@ fn active_turn(
     {
         let seq = outbox.seq_last();
         let push = &mut |f| link.sender.push_snapshot(f);
-        if cursor.step(state, seq, catch_up::CHUNK_BYTES, push) {
+        if cursor.step(state, seq, push) {
             outbox.seal();
             sealed = true;
             let end = cursor.end(state, outbox.seq_sealed());
@@ -483,7 +483,12 @@ fn standby_event(
             if let Start::Snapshot { .. } = start {
                 // Until the snapshot is complete and verified this state is nobody's: a link
                 // that breaks half-way must not be resumed from it, nor promoted.
-                eng.state = State::default();
+                // The old state is freed off this thread: dropping millions of entries takes
+                // longer than a turn should.
+                let old = std::mem::take(&mut eng.state);
+                let _ = std::thread::Builder::new()
+                    .name("free-state".into())
+                    .spawn(move || drop(old));
                 eng.restore = Some(Box::default());
                 eng.seq_applied = match start {
                     Start::Snapshot { seq } => seq,

@@ -96,7 +96,7 @@ pub fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
             batch: args.batch.clone(),
             link: args.link.clone(),
             io: args.io,
-            snapshot_chunk_bytes: 256 << 10,
+            snapshot_chunk_bytes: crate::catch_up::CHUNK_BYTES,
             limits: args.limits.clone(),
             journal_dir: args.data_dir.clone(),
         };
