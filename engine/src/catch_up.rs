@@ -71,11 +71,6 @@ impl Cursor {
         self.next == SHARDS
     }
 
-    /// Work units and database records sent so far.
-    pub fn records(&self) -> u64 {
-        self.records
-    }
-
     /// The snapshot end once every shard is out: the caller sealed its outbox at `seq`, the
     /// last update applied to `state`.
     pub fn end(&self, state: &State, seq: u64) -> SnapshotEnd {

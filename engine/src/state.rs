@@ -138,10 +138,6 @@ impl DigestMap {
             .iter()
             .map(|s| (&s.key[..], &s.value[..]))
     }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        (0..SHARDS).flat_map(|j| self.shard_iter(j))
-    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
