@@ -10,7 +10,7 @@ port=7920
 [ $# -gt 0 ] || set -- 10000 100000 1000000
 for units in "$@"; do
   dir=$(mktemp -d)
-  target/release/tandem pair up --dir "$dir" --base-port $port --detach >/dev/null
+  target/release/tandem pair up --dir "$dir" --base-port $port --detach ${PAIR_FLAGS:-} >/dev/null
   python3 - "$units" <<'PY' | redis-cli -p $((port + 1)) --pipe >/dev/null
 import sys
 payload = "x" * 100

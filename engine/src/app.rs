@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use bytes::BytesMut;
-use replicator::{Op, Outbox, Record};
+use replicator::{Op, Outbox, Record, RecordRef};
 use resp::Command;
 
 use crate::state::{ApplyError, State};
@@ -72,13 +72,13 @@ pub trait Application {
 
     /// Checks an update from the active before the standby applies it: a version that cannot
     /// read a work unit's description refuses it here, before its state changes.
-    fn check_update(&self, _record: &Record) -> Result<(), String> {
+    fn check_update(&self, _record: RecordRef<'_>) -> Result<(), String> {
         Ok(())
     }
 
     /// Applies one run-state update on the standby.
     fn apply(&mut self, state: &mut State, record: &Record) -> Result<(), String> {
-        self.check_update(record)?;
+        self.check_update(record.as_ref())?;
         state.apply_record(record).map_err(|e| e.to_string())
     }
 

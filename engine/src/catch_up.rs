@@ -120,7 +120,7 @@ impl Restore {
         payload: Bytes,
     ) -> Result<(), String> {
         self.bytes += payload.len() as u64;
-        let chunk = catch_up::decode_chunk(payload).map_err(|e| e.to_string())?;
+        let chunk = catch_up::decode_chunk(&payload).map_err(|e| e.to_string())?;
         for shard in chunk.shards.clone() {
             match self.shard_seq[shard] {
                 MISSING => {
@@ -135,8 +135,8 @@ impl Restore {
         }
         for record in chunk.records {
             let record = record.map_err(|e| e.to_string())?;
-            app.check_update(&record)?;
-            state.restore(&record).map_err(|e| e.to_string())?;
+            app.check_update(record)?;
+            state.restore(record).map_err(|e| e.to_string())?;
             if !matches!(record.op, Op::Control(_)) {
                 self.records += 1;
             }

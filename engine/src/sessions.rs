@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use replicator::record::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
-use replicator::{Op, Record};
+use replicator::{Op, RecordRef};
 use resp::{reply, Command};
 
 use crate::app::{Access, Application, CommandError, Ctx};
@@ -475,7 +475,7 @@ impl Application for Sessions {
 
     /// Refuses what this version could not read, and checks every description it will hold,
     /// so that a standby stops at the first update it cannot take over with.
-    fn check_update(&self, record: &Record) -> Result<(), String> {
+    fn check_update(&self, record: RecordRef<'_>) -> Result<(), String> {
         match record.op {
             Op::UnitCreate | Op::UnitUpdate => self.read(&record.value).map(drop),
             Op::DbPut
@@ -745,7 +745,7 @@ mod tests {
     use std::time::Instant;
 
     use proptest::prelude::*;
-    use replicator::{frame, BatchConfig, Kind, Outbox, Records};
+    use replicator::{frame, BatchConfig, Kind, Outbox, Record, Records};
 
     use super::*;
     use crate::state::State;
@@ -1133,27 +1133,27 @@ mod tests {
             value: e.body("s1"),
         };
         assert_eq!(
-            v1_app.check_update(&format_2),
+            v1_app.check_update(format_2.as_ref()),
             Err("session description format 2 needs version 2.0".into())
         );
-        assert_eq!(v2_app.check_update(&format_2), Ok(()));
+        assert_eq!(v2_app.check_update(format_2.as_ref()), Ok(()));
         let transfer = Record {
             op: Op::DbPut,
             key: Bytes::from_static(b"transfer:s1"),
             value: Bytes::from_static(b"bob"),
         };
         assert_eq!(
-            v1_app.check_update(&transfer),
+            v1_app.check_update(transfer.as_ref()),
             Err("database record 'transfer:s1' needs version 2.0".into())
         );
-        assert_eq!(v2_app.check_update(&transfer), Ok(()));
+        assert_eq!(v2_app.check_update(transfer.as_ref()), Ok(()));
         let enable = Record {
             op: Op::Control(control::FEATURES_ENABLED),
             key: Bytes::new(),
             value: Bytes::new(),
         };
-        assert!(v1_app.check_update(&enable).is_err());
-        assert_eq!(v2_app.check_update(&enable), Ok(()));
+        assert!(v1_app.check_update(enable.as_ref()).is_err());
+        assert_eq!(v2_app.check_update(enable.as_ref()), Ok(()));
         // apply refuses before the state changes.
         let mut standby = State::default();
         let digest = standby.digest();
@@ -1181,8 +1181,8 @@ mod tests {
                 key: Bytes::from_static(b"k"),
                 value: Bytes::copy_from_slice(body),
             };
-            assert!(v2_app.check_update(&record).is_err(), "{body:?}");
-            assert!(v1_app.check_update(&record).is_err(), "{body:?}");
+            assert!(v2_app.check_update(record.as_ref()).is_err(), "{body:?}");
+            assert!(v1_app.check_update(record.as_ref()).is_err(), "{body:?}");
         }
         let truncated_subscriber = [1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 5, 0, b'a'];
         assert_eq!(decode(&truncated_subscriber), Err(BodyError::Truncated));

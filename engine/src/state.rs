@@ -9,25 +9,85 @@ use bytes::Bytes;
 use hashbrown::HashTable;
 
 use replicator::catch_up::{key_hash, shard_of, ChunkWriter, SHARDS};
-use replicator::{Op, Record};
+use replicator::{Op, Record, RecordRef};
 
 /// Work units may not exceed this count, nor database records theirs: a limit on everything.
 pub const WORK_UNITS_MAX: usize = 10_000_000;
 pub const DB_RECORDS_MAX: usize = 50_000_000;
 
-/// One entry: the key's hash (kept for the table's resizes), the key, and the value, whose
-/// buffer an overwrite reuses when it fits.
-#[derive(Clone)]
+/// One entry: the key's hash (kept for the table's resizes) and where its key and value lie
+/// in the shard's arena: the key at `at`, then the value in `room` bytes, of which it uses
+/// `value_len`.
+#[derive(Clone, Copy)]
 struct Slot {
     hash: u64,
-    key: Box<[u8]>,
-    value: Vec<u8>,
+    at: usize,
+    room: u32,
+    value_len: u32,
+    key_len: u16,
 }
 
+impl Slot {
+    fn key<'a>(&self, arena: &'a [u8]) -> &'a [u8] {
+        &arena[self.at..self.at + self.key_len as usize]
+    }
+
+    fn value<'a>(&self, arena: &'a [u8]) -> &'a [u8] {
+        let at = self.at + self.key_len as usize;
+        &arena[at..at + self.value_len as usize]
+    }
+
+    /// Bytes of the arena the entry takes.
+    fn span(&self) -> usize {
+        self.key_len as usize + self.room as usize
+    }
+}
+
+/// A shard keeps its keys and values back to back in one arena, so that a snapshot chunk is
+/// restored with one allocation per shard, not two per entry, and a shard is encoded from
+/// memory that is contiguous. An overwrite that fits stays in place; one that does not, and a
+/// removal, leave garbage, which a compaction reclaims once it is half the arena.
 #[derive(Clone, Default)]
 struct Shard {
     table: HashTable<Slot>,
+    arena: Vec<u8>,
+    garbage: usize,
     digest: u64,
+}
+
+/// Compactions wait for at least this much garbage, so that a small shard is not copied over
+/// and over.
+const GARBAGE_MIN: usize = 16 * 1024;
+
+impl Shard {
+    fn find(&self, hash: u64, key: &[u8]) -> Option<&Slot> {
+        let arena = &self.arena;
+        self.table.find(hash, |s| s.key(arena) == key)
+    }
+
+    /// Compacts if half the arena is garbage.
+    fn tidy(&mut self) {
+        if self.worth_compacting() {
+            self.compact();
+        }
+    }
+
+    fn worth_compacting(&self) -> bool {
+        self.garbage >= GARBAGE_MIN && self.garbage * 2 >= self.arena.len()
+    }
+
+    /// Copies the live entries into a new arena, with half as much room again to grow.
+    fn compact(&mut self) {
+        let live = self.arena.len() - self.garbage;
+        let mut arena = Vec::with_capacity(live + live / 2);
+        for slot in self.table.iter_mut() {
+            let old = slot.at;
+            slot.at = arena.len();
+            arena.extend_from_slice(&self.arena[old..old + slot.span()]);
+        }
+        self.arena = arena;
+        self.garbage = 0;
+    }
 }
 
 /// A map in [`SHARDS`] shards (by `catch_up::shard_of`, the same on every engine) with a
@@ -59,10 +119,8 @@ impl DigestMap {
 
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
         let hash = key_hash(key);
-        self.shards[shard_of(hash)]
-            .table
-            .find(hash, |s| *s.key == *key)
-            .map(|s| &s.value[..])
+        let shard = &self.shards[shard_of(hash)];
+        shard.find(hash, key).map(|s| s.value(&shard.arena))
     }
 
     pub fn len(&self) -> usize {
@@ -77,30 +135,51 @@ impl DigestMap {
         self.digest
     }
 
-    /// Stores a copy of `key` and `value`; an existing entry's value buffer is reused, so an
-    /// overwrite that fits allocates nothing.
+    /// Stores a copy of `key` (at most `u16::MAX` bytes, as on the wire) and `value`; an
+    /// overwrite that fits the entry's room stays in place and allocates nothing.
     fn put(&mut self, key: &[u8], value: &[u8]) {
         let hash = key_hash(key);
         let seed = self.seed;
         let shard = &mut self.shards[shard_of(hash)];
         let add = entry_hash(seed, hash, value);
+        let value_len = u32::try_from(value.len()).expect("a value is under 4 GiB");
         let mut removed = 0u64;
-        match shard.table.find_mut(hash, |s| *s.key == *key) {
+        let Shard {
+            table,
+            arena,
+            garbage,
+            ..
+        } = shard;
+        match table.find_mut(hash, |s| s.key(arena) == key) {
             Some(slot) => {
-                removed = entry_hash(seed, hash, &slot.value);
-                slot.value.clear();
-                slot.value.extend_from_slice(value);
+                removed = entry_hash(seed, hash, slot.value(arena));
+                if value_len <= slot.room {
+                    let at = slot.at + key.len();
+                    arena[at..at + value.len()].copy_from_slice(value);
+                } else {
+                    *garbage += slot.span();
+                    slot.at = arena.len();
+                    slot.room = value_len;
+                    arena.extend_from_slice(key);
+                    arena.extend_from_slice(value);
+                }
+                slot.value_len = value_len;
             }
             None => {
                 let slot = Slot {
                     hash,
-                    key: key.into(),
-                    value: value.to_vec(),
+                    at: arena.len(),
+                    room: value_len,
+                    value_len,
+                    key_len: u16::try_from(key.len()).expect("a key is under 64 KiB"),
                 };
-                shard.table.insert_unique(hash, slot, |s| s.hash);
+                arena.extend_from_slice(key);
+                arena.extend_from_slice(value);
+                table.insert_unique(hash, slot, |s| s.hash);
                 self.len += 1;
             }
         }
+        shard.tidy();
         shard.digest = shard.digest.wrapping_add(add).wrapping_sub(removed);
         self.digest = self.digest.wrapping_add(add).wrapping_sub(removed);
     }
@@ -108,11 +187,14 @@ impl DigestMap {
     fn remove(&mut self, key: &[u8]) -> bool {
         let hash = key_hash(key);
         let shard = &mut self.shards[shard_of(hash)];
-        let Ok(entry) = shard.table.find_entry(hash, |s| *s.key == *key) else {
+        let arena = &shard.arena;
+        let Ok(entry) = shard.table.find_entry(hash, |s| s.key(arena) == key) else {
             return false;
         };
         let (slot, _) = entry.remove();
-        let removed = entry_hash(self.seed, hash, &slot.value);
+        let removed = entry_hash(self.seed, hash, slot.value(&shard.arena));
+        shard.garbage += slot.span();
+        shard.tidy();
         shard.digest = shard.digest.wrapping_sub(removed);
         self.digest = self.digest.wrapping_sub(removed);
         self.len -= 1;
@@ -124,8 +206,7 @@ impl DigestMap {
         let s = &mut self.shards[shard];
         self.len -= s.table.len();
         self.digest = self.digest.wrapping_sub(s.digest);
-        s.digest = 0;
-        s.table = HashTable::new();
+        *s = Shard::default();
     }
 
     fn shard_len(&self, shard: usize) -> usize {
@@ -133,10 +214,10 @@ impl DigestMap {
     }
 
     fn shard_iter(&self, shard: usize) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.shards[shard]
-            .table
+        let s = &self.shards[shard];
+        s.table
             .iter()
-            .map(|s| (&s.key[..], &s.value[..]))
+            .map(|slot| (slot.key(&s.arena), slot.value(&s.arena)))
     }
 }
 
@@ -257,10 +338,10 @@ impl State {
     }
 
     /// Restores one record of a snapshot chunk into its (cleared) shard.
-    pub fn restore(&mut self, r: &Record) -> Result<(), ApplyError> {
+    pub fn restore(&mut self, r: RecordRef<'_>) -> Result<(), ApplyError> {
         match r.op {
-            Op::UnitCreate => self.units.put(&r.key, &r.value),
-            Op::DbPut => self.db.put(&r.key, &r.value),
+            Op::UnitCreate => self.units.put(r.key, r.value),
+            Op::DbPut => self.db.put(r.key, r.value),
             Op::Control(control::FEATURES_ENABLED) => self.features_enabled = true,
             op => return Err(ApplyError::Rejected(format!("{op:?} in a snapshot"))),
         }

@@ -25,8 +25,7 @@ use std::ops::RangeInclusive;
 use bytes::{BufMut, Bytes};
 
 use crate::frame::{FrameBuf, FrameError, Kind};
-use crate::record::{self, Op, Records};
-use crate::wire::Reader;
+use crate::record::{self, Op, RecordRefs};
 
 /// Shards of the state. Part of the protocol: both ends must agree.
 pub const SHARDS: usize = 4096;
@@ -132,41 +131,39 @@ impl ChunkWriter {
     }
 }
 
-/// A decoded chunk: the shards it covers and its records.
-pub struct Chunk {
+/// A decoded chunk: the shards it covers and its records, borrowed from the payload.
+pub struct Chunk<'a> {
     pub shards: RangeInclusive<usize>,
-    pub records: Records,
+    pub records: RecordRefs<'a>,
 }
 
-/// Decodes a chunk frame's payload (the records are checked as they are iterated; see
-/// [`Records::validate`]).
-pub fn decode_chunk(payload: Bytes) -> Result<Chunk, FrameError> {
+/// Decodes a chunk frame's payload (the records are checked as they are iterated).
+pub fn decode_chunk(payload: &[u8]) -> Result<Chunk<'_>, FrameError> {
     let malformed = FrameError::Malformed {
         kind: Kind::SnapshotChunk,
         what: "shard range",
     };
-    let mut reader = Reader::new(payload.clone());
-    let (Some(from), Some(to)) = (reader.u16(), reader.u16()) else {
+    let Some((range, records)) = payload.split_first_chunk::<4>() else {
         return Err(malformed);
     };
-    let (from, to) = (from as usize, to as usize);
+    let from = u16::from_le_bytes([range[0], range[1]]) as usize;
+    let to = u16::from_le_bytes([range[2], range[3]]) as usize;
     if from > to || to >= SHARDS {
         return Err(malformed);
     }
-    let records = Records::new(Kind::SnapshotChunk, payload.slice(CHUNK_HEADER_BYTES..))?;
     Ok(Chunk {
         shards: from..=to,
-        records,
+        records: RecordRefs::new(Kind::SnapshotChunk, records)?,
     })
 }
 
 /// Checks a whole chunk frame's payload: its range and every record, and that each keyed
 /// record belongs to one of its shards.
-pub fn validate_chunk(payload: &Bytes) -> Result<(), FrameError> {
-    let chunk = decode_chunk(payload.clone())?;
+pub fn validate_chunk(payload: &[u8]) -> Result<(), FrameError> {
+    let chunk = decode_chunk(payload)?;
     for r in chunk.records {
         let r = r?;
-        if !matches!(r.op, Op::Control(_)) && !chunk.shards.contains(&shard_of(key_hash(&r.key))) {
+        if !matches!(r.op, Op::Control(_)) && !chunk.shards.contains(&shard_of(key_hash(r.key))) {
             return Err(FrameError::Malformed {
                 kind: Kind::SnapshotChunk,
                 what: "record outside the chunk's shards",
@@ -214,13 +211,16 @@ mod tests {
             assert_eq!((f.kind, f.seq), (Kind::SnapshotChunk, 9));
             assert!(f.payload.len() <= 4096 + 8 + 300 + 16);
             validate_chunk(&f.payload).unwrap();
-            let chunk = decode_chunk(f.payload).unwrap();
+            let chunk = decode_chunk(&f.payload).unwrap();
             // Consecutive: a frame starts at the next shard, or continues the last one.
             assert!(*chunk.shards.start() == next || *chunk.shards.start() + 1 == next);
             next = chunk.shards.end() + 1;
             for r in chunk.records {
                 let r = r.unwrap();
-                seen[shard_of(key_hash(&r.key))].push((r.key, r.value));
+                seen[shard_of(key_hash(r.key))].push((
+                    Bytes::copy_from_slice(r.key),
+                    Bytes::copy_from_slice(r.value),
+                ));
             }
         }
         assert_eq!(next, SHARDS);

@@ -27,5 +27,5 @@ pub use frame::{Frame, FrameError, Kind};
 pub use handshake::{Hello, HelloReply, Identity, Start, VersionCheck};
 pub use link::{LinkConfig, SnapshotEnd, StepUp};
 pub use receiver::{Receiver, ReceiverEvent};
-pub use record::{Op, Record, Records};
+pub use record::{Op, Record, RecordRef, RecordRefs, Records};
 pub use sender::{Sender, SenderEvent};

@@ -76,6 +76,39 @@ pub struct Record {
     pub value: Bytes,
 }
 
+impl Record {
+    pub fn as_ref(&self) -> RecordRef<'_> {
+        RecordRef {
+            op: self.op,
+            key: &self.key,
+            value: &self.value,
+        }
+    }
+}
+
+/// One decoded update borrowed from its frame: what a snapshot chunk's restore reads, with
+/// no reference count to touch per record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordRef<'a> {
+    pub op: Op,
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+}
+
+/// Decodes the record at the start of `buf`: the record and the bytes after it.
+fn split_record(buf: &[u8]) -> Option<(RecordRef<'_>, &[u8])> {
+    let head = buf.get(..RECORD_HEADER_BYTES)?;
+    let op = Op::from_wire(head[0], head[1])?;
+    let key_len = u16::from_le_bytes([head[2], head[3]]) as usize;
+    let value_len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
+    if value_len > VALUE_BYTES_MAX || buf.len() < RECORD_HEADER_BYTES + key_len + value_len {
+        return None;
+    }
+    let (key, rest) = buf[RECORD_HEADER_BYTES..].split_at(key_len);
+    let (value, rest) = rest.split_at(value_len);
+    Some((RecordRef { op, key, value }, rest))
+}
+
 /// The encoded size of a record, to check limits before appending.
 pub fn encoded_len(key: &[u8], value: &[u8]) -> usize {
     RECORD_HEADER_BYTES + key.len() + value.len()
@@ -93,6 +126,65 @@ pub fn put(out: &mut BytesMut, op: Op, key: &[u8], value: &[u8]) {
     out.put_u32_le(value.len() as u32);
     out.put_slice(key);
     out.put_slice(value);
+}
+
+/// Iterates over the records of a payload (a u32 record count, then the records) as borrowed
+/// slices. Yields at most one error, then ends.
+pub struct RecordRefs<'a> {
+    rest: &'a [u8],
+    left: u32,
+    frame: Kind,
+    failed: bool,
+}
+
+impl<'a> RecordRefs<'a> {
+    pub fn new(frame: Kind, payload: &'a [u8]) -> Result<RecordRefs<'a>, FrameError> {
+        let (count, rest) = payload
+            .split_first_chunk::<4>()
+            .ok_or(FrameError::Malformed {
+                kind: frame,
+                what: "count",
+            })?;
+        Ok(RecordRefs {
+            rest,
+            left: u32::from_le_bytes(*count),
+            frame,
+            failed: false,
+        })
+    }
+
+    fn fail(&mut self, what: &'static str) -> Option<Result<RecordRef<'a>, FrameError>> {
+        self.failed = true;
+        Some(Err(FrameError::Malformed {
+            kind: self.frame,
+            what,
+        }))
+    }
+}
+
+impl<'a> Iterator for RecordRefs<'a> {
+    type Item = Result<RecordRef<'a>, FrameError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        if self.left == 0 {
+            return if self.rest.is_empty() {
+                None
+            } else {
+                self.fail("bytes after the last record")
+            };
+        }
+        self.left -= 1;
+        match split_record(self.rest) {
+            Some((r, rest)) => {
+                self.rest = rest;
+                Some(Ok(r))
+            }
+            None => self.fail("record"),
+        }
+    }
 }
 
 /// Iterates over the records of a batch or snapshot payload (after its count prefix).

@@ -604,7 +604,7 @@ impl Pair {
                     };
                 }
                 ReceiverEvent::SnapshotChunk { seq, payload } => {
-                    let chunk = catch_up::decode_chunk(payload.clone()).unwrap();
+                    let chunk = catch_up::decode_chunk(payload).unwrap();
                     let held = standby.restore.as_mut().expect("a chunk during a snapshot");
                     for shard in chunk.shards.clone() {
                         if let std::collections::hash_map::Entry::Vacant(e) = held.entry(shard) {
@@ -614,7 +614,7 @@ impl Pair {
                     }
                     for r in chunk.records {
                         let r = r.expect("a validated chunk");
-                        standby.state.apply(r.op, &r.key, &r.value);
+                        standby.state.apply(r.op, r.key, r.value);
                         standby.snapshot_records += 1;
                     }
                 }
