@@ -477,13 +477,13 @@ impl Application for Sessions {
     /// so that a standby stops at the first update it cannot take over with.
     fn check_update(&self, record: RecordRef<'_>) -> Result<(), String> {
         match record.op {
-            Op::UnitCreate | Op::UnitUpdate => self.read(&record.value).map(drop),
+            Op::UnitCreate | Op::UnitUpdate => self.read(record.value).map(drop),
             Op::DbPut
                 if self.version == AppVersion::V1_0 && record.key.starts_with(TRANSFER_PREFIX) =>
             {
                 Err(format!(
                     "database record '{}' needs version 2.0",
-                    lossy(&record.key)
+                    lossy(record.key)
                 ))
             }
             Op::Control(control::FEATURES_ENABLED) if self.version == AppVersion::V1_0 => {
