@@ -241,7 +241,7 @@ impl Records {
     /// Checks that the payload holds exactly the announced records, without applying any:
     /// a standby validates a whole batch before it changes its state.
     pub fn validate(frame: Kind, payload: &Bytes) -> Result<u32, FrameError> {
-        let mut records = Records::new(frame, payload.clone())?;
+        let mut records = RecordRefs::new(frame, payload)?;
         let count = records.left;
         for r in records.by_ref() {
             r?;
