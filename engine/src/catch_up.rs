@@ -86,12 +86,24 @@ impl Cursor {
 /// "Not received yet", in [`Restore`]'s table of shard sequences.
 const MISSING: u64 = u64::MAX;
 
+/// What one shard of a chunk brings to each map: entries, and key and value bytes.
+#[derive(Clone, Copy, Default)]
+struct ShardSize {
+    shard: usize,
+    units: (usize, usize),
+    db: (usize, usize),
+}
+
 /// The receiving side: which shards it holds, as of which sequence.
 pub struct Restore {
     shard_seq: Box<[u64]>,
     shards_held: usize,
     records: u64,
     end: Option<SnapshotEnd>,
+    /// A chunk's key hashes (0 for a control record) and its shards' sizes, from the first
+    /// pass over it; kept from chunk to chunk, so that a restore allocates them once.
+    hashes: Vec<u64>,
+    sizes: Vec<ShardSize>,
     /// Chunk payload bytes so far, and since when: what a log line says of the catch-up.
     pub bytes: u64,
     pub started: std::time::Instant,
@@ -104,6 +116,8 @@ impl Default for Restore {
             shards_held: 0,
             records: 0,
             end: None,
+            hashes: Vec::new(),
+            sizes: Vec::new(),
             bytes: 0,
             started: std::time::Instant::now(),
         }
@@ -111,7 +125,11 @@ impl Default for Restore {
 }
 
 impl Restore {
-    /// Applies a chunk frame (validated, see `catch_up::validate_chunk`) as of update `seq`.
+    /// Applies a chunk frame (its records well formed, see `catch_up::validate_chunk`) as of
+    /// update `seq`. A first pass checks every record (the application's check, and that its
+    /// key belongs to the chunk's shards, in order) and sizes each shard, before anything
+    /// changes; the second inserts into tables and arenas reserved to size, with each key
+    /// hashed once.
     pub fn chunk(
         &mut self,
         app: &dyn Application,
@@ -121,6 +139,44 @@ impl Restore {
     ) -> Result<(), String> {
         self.bytes += payload.len() as u64;
         let chunk = catch_up::decode_chunk(&payload).map_err(|e| e.to_string())?;
+        self.hashes.clear();
+        self.sizes.clear();
+        for record in chunk.records.clone() {
+            let record = record.map_err(|e| e.to_string())?;
+            app.check_update(record)?;
+            let (map, hash) = match record.op {
+                Op::Control(_) => {
+                    self.hashes.push(0);
+                    continue;
+                }
+                Op::UnitCreate => (0, key_hash(record.key)),
+                Op::DbPut => (1, key_hash(record.key)),
+                op => return Err(format!("{op:?} in a snapshot")),
+            };
+            let shard = shard_of(hash);
+            let last = self.sizes.last().map(|s| s.shard);
+            if !chunk.shards.contains(&shard) || last.is_some_and(|l| l > shard) {
+                return Err(format!(
+                    "a record of shard {shard} out of place in a chunk of shards {:?}",
+                    chunk.shards
+                ));
+            }
+            if last != Some(shard) {
+                self.sizes.push(ShardSize {
+                    shard,
+                    ..ShardSize::default()
+                });
+            }
+            let size = self.sizes.last_mut().expect("pushed");
+            let (entries, bytes) = if map == 0 {
+                &mut size.units
+            } else {
+                &mut size.db
+            };
+            *entries += 1;
+            *bytes += record.key.len() + record.value.len();
+            self.hashes.push(hash);
+        }
         for shard in chunk.shards.clone() {
             match self.shard_seq[shard] {
                 MISSING => {
@@ -133,10 +189,12 @@ impl Restore {
                 _ => return Err(format!("shard {shard} of the snapshot came twice")),
             }
         }
-        for record in chunk.records {
+        for s in &self.sizes {
+            state.reserve_shard(s.shard, s.units, s.db);
+        }
+        for (record, &hash) in chunk.records.zip(&self.hashes) {
             let record = record.map_err(|e| e.to_string())?;
-            app.check_update(record)?;
-            state.restore(record).map_err(|e| e.to_string())?;
+            state.restore(record, hash).map_err(|e| e.to_string())?;
             if !matches!(record.op, Op::Control(_)) {
                 self.records += 1;
             }
@@ -284,6 +342,50 @@ mod tests {
         };
         state.apply(op, key.as_bytes(), value.as_bytes()).unwrap();
         outbox.push(Instant::now(), op, key.as_bytes(), value.as_bytes());
+    }
+
+    /// A chunk whose records are not all of its shards, in order, is refused before it
+    /// changes anything.
+    #[test]
+    fn a_chunk_with_a_record_out_of_its_shards_is_refused_whole() {
+        let key = b"somewhere";
+        let shard = shard_of(key_hash(key));
+        let other = b"elsewhere";
+        let shard_other = shard_of(key_hash(other));
+        assert_ne!(shard, shard_other);
+        let chunk = |shards: &[(usize, &[u8])]| {
+            let mut frames = Vec::new();
+            let mut w = ChunkWriter::new(1 << 20);
+            for &(s, key) in shards {
+                w.begin_shard(s, 1, &mut |f| frames.push(f));
+                w.push(Op::DbPut, key, b"v", &mut |f| frames.push(f));
+            }
+            w.flush(&mut |f| frames.push(f));
+            decode_exact(&frames[0]).unwrap().payload
+        };
+        let (lo, hi) = if shard < shard_other {
+            ((shard, &key[..]), (shard_other, &other[..]))
+        } else {
+            ((shard_other, &other[..]), (shard, &key[..]))
+        };
+        let wrong_shard = chunk(&[((shard + 1) % SHARDS, key)]);
+        let out_of_order = chunk(&[(lo.0, hi.1), (hi.0, lo.1)]);
+        for payload in [wrong_shard, out_of_order] {
+            catch_up::validate_chunk(&payload).unwrap();
+            let mut state = State::default();
+            state.apply(Op::DbPut, key, b"before").unwrap();
+            let digest = state.digest();
+            let mut r = Restore::default();
+            assert!(r.chunk(&Plain, &mut state, 1, payload).is_err());
+            assert_eq!(state.digest(), digest, "nothing changed");
+            assert_eq!(r.shards_held, 0);
+        }
+        let mut state = State::default();
+        Restore::default()
+            .chunk(&Plain, &mut state, 1, chunk(&[lo, hi]))
+            .unwrap();
+        assert_eq!(state.db.get(key), Some(&b"v"[..]));
+        assert_eq!(state.db.get(other), Some(&b"v"[..]));
     }
 
     /// The frames of one link, in the order the sender hands them out: chunks go ahead of the

@@ -138,7 +138,11 @@ impl DigestMap {
     /// Stores a copy of `key` (at most `u16::MAX` bytes, as on the wire) and `value`; an
     /// overwrite that fits the entry's room stays in place and allocates nothing.
     fn put(&mut self, key: &[u8], value: &[u8]) {
-        let hash = key_hash(key);
+        self.put_hashed(key_hash(key), key, value)
+    }
+
+    /// [`Self::put`], with the key's hash known already.
+    fn put_hashed(&mut self, hash: u64, key: &[u8], value: &[u8]) {
         let seed = self.seed;
         let shard = &mut self.shards[shard_of(hash)];
         let add = entry_hash(seed, hash, value);
@@ -207,6 +211,14 @@ impl DigestMap {
         self.len -= s.table.len();
         self.digest = self.digest.wrapping_sub(s.digest);
         *s = Shard::default();
+    }
+
+    /// Makes room in shard `shard` for `entries` more entries of `bytes` key and value bytes
+    /// in all, so that a restore fills it without a resize.
+    fn reserve_shard(&mut self, shard: usize, (entries, bytes): (usize, usize)) {
+        let s = &mut self.shards[shard];
+        s.table.reserve(entries, |slot| slot.hash);
+        s.arena.reserve(bytes);
     }
 
     fn shard_len(&self, shard: usize) -> usize {
@@ -337,11 +349,19 @@ impl State {
         self.db.clear_shard(shard);
     }
 
-    /// Restores one record of a snapshot chunk into its (cleared) shard.
-    pub fn restore(&mut self, r: RecordRef<'_>) -> Result<(), ApplyError> {
+    /// Makes room in a shard for what a snapshot chunk brings to each map: (entries, bytes)
+    /// of work units and of database records.
+    pub fn reserve_shard(&mut self, shard: usize, units: (usize, usize), db: (usize, usize)) {
+        self.units.reserve_shard(shard, units);
+        self.db.reserve_shard(shard, db);
+    }
+
+    /// Restores one record of a snapshot chunk into its (cleared) shard; `hash` is the key's
+    /// `key_hash` (the caller computed it to find the shard).
+    pub fn restore(&mut self, r: RecordRef<'_>, hash: u64) -> Result<(), ApplyError> {
         match r.op {
-            Op::UnitCreate => self.units.put(r.key, r.value),
-            Op::DbPut => self.db.put(r.key, r.value),
+            Op::UnitCreate => self.units.put_hashed(hash, r.key, r.value),
+            Op::DbPut => self.db.put_hashed(hash, r.key, r.value),
             Op::Control(control::FEATURES_ENABLED) => self.features_enabled = true,
             op => return Err(ApplyError::Rejected(format!("{op:?} in a snapshot"))),
         }

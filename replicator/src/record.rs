@@ -15,7 +15,6 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::frame::{FrameError, Kind};
-use crate::wire::Reader;
 
 pub const RECORD_HEADER_BYTES: usize = 8;
 pub const KEY_BYTES_MAX: usize = u16::MAX as usize;
@@ -130,6 +129,7 @@ pub fn put(out: &mut BytesMut, op: Op, key: &[u8], value: &[u8]) {
 
 /// Iterates over the records of a payload (a u32 record count, then the records) as borrowed
 /// slices. Yields at most one error, then ends.
+#[derive(Clone)]
 pub struct RecordRefs<'a> {
     rest: &'a [u8],
     left: u32,
@@ -187,10 +187,12 @@ impl<'a> Iterator for RecordRefs<'a> {
     }
 }
 
-/// Iterates over the records of a batch or snapshot payload (after its count prefix).
-/// Yields at most one error, then ends.
+/// Iterates over the records of a batch or snapshot payload as [`Record`]s, whose key and
+/// value share the payload's buffer. Yields at most one error, then ends.
 pub struct Records {
-    reader: Reader,
+    payload: Bytes,
+    /// Where the next record starts in `payload`.
+    at: usize,
     left: u32,
     frame: Kind,
     failed: bool,
@@ -199,13 +201,10 @@ pub struct Records {
 impl Records {
     /// `payload` is a batch or snapshot-chunk payload: a u32 record count, then the records.
     pub fn new(frame: Kind, payload: Bytes) -> Result<Records, FrameError> {
-        let mut reader = Reader::new(payload);
-        let left = reader.u32().ok_or(FrameError::Malformed {
-            kind: frame,
-            what: "count",
-        })?;
+        let left = RecordRefs::new(frame, &payload)?.left;
         Ok(Records {
-            reader,
+            payload,
+            at: 4,
             left,
             frame,
             failed: false,
@@ -214,28 +213,6 @@ impl Records {
 
     pub fn remaining(&self) -> u32 {
         self.left
-    }
-
-    fn next_record(&mut self) -> Option<Record> {
-        let kind = self.reader.u8()?;
-        let code = self.reader.u8()?;
-        let op = Op::from_wire(kind, code)?;
-        let key_len = self.reader.u16()? as usize;
-        let value_len = self.reader.u32()? as usize;
-        if value_len > VALUE_BYTES_MAX {
-            return None;
-        }
-        let key = self.reader.bytes(key_len)?;
-        let value = self.reader.bytes(value_len)?;
-        Some(Record { op, key, value })
-    }
-
-    fn fail(&mut self, what: &'static str) -> Option<Result<Record, FrameError>> {
-        self.failed = true;
-        Some(Err(FrameError::Malformed {
-            kind: self.frame,
-            what,
-        }))
     }
 
     /// Checks that the payload holds exactly the announced records, without applying any:
@@ -254,21 +231,22 @@ impl Iterator for Records {
     type Item = Result<Record, FrameError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.failed {
-            return None;
-        }
-        if self.left == 0 {
-            return if self.reader.is_empty() {
-                None
-            } else {
-                self.fail("bytes after the last record")
-            };
-        }
-        self.left -= 1;
-        match self.next_record() {
-            Some(r) => Some(Ok(r)),
-            None => self.fail("record"),
-        }
+        // One parser: the borrowed iterator's, over what is left of the payload.
+        let mut refs = RecordRefs {
+            rest: &self.payload[self.at..],
+            left: self.left,
+            frame: self.frame,
+            failed: self.failed,
+        };
+        let next = refs.next();
+        self.at = self.payload.len() - refs.rest.len();
+        self.left = refs.left;
+        self.failed = refs.failed;
+        Some(next?.map(|r| Record {
+            op: r.op,
+            key: self.payload.slice_ref(r.key),
+            value: self.payload.slice_ref(r.value),
+        }))
     }
 }
 

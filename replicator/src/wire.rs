@@ -40,10 +40,6 @@ impl Reader {
         let n = self.u16()? as usize;
         String::from_utf8(self.bytes(n)?.to_vec()).ok()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
-    }
 }
 
 pub(crate) fn put_string(out: &mut BytesMut, s: &str) {
