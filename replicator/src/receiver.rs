@@ -13,12 +13,14 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::catch_up;
 use crate::frame::{self, Frame, FrameBuf, FrameError, Kind};
-
-/// Bytes of ack frames per arena allocation (a hundred and more acks).
-const ACK_ARENA_BYTES: usize = 4096;
 use crate::handshake::{self, negotiate, Hello, HelloReply, Identity, Start};
 use crate::link::{self, frame_bytes, LinkConfig, SnapshotEnd, StepUp};
 use crate::record::Records;
+
+/// Bytes of ack frames per arena allocation (a hundred and more acks).
+const ACK_ARENA_BYTES: usize = 4096;
+/// Receive buffer blocks: whole frames are handed out as slices of one block.
+const RX_BLOCK_BYTES: usize = 1 << 20;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReceiverEvent {
@@ -83,7 +85,7 @@ impl Receiver {
         Receiver {
             config,
             state: State::AwaitChallenge,
-            rx: BytesMut::with_capacity(64 << 10),
+            rx: BytesMut::with_capacity(RX_BLOCK_BYTES),
             out: VecDeque::new(),
             events: VecDeque::new(),
             seq_received: hello.seq_applied,
@@ -116,6 +118,11 @@ impl Receiver {
             return;
         }
         self.last_rx = now;
+        if self.rx.capacity() - self.rx.len() < data.len() {
+            // Decoded frames share the buffer until the engine has applied them; growing it
+            // a block at a time copies a frame's partial tail once per block, not per frame.
+            self.rx.reserve(data.len().max(RX_BLOCK_BYTES));
+        }
         self.rx.extend_from_slice(data);
         while self.state != State::Closed {
             match frame::decode(&mut self.rx) {
