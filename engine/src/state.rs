@@ -225,11 +225,14 @@ impl DigestMap {
         self.shards[shard].table.len()
     }
 
-    fn shard_iter(&self, shard: usize) -> impl Iterator<Item = (&[u8], &[u8])> {
+    /// A shard's entries as they lie in its arena: the key's length, and the key and value
+    /// back to back (what a record carries after its header).
+    fn shard_iter(&self, shard: usize) -> impl Iterator<Item = (usize, &[u8])> {
         let s = &self.shards[shard];
-        s.table
-            .iter()
-            .map(|slot| (slot.key(&s.arena), slot.value(&s.arena)))
+        s.table.iter().map(|slot| {
+            let len = slot.key_len as usize + slot.value_len as usize;
+            (slot.key_len as usize, &s.arena[slot.at..slot.at + len])
+        })
     }
 }
 
@@ -330,11 +333,11 @@ impl State {
         chunks: &mut ChunkWriter,
         emit: &mut impl FnMut(Bytes),
     ) {
-        for (k, v) in self.units.shard_iter(shard) {
-            chunks.push(Op::UnitCreate, k, v, emit);
+        for (key_len, entry) in self.units.shard_iter(shard) {
+            chunks.push_entry(Op::UnitCreate, key_len, entry, emit);
         }
-        for (k, v) in self.db.shard_iter(shard) {
-            chunks.push(Op::DbPut, k, v, emit);
+        for (key_len, entry) in self.db.shard_iter(shard) {
+            chunks.push_entry(Op::DbPut, key_len, entry, emit);
         }
     }
 

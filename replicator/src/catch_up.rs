@@ -50,9 +50,13 @@ const CHUNK_HEADER_BYTES: usize = 4;
 
 /// Builds snapshot-chunk frames of whole shards: call [`ChunkWriter::begin_shard`] for each
 /// shard in increasing order, then [`ChunkWriter::push`] its records; a frame is sealed
-/// whenever it would exceed the size limit, and by [`ChunkWriter::flush`].
+/// whenever it would exceed the size limit, and by [`ChunkWriter::flush`]. Frames are cut
+/// from one arena of several frames, which is reused once the frames cut from it are
+/// dropped: a frame per allocation would be above malloc's mmap threshold, and every frame
+/// would cost fresh pages, faulted in and zeroed by the kernel.
 pub struct ChunkWriter {
-    frame: Option<FrameBuf>,
+    frames: FrameBuf,
+    open: bool,
     bytes_max: usize,
     shard_from: usize,
     shard_to: usize,
@@ -60,12 +64,16 @@ pub struct ChunkWriter {
     seq: u64,
 }
 
+/// Frames per arena.
+const FRAMES_PER_ARENA: usize = 8;
+
 impl ChunkWriter {
     /// Frames of about `bytes_max` payload bytes (a single larger record gets a frame of its
     /// own).
     pub fn new(bytes_max: usize) -> ChunkWriter {
         ChunkWriter {
-            frame: None,
+            frames: FrameBuf::with_capacity(FRAMES_PER_ARENA * Self::room(bytes_max)),
+            open: false,
             bytes_max,
             shard_from: 0,
             shard_to: 0,
@@ -74,24 +82,30 @@ impl ChunkWriter {
         }
     }
 
+    /// Bytes a frame of `bytes_max` payload bytes takes at most, but for its last record.
+    fn room(bytes_max: usize) -> usize {
+        crate::frame::HEADER_BYTES + CHUNK_HEADER_BYTES + 4 + bytes_max
+    }
+
     /// Starts shard `shard`, as it is after update `seq`: it belongs to the open frame (opened
     /// now if none is), which is sealed first if its shards are as of another sequence.
     pub fn begin_shard(&mut self, shard: usize, seq: u64, emit: &mut impl FnMut(Bytes)) {
         debug_assert!(shard < SHARDS);
-        if self.frame.is_some() && self.seq != seq {
+        if self.open && self.seq != seq {
             self.flush(emit);
         }
-        if self.frame.is_none() {
-            self.open(shard);
+        if !self.open {
+            self.start(shard);
         }
         self.shard_to = shard;
         self.seq = seq;
     }
 
-    fn open(&mut self, shard: usize) {
-        let mut frame = FrameBuf::with_capacity(self.bytes_max + CHUNK_HEADER_BYTES + 4);
-        frame.payload_mut().put_bytes(0, CHUNK_HEADER_BYTES + 4);
-        self.frame = Some(frame);
+    fn start(&mut self, shard: usize) {
+        self.frames
+            .payload_mut()
+            .put_bytes(0, CHUNK_HEADER_BYTES + 4);
+        self.open = true;
         self.shard_from = shard;
         self.shard_to = shard;
         self.count = 0;
@@ -99,35 +113,64 @@ impl ChunkWriter {
 
     /// Appends one record of the current shard (after [`Self::begin_shard`]).
     pub fn push(&mut self, op: Op, key: &[u8], value: &[u8], emit: &mut impl FnMut(Bytes)) {
-        let len = record::encoded_len(key, value);
+        self.make_room(record::encoded_len(key, value), emit);
+        record::put(self.frames.payload_mut(), op, key, value);
+        self.count += 1;
+    }
+
+    /// [`Self::push`] of a record whose key (its first `key_len` bytes) and value lie back to
+    /// back in `entry`, as in the engine's shard arenas: one copy per record.
+    pub fn push_entry(
+        &mut self,
+        op: Op,
+        key_len: usize,
+        entry: &[u8],
+        emit: &mut impl FnMut(Bytes),
+    ) {
+        self.make_room(record::RECORD_HEADER_BYTES + entry.len(), emit);
+        record::put_entry(self.frames.payload_mut(), op, key_len, entry);
+        self.count += 1;
+    }
+
+    /// Seals the open frame if a record of `len` bytes would take it over the limit.
+    fn make_room(&mut self, len: usize, emit: &mut impl FnMut(Bytes)) {
+        assert!(self.open, "push after begin_shard");
         let full = self.count > 0 && self.pending_bytes() + len > self.bytes_max;
         if full {
             // The rest of this shard continues in a frame of the same shard and sequence.
             let shard = self.shard_to;
             self.flush(emit);
-            self.open(shard);
+            self.start(shard);
         }
-        let frame = self.frame.as_mut().expect("push after begin_shard");
-        record::put(frame.payload_mut(), op, key, value);
-        self.count += 1;
     }
 
     /// Payload bytes in the open frame.
     pub fn pending_bytes(&self) -> usize {
-        self.frame.as_ref().map_or(0, FrameBuf::payload_len)
+        if self.open {
+            self.frames.payload_len()
+        } else {
+            0
+        }
     }
 
     /// Seals the open frame, if any (a frame of shards with no records goes too: the receiver
     /// learns that those shards are empty).
     pub fn flush(&mut self, emit: &mut impl FnMut(Bytes)) {
-        let Some(mut frame) = self.frame.take() else {
+        if !self.open {
             return;
-        };
-        let head = &mut frame.payload_mut()[crate::frame::HEADER_BYTES..];
+        }
+        self.open = false;
+        let head = &mut self.frames.payload_mut()[crate::frame::HEADER_BYTES..];
         head[0..2].copy_from_slice(&(self.shard_from as u16).to_le_bytes());
         head[2..4].copy_from_slice(&(self.shard_to as u16).to_le_bytes());
         head[4..8].copy_from_slice(&self.count.to_le_bytes());
-        emit(frame.seal(Kind::SnapshotChunk, self.seq));
+        let room = Self::room(self.bytes_max);
+        emit(self.frames.seal_and_continue_with_room(
+            Kind::SnapshotChunk,
+            self.seq,
+            room,
+            FRAMES_PER_ARENA * room,
+        ));
     }
 }
 

@@ -224,12 +224,24 @@ impl FrameBuf {
 
     /// Seals the frame, splits it off, and starts the next frame in the same allocation: a
     /// stream of frames costs an allocation only when the arena's capacity runs out (and
-    /// `reserve` reclaims it once the sent frames are dropped).
+    /// `reserve` reclaims it once the sent frames are dropped). The next frame gets a new
+    /// arena of `arena_bytes` if less than an eighth of that is left.
     pub fn seal_and_continue(&mut self, kind: Kind, seq: u64, arena_bytes: usize) -> Bytes {
+        self.seal_and_continue_with_room(kind, seq, arena_bytes / 8, arena_bytes)
+    }
+
+    /// [`Self::seal_and_continue`], with the room the next frame needs: `room` bytes.
+    pub fn seal_and_continue_with_room(
+        &mut self,
+        kind: Kind,
+        seq: u64,
+        room: usize,
+        arena_bytes: usize,
+    ) -> Bytes {
         self.seal_in_place(kind, seq);
         let frame = self.buf.split().freeze();
-        if self.buf.capacity() < arena_bytes / 8 {
-            self.buf.reserve(arena_bytes);
+        if self.buf.capacity() < room {
+            self.buf.reserve(arena_bytes.max(room));
         }
         self.buf.put_bytes(0, HEADER_BYTES);
         frame
