@@ -118,9 +118,10 @@ impl Receiver {
             return;
         }
         self.last_rx = now;
-        if self.rx.capacity() - self.rx.len() < data.len() {
-            // Decoded frames share the buffer until the engine has applied them; growing it
-            // a block at a time copies a frame's partial tail once per block, not per frame.
+        // Decoded frames share the buffer until the engine has applied them (within the
+        // turn). Once they are, the block is reused in place; a new one (a block at a time,
+        // not a frame at a time) only while some are still held.
+        if self.rx.capacity() - self.rx.len() < data.len() && !self.rx.try_reclaim(data.len()) {
             self.rx.reserve(data.len().max(RX_BLOCK_BYTES));
         }
         self.rx.extend_from_slice(data);
