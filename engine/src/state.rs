@@ -16,19 +16,43 @@ pub const WORK_UNITS_MAX: usize = 10_000_000;
 pub const DB_RECORDS_MAX: usize = 50_000_000;
 
 /// One entry: where its key and value lie in the shard's arena, the key at `at`, then the
-/// value in `room` bytes, of which it uses `value_len`. 24 bytes: the key's hash is not kept
-/// (a table's resize hashes the keys again from the arena), a quarter of a table's memory.
+/// value in `room` bytes, of which it uses `value_len`; and the bits of the key's hash that
+/// the table uses (see [`table_hash`]), kept for its resizes. 24 bytes.
 #[derive(Clone, Copy)]
 struct Slot {
     at: usize,
     room: u32,
     value_len: u32,
     key_len: u16,
+    hash_top: u8,
+    hash_low: u32,
 }
 
 const _: () = assert!(std::mem::size_of::<Slot>() == 24);
 
+/// The hash a shard's table files an entry under: the key hash's low 32 bits (the bucket)
+/// and top 7 (hashbrown's tag); the bits between choose the shard, the same for all of its
+/// entries. What the slot keeps of it fits in the slot's padding.
+fn table_hash(key_hash: u64) -> u64 {
+    key_hash & 0xFE00_0000_FFFF_FFFF
+}
+
 impl Slot {
+    fn new(key_hash: u64, at: usize, key_len: u16, value_len: u32) -> Slot {
+        Slot {
+            at,
+            room: value_len,
+            value_len,
+            key_len,
+            hash_top: (key_hash >> 57) as u8,
+            hash_low: key_hash as u32,
+        }
+    }
+
+    fn table_hash(&self) -> u64 {
+        (u64::from(self.hash_top) << 57) | u64::from(self.hash_low)
+    }
+
     fn key<'a>(&self, arena: &'a [u8]) -> &'a [u8] {
         &arena[self.at..self.at + self.key_len as usize]
     }
@@ -63,7 +87,7 @@ const GARBAGE_MIN: usize = 16 * 1024;
 impl Shard {
     fn find(&self, hash: u64, key: &[u8]) -> Option<&Slot> {
         let arena = &self.arena;
-        self.table.find(hash, |s| s.key(arena) == key)
+        self.table.find(table_hash(hash), |s| s.key(arena) == key)
     }
 
     /// Compacts if half the arena is garbage.
@@ -155,7 +179,7 @@ impl DigestMap {
             garbage,
             ..
         } = shard;
-        match table.find_mut(hash, |s| s.key(arena) == key) {
+        match table.find_mut(table_hash(hash), |s| s.key(arena) == key) {
             Some(slot) => {
                 removed = entry_hash(seed, hash, slot.value(arena));
                 if value_len <= slot.room {
@@ -171,15 +195,11 @@ impl DigestMap {
                 slot.value_len = value_len;
             }
             None => {
-                let slot = Slot {
-                    at: arena.len(),
-                    room: value_len,
-                    value_len,
-                    key_len: u16::try_from(key.len()).expect("a key is under 64 KiB"),
-                };
+                let key_len = u16::try_from(key.len()).expect("a key is under 64 KiB");
+                let slot = Slot::new(hash, arena.len(), key_len, value_len);
                 arena.extend_from_slice(key);
                 arena.extend_from_slice(value);
-                table.insert_unique(hash, slot, |s| key_hash(s.key(arena)));
+                table.insert_unique(table_hash(hash), slot, Slot::table_hash);
                 self.len += 1;
             }
         }
@@ -192,7 +212,10 @@ impl DigestMap {
         let hash = key_hash(key);
         let shard = &mut self.shards[shard_of(hash)];
         let arena = &shard.arena;
-        let Ok(entry) = shard.table.find_entry(hash, |s| s.key(arena) == key) else {
+        let Ok(entry) = shard
+            .table
+            .find_entry(table_hash(hash), |s| s.key(arena) == key)
+        else {
             return false;
         };
         let (slot, _) = entry.remove();
@@ -217,8 +240,7 @@ impl DigestMap {
     /// in all, so that a restore fills it without a resize.
     fn reserve_shard(&mut self, shard: usize, (entries, bytes): (usize, usize)) {
         let s = &mut self.shards[shard];
-        let arena = &s.arena;
-        s.table.reserve(entries, |slot| key_hash(slot.key(arena)));
+        s.table.reserve(entries, Slot::table_hash);
         s.arena.reserve(bytes);
     }
 
