@@ -144,15 +144,15 @@ impl Restore {
         for record in chunk.records.clone() {
             let record = record.map_err(|e| e.to_string())?;
             app.check_update(record)?;
-            let (map, hash) = match record.op {
+            match record.op {
                 Op::Control(_) => {
                     self.hashes.push(0);
                     continue;
                 }
-                Op::UnitCreate => (0, key_hash(record.key)),
-                Op::DbPut => (1, key_hash(record.key)),
+                Op::UnitCreate | Op::DbPut => {}
                 op => return Err(format!("{op:?} in a snapshot")),
-            };
+            }
+            let hash = key_hash(record.key);
             let shard = shard_of(hash);
             let last = self.sizes.last().map(|s| s.shard);
             if !chunk.shards.contains(&shard) || last.is_some_and(|l| l > shard) {
@@ -168,7 +168,7 @@ impl Restore {
                 });
             }
             let size = self.sizes.last_mut().expect("pushed");
-            let (entries, bytes) = if map == 0 {
+            let (entries, bytes) = if record.op == Op::UnitCreate {
                 &mut size.units
             } else {
                 &mut size.db

@@ -53,13 +53,17 @@ impl Slot {
         (u64::from(self.hash_top) << 57) | u64::from(self.hash_low)
     }
 
+    /// The key and the value, back to back.
+    fn entry<'a>(&self, arena: &'a [u8]) -> &'a [u8] {
+        &arena[self.at..self.at + self.key_len as usize + self.value_len as usize]
+    }
+
     fn key<'a>(&self, arena: &'a [u8]) -> &'a [u8] {
-        &arena[self.at..self.at + self.key_len as usize]
+        &self.entry(arena)[..self.key_len as usize]
     }
 
     fn value<'a>(&self, arena: &'a [u8]) -> &'a [u8] {
-        let at = self.at + self.key_len as usize;
-        &arena[at..at + self.value_len as usize]
+        &self.entry(arena)[self.key_len as usize..]
     }
 
     /// Bytes of the arena the entry takes.
@@ -252,10 +256,9 @@ impl DigestMap {
     /// back to back (what a record carries after its header).
     fn shard_iter(&self, shard: usize) -> impl Iterator<Item = (usize, &[u8])> {
         let s = &self.shards[shard];
-        s.table.iter().map(|slot| {
-            let len = slot.key_len as usize + slot.value_len as usize;
-            (slot.key_len as usize, &s.arena[slot.at..slot.at + len])
-        })
+        s.table
+            .iter()
+            .map(|slot| (slot.key_len as usize, slot.entry(&s.arena)))
     }
 }
 

@@ -55,8 +55,8 @@ const CHUNK_HEADER_BYTES: usize = 4;
 /// dropped: a frame per allocation would be above malloc's mmap threshold, and every frame
 /// would cost fresh pages, faulted in and zeroed by the kernel.
 pub struct ChunkWriter {
+    /// The arena; a frame is open while it holds a payload (at least the chunk header).
     frames: FrameBuf,
-    open: bool,
     bytes_max: usize,
     shard_from: usize,
     shard_to: usize,
@@ -73,7 +73,6 @@ impl ChunkWriter {
     pub fn new(bytes_max: usize) -> ChunkWriter {
         ChunkWriter {
             frames: FrameBuf::with_capacity(FRAMES_PER_ARENA * Self::room(bytes_max)),
-            open: false,
             bytes_max,
             shard_from: 0,
             shard_to: 0,
@@ -91,21 +90,24 @@ impl ChunkWriter {
     /// now if none is), which is sealed first if its shards are as of another sequence.
     pub fn begin_shard(&mut self, shard: usize, seq: u64, emit: &mut impl FnMut(Bytes)) {
         debug_assert!(shard < SHARDS);
-        if self.open && self.seq != seq {
+        if self.is_open() && self.seq != seq {
             self.flush(emit);
         }
-        if !self.open {
+        if !self.is_open() {
             self.start(shard);
         }
         self.shard_to = shard;
         self.seq = seq;
     }
 
+    fn is_open(&self) -> bool {
+        self.frames.payload_len() > 0
+    }
+
     fn start(&mut self, shard: usize) {
         self.frames
             .payload_mut()
             .put_bytes(0, CHUNK_HEADER_BYTES + 4);
-        self.open = true;
         self.shard_from = shard;
         self.shard_to = shard;
         self.count = 0;
@@ -134,7 +136,7 @@ impl ChunkWriter {
 
     /// Seals the open frame if a record of `len` bytes would take it over the limit.
     fn make_room(&mut self, len: usize, emit: &mut impl FnMut(Bytes)) {
-        assert!(self.open, "push after begin_shard");
+        assert!(self.is_open(), "push after begin_shard");
         let full = self.count > 0 && self.pending_bytes() + len > self.bytes_max;
         if full {
             // The rest of this shard continues in a frame of the same shard and sequence.
@@ -146,20 +148,15 @@ impl ChunkWriter {
 
     /// Payload bytes in the open frame.
     pub fn pending_bytes(&self) -> usize {
-        if self.open {
-            self.frames.payload_len()
-        } else {
-            0
-        }
+        self.frames.payload_len()
     }
 
     /// Seals the open frame, if any (a frame of shards with no records goes too: the receiver
     /// learns that those shards are empty).
     pub fn flush(&mut self, emit: &mut impl FnMut(Bytes)) {
-        if !self.open {
+        if !self.is_open() {
             return;
         }
-        self.open = false;
         let head = &mut self.frames.payload_mut()[crate::frame::HEADER_BYTES..];
         head[0..2].copy_from_slice(&(self.shard_from as u16).to_le_bytes());
         head[2..4].copy_from_slice(&(self.shard_to as u16).to_le_bytes());

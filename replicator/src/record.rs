@@ -116,13 +116,7 @@ pub fn encoded_len(key: &[u8], value: &[u8]) -> usize {
 /// Appends one record. Panics if the key or value is over its limit: callers validate client
 /// input before it becomes an update.
 pub fn put(out: &mut BytesMut, op: Op, key: &[u8], value: &[u8]) {
-    assert!(key.len() <= KEY_BYTES_MAX && value.len() <= VALUE_BYTES_MAX);
-    let (kind, code) = op.to_wire();
-    out.reserve(encoded_len(key, value));
-    out.put_u8(kind);
-    out.put_u8(code);
-    out.put_u16_le(key.len() as u16);
-    out.put_u32_le(value.len() as u32);
+    put_header(out, op, key.len(), value.len());
     out.put_slice(key);
     out.put_slice(value);
 }
@@ -130,7 +124,12 @@ pub fn put(out: &mut BytesMut, op: Op, key: &[u8], value: &[u8]) {
 /// Appends one record whose key (the first `key_len` bytes of `entry`) and value lie back to
 /// back in `entry`: the header, then one copy. Panics as [`put`] does.
 pub fn put_entry(out: &mut BytesMut, op: Op, key_len: usize, entry: &[u8]) {
-    let value_len = entry.len() - key_len;
+    put_header(out, op, key_len, entry.len() - key_len);
+    out.put_slice(entry);
+}
+
+/// Appends a record's header, with room reserved for the key and value that follow.
+fn put_header(out: &mut BytesMut, op: Op, key_len: usize, value_len: usize) {
     assert!(key_len <= KEY_BYTES_MAX && value_len <= VALUE_BYTES_MAX);
     let (kind, code) = op.to_wire();
     let mut head = [0u8; RECORD_HEADER_BYTES];
@@ -138,9 +137,8 @@ pub fn put_entry(out: &mut BytesMut, op: Op, key_len: usize, entry: &[u8]) {
     head[1] = code;
     head[2..4].copy_from_slice(&(key_len as u16).to_le_bytes());
     head[4..8].copy_from_slice(&(value_len as u32).to_le_bytes());
-    out.reserve(RECORD_HEADER_BYTES + entry.len());
+    out.reserve(RECORD_HEADER_BYTES + key_len + value_len);
     out.put_slice(&head);
-    out.put_slice(entry);
 }
 
 /// Iterates over the records of a payload (a u32 record count, then the records) as borrowed
