@@ -3,9 +3,9 @@
 //!
 //! Roles and epochs only change here or on the replication link: the supervisor grants epochs
 //! (promote, switchover, follow) and leases; an engine refuses anything from an older epoch and
-//! steps down when it learns of a newer one. Refusals start with a code the supervisor decides
-//! on: `STALEEPOCH` (an older epoch), `NOTREADY` (this engine's state is incomplete: it must
-//! not be promoted).
+//! steps down when it learns of a newer one. Refusals start with a [`Code`] the supervisor
+//! decides on: `STALEEPOCH` (an older epoch), `NOTREADY` (this engine's state is incomplete:
+//! it must not be promoted). What the JSON replies hold is the [`crate::contract`].
 
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,7 @@ use replicator::StepUp;
 use resp::{reply, Command};
 
 use crate::app::Ctx;
+use crate::contract::{self, Code, SyncPointReply};
 use crate::node::{Engine, Follow, LeaseMode, Role};
 use crate::server::Outcome;
 use crate::state::control;
@@ -65,10 +66,10 @@ pub fn dispatch(
                     && !eng.state_complete
                     && !cmd.arg(2).is_some_and(|a| a.eq_ignore_ascii_case(b"FORCE")) =>
             {
-                Err(format!(
-                    "NOTREADY {} holds no whole state (a snapshot is under way or failed): promoting it would lose acknowledged writes",
+                Err(Code::NotReady.refuse(format_args!(
+                    "{} holds no whole state (a snapshot is under way or failed): promoting it would lose acknowledged writes",
                     eng.config.name
-                ))
+                )))
             }
             Some(epoch) if epoch > eng.epoch => {
                 eng.become_active(epoch, true, now);
@@ -82,10 +83,10 @@ pub fn dispatch(
             Some(epoch) if epoch == eng.epoch && eng.role == Role::Active => {
                 Ok(Some("OK already active".into()))
             }
-            Some(epoch) => Err(format!(
-                "STALEEPOCH epoch {epoch} is not above {}",
+            Some(epoch) => Err(Code::StaleEpoch.refuse(format_args!(
+                "epoch {epoch} is not above {}",
                 eng.epoch
-            )),
+            ))),
             None => Err("ERR usage: TANDEM.PROMOTE epoch".into()),
         },
         b"TANDEM.FOLLOW" => match (arg_str(cmd, 1), arg_u64(cmd, 2)) {
@@ -103,9 +104,10 @@ pub fn dispatch(
                     Ok(Some("OK".into()))
                 }
             }
-            (Some(_), Some(epoch)) => {
-                Err(format!("STALEEPOCH epoch {epoch} is below {}", eng.epoch))
-            }
+            (Some(_), Some(epoch)) => Err(Code::StaleEpoch.refuse(format_args!(
+                "epoch {epoch} is below {}",
+                eng.epoch
+            ))),
             _ => Err("ERR usage: TANDEM.FOLLOW replication_addr epoch [active_client_addr]".into()),
         },
         b"TANDEM.OUTOFSERVICE" => {
@@ -130,8 +132,7 @@ pub fn dispatch(
             if cmd.arg(1).is_some_and(|a| a.eq_ignore_ascii_case(b"RESET")) {
                 eng.stats.reset();
             }
-            let json = serde_json::to_string(&report).expect("stats serialize");
-            reply::bulk(out, json.as_bytes());
+            reply::bulk(out, contract::encode(&report).as_bytes());
             return Outcome::Done { seq: 0 };
         }
         b"TANDEM.FEATURES.ENABLE" => return enable_features(eng, out, now),
@@ -147,10 +148,7 @@ pub fn dispatch(
     };
     match result {
         Ok(Some(msg)) => reply::simple(out, &msg),
-        Ok(None) => {
-            let json = serde_json::to_string(&eng.status()).expect("status serializes");
-            reply::bulk(out, json.as_bytes());
-        }
+        Ok(None) => reply::bulk(out, contract::encode(&eng.status()).as_bytes()),
         Err(msg) => reply::error(out, &msg),
     }
     Outcome::Done { seq: 0 }
@@ -193,7 +191,7 @@ fn switchover(eng: &mut Engine, epoch: u64, out: &mut BytesMut) -> Outcome {
     if epoch <= eng.epoch {
         return refuse(
             out,
-            format!("STALEEPOCH epoch {epoch} is not above {}", eng.epoch),
+            Code::StaleEpoch.refuse(format_args!("epoch {epoch} is not above {}", eng.epoch)),
         );
     }
     if eng.stepping_down.is_some() {
@@ -294,8 +292,11 @@ fn sync_point(eng: &mut Engine, out: &mut BytesMut, now: Instant) -> Outcome {
             let digest = eng.state.digest();
             eng.sync_point = Some((seq, digest));
             eng.after_writes(now);
-            let json = format!("{{\"seq\":{seq},\"digest\":\"{digest:016x}\"}}");
-            reply::bulk(out, json.as_bytes());
+            let point = SyncPointReply {
+                seq,
+                digest: format!("{digest:016x}"),
+            };
+            reply::bulk(out, contract::encode(&point).as_bytes());
             Outcome::Done { seq }
         }
         Err(e) => {

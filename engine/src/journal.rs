@@ -76,7 +76,7 @@ impl Header {
 }
 
 /// What `TANDEM.STATUS` says of a journal.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct JournalStatus {
     pub checkpoint_seq: u64,
     /// Published: a recovery would read this journal, and it holds every released write.
@@ -361,7 +361,7 @@ fn write_all(file: &mut File, frames: &mut VecDeque<Bytes>) -> std::io::Result<(
 }
 
 /// What a recovery found.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Recovered {
     pub header: Header,
     /// The last sequence recovered (the checkpoint's, or the last whole batch's).

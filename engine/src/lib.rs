@@ -5,7 +5,7 @@
 //! [`app`] is the trait a user implements ([`sessions`] is the reference application),
 //! [`state`] the replicated state and its digest, [`node`] one engine's roles and release
 //! rule, [`server`] the RESP client server, [`replication`] the two ends of the link,
-//! [`control`] the supervisor's commands, [`link_io`] the link's driver, [`run`] starts an engine process, and
+//! [`control`] the supervisor's commands, [`contract`] what the processes say to each other, [`link_io`] the link's driver, [`run`] starts an engine process, and
 //! [`supervisor`] runs a pair.
 // One `unsafe` block, in `process.rs` (registering a pidfd with the runtime).
 #![deny(unsafe_code)]
@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod app;
 pub mod catch_up;
+pub mod contract;
 pub mod control;
 pub mod demo;
 pub mod journal;

@@ -23,11 +23,12 @@ use std::time::{Duration, Instant};
 
 use replicator::{BatchConfig, Identity, LinkConfig, Outbox, Sender, VersionCheck};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch, Notify};
 
 use crate::app::Application;
 use crate::catch_up;
+use crate::contract::Code;
 use crate::journal::{self, Journal};
 use crate::state::State;
 
@@ -44,7 +45,7 @@ fn instant_at(now: Instant, deadline_ns: u64) -> Instant {
 
 pub type Shared = Rc<RefCell<Engine>>;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Active,
@@ -102,7 +103,7 @@ pub struct Follow {
     pub last_error: Option<String>,
 }
 
-#[derive(Default, Serialize, Clone)]
+#[derive(Default, Serialize, Deserialize, Clone, Debug)]
 pub struct Counters {
     pub client_protocol_errors: u64,
     pub replication_links_refused: u64,
@@ -568,17 +569,17 @@ impl Engine {
             return Ok(());
         }
         if epoch < self.epoch {
-            return Err(format!(
-                "STALEEPOCH lease for epoch {epoch}, this engine is at {}",
+            return Err(Code::StaleEpoch.refuse(format_args!(
+                "lease for epoch {epoch}, this engine is at {}",
                 self.epoch
-            ));
+            )));
         }
         if epoch > self.epoch {
             if self.role == Role::Active {
                 self.step_down(Role::OutOfService, epoch);
-                return Err(format!(
-                    "STALEEPOCH epoch {epoch} granted elsewhere: stepped down"
-                ));
+                return Err(Code::StaleEpoch.refuse(format_args!(
+                    "epoch {epoch} granted elsewhere: stepped down"
+                )));
             }
             self.epoch = epoch;
         }
@@ -612,12 +613,12 @@ impl Engine {
         match (&self.active_hint, self.role) {
             (_, Role::Active) if self.stepping_down.is_some() => {
                 match self.link.as_ref().and_then(|l| l.peer.as_ref()) {
-                    Some(peer) => format!("NOTACTIVE {}", peer.client_addr),
-                    None => "NOTACTIVE switchover in progress".into(),
+                    Some(peer) => Code::NotActive.refuse(&peer.client_addr),
+                    None => Code::NotActive.refuse("switchover in progress"),
                 }
             }
-            (Some(addr), _) if *addr != self.config.client_addr => format!("NOTACTIVE {addr}"),
-            _ => "NOTACTIVE no active engine known".into(),
+            (Some(addr), _) if *addr != self.config.client_addr => Code::NotActive.refuse(addr),
+            _ => Code::NotActive.refuse("no active engine known"),
         }
     }
 
@@ -676,6 +677,10 @@ impl Engine {
     }
 }
 
+impl crate::contract::Message for EngineStatus {
+    const NAME: &'static str = "status";
+}
+
 /// What a lease allows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LeaseMode {
@@ -688,8 +693,9 @@ pub enum LeaseMode {
     Degrade,
 }
 
-/// What `TANDEM.STATUS` reports; its field names are the contract of `tandem status --json` and `pair.json`.
-#[derive(Serialize, Clone)]
+/// What `TANDEM.STATUS` reports (a [`crate::contract`] message); its field names are also the
+/// contract of `tandem status --json` and `pair.json`.
+#[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct EngineStatus {
     pub name: String,
     pub role: Role,
@@ -728,7 +734,7 @@ pub struct EngineStatus {
     pub counters: Counters,
 }
 
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct SyncPoint {
     pub seq: u64,
     pub digest: String,
@@ -770,6 +776,23 @@ mod tests {
         };
         e.after_writes(now);
         seq
+    }
+
+    #[test]
+    fn the_status_an_engine_sends_is_what_the_supervisor_decodes() {
+        let now = Instant::now();
+        let mut e = engine(true);
+        set(&mut e, "k", now);
+        let mut out = BytesMut::new();
+        let cmd = resp::Command {
+            args: vec!["TANDEM.STATUS".into()],
+        };
+        dispatch(&mut e, Port::Control, &cmd, &mut out, now);
+        let json = out[..].split(|&b| b == b'\n').nth(1).expect("a bulk reply");
+        let status: EngineStatus = crate::contract::decode("engine a", json).unwrap();
+        assert_eq!(status.role, Role::Active);
+        assert_eq!(status.seq_applied, 1);
+        assert!(status.journal.is_none());
     }
 
     #[test]

@@ -11,7 +11,6 @@ use std::time::Instant;
 
 use anyhow::Context;
 use replicator::{BatchConfig, LinkConfig};
-use serde::Serialize;
 use tokio::net::TcpListener;
 
 use crate::link_io::LinkIo;
@@ -44,16 +43,6 @@ pub struct EngineArgs {
     /// The link's driver.
     pub io: LinkIo,
     pub limits: crate::server::ServerLimits,
-}
-
-#[derive(Serialize)]
-struct Ready<'a> {
-    name: &'a str,
-    pid: u32,
-    client_addr: String,
-    replication_addr: String,
-    control_addr: String,
-    recovered: Option<crate::journal::Recovered>,
 }
 
 pub fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
@@ -170,15 +159,15 @@ pub fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
         tokio::task::spawn_local(crate::server::serve(engine.clone(), control, Port::Control));
         tokio::task::spawn_local(crate::replication::serve(engine.clone(), replication));
         tokio::task::spawn_local(crate::replication::follow(engine.clone()));
-        let ready = Ready {
-            name: &args.name,
+        let ready = crate::contract::Ready {
+            name: args.name.clone(),
             pid: std::process::id(),
             client_addr,
             replication_addr,
             control_addr,
             recovered,
         };
-        println!("READY {}", serde_json::to_string(&ready)?);
+        println!("READY {}", crate::contract::encode(&ready));
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {

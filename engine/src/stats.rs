@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub struct Stats {
     latency_us: Histogram<u64>,
@@ -18,7 +18,8 @@ pub struct Stats {
     pub unrecorded_commands: u64,
 }
 
-#[derive(Serialize, Clone, Debug, Default)]
+/// What `TANDEM.STATS` reports (a [`crate::contract`] message).
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
 pub struct StatsReport {
     pub window_ms: u64,
     pub commands: u64,
@@ -28,6 +29,10 @@ pub struct StatsReport {
     pub latency_us_p99: u64,
     pub latency_us_p999: u64,
     pub latency_us_max: u64,
+}
+
+impl crate::contract::Message for StatsReport {
+    const NAME: &'static str = "stats";
 }
 
 impl Default for Stats {

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use reports::timeline::{self, Event as TimelineEvent, EventKind, SwitchoverKind, Timeline};
-use resp::{Client, Reply};
+use resp::{Client, ClientError, Reply};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
@@ -39,12 +39,14 @@ use tokio::process::Command;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::admin;
+use crate::contract::{self, Code, Message, Ready};
+use crate::node::{EngineStatus, Role};
 use crate::pair_state::{DirLock, EngineState, PairState, UpgradeState};
 use crate::process::Watched;
 
 const TICK: Duration = Duration::from_millis(50);
 /// Control calls other than the lease: status, follow, promote.
-const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// A status asked of each engine for `STATUS`: a hung engine must not hold the answer up.
 const STATUS_TIMEOUT: Duration = Duration::from_millis(300);
 /// An engine has this long to be ready (a recovery replays its whole journal first).
@@ -217,6 +219,8 @@ pub(crate) struct Supervisor {
     pub upgrade_state: Option<UpgradeState>,
     /// Has this pair ever acknowledged a write (on disk, so that no successor assumes not)?
     pub released_any: bool,
+    /// The last reply said so that did not fit the contract (said once, not every tick).
+    contract_error: Option<String>,
     _lock: DirLock,
 }
 
@@ -289,6 +293,7 @@ pub fn run_pair(args: PairArgs) -> anyhow::Result<()> {
             failovers: 0,
             upgrade_state: None,
             released_any: false,
+            contract_error: None,
             _lock: lock,
         };
         match previous {
@@ -345,6 +350,48 @@ fn load_timeline(dir: &std::path::Path) -> Timeline {
         .ok()
         .and_then(|t| serde_json::from_slice(&t).ok())
         .unwrap_or_default()
+}
+
+/// Why a control call brought no reply to use. Decisions are made on the variant (and a
+/// refusal's [`Code`]), never on the text.
+#[derive(Clone, Debug)]
+pub enum CallError {
+    /// The engine refused: its code, and its whole error text.
+    Refused(Code, String),
+    /// The engine did not take this supervisor's secret.
+    Unauthenticated(String),
+    /// The engine answered something that is not the contract's message (another tandem
+    /// build, see `contract.rs`).
+    Garbled(String),
+    /// No answer: not running, not connected, or not within the timeout.
+    NoAnswer(String),
+}
+
+impl CallError {
+    /// The refusal's code, if the engine refused.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            CallError::Refused(code, _) => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Refused(_, e)
+            | CallError::Unauthenticated(e)
+            | CallError::Garbled(e)
+            | CallError::NoAnswer(e) => f.write_str(e),
+        }
+    }
+}
+
+impl From<CallError> for String {
+    fn from(e: CallError) -> String {
+        e.to_string()
+    }
 }
 
 impl Supervisor {
@@ -447,7 +494,9 @@ impl Supervisor {
         let ready = tokio::time::timeout(START_TIMEOUT, async {
             while let Some(line) = lines.next_line().await? {
                 if let Some(json) = line.strip_prefix("READY ") {
-                    return Ok::<_, anyhow::Error>(serde_json::from_str::<Value>(json)?);
+                    let from = format!("engine {name}");
+                    return contract::decode::<Ready>(&from, json.as_bytes())
+                        .map_err(anyhow::Error::msg);
                 }
             }
             let last = std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -464,10 +513,9 @@ impl Supervisor {
             }
         };
         let slot = &mut self.slots[i];
-        let field = |k: &str| ready[k].as_str().unwrap_or_default().to_string();
-        slot.client_addr = field("client_addr");
-        slot.replication_addr = field("replication_addr");
-        slot.control_addr = field("control_addr");
+        slot.client_addr = ready.client_addr;
+        slot.replication_addr = ready.replication_addr;
+        slot.control_addr = ready.control_addr;
         slot.client = None;
         slot.expected_exit = false;
         slot.fenced = false;
@@ -478,7 +526,10 @@ impl Supervisor {
             slot.app_version,
             slot.client_addr,
             match how {
-                Start::Recover => format!(", recovered {}", ready["recovered"]),
+                Start::Recover => format!(
+                    ", recovered {}",
+                    serde_json::to_string(&ready.recovered).unwrap_or_default()
+                ),
                 _ => String::new(),
             }
         );
@@ -506,7 +557,7 @@ impl Supervisor {
         }
     }
 
-    pub async fn call(&mut self, i: usize, args: &[&str]) -> Result<Reply, String> {
+    pub async fn call(&mut self, i: usize, args: &[&str]) -> Result<Reply, CallError> {
         self.call_timeout(i, args, CALL_TIMEOUT).await
     }
 
@@ -516,11 +567,14 @@ impl Supervisor {
         i: usize,
         args: &[&str],
         timeout: Duration,
-    ) -> Result<Reply, String> {
+    ) -> Result<Reply, CallError> {
         let secret = self.secret.clone();
         let slot = &mut self.slots[i];
         if slot.pid.is_none() {
-            return Err(format!("engine {} is not running", slot.name));
+            return Err(CallError::NoAnswer(format!(
+                "engine {} is not running",
+                slot.name
+            )));
         }
         let parts: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
         let result = tokio::time::timeout(timeout, async {
@@ -540,39 +594,65 @@ impl Supervisor {
         match result {
             Ok(Ok(Reply::Error(e))) => {
                 slot.last_answer = Instant::now();
-                Err(e)
+                Err(CallError::Refused(Code::of(&e), e))
             }
             Ok(Ok(r)) => {
                 slot.last_answer = Instant::now();
                 Ok(r)
             }
+            Ok(Err(e @ ClientError::Auth(_))) => {
+                slot.client = None;
+                Err(CallError::Unauthenticated(format!(
+                    "engine {}: {e}",
+                    slot.name
+                )))
+            }
             Ok(Err(e)) => {
                 slot.client = None;
-                Err(format!("engine {} did not answer: {e}", slot.name))
+                Err(CallError::NoAnswer(format!(
+                    "engine {} did not answer: {e}",
+                    slot.name
+                )))
             }
             Err(_) => {
                 slot.client = None; // its answer may still come: on a connection now closed
-                Err(format!(
+                Err(CallError::NoAnswer(format!(
                     "engine {} did not answer within {} ms",
                     slot.name,
                     timeout.as_millis()
-                ))
+                )))
             }
         }
     }
 
-    /// A control call whose reply is JSON.
-    pub async fn call_json(&mut self, i: usize, args: &[&str]) -> Result<Value, String> {
-        match self.call(i, args).await? {
-            Reply::Bulk(b) => serde_json::from_slice(&b).map_err(|e| e.to_string()),
-            other => Err(format!("unexpected reply {other}")),
-        }
+    /// A control call whose reply is a message of the contract (see `contract.rs`).
+    pub async fn call_message<T: Message>(
+        &mut self,
+        i: usize,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<T, CallError> {
+        let reply = self.call_timeout(i, args, timeout).await?;
+        let from = format!("engine {}", self.slots[i].name);
+        let decoded = match reply {
+            Reply::Bulk(b) => contract::decode(&from, &b),
+            other => Err(format!("{from} answered {} with {other}", args[0])),
+        };
+        decoded.map_err(|e| {
+            self.note_contract_error(&e);
+            CallError::Garbled(e)
+        })
     }
 
-    async fn status_of(&mut self, i: usize, timeout: Duration) -> Result<Value, String> {
-        match self.call_timeout(i, &["TANDEM.STATUS"], timeout).await? {
-            Reply::Bulk(b) => serde_json::from_slice(&b).map_err(|e| e.to_string()),
-            other => Err(format!("unexpected reply {other}")),
+    async fn status_of(&mut self, i: usize, timeout: Duration) -> Result<EngineStatus, CallError> {
+        self.call_message(i, &["TANDEM.STATUS"], timeout).await
+    }
+
+    /// Says once (not every tick) that an engine's replies do not fit the contract.
+    fn note_contract_error(&mut self, e: &str) {
+        if self.contract_error.as_deref() != Some(e) {
+            eprintln!("{e}");
+            self.contract_error = Some(e.to_string());
         }
     }
 
@@ -655,20 +735,16 @@ impl Supervisor {
         // Half the hang timeout: a slow answer is not waited for past the point of replacing.
         let timeout = self.args.timing.hang_timeout / 2;
         let reply = self
-            .call_timeout(
+            .call_message::<EngineStatus>(
                 active,
                 &["TANDEM.LEASE", &epoch, &stamp, &ttl, mode],
                 timeout,
             )
             .await;
         match reply {
-            Ok(Reply::Bulk(b)) => {
-                let Ok(status) = serde_json::from_slice::<Value>(&b) else {
-                    return;
-                };
-                let released = status["seq_released"].as_u64().unwrap_or(0);
-                self.note_released(released);
-                let in_sync = status["standby_in_sync"].as_bool() == Some(true);
+            Ok(status) => {
+                self.note_released(status.seq_released);
+                let in_sync = status.standby_in_sync;
                 let standby = self.slots[self.standby()].name;
                 self.set_promotable(
                     in_sync,
@@ -678,15 +754,19 @@ impl Supervisor {
                     ),
                 );
             }
-            Ok(_) => {}
-            Err(e) if e.starts_with("STALEEPOCH") => {
+            Err(e) if e.code() == Some(Code::StaleEpoch) => {
                 eprintln!(
                     "lease refused by {}: {e}; resyncing",
                     self.slots[active].name
                 );
                 self.resync().await;
             }
-            Err(_) => {} // the failure detector counts the silence
+            // The failure detector counts the silence. A reply that does not fit the contract
+            // was said (`note_contract_error`); the standby is then not known to be in sync.
+            Err(CallError::Garbled(_)) => {
+                self.set_promotable(false, "its status does not fit the contract")
+            }
+            Err(_) => {}
         }
     }
 
@@ -696,8 +776,8 @@ impl Supervisor {
         let mut best: Option<(usize, u64)> = None;
         for i in 0..2 {
             if let Ok(st) = self.status_of(i, CALL_TIMEOUT).await {
-                let epoch = st["epoch"].as_u64().unwrap_or(0);
-                if st["role"] == "active" && best.is_none_or(|(_, e)| epoch > e) {
+                let epoch = st.epoch;
+                if st.role == Role::Active && best.is_none_or(|(_, e)| epoch > e) {
                     best = Some((i, epoch));
                 }
                 self.epoch = self.epoch.max(epoch);
@@ -748,7 +828,7 @@ impl Supervisor {
         } else {
             match self.status_of(standby, STANDBY_CHECK_TIMEOUT).await {
                 Ok(st) => {
-                    if st["role"] == "active" && st["epoch"].as_u64() >= Some(self.epoch) {
+                    if st.role == Role::Active && st.epoch >= self.epoch {
                         // It stepped up without our hearing of it: it is the active.
                         self.resync().await;
                     }
@@ -916,7 +996,7 @@ impl Supervisor {
             .await;
         match result {
             Ok(_) => self.promoted(p).await,
-            Err(e) if e.starts_with("NOTREADY") => {
+            Err(e) if e.code() == Some(Code::NotReady) => {
                 let dead = 1 - p.target;
                 let cause = format!(
                     "{}; {} refused to be promoted: {e}",
@@ -925,14 +1005,14 @@ impl Supervisor {
                 self.no_promotable(dead, cause, self.slots[dead].pid.is_none())
                     .await;
             }
-            Err(e) if e.starts_with("STALEEPOCH") => {
+            Err(e) if e.code() == Some(Code::StaleEpoch) => {
                 // Someone (a predecessor) granted a higher epoch: go above it and retry.
                 if let Ok(st) = self.status_of(p.target, CALL_TIMEOUT).await {
-                    self.epoch = self.epoch.max(st["epoch"].as_u64().unwrap_or(0)) + 1;
+                    self.epoch = self.epoch.max(st.epoch) + 1;
                     self.persist();
                     p.epoch = self.epoch;
                 }
-                p.last_error = Some(e);
+                p.last_error = Some(e.to_string());
                 self.promotion = Some(p);
             }
             Err(e) => {
@@ -942,7 +1022,7 @@ impl Supervisor {
                         self.slots[p.target].name, p.attempts
                     );
                 }
-                p.last_error = Some(e);
+                p.last_error = Some(e.to_string());
                 self.promotion = Some(p);
             }
         }
@@ -959,7 +1039,7 @@ impl Supervisor {
         let Ok(st) = self.status_of(lost, STANDBY_CHECK_TIMEOUT).await else {
             return false;
         };
-        if st["role"] != "active" || st["state_complete"] != true {
+        if st.role != Role::Active || !st.state_complete {
             return false;
         }
         self.epoch += 1;
@@ -1101,7 +1181,7 @@ impl Supervisor {
                     last.clear();
                     break;
                 }
-                Err(e) => last = e,
+                Err(e) => last = e.to_string(),
             }
         }
         if !last.is_empty() {
@@ -1213,7 +1293,7 @@ impl Supervisor {
         self.released_any = state.released_any;
         self.upgrade_state = state.upgrade.clone();
         self.active = engine_index(&state.active).unwrap_or(0);
-        let mut statuses: [Option<Value>; 2] = [None, None];
+        let mut statuses: [Option<EngineStatus>; 2] = [None, None];
         for e in &state.engines {
             let Some(i) = engine_index(&e.name) else {
                 continue;
@@ -1230,15 +1310,13 @@ impl Supervisor {
             };
             slot.pid = Some(pid);
             match self.status_of(i, CALL_TIMEOUT).await {
-                Ok(st) if st["pid"].as_u64() == Some(pid as u64) && st["name"] == e.name => {
-                    self.epoch = self.epoch.max(st["epoch"].as_u64().unwrap_or(0));
-                    let released = st["seq_released"].as_u64().unwrap_or(0);
-                    let applied = st["seq_applied"].as_u64().unwrap_or(0);
-                    self.note_released(released.max(applied));
+                Ok(st) if st.pid == pid && st.name == e.name => {
+                    self.epoch = self.epoch.max(st.epoch);
+                    self.note_released(st.seq_released.max(st.seq_applied));
                     self.watch(i, process);
                     statuses[i] = Some(st);
                 }
-                Err(e) if e.contains("authentication failed") => bail!(
+                Err(CallError::Unauthenticated(_)) => bail!(
                     "engine {} (pid {pid}) runs but refuses this supervisor's secret ({}): start it with the pair's secret (--secret-file or {})",
                     self.slots[i].name,
                     self.args.secret_file.display(),
@@ -1261,12 +1339,12 @@ impl Supervisor {
             }
         }
         let hung = [self.slots[0].fenced, self.slots[1].fenced];
-        let describe = |i: usize, st: &Option<Value>| match st {
+        let describe = |i: usize, st: &Option<EngineStatus>| match st {
             Some(st) => format!(
                 "{} ({}, epoch {})",
                 ["a", "b"][i],
-                st["role"].as_str().unwrap_or("?"),
-                st["epoch"]
+                st.role.as_str(),
+                st.epoch
             ),
             None if hung[i] => format!("{} (running, not answering)", ["a", "b"][i]),
             None => format!("{} (gone)", ["a", "b"][i]),
@@ -1285,8 +1363,8 @@ impl Supervisor {
         });
         // The active: whichever engine says so at the highest epoch.
         let active = (0..2)
-            .filter(|&i| statuses[i].as_ref().is_some_and(|s| s["role"] == "active"))
-            .max_by_key(|&i| statuses[i].as_ref().and_then(|s| s["epoch"].as_u64()));
+            .filter(|&i| statuses[i].as_ref().is_some_and(|s| s.role == Role::Active))
+            .max_by_key(|&i| statuses[i].as_ref().map(|s| s.epoch));
         if statuses.iter().all(Option::is_none) && !hung.contains(&true) {
             let journals: Vec<usize> = (0..2)
                 .filter(|&i| crate::journal::exists(&self.args.dir.join(self.slots[i].name)))
@@ -1321,7 +1399,7 @@ impl Supervisor {
                 let st = statuses[standby].clone();
                 match st {
                     None => self.restart_standby(standby).await,
-                    Some(st) if st["role"] != "standby" => {
+                    Some(st) if st.role != Role::Standby => {
                         // Taken out of service by the predecessor mid-step: make it a standby.
                         let (addr, hint, epoch) = (
                             self.slots[i].replication_addr.clone(),
@@ -1395,8 +1473,8 @@ impl Supervisor {
             // The step-up may have happened even though its answer was lost: then the standby
             // is active in the new epoch, and the old active must follow it.
             let adopted = match self.status_of(to, CALL_TIMEOUT).await {
-                Ok(st) => st["role"] == "active" && st["epoch"].as_u64() == Some(epoch),
-                Err(unreachable) if !e.starts_with("ERR") => {
+                Ok(st) => st.role == Role::Active && st.epoch == epoch,
+                Err(unreachable) if matches!(e, CallError::NoAnswer(_)) => {
                     // Neither answered: the standby may have stepped up. It held every
                     // acknowledged write (the active stopped taking writes for the
                     // switchover), so it is promoted in this epoch, retried until it answers
@@ -1421,7 +1499,7 @@ impl Supervisor {
             };
             if !adopted {
                 self.emit(end(format!("failed: {e}")));
-                return Err(e);
+                return Err(e.into());
             }
             eprintln!(
                 "switchover answer lost ({e}), but {} is active at epoch {epoch}",
@@ -1681,6 +1759,7 @@ impl Supervisor {
                 Some(_) => self.status_of(i, STATUS_TIMEOUT).await.ok(),
                 None => None,
             };
+            let status = status.map(|s| serde_json::to_value(s).expect("a status serializes"));
             engines.push(status.unwrap_or_else(|| self.down_status(i)));
         }
         serde_json::json!({

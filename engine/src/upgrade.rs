@@ -23,10 +23,12 @@ use std::time::Duration;
 
 use reports::timeline::{self, phase, Event, EventKind, SwitchoverKind};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
+use crate::contract::SyncPointReply;
+use crate::node::EngineStatus;
 use crate::pair_state::UpgradeState;
-use crate::supervisor::Supervisor;
+use crate::stats::StatsReport;
+use crate::supervisor::{Supervisor, CALL_TIMEOUT};
 
 /// Acceptance criteria and step limits; every one has a flag on `tandem upgrade`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -121,28 +123,46 @@ impl Options {
     }
 }
 
-/// What an upgrade did, returned to `tandem upgrade` as JSON.
-#[derive(Serialize)]
+/// What an upgrade did, returned to `tandem upgrade` (a [`crate::contract`] message).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
-    pub outcome: &'static str,
+    /// `completed`, `rolled_back` or `failed`.
+    pub outcome: String,
     pub from: String,
     pub to: String,
     pub reason: Option<String>,
     pub phases: Vec<PhaseReport>,
     pub switchovers_ms: Vec<f64>,
-    pub baseline: Value,
-    pub evaluation: Value,
+    /// The active's figures over the baseline (none if the upgrade stopped before).
+    pub baseline: Option<StatsReport>,
+    /// The new version's evaluation (none if the upgrade stopped before).
+    pub evaluation: Option<Evaluation>,
 }
 
-#[derive(Serialize)]
+impl crate::contract::Message for Report {
+    const NAME: &'static str = "upgrade report";
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PhaseReport {
     pub name: String,
     pub duration_ms: u64,
 }
 
+/// What the acceptance check measured of the new version, and what it found wrong.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub stats: StatsReport,
+    pub p99_limit_ms: f64,
+    /// The sequence of the sync point where both digests were equal, if they were.
+    pub digests_equal_at_seq: Option<u64>,
+    /// Empty if acceptable.
+    pub problems: Vec<String>,
+}
+
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&serde_json::to_string(self).map_err(|_| std::fmt::Error)?)
+        f.write_str(&crate::contract::encode(self))
     }
 }
 
@@ -152,8 +172,9 @@ struct Run {
     options: Options,
     phases: Vec<PhaseReport>,
     switchovers_ms: Vec<f64>,
-    baseline: Value,
-    evaluation: Value,
+    /// The active's figures over the baseline, what the evaluation is held against.
+    baseline: Option<StatsReport>,
+    evaluation: Option<Evaluation>,
     open_phase: Option<(String, u64)>,
     /// Failovers counted when the current step began.
     failovers: u64,
@@ -167,8 +188,8 @@ impl Run {
             options,
             phases: Vec::new(),
             switchovers_ms: Vec::new(),
-            baseline: Value::Null,
-            evaluation: Value::Null,
+            baseline: None,
+            evaluation: None,
             open_phase: None,
             failovers,
         }
@@ -376,7 +397,7 @@ impl Supervisor {
         let (outcome, reason) = self.settle(&mut run, result).await;
         self.end_upgrade(&mut run, outcome, &reason);
         Ok(Report {
-            outcome,
+            outcome: outcome.into(),
             from,
             to,
             reason,
@@ -503,7 +524,7 @@ impl Supervisor {
         self.call(a, &["TANDEM.STATS", "RESET"]).await?;
         self.pump_for(Duration::from_millis(run.options.baseline_ms))
             .await;
-        run.baseline = self.call_json(a, &["TANDEM.STATS", "RESET"]).await?;
+        run.baseline = Some(self.stats_reset(a).await?);
 
         self.phase(run, phase::B_OUT_OF_SERVICE);
         let b = self.standby();
@@ -536,7 +557,10 @@ impl Supervisor {
             u.accepted = true;
         }
         self.persist();
-        let idle = run.evaluation["stats"]["commands"].as_u64() == Some(0);
+        let idle = run
+            .evaluation
+            .as_ref()
+            .is_some_and(|e| e.stats.commands == 0);
         let verdict = if idle {
             "acceptable (no traffic while evaluated: only health and digests were checked)"
         } else {
@@ -586,9 +610,12 @@ impl Supervisor {
         let exits_before = self.slots.iter().filter_map(|s| s.pid).collect::<Vec<_>>();
         self.pump_for(Duration::from_millis(run.options.evaluate_ms))
             .await;
-        let stats = self.call_json(active, &["TANDEM.STATS", "RESET"]).await?;
+        let stats = self.stats_reset(active).await?;
+        let Some(baseline) = &run.baseline else {
+            return Err("no baseline was measured to evaluate against".into());
+        };
         let mut problems = Vec::new();
-        let error_rate = stats["error_rate"].as_f64().unwrap_or(0.0);
+        let error_rate = stats.error_rate;
         if error_rate > run.options.max_error_rate {
             problems.push(format!(
                 "error rate {:.2} % above {:.2} %",
@@ -596,8 +623,8 @@ impl Supervisor {
                 run.options.max_error_rate * 100.0
             ));
         }
-        let base_p99_ms = run.baseline["latency_us_p99"].as_f64().unwrap_or(0.0) / 1e3;
-        let p99_ms = stats["latency_us_p99"].as_f64().unwrap_or(0.0) / 1e3;
+        let base_p99_ms = baseline.latency_us_p99 as f64 / 1e3;
+        let p99_ms = stats.latency_us_p99 as f64 / 1e3;
         let limit_ms =
             (base_p99_ms * run.options.p99_factor).max(base_p99_ms + run.options.p99_slack_ms);
         if p99_ms > limit_ms {
@@ -615,30 +642,41 @@ impl Supervisor {
         if let Err(e) = &digests {
             problems.push(e.clone());
         }
-        run.evaluation = serde_json::json!({
-            "stats": stats,
-            "p99_limit_ms": limit_ms,
-            "digests_equal_at_seq": digests.ok(),
-            "problems": problems,
+        let verdict = (!problems.is_empty()).then(|| problems.join("; "));
+        run.evaluation = Some(Evaluation {
+            stats,
+            p99_limit_ms: limit_ms,
+            digests_equal_at_seq: digests.ok(),
+            problems,
         });
-        Ok((!problems.is_empty()).then(|| problems.join("; ")))
+        Ok(verdict)
+    }
+
+    /// The active's figures since the last reset, and a reset.
+    async fn stats_reset(&mut self, i: usize) -> Result<StatsReport, String> {
+        Ok(self
+            .call_message(i, &["TANDEM.STATS", "RESET"], CALL_TIMEOUT)
+            .await?)
     }
 
     /// Puts a sync point into the stream and compares both engines' digests there.
     async fn compare_at_sync_point(&mut self) -> Result<u64, String> {
         let (active, standby) = (self.active, self.standby());
-        let point = self.call_json(active, &["TANDEM.SYNCPOINT"]).await?;
-        let seq = point["seq"].as_u64().unwrap_or(0);
+        let point: SyncPointReply = self
+            .call_message(active, &["TANDEM.SYNCPOINT"], CALL_TIMEOUT)
+            .await?;
+        let seq = point.seq;
         // The sync point's reply is released once the standby applied it.
-        let theirs = self.call_json(standby, &["TANDEM.STATUS"]).await?;
-        let sp = &theirs["sync_point"];
-        if sp["seq"].as_u64() != Some(seq) {
+        let theirs: EngineStatus = self
+            .call_message(standby, &["TANDEM.STATUS"], CALL_TIMEOUT)
+            .await?;
+        let Some(sp) = theirs.sync_point.filter(|sp| sp.seq == seq) else {
             return Err(format!("the standby has not noted sync point {seq}"));
-        }
-        if sp["digest"] != point["digest"] {
+        };
+        if sp.digest != point.digest {
             return Err(format!(
                 "state digests differ at sequence {seq}: {} and {}",
-                point["digest"], sp["digest"]
+                point.digest, sp.digest
             ));
         }
         Ok(seq)

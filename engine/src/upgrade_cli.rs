@@ -7,9 +7,8 @@ use anyhow::{bail, Context};
 use replicator::Secret;
 use reports::timeline::{self, Event, EventKind};
 use resp::Reply;
-use serde_json::Value;
 
-use crate::upgrade::Options;
+use crate::upgrade::{Options, Report};
 
 pub fn run(secret: &Secret, admin: &str, to: &str, options: &Options) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -32,14 +31,17 @@ pub fn run(secret: &Secret, admin: &str, to: &str, options: &Options) -> anyhow:
             .await
             .map_err(|e| anyhow::anyhow!("the upgrade request failed: {e} (the supervisor may have gone away: see `tandem status` and the pair's timeline.json)"))?;
         let _ = tokio::time::timeout(Duration::from_secs(2), printer).await;
-        let report: Value = match reply {
+        let json = match reply {
             Reply::Error(e) => bail!("{e}"),
-            Reply::Simple(s) => serde_json::from_str(&s).context("upgrade report")?,
-            Reply::Bulk(b) => serde_json::from_slice(&b).context("upgrade report")?,
+            Reply::Simple(s) => s.into_bytes(),
+            Reply::Bulk(b) => b.to_vec(),
             other => bail!("unexpected reply: {other}"),
         };
+        let report: Report = crate::contract::decode("the supervisor", &json)
+            .map_err(anyhow::Error::msg)
+            .context("reading the upgrade report")?;
         print_summary(&report);
-        if report["outcome"] != "completed" {
+        if report.outcome != "completed" {
             std::process::exit(3);
         }
         Ok(())
@@ -114,56 +116,39 @@ pub(crate) fn print_event(ev: &Event, started_ms: u64) {
     println!("[{t:7.3}s] {line}");
 }
 
-fn print_summary(r: &Value) {
+fn print_summary(r: &Report) {
     println!();
-    println!(
-        "outcome:     {} ({} -> {})",
-        r["outcome"].as_str().unwrap_or("?"),
-        r["from"].as_str().unwrap_or("?"),
-        r["to"].as_str().unwrap_or("?")
-    );
-    if let Some(reason) = r["reason"].as_str() {
+    println!("outcome:     {} ({} -> {})", r.outcome, r.from, r.to);
+    if let Some(reason) = &r.reason {
         println!("reason:      {reason}");
     }
-    let b = &r["baseline"];
-    let e = &r["evaluation"]["stats"];
-    let ms = |v: &Value| {
-        v.as_f64()
-            .map(|us| format!("{:.2} ms", us / 1e3))
-            .unwrap_or_else(|| "-".into())
-    };
-    println!(
-        "baseline:    {} commands, error rate {:.3} %, p99 {}",
-        b["commands"],
-        b["error_rate"].as_f64().unwrap_or(0.0) * 100.0,
-        ms(&b["latency_us_p99"])
-    );
-    if !e.is_null() {
+    let ms = |us: u64| format!("{:.2} ms", us as f64 / 1e3);
+    match &r.baseline {
+        Some(b) => println!(
+            "baseline:    {} commands, error rate {:.3} %, p99 {}",
+            b.commands,
+            b.error_rate * 100.0,
+            ms(b.latency_us_p99)
+        ),
+        None => println!("baseline:    not measured"),
+    }
+    if let Some(e) = &r.evaluation {
         println!(
             "evaluation:  {} commands, error rate {:.3} %, p99 {} (limit {:.2} ms)",
-            e["commands"],
-            e["error_rate"].as_f64().unwrap_or(0.0) * 100.0,
-            ms(&e["latency_us_p99"]),
-            r["evaluation"]["p99_limit_ms"].as_f64().unwrap_or(0.0)
+            e.stats.commands,
+            e.stats.error_rate * 100.0,
+            ms(e.stats.latency_us_p99),
+            e.p99_limit_ms
         );
     }
-    println!(
-        "switchovers: {}",
-        r["switchovers_ms"]
-            .as_array()
-            .map(|v| v
-                .iter()
-                .map(|x| format!("{:.1} ms", x.as_f64().unwrap_or(0.0)))
-                .collect::<Vec<_>>()
-                .join(", "))
-            .unwrap_or_default()
-    );
+    let switchovers: Vec<String> = r
+        .switchovers_ms
+        .iter()
+        .map(|x| format!("{x:.1} ms"))
+        .collect();
+    println!("switchovers: {}", switchovers.join(", "));
     println!("phases:");
-    for p in r["phases"].as_array().into_iter().flatten() {
-        println!(
-            "  {:<22} {:>8} ms",
-            p["name"].as_str().unwrap_or("?"),
-            p["duration_ms"]
-        );
+    for p in &r.phases {
+        println!("  {:<22} {:>8} ms", p.name, p.duration_ms);
     }
 }
