@@ -8,10 +8,13 @@
 //! Nothing is read as zero because its field was renamed or dropped. Refusals are decided on
 //! by their [`Code`], the first word of the RESP error, never by the rest of its text.
 //!
-//! The messages: [`crate::node::EngineStatus`] (`TANDEM.STATUS`, and the reply to
-//! `TANDEM.LEASE`), [`crate::stats::StatsReport`] (`TANDEM.STATS`, what the upgrade's
-//! acceptance check compares), [`SyncPointReply`] (`TANDEM.SYNCPOINT`) and [`Ready`] (the line
-//! an engine prints once it serves). What stays inside one process is not here.
+//! The messages: from an engine, [`crate::node::EngineStatus`] (`TANDEM.STATUS`, and the
+//! reply to `TANDEM.LEASE`), [`crate::stats::StatsReport`] (`TANDEM.STATS`, what the
+//! upgrade's acceptance check compares), [`SyncPointReply`] (`TANDEM.SYNCPOINT`) and
+//! [`Ready`] (the line an engine prints once it serves); from the supervisor to the command
+//! line, [`PairStatus`] (`STATUS`) and [`crate::upgrade::Report`] (`UPGRADE`). The timeline's
+//! events have their own schema (`reports::timeline`). What stays inside one process is not
+//! here.
 
 use serde::de::{DeserializeOwned, Visitor};
 use serde::{Deserialize, Serialize};
@@ -162,6 +165,79 @@ pub struct Ready {
 
 impl Message for Ready {
     const NAME: &'static str = "ready line";
+}
+
+/// The admin endpoint's `STATUS`: the pair as its supervisor sees it (`tandem status`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PairStatus {
+    pub admin: String,
+    pub supervisor_pid: u32,
+    pub epoch: u64,
+    /// The engine the supervisor holds active (`a` or `b`).
+    pub active: String,
+    pub standby_promotable: bool,
+    pub simplex: bool,
+    pub upgrade_in_progress: bool,
+    /// Why the pair refuses writes, if it does.
+    pub unavailable: Option<String>,
+    pub failover_pending: Option<PendingFailover>,
+    pub failovers: u64,
+    pub engines: Vec<PairEngine>,
+}
+
+impl Message for PairStatus {
+    const NAME: &'static str = "pair status";
+}
+
+impl PairStatus {
+    /// The engine that says it is active, if one answered so.
+    pub fn active_engine(&self) -> Option<&crate::node::EngineStatus> {
+        self.engines.iter().find_map(|e| match e {
+            PairEngine::Up(s) if s.role == crate::node::Role::Active => Some(&**s),
+            _ => None,
+        })
+    }
+}
+
+/// A promotion the supervisor keeps trying.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PendingFailover {
+    pub promoting: String,
+    pub epoch: u64,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub cause: String,
+}
+
+/// One engine of a pair: its own status if it answered, else what the supervisor knows.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PairEngine {
+    Up(Box<crate::node::EngineStatus>),
+    Down(DownEngine),
+}
+
+impl PairEngine {
+    pub fn client_addr(&self) -> &str {
+        match self {
+            PairEngine::Up(s) => &s.client_addr,
+            PairEngine::Down(d) => &d.client_addr,
+        }
+    }
+}
+
+/// An engine that did not answer (`unresponsive`) or runs no process (`out_of_service`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DownEngine {
+    pub name: String,
+    pub role: String,
+    pub app_version: String,
+    pub pid: Option<u32>,
+    pub client_addr: String,
+    pub replication_addr: String,
+    pub control_addr: String,
+    /// The pair's epoch, as the supervisor knows it.
+    pub epoch: u64,
 }
 
 #[cfg(test)]

@@ -11,10 +11,10 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use reports::run::RunDir;
 use resp::Reply;
-use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use crate::contract::PairStatus;
 use crate::upgrade::Options;
 
 #[derive(Clone, Debug)]
@@ -161,9 +161,9 @@ async fn admin_call(
         .map_err(|e| anyhow::anyhow!("supervisor at {admin}: {e}"))
 }
 
-async fn pair_status(admin: &str, secret: &replicator::Secret) -> anyhow::Result<Value> {
+async fn pair_status(admin: &str, secret: &replicator::Secret) -> anyhow::Result<PairStatus> {
     match admin_call(admin, secret, &["STATUS".into()]).await? {
-        Reply::Bulk(b) => Ok(serde_json::from_slice(&b)?),
+        Reply::Bulk(b) => crate::contract::decode("the supervisor", &b).map_err(anyhow::Error::msg),
         other => bail!("status: {other}"),
     }
 }
@@ -251,11 +251,10 @@ async fn demo(
 ) -> anyhow::Result<()> {
     let plan = plan(args);
     let status = pair_status(admin, secret).await?;
-    let targets: Vec<String> = status["engines"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e["client_addr"].as_str().map(str::to_string))
+    let targets: Vec<String> = status
+        .engines
+        .iter()
+        .map(|e| e.client_addr().to_string())
         .collect();
     println!(
         "pair up: admin {admin}, engines {}; load {} ops/s; run directory {}",
@@ -264,12 +263,9 @@ async fn demo(
         out.display()
     );
     if args.state > 0 {
-        let active = status["engines"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|e| e["role"] == "active")
-            .and_then(|e| e["client_addr"].as_str())
+        let active = status
+            .active_engine()
+            .map(|e| e.client_addr.as_str())
             .context("no active engine to preload")?;
         preload(active, args.state).await?;
     }

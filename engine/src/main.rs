@@ -291,6 +291,16 @@ fn secret(explicit: Option<&std::path::Path>) -> anyhow::Result<replicator::Secr
 
 fn main() {
     let cli = Cli::parse();
+    if matches!(cli.command, Cmd::Status { .. } | Cmd::Report { .. }) {
+        // What these print is often piped (`tandem status --json | head`): a closed pipe
+        // ends them quietly, as any Unix tool, not as a panic on the next print. Not for the
+        // commands that serve: a peer that closes its socket must be an error to handle
+        // (`writev` on a closed socket raises SIGPIPE), never the end of the process.
+        // SAFETY: before any thread exists; SIG_DFL is a valid disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     if let Err(e) = run(cli) {
         eprintln!("tandem: {e:#}");
         std::process::exit(1);
@@ -488,35 +498,52 @@ fn admin_call(
 }
 
 fn print_status(text: &str) -> anyhow::Result<()> {
-    let pair: serde_json::Value = serde_json::from_str(text).context("status is not JSON")?;
+    use engine::contract::{PairEngine, PairStatus};
+    let pair: PairStatus =
+        engine::contract::decode("the supervisor", text.as_bytes()).map_err(anyhow::Error::msg)?;
     println!(
         "pair: epoch {}, active {}, standby promotable: {}{}",
-        pair["epoch"],
-        pair["active"].as_str().unwrap_or("?"),
-        pair["standby_promotable"],
-        if pair["upgrade_in_progress"] == true {
+        pair.epoch,
+        pair.active,
+        pair.standby_promotable,
+        if pair.upgrade_in_progress {
             ", upgrade in progress"
         } else {
             ""
         }
     );
-    if let Some(why) = pair["unavailable"].as_str() {
+    if let Some(why) = &pair.unavailable {
         println!("UNAVAILABLE (writes refused): {why}");
     }
-    if let Some(p) = pair["failover_pending"].as_object() {
+    if let Some(p) = &pair.failover_pending {
         println!(
             "failover in progress: promoting {} at epoch {} (attempt {}{})",
-            p["promoting"].as_str().unwrap_or("?"),
-            p["epoch"],
-            p["attempts"],
-            p["last_error"]
-                .as_str()
+            p.promoting,
+            p.epoch,
+            p.attempts,
+            p.last_error
+                .as_deref()
                 .map(|e| format!(", last: {e}"))
                 .unwrap_or_default()
         );
     }
-    println!(
-        "{:<4} {:<15} {:<7} {:<9} {:<8} {:<21} {:<21} {:>5} {:>10} {:>10} {:<16}",
+    let row = |cells: [&str; 11]| {
+        println!(
+            "{:<4} {:<15} {:<7} {:<9} {:<8} {:<21} {:<21} {:>5} {:>10} {:>10} {:<16}",
+            cells[0],
+            cells[1],
+            cells[2],
+            cells[3],
+            cells[4],
+            cells[5],
+            cells[6],
+            cells[7],
+            cells[8],
+            cells[9],
+            cells[10]
+        )
+    };
+    row([
         "name",
         "role",
         "version",
@@ -527,39 +554,47 @@ fn print_status(text: &str) -> anyhow::Result<()> {
         "epoch",
         "seq",
         "work_units",
-        "digest"
-    );
-    for e in pair["engines"].as_array().into_iter().flatten() {
-        let s = |k: &str| match &e[k] {
-            serde_json::Value::Null => "-".to_string(),
-            serde_json::Value::String(v) => v.clone(),
-            v => v.to_string(),
-        };
-        let features = match e["feature_level"].as_u64() {
-            Some(level) => format!(
-                "L{level}{}",
-                if e["features_enabled"] == true {
-                    "+on"
-                } else {
-                    ""
-                }
-            ),
-            None => "-".into(),
-        };
-        println!(
-            "{:<4} {:<15} {:<7} {:<9} {:<8} {:<21} {:<21} {:>5} {:>10} {:>10} {:<16}",
-            s("name"),
-            s("role"),
-            s("app_version"),
-            features,
-            s("pid"),
-            s("client_addr"),
-            s("replication_addr"),
-            s("epoch"),
-            s("seq_applied"),
-            s("work_units"),
-            s("digest")
-        );
+        "digest",
+    ]);
+    for e in &pair.engines {
+        match e {
+            PairEngine::Up(s) => {
+                let features = format!(
+                    "L{}{}",
+                    s.feature_level,
+                    if s.features_enabled { "+on" } else { "" }
+                );
+                row([
+                    &s.name,
+                    s.role.as_str(),
+                    &s.app_version,
+                    &features,
+                    &s.pid.to_string(),
+                    &s.client_addr,
+                    &s.replication_addr,
+                    &s.epoch.to_string(),
+                    &s.seq_applied.to_string(),
+                    &s.work_units.to_string(),
+                    &s.digest,
+                ]);
+            }
+            PairEngine::Down(d) => {
+                let pid = d.pid.map_or("-".into(), |p| p.to_string());
+                row([
+                    &d.name,
+                    &d.role,
+                    &d.app_version,
+                    "-",
+                    &pid,
+                    &d.client_addr,
+                    &d.replication_addr,
+                    &d.epoch.to_string(),
+                    "-",
+                    "-",
+                    "-",
+                ]);
+            }
+        }
     }
     Ok(())
 }

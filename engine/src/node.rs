@@ -779,6 +779,40 @@ mod tests {
     }
 
     #[test]
+    fn a_pair_status_tells_an_answering_engine_from_a_silent_one() {
+        use crate::contract::{self, DownEngine, PairEngine, PairStatus};
+        let up = engine(true).status();
+        let down = DownEngine {
+            name: "b".into(),
+            role: "unresponsive".into(),
+            app_version: "1.0".into(),
+            pid: Some(7),
+            client_addr: "127.0.0.1:4".into(),
+            replication_addr: "127.0.0.1:5".into(),
+            control_addr: "127.0.0.1:6".into(),
+            epoch: 1,
+        };
+        let pair = PairStatus {
+            admin: "127.0.0.1:9".into(),
+            supervisor_pid: 1,
+            epoch: 1,
+            active: "a".into(),
+            standby_promotable: false,
+            simplex: true,
+            upgrade_in_progress: false,
+            unavailable: None,
+            failover_pending: None,
+            failovers: 0,
+            engines: vec![PairEngine::Up(Box::new(up)), PairEngine::Down(down)],
+        };
+        let back: PairStatus =
+            contract::decode("the supervisor", contract::encode(&pair).as_bytes()).unwrap();
+        assert!(matches!(&back.engines[0], PairEngine::Up(s) if s.name == "a"));
+        assert!(matches!(&back.engines[1], PairEngine::Down(d) if d.role == "unresponsive"));
+        assert_eq!(back.active_engine().map(|e| e.name.as_str()), Some("a"));
+    }
+
+    #[test]
     fn the_status_an_engine_sends_is_what_the_supervisor_decodes() {
         let now = Instant::now();
         let mut e = engine(true);

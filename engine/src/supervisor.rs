@@ -39,7 +39,9 @@ use tokio::process::Command;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::admin;
-use crate::contract::{self, Code, Message, Ready};
+use crate::contract::{
+    self, Code, DownEngine, Message, PairEngine, PairStatus, PendingFailover, Ready,
+};
 use crate::node::{EngineStatus, Role};
 use crate::pair_state::{DirLock, EngineState, PairState, UpgradeState};
 use crate::process::Watched;
@@ -1667,7 +1669,7 @@ impl Supervisor {
             .unwrap_or_default();
         Some(match verb.as_str() {
             "PING" => Ok("PONG".into()),
-            "STATUS" => Ok(self.status().await.to_string()),
+            "STATUS" => Ok(contract::encode(&self.status().await)),
             "SHUTDOWN" => {
                 self.shutdown = true;
                 Ok("OK".into())
@@ -1752,49 +1754,56 @@ impl Supervisor {
         Ok("OK new features enabled on both engines".into())
     }
 
-    pub async fn status(&mut self) -> Value {
+    pub async fn status(&mut self) -> PairStatus {
         let mut engines = Vec::new();
         for i in 0..2 {
             let status = match self.slots[i].pid {
                 Some(_) => self.status_of(i, STATUS_TIMEOUT).await.ok(),
                 None => None,
             };
-            let status = status.map(|s| serde_json::to_value(s).expect("a status serializes"));
-            engines.push(status.unwrap_or_else(|| self.down_status(i)));
+            engines.push(match status {
+                Some(s) => PairEngine::Up(Box::new(s)),
+                None => PairEngine::Down(self.down_status(i)),
+            });
         }
-        serde_json::json!({
-            "admin": self.admin_addr,
-            "supervisor_pid": std::process::id(),
-            "epoch": self.epoch,
-            "active": self.slots[self.active].name,
-            "standby_promotable": self.promotable,
-            "simplex": !self.promotable,
-            "upgrade_in_progress": self.busy,
-            "unavailable": self.unavailable,
-            "failover_pending": self.promotion.as_ref().map(|p| serde_json::json!({
-                "promoting": self.slots[p.target].name,
-                "epoch": p.epoch,
-                "attempts": p.attempts,
-                "last_error": p.last_error,
-                "cause": p.cause,
-            })),
-            "failovers": self.failovers,
-            "engines": engines,
-        })
+        PairStatus {
+            admin: self.admin_addr.clone(),
+            supervisor_pid: std::process::id(),
+            epoch: self.epoch,
+            active: self.slots[self.active].name.into(),
+            standby_promotable: self.promotable,
+            simplex: !self.promotable,
+            upgrade_in_progress: self.busy,
+            unavailable: self.unavailable.clone(),
+            failover_pending: self.promotion.as_ref().map(|p| PendingFailover {
+                promoting: self.slots[p.target].name.into(),
+                epoch: p.epoch,
+                attempts: p.attempts,
+                last_error: p.last_error.clone(),
+                cause: p.cause.clone(),
+            }),
+            failovers: self.failovers,
+            engines,
+        }
     }
 
-    fn down_status(&self, i: usize) -> Value {
+    fn down_status(&self, i: usize) -> DownEngine {
         let s = &self.slots[i];
         let role = if s.pid.is_some() {
             "unresponsive"
         } else {
             "out_of_service"
         };
-        serde_json::json!({
-            "name": s.name, "role": role, "app_version": s.app_version, "pid": s.pid,
-            "client_addr": s.client_addr, "replication_addr": s.replication_addr,
-            "control_addr": s.control_addr, "epoch": self.epoch,
-        })
+        DownEngine {
+            name: s.name.into(),
+            role: role.into(),
+            app_version: s.app_version.clone(),
+            pid: s.pid,
+            client_addr: s.client_addr.clone(),
+            replication_addr: s.replication_addr.clone(),
+            control_addr: s.control_addr.clone(),
+            epoch: self.epoch,
+        }
     }
 
     pub fn write_pair_file(&self) {
