@@ -245,6 +245,15 @@ mod tests {
     use super::*;
     use crate::stats::StatsReport;
 
+    /// A message as it goes on the wire, to be tampered with.
+    fn wire<T: Message>(msg: &T) -> Value {
+        serde_json::from_str(&encode(msg)).unwrap()
+    }
+
+    fn decode_from_a<T: Message>(value: &Value) -> Result<T, String> {
+        decode("engine a", value.to_string().as_bytes())
+    }
+
     fn stats() -> StatsReport {
         StatsReport {
             window_ms: 5000,
@@ -269,7 +278,7 @@ mod tests {
 
     #[test]
     fn a_missing_field_is_refused_by_name_not_read_as_zero() {
-        let mut value: Value = serde_json::from_str(&encode(&stats())).unwrap();
+        let mut value = wire(&stats());
         value.as_object_mut().unwrap().remove("latency_us_p99");
         let e = decode::<StatsReport>("engine b", value.to_string().as_bytes()).unwrap_err();
         assert_eq!(e, "engine b sent a stats without `latency_us_p99`");
@@ -285,30 +294,29 @@ mod tests {
             control_addr: "127.0.0.1:3".into(),
             recovered: None,
         };
-        let json = encode(&ready);
-        assert!(decode::<Ready>("engine a", json.as_bytes()).is_ok());
-        let mut value: Value = serde_json::from_str(&json).unwrap();
+        let mut value = wire(&ready);
+        assert!(decode_from_a::<Ready>(&value).is_ok());
         value.as_object_mut().unwrap().remove("recovered");
-        let e = decode::<Ready>("engine a", value.to_string().as_bytes()).unwrap_err();
+        let e = decode_from_a::<Ready>(&value).unwrap_err();
         assert!(e.contains("without `recovered`"), "{e}");
     }
 
     #[test]
     fn another_version_or_none_is_refused() {
-        let mut value: Value = serde_json::from_str(&encode(&stats())).unwrap();
+        let mut value = wire(&stats());
         value["v"] = 2.into();
-        let e = decode::<StatsReport>("engine a", value.to_string().as_bytes()).unwrap_err();
+        let e = decode_from_a::<StatsReport>(&value).unwrap_err();
         assert!(e.starts_with("engine a speaks contract version 2"), "{e}");
         value.as_object_mut().unwrap().remove("v");
-        let e = decode::<StatsReport>("engine a", value.to_string().as_bytes()).unwrap_err();
+        let e = decode_from_a::<StatsReport>(&value).unwrap_err();
         assert!(e.contains("without a contract version"), "{e}");
     }
 
     #[test]
     fn a_wrong_type_is_refused() {
-        let mut value: Value = serde_json::from_str(&encode(&stats())).unwrap();
+        let mut value = wire(&stats());
         value["latency_us_p99"] = "fast".into();
-        let e = decode::<StatsReport>("engine a", value.to_string().as_bytes()).unwrap_err();
+        let e = decode_from_a::<StatsReport>(&value).unwrap_err();
         assert!(
             e.starts_with("engine a sent a stats that does not fit"),
             "{e}"
