@@ -96,6 +96,41 @@ fn admit(eng: &mut Engine, hello: &Hello) -> Result<(Start, replicator::Identity
     Ok((Start::Snapshot { seq }, eng.identity()))
 }
 
+/// Admits the standby that sent `hello` and installs its link: the link's id, or the sender
+/// back with the reason it is refused (the caller says so on the link and closes it).
+pub(crate) fn attach(
+    eng: &mut Engine,
+    mut sender: Sender,
+    hello: &Hello,
+    now: Instant,
+) -> Result<u64, Box<(Sender, String)>> {
+    let (start, identity) = match admit(eng, hello) {
+        Ok(d) => d,
+        Err(reason) => return Err(Box::new((sender, reason))),
+    };
+    sender.accept(now, identity, start, hello.seq_applied);
+    let Some(id) = eng.open_link(sender) else {
+        unreachable!("admit refuses a second standby under this borrow")
+    };
+    let chunk_bytes = eng.config.snapshot_chunk_bytes;
+    if let Some(link) = eng.link.as_mut() {
+        link.peer = Some(hello.identity.clone());
+        if let Start::Snapshot { .. } = start {
+            link.catch_up = Some(catch_up::Cursor::new(chunk_bytes));
+        }
+    }
+    eprintln!(
+        "[{}] standby {} attached ({})",
+        eng.config.name,
+        hello.identity.engine,
+        match start {
+            Start::Resume => format!("resuming after {}", hello.seq_applied),
+            Start::Snapshot { seq } => format!("snapshot from {seq}"),
+        }
+    );
+    Ok(id)
+}
+
 /// Reads until the sender has decided about the hello, within the peer timeout.
 async fn read_hello(
     stream: &mut TcpStream,
@@ -147,34 +182,13 @@ async fn active_link(engine: Shared, mut stream: TcpStream) -> Result<(), String
         Ok(h) => h,
         Err(reason) => return refuse(sender, stream, reason).await,
     };
-    let decision = admit(&mut engine.borrow_mut(), &hello);
-    let (start, identity) = match decision {
-        Ok(d) => d,
-        Err(reason) => return refuse(sender, stream, reason).await,
-    };
-    let id = {
-        let mut eng = engine.borrow_mut();
-        sender.accept(Instant::now(), identity, start, hello.seq_applied);
-        let Some(id) = eng.open_link(sender) else {
-            return Err("another standby attached meanwhile".into());
-        };
-        let chunk_bytes = eng.config.snapshot_chunk_bytes;
-        if let Some(link) = eng.link.as_mut() {
-            link.peer = Some(hello.identity.clone());
-            if let Start::Snapshot { .. } = start {
-                link.catch_up = Some(catch_up::Cursor::new(chunk_bytes));
-            }
+    let attached = attach(&mut engine.borrow_mut(), sender, &hello, Instant::now());
+    let id = match attached {
+        Ok(id) => id,
+        Err(refused) => {
+            let (sender, reason) = *refused;
+            return refuse(sender, stream, reason).await;
         }
-        eprintln!(
-            "[{}] standby {} attached ({})",
-            eng.config.name,
-            hello.identity.engine,
-            match start {
-                Start::Resume => format!("resuming after {}", hello.seq_applied),
-                Start::Snapshot { seq } => format!("snapshot from {seq}"),
-            }
-        );
-        id
     };
     let (wake, io) = {
         let eng = engine.borrow();
@@ -192,7 +206,7 @@ async fn active_link(engine: Shared, mut stream: TcpStream) -> Result<(), String
     Ok(())
 }
 
-fn active_turn(
+pub(crate) fn active_turn(
     engine: &Shared,
     id: u64,
     now: Instant,
@@ -376,27 +390,37 @@ pub async fn follow(engine: Shared) {
             standby_turn(&engine, &addr, &mut receiver, now, input, tx)
         })
         .await;
-        let still_following = {
-            let mut eng = engine.borrow_mut();
-            if let Some(f) = eng.follow.as_mut() {
-                f.connected = false;
-                f.in_sync = false;
-                if let Err(e) = result {
-                    f.last_error = Some(format!("link to {addr}: {e}"));
-                }
-            }
-            eng.bump();
-            eng.role == Role::Standby
-        };
+        let still_following = follow_ended(
+            &mut engine.borrow_mut(),
+            &addr,
+            result.err().map(|e| e.to_string()),
+        );
         if still_following {
             retry_pause(&wake).await;
         }
     }
 }
 
+/// The standby's link to `addr` ended (with `error`, if it failed): true if this engine is
+/// still a standby and reconnects.
+pub(crate) fn follow_ended(eng: &mut Engine, addr: &str, error: Option<String>) -> bool {
+    if let Some(f) = eng.follow.as_mut() {
+        f.connected = false;
+        f.in_sync = false;
+        if let Some(e) = error {
+            f.last_error = Some(format!("link to {addr}: {e}"));
+        }
+    }
+    eng.bump();
+    eng.role == Role::Standby
+}
+
+/// How long a standby waits before it reconnects after a lost link or a refused connect.
+pub(crate) const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
 /// A short pause before reconnecting, cut short by a new instruction.
 async fn retry_pause(wake: &tokio::sync::Notify) {
-    let _ = tokio::time::timeout(Duration::from_millis(50), wake.notified()).await;
+    let _ = tokio::time::timeout(RETRY_PAUSE, wake.notified()).await;
 }
 
 fn set_follow_error(engine: &Shared, msg: String) {
@@ -405,7 +429,7 @@ fn set_follow_error(engine: &Shared, msg: String) {
     }
 }
 
-fn standby_turn(
+pub(crate) fn standby_turn(
     engine: &Shared,
     addr: &str,
     receiver: &mut Receiver,
