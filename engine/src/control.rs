@@ -95,6 +95,13 @@ pub fn dispatch(
                     Err("ERR the active of this epoch cannot follow: grant a new epoch".into())
                 } else {
                     eng.step_down(Role::Standby, epoch);
+                    if eng.history == 0 {
+                        // Nothing it holds belongs to a history: it is whole only once its
+                        // snapshot is. Until then a promotion would serve an empty (or stale)
+                        // state as the pair's. Found by `tandem sim` (seed 1256): a standby
+                        // restarted during a partition, promoted before it ever connected.
+                        eng.state_complete = false;
+                    }
                     eng.active_hint = arg_str(cmd, 3).or(eng.active_hint.take());
                     eng.follow = Some(Follow {
                         replication_addr: addr,

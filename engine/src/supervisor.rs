@@ -1501,6 +1501,7 @@ impl Supervisor {
             };
             if !adopted {
                 self.emit(end(format!("failed: {e}")));
+                self.retake(from, to).await;
                 return Err(e.into());
             }
             eprintln!(
@@ -1536,6 +1537,39 @@ impl Supervisor {
         );
         self.emit(end(msg));
         Ok(took_ms)
+    }
+
+    /// After a switchover that failed with the standby not active in its epoch: the old active
+    /// is still active in the epoch before, which this supervisor has left (the next lease would
+    /// fence it, and nobody would be active). It is granted an epoch above the switchover's, and
+    /// the standby follows it there: a step-up still in flight on the dead link can then only
+    /// make the standby active in an epoch already left behind. Found by `tandem sim` (seed 198).
+    async fn retake(&mut self, from: usize, to: usize) {
+        self.epoch += 1;
+        self.persist();
+        let epoch = self.epoch.to_string();
+        if let Err(e) = self.call(from, &["TANDEM.PROMOTE", &epoch]).await {
+            eprintln!(
+                "after the failed switchover, {} did not take epoch {epoch}: {e}",
+                self.slots[from].name
+            );
+            return;
+        }
+        self.slots[from].last_answer = Instant::now();
+        self.set_promotable(false, "a failed switchover: the standby re-syncs");
+        let (addr, hint) = (
+            self.slots[from].replication_addr.clone(),
+            self.slots[from].client_addr.clone(),
+        );
+        if self
+            .call(to, &["TANDEM.FOLLOW", &addr, &epoch, &hint])
+            .await
+            .is_err()
+        {
+            self.slots[to].fenced = true; // told again by `check_standby` when it answers
+        }
+        self.renew_lease().await;
+        self.write_pair_file();
     }
 
     /// Stops an engine on purpose (out of service, then its process), waiting for it to exit.
