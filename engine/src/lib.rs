@@ -26,6 +26,8 @@ pub mod replication;
 pub mod run;
 pub mod server;
 pub mod sessions;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod state;
 pub mod stats;
 pub mod supervisor;

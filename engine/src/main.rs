@@ -99,6 +99,31 @@ enum Cmd {
         #[arg(long)]
         compare: Option<PathBuf>,
     },
+    /// Run the pair in the deterministic simulator: two real engines, a model of the
+    /// supervisor, clients and a nemesis (crashes, pauses, cuts, partitions, slow links,
+    /// switchovers, an upgrade), all on a simulated clock and chosen by one seed, with the
+    /// invariants checked after every step (see RELIABILITY.md).
+    #[cfg(feature = "sim")]
+    Sim {
+        /// How many seeds to run (side by side); stops at the first that breaks an invariant.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+        seeds: u64,
+        /// The first seed of --seeds.
+        #[arg(long, default_value_t = 0)]
+        first_seed: u64,
+        /// Run this one seed and print its trace digest (the same on every run).
+        #[arg(long, conflicts_with_all = ["seeds", "first_seed"])]
+        seed: Option<u64>,
+        /// Put a known bug back, to see the simulator find it.
+        #[arg(long, value_parser = ["promote-stale", "ack-before-standby"])]
+        plant: Option<String>,
+        /// With --seed: print the whole trace.
+        #[arg(long, requires = "seed")]
+        trace: bool,
+        /// Show the engines' own log lines (discarded by default: thousands of seeds).
+        #[arg(long)]
+        verbose: bool,
+    },
     /// Run one engine process (the supervisor starts these).
     #[command(hide = true)]
     Engine(EngineCli),
@@ -307,6 +332,18 @@ fn main() {
     }
 }
 
+/// Points fd 2 at /dev/null: the simulated engines log as real ones do, thousands of times.
+#[cfg(feature = "sim")]
+fn silence_stderr() {
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2 onto fd 2 of an fd we own; nothing holds a borrowed fd 2.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), 2);
+        }
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let secret_file = cli.secret_file.as_deref();
     match cli.command {
@@ -448,6 +485,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             secret_file: replicator::Secret::resolve(secret_file)?.0,
         }),
         Cmd::Report { run_dir, compare } => report(&run_dir, compare.as_deref()),
+        #[cfg(feature = "sim")]
+        Cmd::Sim {
+            seeds,
+            first_seed,
+            seed,
+            plant,
+            trace,
+            verbose,
+        } => {
+            if !verbose {
+                silence_stderr();
+            }
+            let args = engine::sim::cli::Args {
+                seeds,
+                first_seed,
+                seed,
+                plant,
+                trace,
+            };
+            let passed = engine::sim::cli::main(&args).map_err(anyhow::Error::msg)?;
+            if !passed {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Cmd::Features {
             command: FeaturesCmd::Enable { admin },
         } => {

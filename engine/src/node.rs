@@ -38,11 +38,6 @@ pub fn monotonic_ns() -> u64 {
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
-/// The instant at which `CLOCK_MONOTONIC` reads `deadline_ns` (now, if that has passed).
-fn instant_at(now: Instant, deadline_ns: u64) -> Instant {
-    now + Duration::from_nanos(deadline_ns.saturating_sub(monotonic_ns()))
-}
-
 pub type Shared = Rc<RefCell<Engine>>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,6 +179,8 @@ pub struct Engine {
     /// Tells the process to exit (`TANDEM.SHUTDOWN`).
     pub shutdown: Rc<Notify>,
     pub started: Instant,
+    /// The clock leases are stamped with: [`monotonic_ns`], or the simulator's.
+    pub clock: fn() -> u64,
 }
 
 impl Engine {
@@ -227,6 +224,7 @@ impl Engine {
             follow_wake: Rc::new(Notify::new()),
             shutdown: Rc::new(Notify::new()),
             started: Instant::now(),
+            clock: monotonic_ns,
         }
     }
 
@@ -307,6 +305,11 @@ impl Engine {
         let mut release = self.seq_released;
         if self.sync_mode() && !self.standby_stale {
             let acked = self.link.as_ref().map_or(0, |l| l.sender.seq_acked());
+            #[cfg(feature = "sim")]
+            let acked = match crate::sim::planted(crate::sim::Plant::AckBeforeStandby) {
+                true => self.outbox.seq_last(), // the bug: released before the standby has it
+                false => acked,
+            };
             release = release.max(acked);
             if self.standby_in_sync() {
                 // From here on only the standby's acks release writes: a simplex lease from
@@ -593,7 +596,9 @@ impl Engine {
         }
         self.lease_stamp_ns = stamp_ns;
         if mode != LeaseMode::Sync && self.role == Role::Active && !self.standby_in_sync() {
-            let until = instant_at(now, stamp_ns.saturating_add(ttl.as_nanos() as u64));
+            // The instant at which the shared clock reads the lease's end.
+            let end_ns = stamp_ns.saturating_add(ttl.as_nanos() as u64);
+            let until = now + Duration::from_nanos(end_ns.saturating_sub((self.clock)()));
             self.simplex_lease_until = Some(until);
         }
         if mode == LeaseMode::Sync

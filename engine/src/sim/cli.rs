@@ -1,0 +1,106 @@
+//! `tandem sim`: many seeds side by side (rayon, one simulation per thread), or one seed with
+//! its trace.
+
+use std::io::Write as _;
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use super::{run, Options, Plant, Report};
+
+/// Seeds run side by side between two looks at the results.
+const WAVE: u64 = 512;
+
+pub struct Args {
+    pub seeds: u64,
+    pub first_seed: u64,
+    pub seed: Option<u64>,
+    pub plant: Option<String>,
+    pub trace: bool,
+}
+
+/// Runs what `args` asks for; true if no invariant was broken.
+pub fn main(args: &Args) -> Result<bool, String> {
+    let plant = args.plant.as_deref().map(Plant::parse).transpose()?;
+    let options = |seed| Options {
+        plant,
+        ..Options::new(seed)
+    };
+    let out = &mut std::io::stdout().lock();
+    if let Some(seed) = args.seed {
+        let report = run(&options(seed));
+        if args.trace {
+            for line in &report.trace {
+                let _ = writeln!(out, "{line}");
+            }
+        }
+        let _ = writeln!(out, "{}", summary_line(&report));
+        if report.failure.is_some() {
+            let _ = write!(out, "{}", report.explain(args.plant.as_deref(), 40));
+        }
+        return Ok(report.failure.is_none());
+    }
+    let started = Instant::now();
+    let (mut done, mut acked, mut reads) = (0u64, 0u64, 0u64);
+    let (mut completed, mut rolled_back, mut unavailable) = (0u64, 0u64, 0u64);
+    let end = args.first_seed.saturating_add(args.seeds);
+    let mut next = args.first_seed;
+    while next < end {
+        let wave_end = end.min(next + WAVE);
+        let reports: Vec<Report> = (next..wave_end)
+            .into_par_iter()
+            .map(|seed| run(&options(seed)))
+            .collect();
+        next = wave_end;
+        // The lowest failing seed of the wave: the same answer however the threads ran.
+        if let Some(failed) = reports.iter().find(|r| r.failure.is_some()) {
+            let _ = write!(out, "{}", failed.explain(args.plant.as_deref(), 40));
+            let _ = writeln!(
+                out,
+                "{} seeds passed before it ({:.1} s)",
+                done + reports.iter().take_while(|r| r.failure.is_none()).count() as u64,
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(false);
+        }
+        for r in &reports {
+            acked += r.acked_writes;
+            reads += r.reads_checked;
+            completed += (r.upgrade.as_deref() == Some("completed")) as u64;
+            rolled_back += (r.upgrade.as_deref() == Some("rolled_back")) as u64;
+            unavailable += r.unavailable.is_some() as u64;
+        }
+        done += reports.len() as u64;
+        let secs = started.elapsed().as_secs_f64();
+        let _ = writeln!(
+            out,
+            "{done}/{} seeds passed ({:.1} s, {:.0} seeds/s)",
+            args.seeds,
+            secs,
+            done as f64 / secs.max(1e-9)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "all {done} seeds passed in {:.1} s: {acked} acknowledged writes, {reads} reads checked; upgrades {completed} completed, {rolled_back} rolled back; {unavailable} seeds ended with the pair saying it is unavailable",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(true)
+}
+
+fn summary_line(r: &Report) -> String {
+    format!(
+        "seed {}: {}, trace digest {:016x}; {} acknowledged writes, {} reads checked, {:.1} s simulated; upgrade {}; {}",
+        r.seed,
+        if r.failure.is_some() { "FAILED" } else { "ok" },
+        r.digest,
+        r.acked_writes,
+        r.reads_checked,
+        r.simulated.as_secs_f64(),
+        r.upgrade.as_deref().unwrap_or("not run"),
+        match &r.unavailable {
+            Some(why) => format!("pair unavailable: {why}"),
+            None => "pair serving".into(),
+        }
+    )
+}
