@@ -25,9 +25,7 @@ impl Violation {
         match self {
             Violation::LostUpdate(_) => "no acknowledged update lost",
             Violation::PhantomRead(_) => "a read returns only a value that was written",
-            Violation::StaleAck(_) => {
-                "no acknowledgement of a write made after a newer epoch was active"
-            }
+            Violation::StaleAck(_) => "no write acknowledged that a newer active lacks",
             Violation::UngrantedEpoch(_) => "no engine acknowledges in an epoch nobody granted",
             Violation::EpochWentBack(_) => "epochs never go back",
             Violation::DigestsDiffer(_) => "equal digests whenever the standby holds everything",
@@ -62,8 +60,6 @@ pub struct Write {
     pub acked: Option<u64>,
     /// Refused before it was executed.
     pub failed: bool,
-    /// Executed by an engine whose epoch was older than one already active elsewhere.
-    pub stale: Option<String>,
 }
 
 #[derive(Default)]
@@ -74,6 +70,8 @@ pub struct History {
     pub last_ack: u64,
     /// The newest epoch any engine was seen active in, and the newest the supervisor granted.
     pub newest_active: u64,
+    /// The sequence the engine of `newest_active` had applied when it became active.
+    pub newest_active_from: u64,
     pub granted: u64,
 }
 
@@ -84,22 +82,31 @@ impl History {
             invoked: now,
             acked: None,
             failed: false,
-            stale: None,
         });
         self.writes.len() - 1
     }
 
-    /// The engine released the reply of `write`, made in `epoch`.
-    pub fn released(&mut self, write: usize, engine: &str, epoch: u64) -> Result<(), Violation> {
+    /// `engine`, in `epoch`, released the reply of `write`, which it made at sequence `seq`.
+    /// An older epoch may still release what the newer active holds (a standby acknowledged
+    /// it just before its promotion, and the ack reached a paused old active late), never
+    /// a write made after the newer active took over.
+    pub fn released(
+        &mut self,
+        write: usize,
+        engine: &str,
+        epoch: u64,
+        seq: u64,
+    ) -> Result<(), Violation> {
         if epoch > self.granted {
             return Err(Violation::UngrantedEpoch(format!(
                 "{engine} acknowledged write #{write} in epoch {epoch}; the newest granted is {}",
                 self.granted
             )));
         }
-        if let Some(why) = &self.writes[write].stale {
+        if epoch < self.newest_active && seq > self.newest_active_from {
             return Err(Violation::StaleAck(format!(
-                "{engine} acknowledged write #{write}, executed {why}"
+                "{engine} acknowledged write #{write} (sequence {seq}) in epoch {epoch}, but epoch {} became active at sequence {} without it",
+                self.newest_active, self.newest_active_from
             )));
         }
         Ok(())

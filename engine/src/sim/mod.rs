@@ -17,8 +17,7 @@
 //!   all drawn from one seed, during the first part of the run; then everything heals.
 //!
 //! After every step the [`history`] checks the invariants: no acknowledged update lost (a
-//! register check per key), no acknowledgement of a write executed after a newer epoch was
-//! active elsewhere, no epoch acknowledged that nobody granted, epochs never go back, equal
+//! register check per key), no write acknowledged that a newer active lacks, no epoch acknowledged that nobody granted, epochs never go back, equal
 //! digests whenever the standby has applied everything, and, at the end, that the pair
 //! serves again (or says why not) and that an upgrade ended `completed` or `rolled_back`.
 //!
@@ -195,6 +194,8 @@ struct Round {
     ops: Vec<Op>,
     next: usize,
     replies: Vec<BytesMut>,
+    /// The sequence each command saw (a write's own).
+    seqs: Vec<u64>,
     wait: Option<(u64, u64)>,
 }
 
@@ -750,6 +751,7 @@ impl World {
                 ops,
                 next: 0,
                 replies: Vec::new(),
+                seqs: Vec::new(),
                 wait: None,
             });
             self.clients[c].busy = true;
@@ -794,19 +796,14 @@ impl World {
                     };
                     let mut out = BytesMut::new();
                     let cmd = resp::Command { args: cmd };
+                    let mut seen = 0;
                     if let Outcome::Done { seq } =
                         server::dispatch(&mut eng, Port::Client, &cmd, &mut out, now)
                     {
                         wait_seq = wait_seq.max(seq);
+                        seen = seq;
                     }
-                    if let Op::Set { write, .. } = round.ops[round.next] {
-                        if out.starts_with(b"+") && eng.epoch < self.history.newest_active {
-                            self.history.writes[write].stale = Some(format!(
-                                "in epoch {} while epoch {} was active",
-                                eng.epoch, self.history.newest_active
-                            ));
-                        }
-                    }
+                    round.seqs.push(seen);
                     round.replies.push(out);
                     round.next += 1;
                 }
@@ -830,11 +827,9 @@ impl World {
             if released || fenced {
                 let r = self.rounds.swap_remove(k);
                 if released {
-                    for op in &r.ops {
-                        if let Op::Set { write, .. } = op {
-                            if let Err(v) =
-                                self.history.released(*write, &name, epoch_seen.max(epoch))
-                            {
+                    for ((op, out), seq) in r.ops.iter().zip(&r.replies).zip(&r.seqs) {
+                        if let (Op::Set { write, .. }, true) = (op, out.starts_with(b"+")) {
+                            if let Err(v) = self.history.released(*write, &name, epoch, *seq) {
                                 self.fail(v);
                             }
                         }
@@ -941,6 +936,7 @@ impl World {
             );
             if eng.role == Role::Active && eng.epoch > self.history.newest_active {
                 self.history.newest_active = eng.epoch;
+                self.history.newest_active_from = eng.seq_applied;
             }
         }
         if roles != self.roles {
