@@ -236,7 +236,8 @@ pub struct World {
     calls: Vec<Call>,
     next_call: u64,
     answers: Vec<(u64, u64, Result<String, String>)>,
-    answers_due: Vec<(u64, u64, Option<()>)>,
+    /// When each call in flight times out, by id.
+    answers_due: Vec<(u64, u64)>,
     roles: [(Role, u64); 2],
 }
 
@@ -375,7 +376,7 @@ impl World {
             arrive_at: at,
             later: None,
         });
-        self.answers_due.push((self.now + timeout, id, None));
+        self.answers_due.push((self.now + timeout, id));
         id
     }
 
@@ -457,7 +458,7 @@ impl World {
         }
         let mut k = 0;
         while k < self.answers_due.len() {
-            let (at, id, _) = self.answers_due[k];
+            let (at, id) = self.answers_due[k];
             let answered = due.iter().any(|a| a.id == id);
             if answered {
                 self.answers_due.swap_remove(k);
@@ -513,6 +514,21 @@ impl World {
         t.saturating_duration_since(self.base).as_nanos() as u64
     }
 
+    /// What reached one end of a link from engine `from` by now, and whether the stream ended.
+    fn receive(&self, pipe: &mut Pipe, from: usize) -> (Vec<u8>, bool) {
+        let mut input = Vec::new();
+        let eof = pipe.recv(self.now, self.latency.blocked(from, self.now), &mut input);
+        (input, eof)
+    }
+
+    /// Sends frames between the engines, each with its own latency.
+    fn transmit(&mut self, pipe: &mut Pipe, frames: impl IntoIterator<Item = Bytes>) {
+        for frame in frames {
+            let lat = self.latency.between(&mut self.rng, self.now);
+            pipe.send(self.now, lat, frame);
+        }
+    }
+
     /// The standby's follow loop: dials the active it was told to follow.
     fn dial(&mut self) {
         for s in 0..2 {
@@ -549,10 +565,7 @@ impl World {
                 Receiver::new(now, self.config.clone(), &hello)
             };
             let mut down = Pipe::default();
-            for frame in sender.drain_out() {
-                let lat = self.latency.between(&mut self.rng, self.now);
-                down.send(self.now, lat, frame);
-            }
+            self.transmit(&mut down, sender.drain_out());
             self.links.push(Some(SimLink {
                 active: a,
                 standby: s,
@@ -596,12 +609,7 @@ impl World {
             return;
         }
         let engine = self.nodes[a].engine.clone().expect("runs");
-        let mut input = Vec::new();
-        let eof = link.up.recv(
-            self.now,
-            self.latency.blocked(link.standby, self.now),
-            &mut input,
-        );
+        let (mut input, eof) = self.receive(&mut link.up, link.standby);
         let now = self.instant();
         let mut tx = std::collections::VecDeque::new();
         if let Some(mut sender) = link.handshake.take() {
@@ -653,10 +661,7 @@ impl World {
                 engine.borrow_mut().close_link(link.link_id, now);
             }
         }
-        for frame in tx {
-            let lat = self.latency.between(&mut self.rng, self.now);
-            link.down.send(self.now, lat, frame);
-        }
+        self.transmit(&mut link.down, tx);
         if link.active_done {
             link.down.close(self.now);
         }
@@ -669,12 +674,7 @@ impl World {
             return;
         }
         let engine = self.nodes[s].engine.clone().expect("runs");
-        let mut input = Vec::new();
-        let eof = link.down.recv(
-            self.now,
-            self.latency.blocked(link.active, self.now),
-            &mut input,
-        );
+        let (input, eof) = self.receive(&mut link.down, link.active);
         let now = self.instant();
         let mut tx = std::collections::VecDeque::new();
         let turn = replication::standby_turn(
@@ -686,10 +686,7 @@ impl World {
             &mut tx,
         );
         link.standby_deadline = turn.deadline.map(|d| self.ns(d));
-        for frame in tx {
-            let lat = self.latency.between(&mut self.rng, self.now);
-            link.up.send(self.now, lat, frame);
-        }
+        self.transmit(&mut link.up, tx);
         if turn.done || eof {
             link.standby_done = true;
             link.up.close(self.now);

@@ -227,14 +227,19 @@ impl Pilot {
             return;
         }
         let mode = if self.promotable { "sync" } else { "simplex" };
+        let timeout = self.timing.hang_timeout.as_nanos() as u64 / 2;
+        self.lease(w, active, mode, timeout, Then::Lease);
+    }
+
+    /// A lease of this epoch to engine `i`, stamped now.
+    fn lease(&mut self, w: &mut World, i: usize, mode: &str, timeout: u64, then: Then) {
         let stamp = (CLOCK_ORIGIN_NS + w.now).to_string();
         let (epoch, ttl) = (
             self.epoch.to_string(),
             self.timing.lease_ttl.as_millis().to_string(),
         );
-        let timeout = self.timing.hang_timeout.as_nanos() as u64 / 2;
         let args = ["TANDEM.LEASE", &epoch, &stamp, &ttl, mode];
-        self.send(w, active, &args, timeout, Then::Lease);
+        self.send(w, i, &args, timeout, then);
     }
 
     /// After the lease: the failure detector, the standby, the upgrade.
@@ -687,13 +692,7 @@ impl Pilot {
                 target.as_str()
             ));
             self.promotable = false;
-            let stamp = (CLOCK_ORIGIN_NS + w.now).to_string();
-            let (epoch, ttl) = (
-                self.epoch.to_string(),
-                self.timing.lease_ttl.as_millis().to_string(),
-            );
-            let args = ["TANDEM.LEASE", &epoch, &stamp, &ttl, "degrade"];
-            return self.send(w, a, &args, CALL_TIMEOUT, Then::Degrade(s, target));
+            return self.lease(w, a, "degrade", CALL_TIMEOUT, Then::Degrade(s, target));
         }
         if !self.promotable {
             return;
