@@ -23,6 +23,7 @@ pub mod pair_down;
 pub mod pair_state;
 pub mod process;
 pub mod replication;
+pub mod rules;
 pub mod run;
 pub mod server;
 pub mod sessions;

@@ -1126,7 +1126,7 @@ impl Nemesis {
 pub fn run(options: &Options) -> Report {
     PLANTED.with(|p| p.set(options.plant));
     let mut w = World::new(options.seed);
-    let mut pilot = Pilot::new(options.plant == Some(Plant::PromoteStale));
+    let mut pilot = Pilot::new();
     let faults = options.faults.as_nanos() as u64;
     let end = faults + options.recovery.as_nanos() as u64;
     let mut nemesis = Nemesis::new(&mut w.rng, faults);
@@ -1146,13 +1146,13 @@ pub fn run(options: &Options) -> Report {
     }
     if w.failure.is_none() {
         let quiet_for = w.now.saturating_sub(w.history.last_ack);
-        if pilot.unavailable.is_none() && quiet_for > 2_000 * MS {
+        if pilot.unavailable().is_none() && quiet_for > 2_000 * MS {
             w.fail(Violation::NoService(format!(
                 "no write acknowledged in the last {} ms, {} ms after the faults stopped; nothing says why",
                 quiet_for / MS,
                 (w.now - faults) / MS
             )));
-        } else if let (Some(_), None) = (&pilot.upgrade, &pilot.unavailable) {
+        } else if let (Some(_), None) = (&pilot.upgrade, pilot.unavailable()) {
             w.fail(Violation::UpgradeUnfinished(format!(
                 "the upgrade is still under way {} ms after the faults stopped",
                 (w.now - faults) / MS
@@ -1175,7 +1175,7 @@ pub fn run(options: &Options) -> Report {
         acked_writes: w.history.acked,
         reads_checked: w.history.reads_checked,
         upgrade: pilot.upgrade_outcome.clone(),
-        unavailable: pilot.unavailable.clone(),
+        unavailable: pilot.unavailable().cloned(),
         simulated: Duration::from_nanos(w.now),
     }
 }

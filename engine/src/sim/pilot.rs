@@ -12,9 +12,11 @@
 use std::collections::VecDeque;
 
 use crate::contract::{self, Code};
-use crate::node::{EngineStatus, Role};
+use crate::node::EngineStatus;
+use crate::rules::{AfterLease, Lost, NoPromotable, OnExit, PromoteAnswer, Rules, Said};
+use crate::rules::{StandbyCheck, StandbyVerdict, SwitchoverUnanswered};
 use crate::sessions::AppVersion;
-use crate::supervisor::Timing;
+use crate::supervisor::{CallError, Timing};
 
 use super::{Answer, World, CLOCK_ORIGIN_NS, MS, NAMES};
 
@@ -29,43 +31,26 @@ const EVALUATION: u64 = 1_000 * MS;
 enum Then {
     Boot,
     Lease,
-    Promote {
-        target: usize,
-        epoch: u64,
-        dead: usize,
-    },
+    Promote,
+    /// Nothing was ever acknowledged: the other engine, whatever it holds.
+    ForcePromote,
     Follow(usize),
-    StandbyStatus(usize),
-    Resync(usize),
-    Switchover {
-        from: usize,
-        to: usize,
-        epoch: u64,
-    },
-    SwitchoverCheck {
-        from: usize,
-        to: usize,
-        epoch: u64,
-        lost: bool,
-    },
+    StandbyStatus,
+    StandbyFollow,
+    /// Both engines' statuses, asked one after the other.
+    Resync(Vec<Option<EngineStatus>>),
+    Switchover { from: usize, epoch: u64 },
+    SwitchoverCheck { from: usize, epoch: u64, error: CallError },
     Degrade(usize, AppVersion),
     Shutdown(usize, AppVersion),
     Enable,
     /// After a failed switchover: the old active, in a new epoch; then the standby follows it.
-    Retake {
-        from: usize,
-        to: usize,
-    },
+    Retake { from: usize },
 }
 
 enum Task {
     Exited(usize),
     Switchover,
-}
-
-struct Promotion {
-    target: usize,
-    epoch: u64,
 }
 
 pub struct Upgrade {
@@ -76,39 +61,38 @@ pub struct Upgrade {
 }
 
 pub struct Pilot {
-    timing: Timing,
-    pub epoch: u64,
-    pub active: usize,
-    pub promotable: bool,
-    released_any: bool,
-    fenced: [bool; 2],
-    last_answer: [u64; 2],
+    /// The supervisor's own rules: this file only makes the calls they ask for.
+    pub rules: Rules,
     expected_exit: [bool; 2],
-    pub unavailable: Option<String>,
-    promotion: Option<Promotion>,
-    busy: Option<(u64, Then)>,
+    /// The call in flight: its id, the engine called, what to do with its answer.
+    busy: Option<(u64, usize, Then)>,
     tasks: VecDeque<Task>,
     next_tick: u64,
     ticks: u64,
     booted: bool,
     pub upgrade: Option<Upgrade>,
     pub upgrade_outcome: Option<String>,
-    promote_stale: bool,
+}
+
+/// A simulated call's answer as the supervisor's calls give it.
+fn outcome(r: Option<Result<String, String>>) -> Result<String, CallError> {
+    match r {
+        None => Err(CallError::NoAnswer("no answer".into())),
+        Some(Err(e)) => Err(CallError::Refused(Code::of(&e), e)),
+        Some(Ok(text)) => Ok(text),
+    }
+}
+
+fn status(i: usize, r: Option<Result<String, String>>) -> Result<EngineStatus, CallError> {
+    let json = outcome(r)?;
+    contract::decode::<EngineStatus>(NAMES[i], json.as_bytes()).map_err(CallError::Garbled)
 }
 
 impl Pilot {
-    pub fn new(promote_stale: bool) -> Pilot {
+    pub fn new() -> Pilot {
         Pilot {
-            timing: Timing::default(),
-            epoch: 0,
-            active: 0,
-            promotable: false,
-            released_any: false,
-            fenced: [false; 2],
-            last_answer: [0; 2],
+            rules: Rules::new(Timing::default()),
             expected_exit: [false; 2],
-            unavailable: None,
-            promotion: None,
             busy: None,
             tasks: VecDeque::new(),
             next_tick: TICK,
@@ -116,7 +100,6 @@ impl Pilot {
             booted: false,
             upgrade: None,
             upgrade_outcome: None,
-            promote_stale,
         }
     }
 
@@ -124,8 +107,12 @@ impl Pilot {
         self.next_tick
     }
 
-    fn standby(&self) -> usize {
-        1 - self.active
+    pub fn unavailable(&self) -> Option<&String> {
+        self.rules.unavailable.as_ref()
+    }
+
+    fn running(&self, w: &World, i: usize) -> bool {
+        w.engine(i).is_some()
     }
 
     /// The pidfd of engine `i` became readable: it exited.
@@ -155,26 +142,31 @@ impl Pilot {
 
     fn send(&mut self, w: &mut World, i: usize, args: &[&str], timeout: u64, then: Then) {
         let id = w.call(i, args.iter().map(|a| a.to_string()).collect(), timeout);
-        self.busy = Some((id, then));
+        self.busy = Some((id, i, then));
     }
 
-    fn grant(&mut self, w: &mut World) -> u64 {
-        self.epoch += 1;
-        w.history.granted = w.history.granted.max(self.epoch);
-        self.epoch
-    }
-
-    fn set_promotable(&mut self, w: &mut World, promotable: bool, why: &str) {
-        if self.promotable != promotable {
-            self.promotable = promotable;
-            w.note(format!(
-                "supervisor: {} ({why})",
-                if promotable {
-                    "standby in sync"
-                } else {
-                    "no standby in sync"
+    /// What the rules said: epochs granted are what the history checks acknowledgements
+    /// against; the rest goes to the trace.
+    fn heed(&mut self, w: &mut World) {
+        for said in self.rules.take_said() {
+            match said {
+                Said::Granted(epoch) => w.history.granted = w.history.granted.max(epoch),
+                Said::Promotable(promotable, why) => w.note(format!(
+                    "supervisor: {} ({why})",
+                    if promotable {
+                        "standby in sync"
+                    } else {
+                        "no standby in sync"
+                    }
+                )),
+                Said::Released => {}
+                Said::Unavailable(why) => {
+                    w.note(format!("supervisor: PAIR UNAVAILABLE: {why}"));
+                    if self.upgrade.take().is_some() {
+                        self.upgrade_outcome = Some("abandoned: the pair is unavailable".into());
+                    }
                 }
-            ));
+            }
         }
     }
 
@@ -184,12 +176,14 @@ impl Pilot {
             self.booted = true;
             w.start(0, AppVersion::V1_0);
             w.start(1, AppVersion::V1_0);
-            let epoch = self.grant(w).to_string();
-            self.send(w, 0, &["TANDEM.PROMOTE", &epoch], CALL_TIMEOUT, Then::Boot);
+            self.boot(w);
         }
         for answer in w.take_answers() {
-            if self.busy.as_ref().is_some_and(|(id, _)| *id == answer.id) {
-                let (_, then) = self.busy.take().expect("checked");
+            if self.busy.as_ref().is_some_and(|(id, _, _)| *id == answer.id) {
+                let (_, engine, then) = self.busy.take().expect("checked");
+                if answer.result.is_some() {
+                    self.rules.heard(engine, w.now);
+                }
                 self.answered(w, then, answer);
             }
         }
@@ -208,26 +202,32 @@ impl Pilot {
                 self.tick(w);
             }
         }
+        self.heed(w);
+    }
+
+    fn boot(&mut self, w: &mut World) {
+        let epoch = self.rules.grant().to_string();
+        self.send(w, 0, &["TANDEM.PROMOTE", &epoch], CALL_TIMEOUT, Then::Boot);
     }
 
     fn tick(&mut self, w: &mut World) {
         self.ticks += 1;
-        if self.promotion.is_some() {
+        if self.rules.promotion.is_some() {
             return self.try_promotion(w);
         }
-        if self.unavailable.is_some() {
+        if self.rules.unavailable.is_some() {
             return;
         }
         self.renew_lease(w);
     }
 
     fn renew_lease(&mut self, w: &mut World) {
-        let active = self.active;
-        if w.engine(active).is_none() || self.promotion.is_some() {
+        let active = self.rules.active;
+        if !self.running(w, active) || self.rules.promotion.is_some() {
             return;
         }
-        let mode = if self.promotable { "sync" } else { "simplex" };
-        let timeout = self.timing.hang_timeout.as_nanos() as u64 / 2;
+        let mode = self.rules.lease_mode();
+        let timeout = self.rules.timing.hang_timeout.as_nanos() as u64 / 2;
         self.lease(w, active, mode, timeout, Then::Lease);
     }
 
@@ -235,8 +235,8 @@ impl Pilot {
     fn lease(&mut self, w: &mut World, i: usize, mode: &str, timeout: u64, then: Then) {
         let stamp = (CLOCK_ORIGIN_NS + w.now).to_string();
         let (epoch, ttl) = (
-            self.epoch.to_string(),
-            self.timing.lease_ttl.as_millis().to_string(),
+            self.rules.epoch.to_string(),
+            self.rules.timing.lease_ttl.as_millis().to_string(),
         );
         let args = ["TANDEM.LEASE", &epoch, &stamp, &ttl, mode];
         self.send(w, i, &args, timeout, then);
@@ -244,10 +244,8 @@ impl Pilot {
 
     /// After the lease: the failure detector, the standby, the upgrade.
     fn after_lease(&mut self, w: &mut World) {
-        let active = self.active;
-        let silent = w.now - self.last_answer[active];
-        if w.engine(active).is_some() && silent >= self.timing.hang_timeout.as_nanos() as u64 {
-            let cause = format!("{} answered no lease for {} ms", NAMES[active], silent / MS);
+        let active = self.rules.active;
+        if let Some(cause) = self.rules.active_hung(self.running(w, active), w.now) {
             return self.active_lost(w, active, cause, false);
         }
         if self.ticks.is_multiple_of(STANDBY_CHECK_TICKS) {
@@ -261,175 +259,111 @@ impl Pilot {
         match then {
             Then::Boot => match r {
                 Some(Ok(_)) => {
-                    self.last_answer = [w.now; 2];
+                    self.rules.started(0, w.now);
+                    self.rules.started(1, w.now);
                     self.follow(w, 1);
                 }
-                _ => {
-                    let epoch = self.grant(w).to_string();
-                    self.send(w, 0, &["TANDEM.PROMOTE", &epoch], CALL_TIMEOUT, Then::Boot);
-                }
+                _ => self.boot(w),
             },
             Then::Lease => {
-                let active = self.active;
-                match r {
-                    Some(Ok(json)) => {
-                        self.last_answer[active] = w.now;
-                        match contract::decode::<EngineStatus>(NAMES[active], json.as_bytes()) {
-                            Ok(st) => {
-                                self.released_any |= st.seq_released > 0;
-                                let was = self.promotable;
-                                let why = "the active's lease answer";
-                                self.set_promotable(w, st.standby_in_sync, why);
-                                if was && !self.promotable {
-                                    return self.renew_lease(w); // simplex at once
-                                }
-                            }
-                            Err(_) => self.set_promotable(w, false, "a garbled status"),
-                        }
+                let active = self.rules.active;
+                let st = status(active, r);
+                match self.rules.lease_answered(st.as_ref()) {
+                    AfterLease::RenewSimplex => self.renew_lease(w),
+                    AfterLease::Resync => {
+                        w.note("supervisor: lease refused (stale epoch): resync".into());
+                        self.resync(w, Vec::new());
                     }
-                    Some(Err(e)) if Code::of(&e) == Code::StaleEpoch => {
-                        w.note(format!("supervisor: lease refused ({e}): resync"));
-                        return self.resync(w, 0);
-                    }
-                    _ => {}
+                    AfterLease::Fine => self.after_lease(w),
                 }
-                self.after_lease(w);
             }
-            Then::Promote {
-                target,
-                epoch,
-                dead,
-            } => match r {
-                Some(Ok(_)) => self.promoted(w, target, epoch, dead),
-                Some(Err(e)) if Code::of(&e) == Code::NotReady => {
-                    self.promotion = None;
-                    let cause = format!("{} refused to be promoted: {e}", NAMES[target]);
+            Then::Promote => match self.rules.promote_answered(outcome(r).map(drop).as_ref().copied()) {
+                PromoteAnswer::Promoted => self.promoted(w),
+                PromoteAnswer::NotReady(cause) => {
+                    let dead = self.rules.standby();
                     self.no_promotable(w, dead, cause);
                 }
-                Some(Err(e)) if Code::of(&e) == Code::StaleEpoch => {
-                    let epoch = self.grant(w);
-                    if let Some(p) = self.promotion.as_mut() {
-                        p.epoch = epoch;
-                    }
-                }
-                _ => {} // retried on the next tick
+                PromoteAnswer::Stale => self.rules.regrant(0),
+                PromoteAnswer::Retry => {}
+            },
+            Then::ForcePromote => match outcome(r) {
+                Ok(_) => self.promoted(w),
+                Err(e) => self.rules.force_promote_failed(&e),
             },
             Then::Follow(i) => {
                 if let Some(Ok(_)) = r {
-                    self.last_answer[i] = w.now;
-                    if self.fenced[i] {
+                    if self.rules.fenced[i] {
                         w.note(format!(
                             "supervisor: {} answers again and follows",
                             NAMES[i]
                         ));
                     }
-                    self.fenced[i] = false;
+                    self.rules.followed(i);
+                } else {
+                    self.rules.follow_failed(i);
                 }
             }
-            Then::StandbyStatus(i) => {
-                let status = match r {
-                    Some(Ok(json)) => {
-                        contract::decode::<EngineStatus>(NAMES[i], json.as_bytes()).ok()
-                    }
-                    _ => None,
-                };
-                match status {
-                    Some(st) => {
-                        self.last_answer[i] = w.now;
-                        if st.role == Role::Active && st.epoch >= self.epoch {
-                            return self.resync(w, 0);
-                        }
-                    }
-                    None => {
-                        let silent = w.now - self.last_answer[i];
-                        if silent >= self.timing.hung_kill_after.as_nanos() as u64 {
-                            w.note(format!("supervisor: {} silent: killing it", NAMES[i]));
-                            w.crash(i);
-                            self.exited(i);
-                        }
-                    }
+            Then::StandbyFollow => {
+                let followed = outcome(r).map(drop);
+                if followed.is_ok() {
+                    let i = self.rules.standby();
+                    w.note(format!(
+                        "supervisor: {} answers again and follows",
+                        NAMES[i]
+                    ));
+                    self.rules.followed(i);
                 }
-                self.advance_upgrade(w);
+                self.standby_checked(w, followed.as_ref().map(|_| None));
             }
-            Then::Resync(i) => {
-                if let Some(Ok(json)) = r {
-                    if let Ok(st) = contract::decode::<EngineStatus>(NAMES[i], json.as_bytes()) {
-                        self.epoch = self.epoch.max(st.epoch);
-                        w.history.granted = w.history.granted.max(self.epoch);
-                        let other = 1 - i;
-                        if st.role == Role::Active && i != self.active && st.epoch >= self.epoch {
-                            w.note(format!("supervisor: resync adopts {}", NAMES[i]));
-                            self.active = i;
-                            self.fenced[i] = false;
-                            self.fenced[other] = true;
-                            self.set_promotable(w, false, "resynced with the engines");
-                        }
-                    }
+            Then::StandbyStatus => {
+                let st = status(self.rules.standby(), r);
+                self.standby_checked(w, st.as_ref().map(Some));
+            }
+            Then::Resync(mut statuses) => {
+                statuses.push(status(statuses.len(), r).ok());
+                if statuses.len() < 2 {
+                    return self.resync(w, statuses);
                 }
-                if i == 0 {
-                    self.resync(w, 1);
+                if let Some(i) = self.rules.resynced([statuses[0].as_ref(), statuses[1].as_ref()]) {
+                    w.note(format!("supervisor: resync adopts {}", NAMES[i]));
                 }
             }
-            Then::Switchover { from, to, epoch } => match r {
-                Some(Ok(_)) => {
-                    self.active = to;
-                    self.last_answer[to] = w.now;
+            Then::Switchover { from, epoch } => match outcome(r) {
+                Ok(_) => {
+                    let to = 1 - from;
+                    self.rules.switched_over(to, true, w.now);
                     w.note(format!(
                         "supervisor: switched over to {} at epoch {epoch}",
                         NAMES[to]
                     ));
                     self.renew_lease(w);
                 }
-                other => {
-                    let lost = other.is_none();
-                    let args = ["TANDEM.STATUS"];
-                    let then = Then::SwitchoverCheck {
-                        from,
-                        to,
-                        epoch,
-                        lost,
-                    };
-                    self.send(w, to, &args, CALL_TIMEOUT, then);
+                Err(error) => {
+                    let then = Then::SwitchoverCheck { from, epoch, error };
+                    self.send(w, 1 - from, &["TANDEM.STATUS"], CALL_TIMEOUT, then);
                 }
             },
-            Then::SwitchoverCheck {
-                from,
-                to,
-                epoch,
-                lost,
-            } => {
-                let st = match r {
-                    Some(Ok(json)) => {
-                        contract::decode::<EngineStatus>(NAMES[to], json.as_bytes()).ok()
-                    }
-                    _ => None,
-                };
-                match st {
-                    Some(st) if st.role == Role::Active && st.epoch == epoch => {
+            Then::SwitchoverCheck { from, epoch, error } => {
+                let to = 1 - from;
+                let st = status(to, r);
+                match self.rules.switchover_unanswered(from, epoch, &error, st.as_ref(), w.now) {
+                    SwitchoverUnanswered::Adopt => {
                         w.note(format!(
                             "supervisor: switchover answer lost, {} is active",
                             NAMES[to]
                         ));
-                        self.active = to;
-                        self.last_answer[to] = w.now;
-                        self.set_promotable(w, false, "switched over without an answer");
+                        self.rules.switched_over(to, false, w.now);
                         self.follow(w, from);
                     }
-                    None if lost => {
-                        w.note(format!(
-                            "supervisor: switchover unconfirmed: promoting {}",
-                            NAMES[to]
-                        ));
-                        self.fenced[from] = true;
-                        self.promotion = Some(Promotion { target: to, epoch });
-                    }
-                    _ => {
+                    SwitchoverUnanswered::Promote => w.note(format!(
+                        "supervisor: switchover unconfirmed: promoting {}",
+                        NAMES[to]
+                    )),
+                    SwitchoverUnanswered::Retake { epoch } => {
                         w.note("supervisor: switchover failed".into());
-                        // As `Supervisor::retake`: the old active, in an epoch above the
-                        // switchover's, and the standby follows it (seed 198).
-                        let epoch = self.grant(w).to_string();
-                        let then = Then::Retake { from, to };
-                        self.send(w, from, &["TANDEM.PROMOTE", &epoch], CALL_TIMEOUT, then);
+                        let e = epoch.to_string();
+                        let then = Then::Retake { from };
+                        self.send(w, from, &["TANDEM.PROMOTE", &e], CALL_TIMEOUT, then);
                     }
                 }
             }
@@ -447,26 +381,25 @@ impl Pilot {
                 )),
             },
             Then::Shutdown(i, version) => {
-                if w.engine(i).is_some() {
+                if self.running(w, i) {
                     self.expected_exit[i] = true;
                     w.crash(i); // the process exits after TANDEM.SHUTDOWN (or is killed)
                     self.expected_exit[i] = false;
                 }
-                if w.engine(self.active).is_some() && self.unavailable.is_none() {
-                    w.start(i, version);
-                    self.follow(w, i);
+                if self.running(w, self.rules.active) && self.rules.unavailable.is_none() {
+                    self.start(w, i, version);
                 }
             }
-            Then::Retake { from, to } => match r {
+            Then::Retake { from } => match r {
                 Some(Ok(_)) => {
-                    self.last_answer[from] = w.now;
+                    self.rules.retaken(from, w.now);
                     w.note(format!(
                         "supervisor: {} retakes epoch {}",
-                        NAMES[from], self.epoch
+                        NAMES[from], self.rules.epoch
                     ));
-                    self.set_promotable(w, false, "a failed switchover: the standby re-syncs");
+                    let to = 1 - from;
                     self.follow(w, to);
-                    self.fenced[to] = true; // until the follow is answered
+                    self.rules.follow_failed(to); // until the follow is answered
                 }
                 _ => w.note(format!("supervisor: {} did not retake", NAMES[from])),
             },
@@ -481,179 +414,161 @@ impl Pilot {
         }
     }
 
+    fn standby_checked(&mut self, w: &mut World, answer: Result<Option<&EngineStatus>, &CallError>) {
+        match self.rules.standby_checked(answer, w.now) {
+            StandbyVerdict::Resync => return self.resync(w, Vec::new()),
+            StandbyVerdict::Kill(why) => {
+                w.note(format!("supervisor: {why}: killing it"));
+                let standby = self.rules.standby();
+                w.crash(standby);
+                self.exited(standby);
+            }
+            StandbyVerdict::Fine => {}
+        }
+        self.advance_upgrade(w);
+    }
+
     fn follow(&mut self, w: &mut World, i: usize) {
-        let a = self.active;
+        let a = self.rules.active;
         let args = [
             "TANDEM.FOLLOW".to_string(),
             format!("{}.replication", NAMES[a]),
-            self.epoch.to_string(),
+            self.rules.epoch.to_string(),
             format!("{}.client", NAMES[a]),
         ];
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.send(w, i, &args, CALL_TIMEOUT, Then::Follow(i));
     }
 
-    fn resync(&mut self, w: &mut World, i: usize) {
-        self.send(w, i, &["TANDEM.STATUS"], CALL_TIMEOUT, Then::Resync(i));
-    }
-
-    fn check_standby(&mut self, w: &mut World) {
-        let standby = self.standby();
-        if w.engine(standby).is_none() {
-            return self.advance_upgrade(w);
-        }
-        if self.fenced[standby] {
-            return self.follow(w, standby);
-        }
-        let then = Then::StandbyStatus(standby);
-        self.send(w, standby, &["TANDEM.STATUS"], STANDBY_CHECK_TIMEOUT, then);
-    }
-
-    fn on_exit(&mut self, w: &mut World, i: usize) {
-        let fenced = std::mem::take(&mut self.fenced[i]);
-        if i != self.active || fenced {
-            self.set_promotable(w, false, &format!("{} exited", NAMES[i]));
-        }
-        if i == self.active && !fenced {
-            if self.promotion.is_none() && self.unavailable.is_none() {
-                self.active_lost(w, i, format!("{} exited", NAMES[i]), true);
-            }
-            return;
-        }
-        if self.promotion.as_ref().is_some_and(|p| p.target == i) {
-            self.promotion = None;
-            let cause = format!("{}, being promoted, exited", NAMES[i]);
-            return self.no_promotable(w, self.active, cause);
-        }
-        self.restart_standby(w, i);
-    }
-
-    fn restart_standby(&mut self, w: &mut World, i: usize) {
-        if w.engine(self.active).is_none() || self.unavailable.is_some() {
-            return;
-        }
-        self.set_promotable(w, false, &format!("{} restarts empty", NAMES[i]));
-        let version = w.nodes[i].version;
+    /// Engine `i` starts, following the active.
+    fn start(&mut self, w: &mut World, i: usize, version: AppVersion) {
         w.start(i, version);
+        self.rules.started(i, w.now);
         self.follow(w, i);
     }
 
-    fn active_lost(&mut self, w: &mut World, dead: usize, cause: String, exited: bool) {
-        let other = 1 - dead;
-        w.note(format!("supervisor: active lost: {cause}"));
-        let standby_ok = w.engine(other).is_some() && !self.fenced[other];
-        if (self.promotable || self.promote_stale) && standby_ok {
-            let epoch = self.grant(w);
-            if !exited {
-                self.fenced[dead] = true;
+    /// Asks the engines' statuses in turn, from `statuses.len()`.
+    fn resync(&mut self, w: &mut World, statuses: Vec<Option<EngineStatus>>) {
+        let i = statuses.len();
+        self.send(w, i, &["TANDEM.STATUS"], CALL_TIMEOUT, Then::Resync(statuses));
+    }
+
+    fn check_standby(&mut self, w: &mut World) {
+        let standby = self.rules.standby();
+        match self.rules.standby_check(self.running(w, standby)) {
+            StandbyCheck::Nothing => self.advance_upgrade(w),
+            StandbyCheck::Follow(i) => {
+                self.follow(w, i);
+                if let Some((_, _, then)) = self.busy.as_mut() {
+                    *then = Then::StandbyFollow;
+                }
             }
-            self.promotion = Some(Promotion {
-                target: other,
-                epoch,
-            });
-            return self.try_promotion(w);
+            StandbyCheck::Status(i) => {
+                let args = ["TANDEM.STATUS"];
+                self.send(w, i, &args, STANDBY_CHECK_TIMEOUT, Then::StandbyStatus);
+            }
         }
-        self.no_promotable(w, dead, cause);
+    }
+
+    fn on_exit(&mut self, w: &mut World, i: usize) {
+        match self.rules.exited(i, self.expected_exit[i]) {
+            OnExit::Expected | OnExit::Quiet => {}
+            OnExit::ActiveLost(cause) => self.active_lost(w, i, cause, true),
+            OnExit::TargetLost(cause) => {
+                let dead = self.rules.active;
+                self.no_promotable(w, dead, cause);
+            }
+            OnExit::RestartStandby => self.restart_standby(w, i),
+        }
+    }
+
+    fn restart_standby(&mut self, w: &mut World, i: usize) {
+        if !self.running(w, self.rules.active) || self.rules.unavailable.is_some() {
+            return;
+        }
+        self.rules
+            .set_promotable(false, &format!("{} restarts empty", NAMES[i]));
+        let version = w.nodes[i].version;
+        self.start(w, i, version);
+    }
+
+    fn active_lost(&mut self, w: &mut World, dead: usize, cause: String, exited: bool) {
+        w.note(format!("supervisor: active lost: {cause}"));
+        let other_running = self.running(w, 1 - dead);
+        match self
+            .rules
+            .active_lost(dead, cause, exited, other_running, w.now)
+        {
+            Lost::Promote => self.try_promotion(w),
+            Lost::NoPromotable(cause) => self.no_promotable(w, dead, cause),
+        }
     }
 
     fn try_promotion(&mut self, w: &mut World) {
-        let Some(p) = self.promotion.as_ref() else {
+        let Some((target, args)) = self.rules.promotion_attempt() else {
             return;
         };
-        let (target, epoch) = (p.target, p.epoch);
-        let timeout = (self.timing.hang_timeout.as_nanos() as u64).max(200 * MS);
-        let e = epoch.to_string();
-        let mut args = vec!["TANDEM.PROMOTE", &e];
-        if self.promote_stale {
-            args.push("FORCE"); // the planted bug: whatever the standby holds
-        }
-        let then = Then::Promote {
-            target,
-            epoch,
-            dead: 1 - target,
-        };
-        self.send(w, target, &args, timeout, then);
+        let timeout = (self.rules.timing.hang_timeout.as_nanos() as u64).max(200 * MS);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.send(w, target, &args, timeout, Then::Promote);
     }
 
-    fn promoted(&mut self, w: &mut World, target: usize, epoch: u64, dead: usize) {
-        self.promotion = None;
-        self.active = target;
-        self.last_answer[target] = w.now;
+    fn promoted(&mut self, w: &mut World) {
+        let Some(p) = self.rules.promoted(w.now) else {
+            return;
+        };
         w.note(format!(
-            "supervisor: failover: {} promoted at epoch {epoch}",
-            NAMES[target]
+            "supervisor: failover: {} promoted at epoch {}",
+            NAMES[p.target], p.epoch
         ));
-        self.set_promotable(w, false, &format!("{} took over alone", NAMES[target]));
-        if w.engine(dead).is_none() {
-            self.restart_standby(w, dead);
-        } else {
+        let dead = 1 - p.target;
+        if self.running(w, dead) {
             self.renew_lease(w);
+        } else {
+            self.restart_standby(w, dead);
         }
     }
 
     fn no_promotable(&mut self, w: &mut World, dead: usize, cause: String) {
-        let other = 1 - dead;
-        if !self.released_any && w.engine(other).is_some() {
-            if w.engine(dead).is_some() {
-                self.expected_exit[dead] = true;
-                w.crash(dead);
-                self.expected_exit[dead] = false;
+        let other_running = self.running(w, 1 - dead);
+        let decision = self
+            .rules
+            .no_promotable(dead, cause, false, other_running, w.now);
+        match decision {
+            NoPromotable::ForcePromote { epoch } => {
+                if self.running(w, dead) {
+                    self.expected_exit[dead] = true;
+                    w.crash(dead);
+                    self.expected_exit[dead] = false;
+                }
+                let e = epoch.to_string();
+                let args = ["TANDEM.PROMOTE", &e, "FORCE"];
+                self.send(w, 1 - dead, &args, CALL_TIMEOUT, Then::ForcePromote);
             }
-            let epoch = self.grant(w);
-            let e = epoch.to_string();
-            let then = Then::Promote {
-                target: other,
-                epoch,
-                dead,
-            };
-            self.promotion = Some(Promotion {
-                target: other,
-                epoch,
-            });
-            return self.send(
-                w,
-                other,
-                &["TANDEM.PROMOTE", &e, "FORCE"],
-                CALL_TIMEOUT,
-                then,
-            );
-        }
-        let why = format!(
-            "{cause}, while {} was not in sync and with no journal: the pair refuses writes",
-            NAMES[other]
-        );
-        w.note(format!("supervisor: PAIR UNAVAILABLE: {why}"));
-        self.unavailable = Some(why);
-        if self.upgrade.take().is_some() {
-            self.upgrade_outcome = Some("abandoned: the pair is unavailable".into());
+            NoPromotable::Unavailable => {}
+            NoPromotable::Recover => unreachable!("the simulated engines keep no journal"),
         }
     }
 
     /// A planned switchover, if the standby is promotable.
     fn switchover(&mut self, w: &mut World) {
-        if !self.promotable || self.unavailable.is_some() || self.promotion.is_some() {
+        let Ok(epoch) = self.rules.begin_switchover() else {
             return;
-        }
-        let (from, to) = (self.active, self.standby());
-        let epoch = self.grant(w);
+        };
+        let (from, to) = (self.rules.active, self.rules.standby());
         w.note(format!(
             "supervisor: switchover {} -> {} at epoch {epoch}",
             NAMES[from], NAMES[to]
         ));
         let e = epoch.to_string();
-        let then = Then::Switchover { from, to, epoch };
-        self.send(
-            w,
-            from,
-            &["TANDEM.SWITCHOVER", &e],
-            SWITCHOVER_TIMEOUT,
-            then,
-        );
+        let then = Then::Switchover { from, epoch };
+        let args = ["TANDEM.SWITCHOVER", &e];
+        self.send(w, from, &args, SWITCHOVER_TIMEOUT, then);
     }
 
     /// One move of the upgrade towards its goal, from the pair's real state.
     fn advance_upgrade(&mut self, w: &mut World) {
-        if self.unavailable.is_some() || self.promotion.is_some() || self.busy.is_some() {
+        if self.rules.unavailable.is_some() || self.rules.promotion.is_some() || self.busy.is_some() {
             return;
         }
         let Some(up) = self.upgrade.as_mut() else {
@@ -664,7 +579,7 @@ impl Pilot {
         } else {
             AppVersion::V2_0
         };
-        let (a, s) = (self.active, 1 - self.active);
+        let (a, s) = (self.rules.active, self.rules.standby());
         if let Some(until) = up
             .eval_until
             .filter(|_| w.nodes[a].version == AppVersion::V2_0)
@@ -691,10 +606,11 @@ impl Pilot {
                 NAMES[s],
                 target.as_str()
             ));
-            self.promotable = false;
+            let why = format!("{} is being stopped", NAMES[s]);
+            self.rules.set_promotable(false, &why);
             return self.lease(w, a, "degrade", CALL_TIMEOUT, Then::Degrade(s, target));
         }
-        if !self.promotable {
+        if !self.rules.promotable {
             return;
         }
         if w.nodes[a].version != target {

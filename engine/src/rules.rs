@@ -1,0 +1,590 @@
+//! The supervisor's rules, without IO: what it knows of the pair, and what it decides from
+//! what it hears. The supervisor process (`supervisor.rs`) and the simulator's (`sim/pilot.rs`)
+//! are two drivers of this one state machine: they make the calls it asks for, each in its
+//! own way (awaiting them, or one simulated message at a time), and feed it the answers.
+//!
+//! Time is a driver's monotonic clock in nanoseconds. What must be on disk before an engine
+//! hears of it (an epoch granted, the standby no longer promotable, the pair unavailable) is
+//! queued as [`Said`]; the driver takes it with [`Rules::take_said`] after every decision and
+//! makes it durable before its next call.
+
+use std::time::Duration;
+
+use crate::contract::Code;
+use crate::node::{EngineStatus, Role};
+use crate::supervisor::{CallError, Timing};
+
+pub const NAMES: [&str; 2] = ["a", "b"];
+
+/// What a driver must make durable (or tell) before it acts on the decision that said it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Said {
+    /// This epoch is granted: never grant it again.
+    Granted(u64),
+    /// The standby became promotable, or stopped being: a successor must never promote a
+    /// stale standby, so this is on disk before the active may run simplex.
+    Promotable(bool, String),
+    /// Some write was acknowledged: no engine may any more be promoted on the grounds that
+    /// nothing could be lost.
+    Released,
+    /// No engine is known to hold every acknowledged write: the pair refuses writes.
+    Unavailable(String),
+}
+
+/// A failover under way: the standby to promote, in this epoch, until it answers.
+#[derive(Clone, Debug)]
+pub struct Promotion {
+    pub target: usize,
+    pub epoch: u64,
+    pub since_ns: u64,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    /// What happened to the active (for the timeline).
+    pub cause: String,
+}
+
+/// After the active's lease answer.
+#[derive(Debug, PartialEq)]
+pub enum AfterLease {
+    /// Go on: the failure detector, then the standby.
+    Fine,
+    /// The standby just stopped being promotable: grant the simplex lease now, not a tick
+    /// later (the active holds its writes until it has one).
+    RenewSimplex,
+    /// The active knows a newer epoch than this supervisor: ask both engines.
+    Resync,
+}
+
+/// An engine's process exited.
+#[derive(Debug, PartialEq)]
+pub enum OnExit {
+    /// Stopped on purpose: nothing to do.
+    Expected,
+    /// The active is gone: [`Rules::active_lost`].
+    ActiveLost(String),
+    /// The active is gone while a failover or an unavailable pair already says so.
+    Quiet,
+    /// The standby being promoted is gone too: [`Rules::no_promotable`].
+    TargetLost(String),
+    /// The standby (or a fenced old active) is gone: start it again, following the active.
+    RestartStandby,
+}
+
+/// The active is lost.
+#[derive(Debug, PartialEq)]
+pub enum Lost {
+    /// Promote the standby (the pending [`Promotion`]), retried until it answers.
+    Promote,
+    /// No standby is known to hold everything: [`Rules::no_promotable`].
+    NoPromotable(String),
+}
+
+/// The active is lost and no standby is known to hold every acknowledged write.
+#[derive(Debug, PartialEq)]
+pub enum NoPromotable {
+    /// Restart the lost engine from its journal and promote it.
+    Recover,
+    /// Nothing was ever acknowledged: kill the lost engine if it runs, then promote the other
+    /// with `FORCE` in this epoch (the pending [`Promotion`]).
+    ForcePromote { epoch: u64 },
+    /// Refuse writes (said as [`Said::Unavailable`]).
+    Unavailable,
+}
+
+/// The answer to a `TANDEM.PROMOTE` of the pending promotion.
+#[derive(Debug, PartialEq)]
+pub enum PromoteAnswer {
+    /// The target is active: [`Rules::promoted`].
+    Promoted,
+    /// The target's state is not whole: [`Rules::no_promotable`], for this cause.
+    NotReady(String),
+    /// Someone granted a higher epoch: go above it ([`Rules::regrant`]) and retry.
+    Stale,
+    /// No answer: retried on the next tick.
+    Retry,
+}
+
+/// A planned switchover whose answer did not come back.
+#[derive(Debug, PartialEq)]
+pub enum SwitchoverUnanswered {
+    /// The standby is active in the switchover's epoch: the old active follows it.
+    Adopt,
+    /// Neither answered: the standby may have stepped up, holding every acknowledged write (the
+    /// active stopped taking writes for the switchover). It is promoted in the switchover's
+    /// epoch (the pending [`Promotion`]); the old active is fenced.
+    Promote,
+    /// The standby did not step up: the old active takes this new epoch back and the standby
+    /// follows it (a step-up still in flight can then only happen in an epoch left behind).
+    Retake { epoch: u64 },
+}
+
+/// What to ask the engine that is not active, every few ticks.
+#[derive(Debug, PartialEq)]
+pub enum StandbyCheck {
+    /// Not running: its exit is being handled.
+    Nothing,
+    /// It was fenced: tell it to follow the active.
+    Follow(usize),
+    /// Ask its status.
+    Status(usize),
+}
+
+/// What the standby's check found.
+#[derive(Debug, PartialEq)]
+pub enum StandbyVerdict {
+    Fine,
+    /// It says it is active in this epoch or newer: it stepped up unheard; ask both engines.
+    Resync,
+    /// Silent for `hung_kill_after`: kill it (it is restarted as any lost standby is).
+    Kill(String),
+}
+
+/// The pair as the supervisor knows it.
+pub struct Rules {
+    pub timing: Timing,
+    pub active: usize,
+    pub epoch: u64,
+    pub promotable: bool,
+    /// Has this pair ever acknowledged a write?
+    pub released_any: bool,
+    /// Why the pair refuses writes.
+    pub unavailable: Option<String>,
+    /// Engines that must follow the active when they answer again (a hung old active).
+    pub fenced: [bool; 2],
+    /// When each engine last answered a call.
+    pub last_answer_ns: [u64; 2],
+    pub promotion: Option<Promotion>,
+    /// Failovers and recoveries so far.
+    pub failovers: u64,
+    said: Vec<Said>,
+}
+
+fn silent_for(now_ns: u64, since_ns: u64) -> Duration {
+    Duration::from_nanos(now_ns.saturating_sub(since_ns))
+}
+
+impl Rules {
+    pub fn new(timing: Timing) -> Rules {
+        Rules {
+            timing,
+            active: 0,
+            epoch: 0,
+            promotable: false,
+            released_any: false,
+            unavailable: None,
+            fenced: [false; 2],
+            last_answer_ns: [0; 2],
+            promotion: None,
+            failovers: 0,
+            said: Vec::new(),
+        }
+    }
+
+    pub fn standby(&self) -> usize {
+        1 - self.active
+    }
+
+    /// What the decisions since the last call said, oldest first.
+    pub fn take_said(&mut self) -> Vec<Said> {
+        std::mem::take(&mut self.said)
+    }
+
+    /// A new epoch, never granted before.
+    pub fn grant(&mut self) -> u64 {
+        self.epoch += 1;
+        self.said.push(Said::Granted(self.epoch));
+        self.epoch
+    }
+
+    /// An epoch an engine reports: never grant it again.
+    pub fn seen_epoch(&mut self, epoch: u64) {
+        if epoch > self.epoch {
+            self.epoch = epoch;
+            self.said.push(Said::Granted(epoch));
+        }
+    }
+
+    pub fn set_promotable(&mut self, promotable: bool, why: &str) {
+        if self.promotable != promotable {
+            self.promotable = promotable;
+            self.said.push(Said::Promotable(promotable, why.to_string()));
+        }
+    }
+
+    /// Engine `i` answered a call (any answer: it is not hung).
+    pub fn heard(&mut self, i: usize, now_ns: u64) {
+        self.last_answer_ns[i] = now_ns;
+    }
+
+    /// Engine `i` was started: it answers, and follows whom it was told to.
+    pub fn started(&mut self, i: usize, now_ns: u64) {
+        self.fenced[i] = false;
+        self.heard(i, now_ns);
+    }
+
+    pub fn note_released(&mut self, seq_released: u64) {
+        if seq_released > 0 && !self.released_any {
+            self.released_any = true;
+            self.said.push(Said::Released);
+        }
+    }
+
+    /// The lease mode: the standby stops being promotable before the active may run simplex.
+    pub fn lease_mode(&self) -> &'static str {
+        if self.promotable {
+            "sync"
+        } else {
+            "simplex"
+        }
+    }
+
+    /// The active answered its lease (or did not).
+    pub fn lease_answered(&mut self, answer: Result<&EngineStatus, &CallError>) -> AfterLease {
+        let was = self.promotable;
+        match answer {
+            Ok(status) => {
+                self.note_released(status.seq_released);
+                let in_sync = status.standby_in_sync;
+                let standby = NAMES[self.standby()];
+                let why = format!(
+                    "the active reports {standby} {}",
+                    if in_sync { "in sync" } else { "not in sync" }
+                );
+                self.set_promotable(in_sync, &why);
+            }
+            Err(e) if e.code() == Some(Code::StaleEpoch) => return AfterLease::Resync,
+            // Its standby is then not known to be in sync.
+            Err(CallError::Garbled(_)) => {
+                self.set_promotable(false, "its status does not fit the contract")
+            }
+            // The failure detector counts the silence.
+            Err(_) => {}
+        }
+        if was && !self.promotable {
+            AfterLease::RenewSimplex
+        } else {
+            AfterLease::Fine
+        }
+    }
+
+    /// The failure detector: the active, still running, has answered no lease for
+    /// `hang_timeout`. The cause, if so.
+    pub fn active_hung(&self, active_running: bool, now_ns: u64) -> Option<String> {
+        let silent = silent_for(now_ns, self.last_answer_ns[self.active]);
+        (active_running && silent >= self.timing.hang_timeout).then(|| {
+            format!(
+                "{} answered no lease for {} ms",
+                NAMES[self.active],
+                silent.as_millis()
+            )
+        })
+    }
+
+    /// Engine `i` exited (`expected`: stopped on purpose, or the supervisor is stopping).
+    pub fn exited(&mut self, i: usize, expected: bool) -> OnExit {
+        let fenced = std::mem::take(&mut self.fenced[i]);
+        if i != self.active || fenced {
+            self.set_promotable(false, &format!("{} exited", NAMES[i]));
+        }
+        if expected {
+            return OnExit::Expected;
+        }
+        if i == self.active && !fenced {
+            if self.promotion.is_some() || self.unavailable.is_some() {
+                return OnExit::Quiet;
+            }
+            return OnExit::ActiveLost(format!("{} exited", NAMES[i]));
+        }
+        if self.promotion.as_ref().is_some_and(|p| p.target == i) {
+            let p = self.promotion.take().expect("checked");
+            return OnExit::TargetLost(format!(
+                "{}; then {}, being promoted, exited",
+                p.cause, NAMES[i]
+            ));
+        }
+        OnExit::RestartStandby
+    }
+
+    /// The active (`dead`) is gone (`exited`) or hung: replace it by an engine that holds every
+    /// acknowledged write, or say that none does.
+    pub fn active_lost(
+        &mut self,
+        dead: usize,
+        cause: String,
+        exited: bool,
+        other_running: bool,
+        now_ns: u64,
+    ) -> Lost {
+        let other = 1 - dead;
+        let standby_ok = other_running && !self.fenced[other];
+        #[cfg(feature = "sim")]
+        let promotable = self.promotable || crate::sim::planted(crate::sim::Plant::PromoteStale);
+        #[cfg(not(feature = "sim"))]
+        let promotable = self.promotable;
+        if !(promotable && standby_ok) {
+            return Lost::NoPromotable(cause);
+        }
+        let epoch = self.grant();
+        if !exited {
+            self.fenced[dead] = true; // it must follow when it answers again
+        }
+        self.promotion = Some(Promotion {
+            target: other,
+            epoch,
+            since_ns: now_ns,
+            attempts: 0,
+            last_error: None,
+            cause,
+        });
+        Lost::Promote
+    }
+
+    /// The arguments of the pending promotion's next attempt, counted as made.
+    pub fn promotion_attempt(&mut self) -> Option<(usize, Vec<String>)> {
+        let p = self.promotion.as_mut()?;
+        p.attempts += 1;
+        let mut args = vec!["TANDEM.PROMOTE".to_string(), p.epoch.to_string()];
+        #[cfg(feature = "sim")]
+        if crate::sim::planted(crate::sim::Plant::PromoteStale) {
+            args.push("FORCE".into()); // the planted bug: whatever the standby holds
+        }
+        Some((p.target, args))
+    }
+
+    /// The promotion has waited `hung_kill_after`: the engine it replaces may take the pair
+    /// back if it answers again (it was hung, not dead).
+    pub fn promotion_overdue(&self, now_ns: u64) -> bool {
+        self.promotion
+            .as_ref()
+            .is_some_and(|p| silent_for(now_ns, p.since_ns) >= self.timing.hung_kill_after)
+    }
+
+    pub fn promote_answered(&mut self, answer: Result<(), &CallError>) -> PromoteAnswer {
+        let Some(p) = self.promotion.as_mut() else {
+            return PromoteAnswer::Retry;
+        };
+        match answer {
+            Ok(()) => PromoteAnswer::Promoted,
+            Err(e) if e.code() == Some(Code::NotReady) => {
+                let p = self.promotion.take().expect("checked");
+                PromoteAnswer::NotReady(format!(
+                    "{}; {} refused to be promoted: {e}",
+                    p.cause, NAMES[p.target]
+                ))
+            }
+            Err(e) => {
+                p.last_error = Some(e.to_string());
+                if e.code() == Some(Code::StaleEpoch) {
+                    PromoteAnswer::Stale
+                } else {
+                    PromoteAnswer::Retry
+                }
+            }
+        }
+    }
+
+    /// The pending promotion moves to an epoch above every one granted and `seen`.
+    pub fn regrant(&mut self, seen: u64) {
+        self.seen_epoch(seen);
+        let epoch = self.grant();
+        if let Some(p) = self.promotion.as_mut() {
+            p.epoch = epoch;
+        }
+    }
+
+    /// The pending promotion was answered: its target is the active, alone.
+    pub fn promoted(&mut self, now_ns: u64) -> Option<Promotion> {
+        let p = self.promotion.take()?;
+        self.active = p.target;
+        self.failovers += 1;
+        self.heard(p.target, now_ns);
+        self.set_promotable(false, &format!("{} took over alone", NAMES[p.target]));
+        Some(p)
+    }
+
+    /// The active (`dead`) is lost and no standby is known to hold every acknowledged write.
+    pub fn no_promotable(
+        &mut self,
+        dead: usize,
+        cause: String,
+        journal: bool,
+        other_running: bool,
+        now_ns: u64,
+    ) -> NoPromotable {
+        self.promotion = None;
+        if journal {
+            return NoPromotable::Recover;
+        }
+        let other = 1 - dead;
+        if !self.released_any && other_running {
+            let epoch = self.grant();
+            self.promotion = Some(Promotion {
+                target: other,
+                epoch,
+                since_ns: now_ns,
+                attempts: 1,
+                last_error: None,
+                cause: format!("{cause} (nothing had been acknowledged yet)"),
+            });
+            return NoPromotable::ForcePromote { epoch };
+        }
+        self.refuse_writes(format!(
+            "{cause}, while {} was not in sync and with no journal: no engine is known to hold every acknowledged write, so the pair refuses writes",
+            NAMES[other]
+        ));
+        NoPromotable::Unavailable
+    }
+
+    /// The `FORCE` promotion of [`NoPromotable::ForcePromote`] was refused or not answered.
+    pub fn force_promote_failed(&mut self, error: &CallError) {
+        let Some(p) = self.promotion.take() else {
+            return;
+        };
+        self.refuse_writes(format!(
+            "{}; promoting {} failed ({error}), and it was not in sync: no engine is known to hold every acknowledged write, so the pair refuses writes",
+            p.cause, NAMES[p.target]
+        ));
+    }
+
+    /// The pair refuses writes, for this reason.
+    pub fn refuse_writes(&mut self, why: String) {
+        self.promotion = None;
+        self.unavailable = Some(why.clone());
+        self.said.push(Said::Unavailable(why));
+    }
+
+    /// A planned switchover may begin: its (granted) epoch, or why not.
+    pub fn begin_switchover(&mut self) -> Result<u64, String> {
+        if let Some(why) = &self.unavailable {
+            return Err(format!("ERR the pair is unavailable: {why}"));
+        }
+        if self.promotion.is_some() {
+            return Err("ERR a failover is under way".into());
+        }
+        if !self.promotable {
+            return Err(format!(
+                "ERR standby {} is not in sync: no switchover",
+                NAMES[self.standby()]
+            ));
+        }
+        Ok(self.grant())
+    }
+
+    /// The switchover to `to` is done. Unanswered (the old active was told to follow after a
+    /// lost answer), the old active starts over with a snapshot. Answered, the old active
+    /// still holds every acknowledged write and the new one releases only what it
+    /// acknowledges (sync leases): the standby stays promotable, and a planned switchover
+    /// opens no simplex window.
+    pub fn switched_over(&mut self, to: usize, answered: bool, now_ns: u64) {
+        self.active = to;
+        self.heard(to, now_ns);
+        if !answered {
+            self.set_promotable(
+                false,
+                "switched over without an answer: the old active re-syncs",
+            );
+        }
+    }
+
+    /// The switchover from `from` to `to` in `epoch` failed (`error`); `to` then said `status`.
+    pub fn switchover_unanswered(
+        &mut self,
+        from: usize,
+        epoch: u64,
+        error: &CallError,
+        status: Result<&EngineStatus, &CallError>,
+        now_ns: u64,
+    ) -> SwitchoverUnanswered {
+        let to = 1 - from;
+        match status {
+            Ok(st) if st.role == Role::Active && st.epoch == epoch => SwitchoverUnanswered::Adopt,
+            Err(unreachable) if matches!(error, CallError::NoAnswer(_)) => {
+                self.fenced[from] = true;
+                self.promotion = Some(Promotion {
+                    target: to,
+                    epoch,
+                    since_ns: now_ns,
+                    attempts: 0,
+                    last_error: Some(unreachable.to_string()),
+                    cause: format!("the switchover's answer was lost ({error})"),
+                });
+                SwitchoverUnanswered::Promote
+            }
+            _ => SwitchoverUnanswered::Retake {
+                epoch: self.grant(),
+            },
+        }
+    }
+
+    /// After a failed switchover, `from` took the new epoch back; its standby re-syncs.
+    pub fn retaken(&mut self, from: usize, now_ns: u64) {
+        self.heard(from, now_ns);
+        self.set_promotable(false, "a failed switchover: the standby re-syncs");
+    }
+
+    /// Engine `i` did not take a `TANDEM.FOLLOW`: it is told again when it answers.
+    pub fn follow_failed(&mut self, i: usize) {
+        self.fenced[i] = true;
+    }
+
+    /// Engine `i` follows the active.
+    pub fn followed(&mut self, i: usize) {
+        self.fenced[i] = false;
+    }
+
+    pub fn standby_check(&self, standby_running: bool) -> StandbyCheck {
+        let standby = self.standby();
+        match (standby_running, self.fenced[standby]) {
+            (false, _) => StandbyCheck::Nothing,
+            (true, true) => StandbyCheck::Follow(standby),
+            (true, false) => StandbyCheck::Status(standby),
+        }
+    }
+
+    /// The standby's check: `answer` to its status (`None` for a follow that it took).
+    pub fn standby_checked(
+        &self,
+        answer: Result<Option<&EngineStatus>, &CallError>,
+        now_ns: u64,
+    ) -> StandbyVerdict {
+        let standby = self.standby();
+        match answer {
+            Ok(Some(st)) if st.role == Role::Active && st.epoch >= self.epoch => {
+                StandbyVerdict::Resync
+            }
+            Ok(_) => StandbyVerdict::Fine,
+            Err(_) => {
+                let silent = silent_for(now_ns, self.last_answer_ns[standby]);
+                if silent >= self.timing.hung_kill_after {
+                    StandbyVerdict::Kill(format!(
+                        "{} silent for {} ms",
+                        NAMES[standby],
+                        silent.as_millis()
+                    ))
+                } else {
+                    StandbyVerdict::Fine
+                }
+            }
+        }
+    }
+
+    /// After the engines and the supervisor disagree (an epoch it did not grant, a lost
+    /// answer): adopt the engine that is active at the highest epoch. The one adopted, if it
+    /// was not the active.
+    pub fn resynced(&mut self, statuses: [Option<&EngineStatus>; 2]) -> Option<usize> {
+        let mut best: Option<(usize, u64)> = None;
+        for (i, st) in statuses.iter().enumerate() {
+            let Some(st) = st else { continue };
+            if st.role == Role::Active && best.is_none_or(|(_, e)| st.epoch > e) {
+                best = Some((i, st.epoch));
+            }
+            self.seen_epoch(st.epoch);
+        }
+        let (i, _) = best.filter(|&(i, _)| i != self.active)?;
+        self.active = i;
+        self.fenced[i] = false;
+        self.fenced[1 - i] = true; // the old active follows the one adopted
+        self.set_promotable(false, "resynced with the engines");
+        Some(i)
+    }
+}
