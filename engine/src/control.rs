@@ -94,19 +94,31 @@ pub fn dispatch(
                 if eng.role == Role::Active && epoch == eng.epoch {
                     Err("ERR the active of this epoch cannot follow: grant a new epoch".into())
                 } else {
+                    // Told again to follow the active it is connected to: the link goes on.
+                    let continues = eng.role == Role::Standby
+                        && eng
+                            .follow
+                            .as_ref()
+                            .is_some_and(|f| f.connected && f.replication_addr == addr);
                     eng.step_down(Role::Standby, epoch);
-                    if eng.history == 0 {
+                    if eng.history == 0 && !continues {
                         // Nothing it holds belongs to a history: it is whole only once its
                         // snapshot is. Until then a promotion would serve an empty (or stale)
                         // state as the pair's. Found by `tandem sim` (seed 1256): a standby
                         // restarted during a partition, promoted before it ever connected.
+                        // Not so on a link that goes on: what it holds is that active's
+                        // state, verified (seed 18515: a standby whose snapshot came from an
+                        // active mid-way through a failed switchover, told to follow it
+                        // again, stayed "incomplete" for good and could never be promoted).
                         eng.state_complete = false;
                     }
                     eng.active_hint = arg_str(cmd, 3).or(eng.active_hint.take());
-                    eng.follow = Some(Follow {
-                        replication_addr: addr,
-                        ..Follow::default()
-                    });
+                    if !continues {
+                        eng.follow = Some(Follow {
+                            replication_addr: addr,
+                            ..Follow::default()
+                        });
+                    }
                     eng.follow_wake.notify_one();
                     Ok(Some("OK".into()))
                 }

@@ -120,6 +120,9 @@ enum Cmd {
         /// With --seed: print the whole trace.
         #[arg(long, requires = "seed")]
         trace: bool,
+        /// Leave the supervisor alone (by default the nemesis crashes it in half the seeds).
+        #[arg(long)]
+        no_supervisor_crashes: bool,
         /// Show the engines' own log lines (discarded by default: thousands of seeds).
         #[arg(long)]
         verbose: bool,
@@ -492,6 +495,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             seed,
             plant,
             trace,
+            no_supervisor_crashes,
             verbose,
         } => {
             if !verbose {
@@ -503,6 +507,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 seed,
                 plant,
                 trace,
+                supervisor_crashes: !no_supervisor_crashes,
             };
             let passed = engine::sim::cli::main(&args).map_err(anyhow::Error::msg)?;
             if !passed {

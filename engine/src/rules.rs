@@ -139,6 +139,43 @@ pub enum StandbyVerdict {
     Kill(String),
 }
 
+/// What a supervisor, started over its predecessor's engines, found.
+#[derive(Debug, PartialEq)]
+pub enum Adoption {
+    /// Neither engine runs: recover one from its journal if there is one; else the data is
+    /// gone.
+    NoEngine,
+    /// The active is known again (`Rules::active`); what its standby needs.
+    Active(AdoptStandby),
+    /// The active is known again, but in an epoch older than the last its predecessor
+    /// granted: a switchover was under way when the predecessor died. Leased in the new epoch
+    /// it would take it as granted elsewhere and step down, leaving nobody active. It takes
+    /// this new epoch first ([`Rules::retaken`], as after a failed switchover), and the
+    /// standby follows it there. Found by `tandem sim` (seed 58).
+    Retake { epoch: u64 },
+    /// Nobody is active: the active died (or was being switched) while no supervisor watched.
+    /// The usual rules decide who holds the data ([`Rules::active_lost`]).
+    ActiveLost {
+        dead: usize,
+        cause: String,
+        exited: bool,
+    },
+}
+
+/// The standby a restarted supervisor found.
+#[derive(Debug, PartialEq)]
+pub enum AdoptStandby {
+    /// It follows the active.
+    Fine,
+    /// It is gone: start it again.
+    Restart,
+    /// It runs but does not answer: fenced, told to follow when it answers (or killed after
+    /// `hung_kill_after`, and then restarted). Never started a second time beside itself.
+    Fenced,
+    /// Taken out of service by the predecessor mid-step: tell it to follow.
+    Follow,
+}
+
 /// The pair as the supervisor knows it.
 pub struct Rules {
     pub timing: Timing,
@@ -180,6 +217,15 @@ impl Rules {
         }
     }
 
+    /// A new pair: A active at epoch 1, B its standby, both empty (so B is trivially in sync).
+    pub fn fresh(timing: Timing) -> Rules {
+        Rules {
+            epoch: 1,
+            promotable: true,
+            ..Rules::new(timing)
+        }
+    }
+
     pub fn standby(&self) -> usize {
         1 - self.active
     }
@@ -207,7 +253,8 @@ impl Rules {
     pub fn set_promotable(&mut self, promotable: bool, why: &str) {
         if self.promotable != promotable {
             self.promotable = promotable;
-            self.said.push(Said::Promotable(promotable, why.to_string()));
+            self.said
+                .push(Said::Promotable(promotable, why.to_string()));
         }
     }
 
@@ -392,13 +439,59 @@ impl Rules {
         }
     }
 
+    /// May the engine the overdue promotion replaces, answering `status`, take the pair back?
+    /// Only if it is still active with a whole state (it was hung, not dead).
+    pub fn may_take_back(&self, status: &EngineStatus) -> bool {
+        status.role == Role::Active && status.state_complete
+    }
+
+    /// It did, in a new epoch: it stays the active, and the silent target is fenced instead.
+    pub fn taken_back(&mut self, now_ns: u64) -> Option<Promotion> {
+        let p = self.promotion.take()?;
+        let back = 1 - p.target;
+        self.active = back;
+        self.fenced = [false; 2];
+        self.fenced[p.target] = true;
+        self.failovers += 1;
+        self.heard(back, now_ns);
+        self.set_promotable(false, &format!("{} does not answer", NAMES[p.target]));
+        Some(p)
+    }
+
+    /// Engine `i`, restarted from its journal, took a new epoch: it is the active, alone.
+    pub fn recovered(&mut self, i: usize, now_ns: u64) {
+        self.take_over(
+            i,
+            now_ns,
+            &format!("{} recovered from its journal", NAMES[i]),
+        );
+        self.unavailable = None;
+    }
+
+    /// The operator promoted engine `i` whatever it holds, accepting the loss. Why the pair
+    /// had been unavailable, if it was.
+    pub fn forced(&mut self, i: usize, now_ns: u64) -> Option<String> {
+        self.take_over(i, now_ns, "forced promotion");
+        self.unavailable.take()
+    }
+
+    fn take_over(&mut self, i: usize, now_ns: u64, why: &str) {
+        self.promotion = None;
+        self.active = i;
+        self.fenced[i] = false;
+        self.failovers += 1;
+        self.heard(i, now_ns);
+        self.set_promotable(false, why);
+    }
+
     /// The pending promotion was answered: its target is the active, alone.
     pub fn promoted(&mut self, now_ns: u64) -> Option<Promotion> {
-        let p = self.promotion.take()?;
-        self.active = p.target;
-        self.failovers += 1;
-        self.heard(p.target, now_ns);
-        self.set_promotable(false, &format!("{} took over alone", NAMES[p.target]));
+        let p = self.promotion.clone()?;
+        self.take_over(
+            p.target,
+            now_ns,
+            &format!("{} took over alone", NAMES[p.target]),
+        );
         Some(p)
     }
 
@@ -586,5 +679,52 @@ impl Rules {
         self.fenced[1 - i] = true; // the old active follows the one adopted
         self.set_promotable(false, "resynced with the engines");
         Some(i)
+    }
+
+    /// A supervisor restarted from its predecessor's persisted state (already in these
+    /// rules) heard each engine's status; an engine that runs without answering is `hung`.
+    pub fn adopt(&mut self, statuses: [Option<&EngineStatus>; 2], hung: [bool; 2]) -> Adoption {
+        self.fenced = hung;
+        for st in statuses.iter().flatten() {
+            self.seen_epoch(st.epoch);
+            self.note_released(st.seq_released.max(st.seq_applied));
+        }
+        if statuses.iter().all(Option::is_none) && !hung.contains(&true) {
+            return Adoption::NoEngine;
+        }
+        // The active: whichever engine says so at the highest epoch.
+        let active = (0..2)
+            .filter(|&i| statuses[i].is_some_and(|s| s.role == Role::Active))
+            .max_by_key(|&i| statuses[i].map(|s| s.epoch));
+        let Some(i) = active else {
+            let dead = self.active;
+            let exited = statuses[dead].is_none() && !hung[dead];
+            if !exited {
+                self.fenced[dead] = true; // it must follow when it answers again
+            }
+            let cause = format!(
+                "no engine was active when the supervisor started ({} was {})",
+                NAMES[dead],
+                if exited { "gone" } else { "not active" }
+            );
+            return Adoption::ActiveLost {
+                dead,
+                cause,
+                exited,
+            };
+        };
+        self.active = i;
+        if statuses[i].is_some_and(|st| st.epoch < self.epoch) {
+            return Adoption::Retake {
+                epoch: self.grant(),
+            };
+        }
+        let standby = 1 - i;
+        Adoption::Active(match statuses[standby] {
+            None if hung[standby] => AdoptStandby::Fenced,
+            None => AdoptStandby::Restart,
+            Some(st) if st.role != Role::Standby => AdoptStandby::Follow,
+            Some(_) => AdoptStandby::Fine,
+        })
     }
 }

@@ -42,9 +42,13 @@ use crate::admin;
 use crate::contract::{
     self, Code, DownEngine, Message, PairEngine, PairStatus, PendingFailover, Ready,
 };
-use crate::node::{EngineStatus, Role};
+use crate::node::{monotonic_ns, EngineStatus};
 use crate::pair_state::{DirLock, EngineState, PairState, UpgradeState};
 use crate::process::Watched;
+use crate::rules::{
+    AdoptStandby, Adoption, AfterLease, Lost, NoPromotable, OnExit, PromoteAnswer, Rules, Said,
+};
+use crate::rules::{StandbyCheck, StandbyVerdict, SwitchoverUnanswered};
 
 const TICK: Duration = Duration::from_millis(50);
 /// Control calls other than the lease: status, follow, promote.
@@ -115,10 +119,6 @@ pub(crate) struct Slot {
     client: Option<Client>,
     /// The supervisor is stopping this engine on purpose: do not replace it.
     expected_exit: bool,
-    /// When this engine last answered a control call.
-    last_answer: Instant,
-    /// Replaced while it hung: when it answers again it must follow the active, not serve.
-    fenced: bool,
 }
 
 impl Slot {
@@ -134,8 +134,6 @@ impl Slot {
             process: None,
             client: None,
             expected_exit: false,
-            last_answer: Instant::now(),
-            fenced: false,
         }
     }
 
@@ -173,18 +171,6 @@ pub(crate) enum Event {
 /// Events queued for the supervisor's loop, at most (admin commands wait for room).
 const EVENTS_QUEUE: usize = 256;
 
-/// A failover under way: the standby to promote, in this epoch, until it answers.
-#[derive(Clone, Debug)]
-struct Promotion {
-    target: usize,
-    epoch: u64,
-    since: Instant,
-    attempts: u32,
-    last_error: Option<String>,
-    /// What happened to the active (for the timeline).
-    cause: String,
-}
-
 /// How an engine is started.
 enum Start {
     Active,
@@ -197,9 +183,8 @@ pub(crate) struct Supervisor {
     pub args: PairArgs,
     pub admin_addr: String,
     pub slots: [Slot; 2],
-    pub active: usize,
-    pub epoch: u64,
-    pub promotable: bool,
+    /// What the supervisor knows of the pair and decides from (`rules.rs`).
+    pub rules: Rules,
     events_tx: mpsc::Sender<Event>,
     events: mpsc::Receiver<Event>,
     tick: tokio::time::Interval,
@@ -212,15 +197,8 @@ pub(crate) struct Supervisor {
     /// Exit leaving the engines running (a signal to the supervisor, not `SHUTDOWN`).
     leave: bool,
     secret: replicator::Secret,
-    promotion: Option<Promotion>,
-    /// Why the pair refuses writes (no engine known to hold every acknowledged write).
-    pub unavailable: Option<String>,
-    /// Failovers and recoveries so far: an upgrade notices the ones during its steps.
-    pub failovers: u64,
     /// The upgrade in progress, as persisted.
     pub upgrade_state: Option<UpgradeState>,
-    /// Has this pair ever acknowledged a write (on disk, so that no successor assumes not)?
-    pub released_any: bool,
     /// The last reply said so that did not fit the contract (said once, not every tick).
     contract_error: Option<String>,
     _lock: DirLock,
@@ -277,9 +255,7 @@ pub fn run_pair(args: PairArgs) -> anyhow::Result<()> {
             ],
             args: args.clone(),
             admin_addr: admin_addr.clone(),
-            active: 0,
-            epoch: 1,
-            promotable: true,
+            rules: Rules::fresh(args.timing.clone()),
             events_tx: events_tx.clone(),
             events,
             tick,
@@ -290,11 +266,7 @@ pub fn run_pair(args: PairArgs) -> anyhow::Result<()> {
             shutdown: false,
             leave: false,
             secret: secret.clone(),
-            promotion: None,
-            unavailable: None,
-            failovers: 0,
             upgrade_state: None,
-            released_any: false,
             contract_error: None,
             _lock: lock,
         };
@@ -308,8 +280,8 @@ pub fn run_pair(args: PairArgs) -> anyhow::Result<()> {
         println!("READY admin={admin_addr}");
         eprintln!(
             "pair up: admin {admin_addr}, {} active on {}, {} standby on {}",
-            sup.slots[sup.active].name,
-            sup.slots[sup.active].client_addr,
+            sup.slots[sup.rules.active].name,
+            sup.slots[sup.rules.active].client_addr,
             sup.slots[sup.standby()].name,
             sup.slots[sup.standby()].client_addr
         );
@@ -398,12 +370,14 @@ impl From<CallError> for String {
 
 impl Supervisor {
     pub fn standby(&self) -> usize {
-        1 - self.active
+        1 - self.rules.active
     }
 
     /// Is there an active engine serving (no failover under way, not unavailable)?
     pub fn has_active(&self) -> bool {
-        self.promotion.is_none() && self.unavailable.is_none() && self.slots[self.active].alive()
+        self.rules.promotion.is_none()
+            && self.rules.unavailable.is_none()
+            && self.slots[self.rules.active].alive()
     }
 
     pub fn timeline(&self) -> &Timeline {
@@ -424,12 +398,12 @@ impl Supervisor {
     fn pair_state(&self) -> PairState {
         let mut s = PairState::new(
             self.admin_addr.clone(),
-            self.epoch,
-            self.slots[self.active].name.into(),
-            self.promotable,
+            self.rules.epoch,
+            self.slots[self.rules.active].name.into(),
+            self.rules.promotable,
         );
-        s.unavailable = self.unavailable.clone();
-        s.released_any = self.released_any;
+        s.unavailable = self.rules.unavailable.clone();
+        s.released_any = self.rules.released_any;
         s.engines = self.slots.iter().map(Slot::state).collect();
         s.upgrade = self.upgrade_state.clone();
         s
@@ -457,7 +431,7 @@ impl Supervisor {
             .arg("--secret-file")
             .arg(&self.args.secret_file)
             .args(["--app-version", &slot.app_version])
-            .args(["--epoch", &self.epoch.to_string()])
+            .args(["--epoch", &self.rules.epoch.to_string()])
             .arg("--supervised")
             .args(&self.args.engine_args);
         if self.args.journal {
@@ -470,7 +444,7 @@ impl Supervisor {
             cmd.env("TANDEM_REQUIREPASS", pass);
         }
         match &how {
-            Start::Active => cmd.args(["--active-epoch", &self.epoch.to_string()]),
+            Start::Active => cmd.args(["--active-epoch", &self.rules.epoch.to_string()]),
             Start::Follow(addr) => cmd.args(["--follow", addr]),
             Start::Recover => cmd.arg("--recover"),
         };
@@ -520,8 +494,6 @@ impl Supervisor {
         slot.control_addr = ready.control_addr;
         slot.client = None;
         slot.expected_exit = false;
-        slot.fenced = false;
-        slot.last_answer = Instant::now();
         eprintln!(
             "started engine {} {} (pid {pid}) on {}{}",
             slot.name,
@@ -535,6 +507,7 @@ impl Supervisor {
                 _ => String::new(),
             }
         );
+        self.rules.started(i, monotonic_ns());
         self.watch(i, process);
         self.persist();
         Ok(())
@@ -570,6 +543,7 @@ impl Supervisor {
         args: &[&str],
         timeout: Duration,
     ) -> Result<Reply, CallError> {
+        self.heed(); // what the rules said is durable before any engine hears of it
         let secret = self.secret.clone();
         let slot = &mut self.slots[i];
         if slot.pid.is_none() {
@@ -595,11 +569,11 @@ impl Supervisor {
         .await;
         match result {
             Ok(Ok(Reply::Error(e))) => {
-                slot.last_answer = Instant::now();
+                self.rules.heard(i, monotonic_ns());
                 Err(CallError::Refused(Code::of(&e), e))
             }
             Ok(Ok(r)) => {
-                slot.last_answer = Instant::now();
+                self.rules.heard(i, monotonic_ns());
                 Ok(r)
             }
             Ok(Err(e @ ClientError::Auth(_))) => {
@@ -658,52 +632,67 @@ impl Supervisor {
         }
     }
 
-    /// Notes an engine's release point: once anything was acknowledged, no engine may be
-    /// promoted on the grounds that nothing could be lost.
-    fn note_released(&mut self, seq_released: u64) {
-        if seq_released > 0 && !self.released_any {
-            self.released_any = true;
-            self.persist();
-        }
-    }
-
     /// Marks the standby promotable or not. Going to not promotable is on disk before the
     /// caller lets the active run simplex: a successor must never promote a stale standby.
     fn set_promotable(&mut self, promotable: bool, why: &str) {
-        if self.promotable == promotable {
+        self.rules.set_promotable(promotable, why);
+        self.heed();
+    }
+
+    /// Makes what the rules said durable, then tells it: on disk before any engine hears of
+    /// it (`call_timeout` heeds before every call), on the timeline, in `pair.json`.
+    fn heed(&mut self) {
+        let said = self.rules.take_said();
+        if said.is_empty() {
             return;
         }
-        self.promotable = promotable;
         self.persist();
-        let (kind, what) = match promotable {
-            true => (EventKind::SimplexEnd, "standby in sync"),
-            false => (EventKind::SimplexStart, "no standby in sync"),
-        };
-        self.emit(TimelineEvent {
-            message: Some(format!("{what}: {why}")),
-            ..TimelineEvent::new(timeline::now_ms(), kind)
-        });
+        for said in said {
+            match said {
+                Said::Granted(_) | Said::Released => {}
+                Said::Promotable(promotable, why) => {
+                    let (kind, what) = match promotable {
+                        true => (EventKind::SimplexEnd, "standby in sync"),
+                        false => (EventKind::SimplexStart, "no standby in sync"),
+                    };
+                    self.emit(TimelineEvent {
+                        message: Some(format!("{what}: {why}")),
+                        ..TimelineEvent::new(timeline::now_ms(), kind)
+                    });
+                }
+                Said::Unavailable(why) => {
+                    let why = format!(
+                        "{why}. To accept the loss: `tandem promote --admin {} --engine {} --accept-data-loss`",
+                        self.admin_addr,
+                        self.slots[self.rules.standby()].name
+                    );
+                    eprintln!("PAIR UNAVAILABLE: {why}");
+                    self.rules.unavailable = Some(why.clone());
+                    self.persist();
+                    self.emit(TimelineEvent {
+                        message: Some(why),
+                        ..TimelineEvent::new(timeline::now_ms(), EventKind::Unavailable)
+                    });
+                    self.write_pair_file();
+                }
+            }
+        }
     }
 
     /// One tick: a pending promotion first, then the lease, the failure detector, the standby.
     async fn on_tick(&mut self) {
         self.ticks += 1;
-        if self.promotion.is_some() {
+        if self.rules.promotion.is_some() {
             self.try_promotion().await;
             return;
         }
-        if self.unavailable.is_some() {
+        if self.rules.unavailable.is_some() {
             return;
         }
         self.renew_lease().await;
-        let active = self.active;
-        let silent = self.slots[active].last_answer.elapsed();
-        if self.slots[active].alive() && silent >= self.args.timing.hang_timeout {
-            let cause = format!(
-                "{} answered no lease for {} ms",
-                self.slots[active].name,
-                silent.as_millis()
-            );
+        let active = self.rules.active;
+        let running = self.slots[active].alive();
+        if let Some(cause) = self.rules.active_hung(running, monotonic_ns()) {
             self.active_lost(active, cause, false).await;
             return;
         }
@@ -715,23 +704,20 @@ impl Supervisor {
     /// Renews the active's lease and learns whether the standby is in sync; when it learns
     /// that it no longer is, grants the simplex lease at once rather than a tick later.
     pub async fn renew_lease(&mut self) {
-        let promotable = self.promotable;
-        self.renew_lease_once().await;
-        if promotable && !self.promotable {
+        if self.renew_lease_once().await == AfterLease::RenewSimplex {
             self.renew_lease_once().await;
         }
     }
 
-    async fn renew_lease_once(&mut self) {
-        let active = self.active;
-        if !self.slots[active].alive() || self.promotion.is_some() {
-            return;
+    async fn renew_lease_once(&mut self) -> AfterLease {
+        let active = self.rules.active;
+        if !self.slots[active].alive() || self.rules.promotion.is_some() {
+            return AfterLease::Fine;
         }
-        // The standby stops being promotable before the active may run simplex.
-        let mode = if self.promotable { "sync" } else { "simplex" };
-        let stamp = crate::node::monotonic_ns().to_string();
+        let mode = self.rules.lease_mode();
+        let stamp = monotonic_ns().to_string();
         let (epoch, ttl) = (
-            self.epoch.to_string(),
+            self.rules.epoch.to_string(),
             self.args.timing.lease_ttl.as_millis().to_string(),
         );
         // Half the hang timeout: a slow answer is not waited for past the point of replacing.
@@ -743,110 +729,77 @@ impl Supervisor {
                 timeout,
             )
             .await;
-        match reply {
-            Ok(status) => {
-                self.note_released(status.seq_released);
-                let in_sync = status.standby_in_sync;
-                let standby = self.slots[self.standby()].name;
-                self.set_promotable(
-                    in_sync,
-                    &format!(
-                        "the active reports {standby} {}",
-                        if in_sync { "in sync" } else { "not in sync" }
-                    ),
-                );
-            }
-            Err(e) if e.code() == Some(Code::StaleEpoch) => {
-                eprintln!(
-                    "lease refused by {}: {e}; resyncing",
-                    self.slots[active].name
-                );
-                self.resync().await;
-            }
-            // The failure detector counts the silence. A reply that does not fit the contract
-            // was said (`note_contract_error`); the standby is then not known to be in sync.
-            Err(CallError::Garbled(_)) => {
-                self.set_promotable(false, "its status does not fit the contract")
-            }
-            Err(_) => {}
+        let after = self.rules.lease_answered(reply.as_ref());
+        self.heed();
+        if let (AfterLease::Resync, Err(e)) = (&after, &reply) {
+            let name = self.slots[active].name;
+            eprintln!("lease refused by {name}: {e}; resyncing");
+            self.resync().await;
         }
+        after
     }
 
     /// After the engines and the supervisor disagree (an epoch it did not grant, a lost
     /// answer): adopt the engine that is active at the highest epoch.
     async fn resync(&mut self) {
-        let mut best: Option<(usize, u64)> = None;
-        for i in 0..2 {
-            if let Ok(st) = self.status_of(i, CALL_TIMEOUT).await {
-                let epoch = st.epoch;
-                if st.role == Role::Active && best.is_none_or(|(_, e)| epoch > e) {
-                    best = Some((i, epoch));
-                }
-                self.epoch = self.epoch.max(epoch);
-            }
+        let mut statuses: [Option<EngineStatus>; 2] = [None, None];
+        for (i, st) in statuses.iter_mut().enumerate() {
+            *st = self.status_of(i, CALL_TIMEOUT).await.ok();
         }
-        if let Some((i, epoch)) = best {
-            if i != self.active {
-                eprintln!(
-                    "resync: {} is active at epoch {epoch}; adopting it",
-                    self.slots[i].name
-                );
-                self.active = i;
-                self.set_promotable(false, "resynced with the engines");
-            }
+        if let Some(i) = self
+            .rules
+            .resynced([statuses[0].as_ref(), statuses[1].as_ref()])
+        {
+            eprintln!(
+                "resync: {} is active at epoch {}; adopting it",
+                self.slots[i].name, self.rules.epoch
+            );
+            self.slots[1 - i].client = None;
         }
+        self.heed();
         self.persist();
         self.write_pair_file();
+    }
+
+    /// Tells engine `i` to follow the active in this epoch.
+    async fn follow(&mut self, i: usize, timeout: Duration) -> Result<Reply, CallError> {
+        let a = self.rules.active;
+        let (addr, hint, epoch) = (
+            self.slots[a].replication_addr.clone(),
+            self.slots[a].client_addr.clone(),
+            self.rules.epoch.to_string(),
+        );
+        let args = ["TANDEM.FOLLOW", &addr, &epoch, &hint];
+        self.call_timeout(i, &args, timeout).await
     }
 
     /// Looks after the engine that is not active: a fenced one must follow the active, a
     /// silent one is killed once it has been silent for `hung_kill_after`.
     async fn check_standby(&mut self) {
-        let (active, standby) = (self.active, self.standby());
-        if !self.slots[standby].alive() {
-            return;
-        }
-        let answered = if self.slots[standby].fenced {
-            let (addr, hint, epoch) = (
-                self.slots[active].replication_addr.clone(),
-                self.slots[active].client_addr.clone(),
-                self.epoch.to_string(),
-            );
-            let r = self
-                .call_timeout(
-                    standby,
-                    &["TANDEM.FOLLOW", &addr, &epoch, &hint],
-                    STANDBY_CHECK_TIMEOUT,
-                )
-                .await;
-            if r.is_ok() {
-                self.slots[standby].fenced = false;
-                eprintln!(
-                    "{} answers again: it follows {} at epoch {epoch}",
-                    self.slots[standby].name, self.slots[active].name
-                );
-            }
-            r.is_ok()
-        } else {
-            match self.status_of(standby, STANDBY_CHECK_TIMEOUT).await {
-                Ok(st) => {
-                    if st.role == Role::Active && st.epoch >= self.epoch {
-                        // It stepped up without our hearing of it: it is the active.
-                        self.resync().await;
-                    }
-                    true
+        let standby = self.rules.standby();
+        let answer = match self.rules.standby_check(self.slots[standby].alive()) {
+            StandbyCheck::Nothing => return,
+            StandbyCheck::Follow(i) => {
+                let r = self.follow(i, STANDBY_CHECK_TIMEOUT).await;
+                if r.is_ok() {
+                    self.rules.followed(i);
+                    eprintln!(
+                        "{} answers again: it follows {} at epoch {}",
+                        self.slots[i].name, self.slots[self.rules.active].name, self.rules.epoch
+                    );
                 }
-                Err(_) => false,
+                r.map(|_| None)
             }
+            StandbyCheck::Status(i) => self.status_of(i, STANDBY_CHECK_TIMEOUT).await.map(Some),
         };
-        let silent = self.slots[standby].last_answer.elapsed();
-        if !answered && silent >= self.args.timing.hung_kill_after {
-            eprintln!(
-                "{} silent for {} ms: killing it, it will be restarted",
-                self.slots[standby].name,
-                silent.as_millis()
-            );
-            self.kill(standby);
+        let answer = answer.as_ref().map(Option::as_ref);
+        match self.rules.standby_checked(answer, monotonic_ns()) {
+            StandbyVerdict::Fine => {}
+            StandbyVerdict::Resync => self.resync().await,
+            StandbyVerdict::Kill(why) => {
+                eprintln!("{why}: killing it, it will be restarted");
+                self.kill(standby);
+            }
         }
     }
 
@@ -908,43 +861,36 @@ impl Supervisor {
         slot.pid = None;
         slot.process = None;
         slot.client = None;
-        let expected = std::mem::take(&mut slot.expected_exit);
-        let fenced = std::mem::take(&mut slot.fenced);
-        if i != self.active || fenced {
-            self.set_promotable(false, &format!("{name} exited"));
-        }
+        let expected = std::mem::take(&mut slot.expected_exit) || self.shutdown;
+        let decision = self.rules.exited(i, expected);
+        self.heed();
         self.persist();
-        if expected || self.shutdown {
-            eprintln!("engine {name} (pid {pid}) stopped");
-            self.write_pair_file();
-            return;
-        }
-        if i == self.active && !fenced {
-            if self.promotion.is_none() && self.unavailable.is_none() {
-                self.active_lost(i, format!("{name} (pid {pid}) exited"), true)
-                    .await;
+        match decision {
+            OnExit::Expected => {
+                eprintln!("engine {name} (pid {pid}) stopped");
+                self.write_pair_file();
             }
-            return;
+            OnExit::Quiet => {}
+            OnExit::ActiveLost(cause) => {
+                let cause = format!("{cause} (pid {pid})");
+                self.active_lost(i, cause, true).await;
+            }
+            OnExit::TargetLost(cause) => self.no_promotable(self.rules.active, cause, true).await,
+            OnExit::RestartStandby => {
+                eprintln!("standby {name} (pid {pid}) died: restarting it");
+                self.restart_standby(i).await;
+            }
         }
-        if self.promotion.as_ref().is_some_and(|p| p.target == i) {
-            // The engine being promoted died too: nobody in sync is left.
-            let p = self.promotion.take().expect("checked");
-            let cause = format!("{}; then {name}, being promoted, exited", p.cause);
-            self.no_promotable(self.active, cause, true).await;
-            return;
-        }
-        eprintln!("standby {name} (pid {pid}) died: restarting it");
-        self.restart_standby(i).await;
     }
 
     /// Restarts engine `i` as the standby of the active.
     async fn restart_standby(&mut self, i: usize) {
-        if !self.slots[self.active].alive() || self.unavailable.is_some() {
+        if !self.slots[self.rules.active].alive() || self.rules.unavailable.is_some() {
             return;
         }
         // A new process holds nothing until it has caught up.
         self.set_promotable(false, &format!("{} restarts empty", self.slots[i].name));
-        let follow = self.slots[self.active].replication_addr.clone();
+        let follow = self.slots[self.rules.active].replication_addr.clone();
         if let Err(e) = self.start(i, Start::Follow(follow)).await {
             eprintln!("restarting {} failed: {e:#}", self.slots[i].name);
         }
@@ -954,78 +900,58 @@ impl Supervisor {
     /// The active is gone (`exited`) or hung: replace it by an engine that holds every
     /// acknowledged write, or say that none does.
     async fn active_lost(&mut self, dead: usize, cause: String, exited: bool) {
-        let other = 1 - dead;
         eprintln!("active lost: {cause}");
-        let standby_ok = self.slots[other].alive() && !self.slots[other].fenced;
-        if self.promotable && standby_ok {
-            self.epoch += 1;
-            self.persist(); // this epoch is never granted twice
-            if !exited {
-                self.slots[dead].fenced = true; // it must follow when it answers again
-                self.slots[dead].client = None;
+        let other_running = self.slots[1 - dead].alive();
+        let now = monotonic_ns();
+        match self
+            .rules
+            .active_lost(dead, cause, exited, other_running, now)
+        {
+            Lost::Promote => {
+                self.slots[dead].client = None; // its answers may still come, late
+                self.try_promotion().await;
             }
-            self.promotion = Some(Promotion {
-                target: other,
-                epoch: self.epoch,
-                since: Instant::now(),
-                attempts: 0,
-                last_error: None,
-                cause,
-            });
-            self.try_promotion().await;
-            return;
+            Lost::NoPromotable(cause) => self.no_promotable(dead, cause, exited).await,
         }
-        self.no_promotable(dead, cause, exited).await;
     }
 
     /// One attempt at the pending promotion; kept pending while the standby does not answer.
     async fn try_promotion(&mut self) {
-        let Some(mut p) = self.promotion.take() else {
-            return;
-        };
-        if p.since.elapsed() >= self.args.timing.hung_kill_after && self.take_back(&p).await {
+        if self.rules.promotion_overdue(monotonic_ns()) && self.take_back().await {
             return;
         }
-        p.attempts += 1;
-        let epoch = p.epoch.to_string();
+        let Some((target, args)) = self.rules.promotion_attempt() else {
+            return;
+        };
         let timeout = self
             .args
             .timing
             .hang_timeout
             .max(Duration::from_millis(200));
-        let result = self
-            .call_timeout(p.target, &["TANDEM.PROMOTE", &epoch], timeout)
-            .await;
-        match result {
-            Ok(_) => self.promoted(p).await,
-            Err(e) if e.code() == Some(Code::NotReady) => {
-                let dead = 1 - p.target;
-                let cause = format!(
-                    "{}; {} refused to be promoted: {e}",
-                    p.cause, self.slots[p.target].name
-                );
-                self.no_promotable(dead, cause, self.slots[dead].pid.is_none())
-                    .await;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let result = self.call_timeout(target, &args, timeout).await;
+        match self.rules.promote_answered(result.as_ref().map(|_| ())) {
+            PromoteAnswer::Promoted => self.promoted().await,
+            PromoteAnswer::NotReady(cause) => {
+                let dead = 1 - target;
+                let exited = self.slots[dead].pid.is_none();
+                self.no_promotable(dead, cause, exited).await;
             }
-            Err(e) if e.code() == Some(Code::StaleEpoch) => {
+            PromoteAnswer::Stale => {
                 // Someone (a predecessor) granted a higher epoch: go above it and retry.
-                if let Ok(st) = self.status_of(p.target, CALL_TIMEOUT).await {
-                    self.epoch = self.epoch.max(st.epoch) + 1;
-                    self.persist();
-                    p.epoch = self.epoch;
-                }
-                p.last_error = Some(e.to_string());
-                self.promotion = Some(p);
+                let seen = self.status_of(target, CALL_TIMEOUT).await;
+                self.rules.regrant(seen.map_or(0, |st| st.epoch));
+                self.heed();
             }
-            Err(e) => {
-                if p.attempts == 1 || p.attempts.is_power_of_two() {
+            PromoteAnswer::Retry => {
+                let attempts = self.rules.promotion.as_ref().map_or(0, |p| p.attempts);
+                if attempts == 1 || attempts.is_power_of_two() {
+                    let e = result.err().map(|e| e.to_string()).unwrap_or_default();
                     eprintln!(
-                        "promoting {} at epoch {epoch}: attempt {} failed ({e}); retrying",
-                        self.slots[p.target].name, p.attempts
+                        "promoting {} at epoch {}: attempt {attempts} failed ({e}); retrying",
+                        self.slots[target].name, args[1]
                     );
                 }
-                p.last_error = Some(e.to_string());
-                self.promotion = Some(p);
             }
         }
     }
@@ -1033,7 +959,10 @@ impl Supervisor {
     /// A promotion that has not been answered for `hung_kill_after`: if the engine it was to
     /// replace answers again (it was hung, not dead) and is still active with a whole state,
     /// it takes the pair back in a new epoch, and the silent target is fenced instead.
-    async fn take_back(&mut self, p: &Promotion) -> bool {
+    async fn take_back(&mut self) -> bool {
+        let Some(p) = self.rules.promotion.clone() else {
+            return false;
+        };
         let lost = 1 - p.target;
         if !self.slots[lost].alive() {
             return false;
@@ -1041,23 +970,18 @@ impl Supervisor {
         let Ok(st) = self.status_of(lost, STANDBY_CHECK_TIMEOUT).await else {
             return false;
         };
-        if st.role != Role::Active || !st.state_complete {
+        if !self.rules.may_take_back(&st) {
             return false;
         }
-        self.epoch += 1;
-        self.persist();
-        let epoch = self.epoch.to_string();
+        let epoch = self.rules.grant().to_string();
         if self.call(lost, &["TANDEM.PROMOTE", &epoch]).await.is_err() {
             return false;
         }
         let (back, silent) = (self.slots[lost].name, self.slots[p.target].name);
         eprintln!("{back} answers again and {silent} still does not: {back} stays active at epoch {epoch}");
-        self.slots[lost].fenced = false;
-        self.slots[p.target].fenced = true;
+        self.rules.taken_back(monotonic_ns());
         self.slots[p.target].client = None;
-        self.active = lost;
-        self.failovers += 1;
-        self.set_promotable(false, &format!("{silent} does not answer"));
+        self.heed();
         self.persist();
         self.emit(TimelineEvent {
             message: Some(format!(
@@ -1070,15 +994,14 @@ impl Supervisor {
         true
     }
 
-    async fn promoted(&mut self, p: Promotion) {
+    async fn promoted(&mut self) {
+        let now = monotonic_ns();
+        let Some(p) = self.rules.promoted(now) else {
+            return;
+        };
         let dead = 1 - p.target;
-        let took_ms = p.since.elapsed().as_secs_f64() * 1e3;
-        self.active = p.target;
-        self.failovers += 1;
-        self.set_promotable(
-            false,
-            &format!("{} took over alone", self.slots[p.target].name),
-        );
+        let took_ms = now.saturating_sub(p.since_ns) as f64 / 1e6;
+        self.heed();
         self.persist();
         self.renew_lease().await;
         let (to, from) = (self.slots[p.target].name, self.slots[dead].name);
@@ -1102,51 +1025,40 @@ impl Supervisor {
     /// The active is lost and no standby is known to hold every acknowledged write: recover the
     /// lost engine from its journal if it has one, else refuse writes and say why.
     async fn no_promotable(&mut self, dead: usize, cause: String, exited: bool) {
-        let data_dir = self.args.dir.join(self.slots[dead].name);
+        let journal = crate::journal::exists(&self.args.dir.join(self.slots[dead].name));
         let other = 1 - dead;
-        if crate::journal::exists(&data_dir) {
-            if let Err(e) = self.recover(dead, &cause, exited).await {
-                self.set_unavailable(format!(
-                    "{cause}; recovering it from its journal failed: {e}"
-                ));
-            }
-            return;
-        }
-        if !self.released_any && self.slots[other].alive() {
-            // Nothing was ever acknowledged: nothing can be lost by promoting the other. The
-            // lost one, if it still runs, is killed first: it must not serve beside it.
-            if !exited {
-                if let Some(p) = self.slots[dead].process.clone() {
-                    self.slots[dead].expected_exit = true;
-                    p.kill();
-                    let _ = tokio::time::timeout(STOP_TIMEOUT, p.exited()).await;
+        let other_running = self.slots[other].alive();
+        let now = monotonic_ns();
+        let decision = self
+            .rules
+            .no_promotable(dead, cause.clone(), journal, other_running, now);
+        match decision {
+            NoPromotable::Recover => {
+                if let Err(e) = self.recover(dead, &cause, exited).await {
+                    self.rules.refuse_writes(format!(
+                        "{cause}; recovering it from its journal failed: {e}"
+                    ));
                 }
             }
-            self.epoch += 1;
-            self.persist();
-            let epoch = self.epoch.to_string();
-            if self
-                .call(other, &["TANDEM.PROMOTE", &epoch, "FORCE"])
-                .await
-                .is_ok()
-            {
-                let p = Promotion {
-                    target: other,
-                    epoch: self.epoch,
-                    since: Instant::now(),
-                    attempts: 1,
-                    last_error: None,
-                    cause: format!("{cause} (nothing had been acknowledged yet)"),
-                };
-                self.promoted(p).await;
-                return;
+            NoPromotable::ForcePromote { epoch } => {
+                // Nothing was ever acknowledged: nothing can be lost by promoting the other.
+                // The lost one, if it still runs, is killed first: it must not serve beside it.
+                if !exited {
+                    if let Some(p) = self.slots[dead].process.clone() {
+                        self.slots[dead].expected_exit = true;
+                        p.kill();
+                        let _ = tokio::time::timeout(STOP_TIMEOUT, p.exited()).await;
+                    }
+                }
+                let epoch = epoch.to_string();
+                match self.call(other, &["TANDEM.PROMOTE", &epoch, "FORCE"]).await {
+                    Ok(_) => self.promoted().await,
+                    Err(e) => self.rules.force_promote_failed(&e),
+                }
             }
+            NoPromotable::Unavailable => {}
         }
-        let standby = self.slots[other].name;
-        self.set_unavailable(format!(
-            "{cause}, while {standby} was not in sync and with no journal: no engine is known to hold every acknowledged write, so the pair refuses writes. To accept the loss: `tandem promote --admin {} --engine {standby} --accept-data-loss`",
-            self.admin_addr
-        ));
+        self.heed();
     }
 
     /// Restarts engine `dead` from its journal (killing it first if it still runs) and
@@ -1173,9 +1085,7 @@ impl Supervisor {
         self.start(dead, Start::Recover)
             .await
             .map_err(|e| format!("{e:#}"))?;
-        self.epoch += 1;
-        self.persist();
-        let epoch = self.epoch.to_string();
+        let epoch = self.rules.grant().to_string();
         let mut last = String::new();
         for _ in 0..20 {
             match self.call(dead, &["TANDEM.PROMOTE", &epoch]).await {
@@ -1190,10 +1100,8 @@ impl Supervisor {
             return Err(format!("promoting the recovered {name}: {last}"));
         }
         let took_ms = started.elapsed().as_secs_f64() * 1e3;
-        self.active = dead;
-        self.failovers += 1;
-        self.unavailable = None;
-        self.set_promotable(false, &format!("{name} recovered from its journal"));
+        self.rules.recovered(dead, monotonic_ns());
+        self.heed();
         self.persist();
         self.renew_lease().await;
         let other = 1 - dead;
@@ -1207,16 +1115,8 @@ impl Supervisor {
             ..TimelineEvent::new(timeline::now_ms(), EventKind::Failover)
         });
         if self.slots[other].alive() {
-            let (addr, hint) = (
-                self.slots[dead].replication_addr.clone(),
-                self.slots[dead].client_addr.clone(),
-            );
-            if self
-                .call(other, &["TANDEM.FOLLOW", &addr, &epoch, &hint])
-                .await
-                .is_err()
-            {
-                self.slots[other].fenced = true;
+            if self.follow(other, CALL_TIMEOUT).await.is_err() {
+                self.rules.follow_failed(other);
             }
         } else if self.slots[other].pid.is_none() && !self.slots[other].expected_exit {
             self.restart_standby(other).await;
@@ -1225,21 +1125,10 @@ impl Supervisor {
         Ok(())
     }
 
-    fn set_unavailable(&mut self, why: String) {
-        eprintln!("PAIR UNAVAILABLE: {why}");
-        self.unavailable = Some(why.clone());
-        self.persist();
-        self.emit(TimelineEvent {
-            message: Some(why),
-            ..TimelineEvent::new(timeline::now_ms(), EventKind::Unavailable)
-        });
-        self.write_pair_file();
-    }
-
     /// The operator accepts the loss: `name` becomes active whatever it holds.
     async fn force_promote(&mut self, name: &str) -> Result<String, String> {
         let i = engine_index(name).ok_or_else(|| format!("ERR no engine named {name}"))?;
-        if self.unavailable.is_none() && self.promotion.is_none() {
+        if self.rules.unavailable.is_none() && self.rules.promotion.is_none() {
             return Err("ERR the pair is available: use SWITCHOVER".into());
         }
         if self.slots[i].pid.is_none() {
@@ -1254,15 +1143,10 @@ impl Supervisor {
                 .await
                 .map_err(|e| format!("ERR starting {name}: {e:#}"))?;
         }
-        self.epoch += 1;
-        self.persist();
-        let epoch = self.epoch.to_string();
+        let epoch = self.rules.grant().to_string();
         self.call(i, &["TANDEM.PROMOTE", &epoch, "FORCE"]).await?;
-        self.promotion = None;
-        let why = self.unavailable.take().unwrap_or_default();
-        self.active = i;
-        self.failovers += 1;
-        self.set_promotable(false, "forced promotion");
+        let why = self.rules.forced(i, monotonic_ns()).unwrap_or_default();
+        self.heed();
         self.persist();
         self.emit(TimelineEvent {
             switchover: Some(SwitchoverKind::Failover),
@@ -1274,14 +1158,8 @@ impl Supervisor {
         let other = 1 - i;
         if self.slots[other].pid.is_none() {
             self.restart_standby(other).await;
-        } else {
-            let (addr, hint) = (
-                self.slots[i].replication_addr.clone(),
-                self.slots[i].client_addr.clone(),
-            );
-            let _ = self
-                .call(other, &["TANDEM.FOLLOW", &addr, &epoch, &hint])
-                .await;
+        } else if self.follow(other, CALL_TIMEOUT).await.is_err() {
+            self.rules.follow_failed(other);
         }
         self.write_pair_file();
         Ok(format!("OK {name} is active at epoch {epoch}"))
@@ -1289,13 +1167,14 @@ impl Supervisor {
 
     /// Takes back the engines of a pair whose supervisor is gone.
     async fn adopt(&mut self, state: PairState) -> anyhow::Result<()> {
-        self.epoch = state.epoch;
-        self.promotable = state.promotable;
-        self.unavailable = state.unavailable.clone();
-        self.released_any = state.released_any;
+        self.rules.epoch = state.epoch;
+        self.rules.promotable = state.promotable;
+        self.rules.unavailable = state.unavailable.clone();
+        self.rules.released_any = state.released_any;
         self.upgrade_state = state.upgrade.clone();
-        self.active = engine_index(&state.active).unwrap_or(0);
+        self.rules.active = engine_index(&state.active).unwrap_or(0);
         let mut statuses: [Option<EngineStatus>; 2] = [None, None];
+        let mut hung = [false; 2];
         for e in &state.engines {
             let Some(i) = engine_index(&e.name) else {
                 continue;
@@ -1313,8 +1192,6 @@ impl Supervisor {
             slot.pid = Some(pid);
             match self.status_of(i, CALL_TIMEOUT).await {
                 Ok(st) if st.pid == pid && st.name == e.name => {
-                    self.epoch = self.epoch.max(st.epoch);
-                    self.note_released(st.seq_released.max(st.seq_applied));
                     self.watch(i, process);
                     statuses[i] = Some(st);
                 }
@@ -1330,7 +1207,7 @@ impl Supervisor {
                         "engine {} (pid {pid}) runs but does not answer ({e}): adopting it as hung",
                         self.slots[i].name
                     );
-                    self.slots[i].fenced = true;
+                    hung[i] = true;
                     self.watch(i, process);
                 }
                 _ => {
@@ -1340,7 +1217,6 @@ impl Supervisor {
                 }
             }
         }
-        let hung = [self.slots[0].fenced, self.slots[1].fenced];
         let describe = |i: usize, st: &Option<EngineStatus>| match st {
             Some(st) => format!(
                 "{} ({}, epoch {})",
@@ -1354,7 +1230,7 @@ impl Supervisor {
         let message = format!(
             "supervisor restarted (pid {}): epoch {}, {}, {}",
             std::process::id(),
-            self.epoch,
+            self.rules.epoch,
             describe(0, &statuses[0]),
             describe(1, &statuses[1])
         );
@@ -1363,77 +1239,61 @@ impl Supervisor {
             message: Some(message),
             ..TimelineEvent::new(timeline::now_ms(), EventKind::SupervisorStart)
         });
-        // The active: whichever engine says so at the highest epoch.
-        let active = (0..2)
-            .filter(|&i| statuses[i].as_ref().is_some_and(|s| s.role == Role::Active))
-            .max_by_key(|&i| statuses[i].as_ref().map(|s| s.epoch));
-        if statuses.iter().all(Option::is_none) && !hung.contains(&true) {
-            let journals: Vec<usize> = (0..2)
-                .filter(|&i| crate::journal::exists(&self.args.dir.join(self.slots[i].name)))
-                .collect();
-            let Some(&i) = journals
-                .iter()
-                .find(|&&i| i == self.active)
-                .or(journals.first())
-            else {
-                bail!(
-                    "the pair in {} (epoch {}) has no engine left and no journal to recover from: its data is gone. `tandem pair up --dir {} --fresh` starts an empty pair",
-                    self.args.dir.display(),
-                    self.epoch,
-                    self.args.dir.display()
-                );
-            };
-            self.active = i;
-            self.recover(
-                i,
-                "both engines were gone when the supervisor started",
-                true,
-            )
-            .await
-            .map_err(anyhow::Error::msg)?;
-            return Ok(());
-        }
-        match active {
-            Some(i) => {
-                self.active = i;
+        let adoption = self
+            .rules
+            .adopt([statuses[0].as_ref(), statuses[1].as_ref()], hung);
+        self.heed();
+        match adoption {
+            Adoption::NoEngine => {
+                let journals: Vec<usize> = (0..2)
+                    .filter(|&i| crate::journal::exists(&self.args.dir.join(self.slots[i].name)))
+                    .collect();
+                let Some(&i) = journals
+                    .iter()
+                    .find(|&&i| i == self.rules.active)
+                    .or(journals.first())
+                else {
+                    bail!(
+                        "the pair in {} (epoch {}) has no engine left and no journal to recover from: its data is gone. `tandem pair up --dir {} --fresh` starts an empty pair",
+                        self.args.dir.display(),
+                        self.rules.epoch,
+                        self.args.dir.display()
+                    );
+                };
+                self.rules.active = i;
+                let cause = "both engines were gone when the supervisor started";
+                self.recover(i, cause, true)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                return Ok(());
+            }
+            Adoption::Active(standby) => {
                 self.persist();
-                let standby = self.standby();
-                let st = statuses[standby].clone();
-                match st {
-                    None => self.restart_standby(standby).await,
-                    Some(st) if st.role != Role::Standby => {
-                        // Taken out of service by the predecessor mid-step: make it a standby.
-                        let (addr, hint, epoch) = (
-                            self.slots[i].replication_addr.clone(),
-                            self.slots[i].client_addr.clone(),
-                            self.epoch.to_string(),
-                        );
-                        let _ = self
-                            .call(standby, &["TANDEM.FOLLOW", &addr, &epoch, &hint])
-                            .await;
+                let i = self.standby();
+                match standby {
+                    AdoptStandby::Fine | AdoptStandby::Fenced => {}
+                    AdoptStandby::Restart => self.restart_standby(i).await,
+                    AdoptStandby::Follow => {
+                        if self.follow(i, CALL_TIMEOUT).await.is_err() {
+                            self.rules.follow_failed(i);
+                        }
                     }
-                    Some(_) => {}
                 }
             }
-            None => {
-                // Nobody is active: the active died (or was being switched) while no
-                // supervisor watched. The usual rules decide who holds the data.
-                let dead = self.active;
-                let exited = statuses[dead].is_none() && !hung[dead];
-                if !exited {
-                    self.slots[dead].fenced = true;
-                }
-                self.active_lost(
-                    dead,
-                    format!(
-                        "no engine was active when the supervisor started ({} was {})",
-                        self.slots[dead].name,
-                        if exited { "gone" } else { "not active" }
-                    ),
-                    exited,
-                )
-                .await;
+            Adoption::Retake { epoch } => {
+                let a = self.rules.active;
+                eprintln!(
+                    "{} is active in an epoch before {}, granted by a predecessor that died mid-switchover: it takes epoch {epoch}",
+                    self.slots[a].name,
+                    epoch - 1
+                );
+                self.retake(a, epoch).await;
             }
+            Adoption::ActiveLost {
+                dead,
+                cause,
+                exited,
+            } => self.active_lost(dead, cause, exited).await,
         }
         self.persist();
         Ok(())
@@ -1441,16 +1301,9 @@ impl Supervisor {
 
     /// A planned switchover to the standby; returns the step-up time in milliseconds.
     pub async fn switchover(&mut self, kind: SwitchoverKind) -> Result<f64, String> {
-        let (from, to) = (self.active, self.standby());
-        if !self.promotable {
-            return Err(format!(
-                "ERR standby {} is not in sync: no switchover",
-                self.slots[to].name
-            ));
-        }
-        let epoch = self.epoch + 1;
-        self.epoch = epoch;
-        self.persist(); // granted once, whatever happens next
+        let (from, to) = (self.rules.active, self.rules.standby());
+        let epoch = self.rules.begin_switchover()?;
+        self.heed(); // granted once, whatever happens next
         self.emit(TimelineEvent {
             switchover: Some(kind),
             ..TimelineEvent::new(timeline::now_ms(), EventKind::SwitchoverBegin)
@@ -1470,64 +1323,45 @@ impl Supervisor {
             message: Some(message),
             ..TimelineEvent::new(timeline::now_ms(), EventKind::SwitchoverEnd)
         };
-        let answered = result.is_ok();
-        if let Err(e) = result {
-            // The step-up may have happened even though its answer was lost: then the standby
-            // is active in the new epoch, and the old active must follow it.
-            let adopted = match self.status_of(to, CALL_TIMEOUT).await {
-                Ok(st) => st.role == Role::Active && st.epoch == epoch,
-                Err(unreachable) if matches!(e, CallError::NoAnswer(_)) => {
-                    // Neither answered: the standby may have stepped up. It held every
-                    // acknowledged write (the active stopped taking writes for the
-                    // switchover), so it is promoted in this epoch, retried until it answers
-                    // ("already active" if it did step up); the old active is fenced.
-                    self.emit(end(format!("unconfirmed: {e}; {unreachable}")));
-                    self.slots[from].fenced = true;
-                    self.slots[from].client = None;
-                    self.promotion = Some(Promotion {
-                        target: to,
-                        epoch,
-                        since: Instant::now(),
-                        attempts: 0,
-                        last_error: None,
-                        cause: format!("the switchover's answer was lost ({e})"),
-                    });
-                    return Err(format!(
-                        "{e}; {} did not answer either: promoting it at epoch {epoch}",
-                        self.slots[to].name
-                    ));
+        match result {
+            Ok(_) => self.rules.switched_over(to, true, monotonic_ns()),
+            Err(e) => {
+                // The step-up may have happened even though its answer was lost.
+                let status = self.status_of(to, CALL_TIMEOUT).await;
+                let now = monotonic_ns();
+                match self
+                    .rules
+                    .switchover_unanswered(from, epoch, &e, status.as_ref(), now)
+                {
+                    SwitchoverUnanswered::Adopt => {
+                        eprintln!(
+                            "switchover answer lost ({e}), but {} is active at epoch {epoch}",
+                            self.slots[to].name
+                        );
+                        self.rules.switched_over(to, false, now);
+                        if self.follow(from, CALL_TIMEOUT).await.is_err() {
+                            self.rules.follow_failed(from);
+                        }
+                    }
+                    SwitchoverUnanswered::Promote => {
+                        let unreachable = status.err().map(|e| e.to_string()).unwrap_or_default();
+                        self.emit(end(format!("unconfirmed: {e}; {unreachable}")));
+                        self.slots[from].client = None;
+                        self.heed();
+                        return Err(format!(
+                            "{e}; {} did not answer either: promoting it at epoch {epoch}",
+                            self.slots[to].name
+                        ));
+                    }
+                    SwitchoverUnanswered::Retake { epoch } => {
+                        self.emit(end(format!("failed: {e}")));
+                        self.retake(from, epoch).await;
+                        return Err(e.into());
+                    }
                 }
-                Err(_) => false,
-            };
-            if !adopted {
-                self.emit(end(format!("failed: {e}")));
-                self.retake(from, to).await;
-                return Err(e.into());
             }
-            eprintln!(
-                "switchover answer lost ({e}), but {} is active at epoch {epoch}",
-                self.slots[to].name
-            );
-            let (addr, hint) = (
-                self.slots[to].replication_addr.clone(),
-                self.slots[to].client_addr.clone(),
-            );
-            let _ = self
-                .call(from, &["TANDEM.FOLLOW", &addr, &epoch.to_string(), &hint])
-                .await;
         }
-        self.active = to;
-        self.slots[to].last_answer = Instant::now();
-        if !answered {
-            // Told to follow after a lost answer, the old active starts over with a snapshot.
-            self.set_promotable(
-                false,
-                "switched over without an answer: the old active re-syncs",
-            );
-        }
-        // Otherwise the old active still holds every acknowledged write, and the new one
-        // releases only what it acknowledges (sync leases): it stays promotable, and a planned
-        // switchover opens no simplex window.
+        self.heed();
         self.persist();
         self.renew_lease().await;
         self.write_pair_file();
@@ -1544,30 +1378,26 @@ impl Supervisor {
     /// fence it, and nobody would be active). It is granted an epoch above the switchover's, and
     /// the standby follows it there: a step-up still in flight on the dead link can then only
     /// make the standby active in an epoch already left behind. Found by `tandem sim` (seed 198).
-    async fn retake(&mut self, from: usize, to: usize) {
-        self.epoch += 1;
-        self.persist();
-        let epoch = self.epoch.to_string();
+    async fn retake(&mut self, from: usize, epoch: u64) {
+        let epoch = epoch.to_string();
         if let Err(e) = self.call(from, &["TANDEM.PROMOTE", &epoch]).await {
-            eprintln!(
+            // Its next lease, in the new epoch, would step it down: it is lost, and the usual
+            // rules replace it (or say that nobody holds every acknowledged write).
+            let cause = format!(
                 "after the failed switchover, {} did not take epoch {epoch}: {e}",
                 self.slots[from].name
             );
+            self.active_lost(from, cause, false).await;
             return;
         }
-        self.slots[from].last_answer = Instant::now();
-        self.set_promotable(false, "a failed switchover: the standby re-syncs");
-        let (addr, hint) = (
-            self.slots[from].replication_addr.clone(),
-            self.slots[from].client_addr.clone(),
-        );
-        if self
-            .call(to, &["TANDEM.FOLLOW", &addr, &epoch, &hint])
-            .await
-            .is_err()
-        {
-            self.slots[to].fenced = true; // told again by `check_standby` when it answers
+        self.rules.retaken(from, monotonic_ns());
+        let to = 1 - from;
+        if !self.slots[to].alive() {
+            self.restart_standby(to).await;
+        } else if self.follow(to, CALL_TIMEOUT).await.is_err() {
+            self.rules.follow_failed(to); // told again by `check_standby` when it answers
         }
+        self.heed();
         self.renew_lease().await;
         self.write_pair_file();
     }
@@ -1579,11 +1409,11 @@ impl Supervisor {
         let Some(pid) = self.slots[i].pid else {
             return Ok(());
         };
-        if i == self.standby() && self.slots[self.active].alive() {
+        if i == self.standby() && self.slots[self.rules.active].alive() {
             // The standby goes only once the active's journal holds everything: until then
             // the standby stays promotable (the journal is pinned against the sync leases
             // that would close it), and if that fails the standby is not taken away at all.
-            let active = self.active;
+            let active = self.rules.active;
             let journaled = self
                 .call_timeout(active, &["TANDEM.JOURNAL"], JOURNAL_TIMEOUT)
                 .await;
@@ -1599,7 +1429,7 @@ impl Supervisor {
             // the link drops, so that no write waits for the next lease renewal.
             let stamp = crate::node::monotonic_ns().to_string();
             let (epoch, ttl) = (
-                self.epoch.to_string(),
+                self.rules.epoch.to_string(),
                 self.args.timing.lease_ttl.as_millis().to_string(),
             );
             if let Err(e) = self
@@ -1643,7 +1473,7 @@ impl Supervisor {
         version: &str,
         fault: Option<String>,
     ) -> Result<(), String> {
-        if i == self.active {
+        if i == self.rules.active {
             return Err(format!(
                 "ERR {} is active: only the standby is reloaded",
                 self.slots[i].name
@@ -1653,13 +1483,13 @@ impl Supervisor {
         self.slots[i].app_version = version.to_string();
         self.slots[i].fault = fault;
         self.persist();
-        if !self.slots[self.active].alive() {
+        if !self.slots[self.rules.active].alive() {
             return Err(format!(
                 "the active {} is gone",
-                self.slots[self.active].name
+                self.slots[self.rules.active].name
             ));
         }
-        let follow = self.slots[self.active].replication_addr.clone();
+        let follow = self.slots[self.rules.active].replication_addr.clone();
         let result = self
             .start(i, Start::Follow(follow))
             .await
@@ -1721,14 +1551,14 @@ impl Supervisor {
             .map(|c| c.to_ascii_uppercase())
             .unwrap_or_default();
         let arg = |i: usize| cmd.get(i).map(String::as_str);
-        if let Some(why) = &self.unavailable {
+        if let Some(why) = &self.rules.unavailable {
             if verb != "PROMOTE" {
                 return Err(format!("UNAVAILABLE {why}"));
             }
         }
         match verb.as_str() {
             "SWITCHOVER" => self.switchover(SwitchoverKind::Planned).await.map(|ms| {
-                format!("OK {} is active at epoch {}, step-up took {ms:.1} ms", self.slots[self.active].name, self.epoch)
+                format!("OK {} is active at epoch {}, step-up took {ms:.1} ms", self.slots[self.rules.active].name, self.rules.epoch)
             }),
             "UPGRADE" => {
                 let Some(to) = arg(1) else { return Err("ERR usage: UPGRADE version [option value]...".into()) };
@@ -1776,7 +1606,7 @@ impl Supervisor {
                 versions.join(", ")
             ));
         }
-        let active = self.active;
+        let active = self.rules.active;
         self.call(active, &["TANDEM.FEATURES.ENABLE"]).await?;
         self.emit(TimelineEvent {
             message: Some(format!(
@@ -1803,20 +1633,20 @@ impl Supervisor {
         PairStatus {
             admin: self.admin_addr.clone(),
             supervisor_pid: std::process::id(),
-            epoch: self.epoch,
-            active: self.slots[self.active].name.into(),
-            standby_promotable: self.promotable,
-            simplex: !self.promotable,
+            epoch: self.rules.epoch,
+            active: self.slots[self.rules.active].name.into(),
+            standby_promotable: self.rules.promotable,
+            simplex: !self.rules.promotable,
             upgrade_in_progress: self.busy,
-            unavailable: self.unavailable.clone(),
-            failover_pending: self.promotion.as_ref().map(|p| PendingFailover {
+            unavailable: self.rules.unavailable.clone(),
+            failover_pending: self.rules.promotion.as_ref().map(|p| PendingFailover {
                 promoting: self.slots[p.target].name.into(),
                 epoch: p.epoch,
                 attempts: p.attempts,
                 last_error: p.last_error.clone(),
                 cause: p.cause.clone(),
             }),
-            failovers: self.failovers,
+            failovers: self.rules.failovers,
             engines,
         }
     }
@@ -1836,7 +1666,7 @@ impl Supervisor {
             client_addr: s.client_addr.clone(),
             replication_addr: s.replication_addr.clone(),
             control_addr: s.control_addr.clone(),
-            epoch: self.epoch,
+            epoch: self.rules.epoch,
         }
     }
 
@@ -1846,7 +1676,7 @@ impl Supervisor {
                 let s = &self.slots[i];
                 let role = if s.pid.is_none() {
                     "out_of_service"
-                } else if i == self.active && self.unavailable.is_none() {
+                } else if i == self.rules.active && self.rules.unavailable.is_none() {
                     "active"
                 } else {
                     "standby"
@@ -1860,7 +1690,7 @@ impl Supervisor {
             .collect();
         let file = serde_json::json!({
             "admin": self.admin_addr, "supervisor_pid": std::process::id(),
-            "epoch": self.epoch, "engines": engines,
+            "epoch": self.rules.epoch, "engines": engines,
         });
         let json = serde_json::to_string_pretty(&file).expect("pair file serializes");
         write_atomically(&self.args.dir.join("pair.json"), &json);

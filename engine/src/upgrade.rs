@@ -220,11 +220,11 @@ impl Supervisor {
 
     /// Fails the step if a failover happened since the last check, or the pair is unavailable.
     fn check_failover(&mut self, run: &mut Run) -> Result<(), String> {
-        if let Some(why) = &self.unavailable {
+        if let Some(why) = &self.rules.unavailable {
             return Err(format!("the pair became unavailable: {why}"));
         }
-        if self.failovers != run.failovers {
-            run.failovers = self.failovers;
+        if self.rules.failovers != run.failovers {
+            run.failovers = self.rules.failovers;
             let at = run
                 .open_phase
                 .as_ref()
@@ -250,10 +250,10 @@ impl Supervisor {
     /// Keeps the current out-of-service phase open if the options ask so (fault injection).
     async fn hold(&mut self, run: &Run, name: &str) {
         if run.options.hold_phase.as_deref() == Some(name) && run.options.hold_ms > 0 {
-            let failovers = self.failovers;
+            let failovers = self.rules.failovers;
             let until = std::time::Instant::now() + Duration::from_millis(run.options.hold_ms);
             self.pump(Duration::from_millis(run.options.hold_ms), move |s| {
-                s.failovers != failovers || std::time::Instant::now() >= until
+                s.rules.failovers != failovers || std::time::Instant::now() >= until
             })
             .await;
         }
@@ -279,7 +279,9 @@ impl Supervisor {
         let failovers = run.failovers;
         let done = self
             .pump(timeout, move |s| {
-                s.promotable || s.failovers != failovers || s.unavailable.is_some()
+                s.rules.promotable
+                    || s.rules.failovers != failovers
+                    || s.rules.unavailable.is_some()
             })
             .await;
         self.check_failover(run)?;
@@ -296,9 +298,9 @@ impl Supervisor {
     /// Waits until the pair has an active engine again (a failover in progress ends).
     async fn wait_for_active(&mut self, run: &Run) -> Result<(), String> {
         let timeout = Duration::from_millis(run.options.catch_up_timeout_ms);
-        self.pump(timeout, |s| s.has_active() || s.unavailable.is_some())
+        self.pump(timeout, |s| s.has_active() || s.rules.unavailable.is_some())
             .await;
-        match &self.unavailable {
+        match &self.rules.unavailable {
             Some(why) => Err(format!("the pair is unavailable: {why}")),
             None if self.has_active() => Ok(()),
             None => Err("no engine became active".into()),
@@ -322,7 +324,7 @@ impl Supervisor {
                 Ok(false) => {} // switched over: the other engine is next
                 Err(e) => {
                     eprintln!("upgrade: {e}; going on from the pair's state");
-                    run.failovers = self.failovers;
+                    run.failovers = self.rules.failovers;
                     failures.push(e);
                     if failures.len() == 3 {
                         break;
@@ -355,7 +357,7 @@ impl Supervisor {
         }
         let what = format!("{} on {version}", self.slots[standby].name);
         self.wait_caught_up(run, &what).await?;
-        let active = self.active;
+        let active = self.rules.active;
         if self.slots[active].app_version == version && self.slots[active].fault == *fault {
             return Ok(true);
         }
@@ -366,7 +368,7 @@ impl Supervisor {
     /// Runs the whole upgrade to `to`. Errors are only for requests refused up front; a step
     /// that fails later ends the upgrade `rolled_back` with the pair restored.
     pub(crate) async fn upgrade(&mut self, to: String, options: Options) -> Result<Report, String> {
-        let from = self.slots[self.active].app_version.clone();
+        let from = self.slots[self.rules.active].app_version.clone();
         if self.slots[0].app_version != self.slots[1].app_version {
             return Err(format!(
                 "ERR the engines run different versions ({} and {}): finish or roll back that first",
@@ -377,10 +379,13 @@ impl Supervisor {
             return Err(format!("ERR the pair already runs {to}"));
         }
         // A pair that just started, or just recovered, gets a moment to get its standby in sync.
-        if !self.pump(Duration::from_secs(10), |s| s.promotable).await {
+        if !self
+            .pump(Duration::from_secs(10), |s| s.rules.promotable)
+            .await
+        {
             return Err("ERR the standby is not in sync: an upgrade needs a healthy pair".into());
         }
-        let mut run = Run::new(&from, &to, options.clone(), self.failovers);
+        let mut run = Run::new(&from, &to, options.clone(), self.rules.failovers);
         self.upgrade_state = Some(UpgradeState {
             from: from.clone(),
             to: to.clone(),
@@ -431,7 +436,7 @@ impl Supervisor {
             format!("{failure}; rolling back to {from}")
         };
         eprintln!("upgrade: {decision}");
-        run.failovers = self.failovers;
+        run.failovers = self.rules.failovers;
         let settle = Duration::from_millis(run.options.settle_ms);
         if accepted {
             // The phases of the path it finishes on, so that the run reads as any upgrade.
@@ -505,7 +510,7 @@ impl Supervisor {
         let Some(u) = self.upgrade_state.clone() else {
             return;
         };
-        let mut run = Run::new(&u.from, &u.to, u.options.clone(), self.failovers);
+        let mut run = Run::new(&u.from, &u.to, u.options.clone(), self.rules.failovers);
         let failure = format!(
             "the supervisor restarted during {} of the upgrade {} -> {}",
             u.step, u.from, u.to
@@ -520,7 +525,7 @@ impl Supervisor {
         let to = run.to.clone();
 
         self.phase(run, phase::BASELINE);
-        let a = self.active;
+        let a = self.rules.active;
         self.call(a, &["TANDEM.STATS", "RESET"]).await?;
         self.pump_for(Duration::from_millis(run.options.baseline_ms))
             .await;
@@ -605,7 +610,7 @@ impl Supervisor {
     /// Measures the new version while it is active and returns why it is not acceptable,
     /// if it is not.
     async fn evaluate(&mut self, run: &mut Run) -> Result<Option<String>, String> {
-        let active = self.active;
+        let active = self.rules.active;
         self.call(active, &["TANDEM.STATS", "RESET"]).await?;
         let exits_before = self.slots.iter().filter_map(|s| s.pid).collect::<Vec<_>>();
         self.pump_for(Duration::from_millis(run.options.evaluate_ms))
@@ -633,9 +638,12 @@ impl Supervisor {
             ));
         }
         let exits_after = self.slots.iter().filter_map(|s| s.pid).collect::<Vec<_>>();
-        if exits_after != exits_before || self.active != active || self.failovers != run.failovers {
+        if exits_after != exits_before
+            || self.rules.active != active
+            || self.rules.failovers != run.failovers
+        {
             problems.push("an engine failed during the evaluation".into());
-        } else if !self.promotable {
+        } else if !self.rules.promotable {
             problems.push("the standby is not in sync".into());
         }
         let digests = self.compare_at_sync_point().await;
@@ -661,7 +669,7 @@ impl Supervisor {
 
     /// Puts a sync point into the stream and compares both engines' digests there.
     async fn compare_at_sync_point(&mut self) -> Result<u64, String> {
-        let (active, standby) = (self.active, self.standby());
+        let (active, standby) = (self.rules.active, self.standby());
         let point: SyncPointReply = self
             .call_message(active, &["TANDEM.SYNCPOINT"], CALL_TIMEOUT)
             .await?;

@@ -17,6 +17,21 @@ pub struct Args {
     pub seed: Option<u64>,
     pub plant: Option<String>,
     pub trace: bool,
+    pub supervisor_crashes: bool,
+}
+
+impl Args {
+    /// The flags a replay needs besides `--seed`.
+    fn replay_flags(&self) -> String {
+        let mut flags = String::new();
+        if let Some(p) = &self.plant {
+            flags += &format!(" --plant {p}");
+        }
+        if !self.supervisor_crashes {
+            flags += " --no-supervisor-crashes";
+        }
+        flags
+    }
 }
 
 /// Runs what `args` asks for; true if no invariant was broken.
@@ -24,6 +39,7 @@ pub fn main(args: &Args) -> Result<bool, String> {
     let plant = args.plant.as_deref().map(Plant::parse).transpose()?;
     let options = |seed| Options {
         plant,
+        supervisor_crashes: args.supervisor_crashes,
         ..Options::new(seed)
     };
     let out = &mut std::io::stdout().lock();
@@ -36,7 +52,7 @@ pub fn main(args: &Args) -> Result<bool, String> {
         }
         let _ = writeln!(out, "{}", summary_line(&report));
         if report.failure.is_some() {
-            let _ = write!(out, "{}", report.explain(args.plant.as_deref(), 40));
+            let _ = write!(out, "{}", report.explain(&args.replay_flags(), 40));
         }
         return Ok(report.failure.is_none());
     }
@@ -54,7 +70,7 @@ pub fn main(args: &Args) -> Result<bool, String> {
         next = wave_end;
         // The lowest failing seed of the wave: the same answer however the threads ran.
         if let Some(failed) = reports.iter().find(|r| r.failure.is_some()) {
-            let _ = write!(out, "{}", failed.explain(args.plant.as_deref(), 40));
+            let _ = write!(out, "{}", failed.explain(&args.replay_flags(), 40));
             let _ = writeln!(
                 out,
                 "{} seeds passed before it ({:.1} s)",

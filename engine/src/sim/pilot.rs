@@ -13,7 +13,9 @@ use std::collections::VecDeque;
 
 use crate::contract::{self, Code};
 use crate::node::EngineStatus;
-use crate::rules::{AfterLease, Lost, NoPromotable, OnExit, PromoteAnswer, Rules, Said};
+use crate::rules::{
+    AdoptStandby, Adoption, AfterLease, Lost, NoPromotable, OnExit, PromoteAnswer, Rules, Said,
+};
 use crate::rules::{StandbyCheck, StandbyVerdict, SwitchoverUnanswered};
 use crate::sessions::AppVersion;
 use crate::supervisor::{CallError, Timing};
@@ -39,13 +41,24 @@ enum Then {
     StandbyFollow,
     /// Both engines' statuses, asked one after the other.
     Resync(Vec<Option<EngineStatus>>),
-    Switchover { from: usize, epoch: u64 },
-    SwitchoverCheck { from: usize, epoch: u64, error: CallError },
+    Switchover {
+        from: usize,
+        epoch: u64,
+    },
+    SwitchoverCheck {
+        from: usize,
+        epoch: u64,
+        error: CallError,
+    },
     Degrade(usize, AppVersion),
     Shutdown(usize, AppVersion),
     Enable,
     /// After a failed switchover: the old active, in a new epoch; then the standby follows it.
-    Retake { from: usize },
+    Retake {
+        from: usize,
+    },
+    /// A restarted supervisor asks each engine's status in turn (and whether it is hung).
+    Adopt(Vec<(Option<EngineStatus>, bool)>),
 }
 
 enum Task {
@@ -53,6 +66,7 @@ enum Task {
     Switchover,
 }
 
+#[derive(Clone)]
 pub struct Upgrade {
     accept: bool,
     rolling_back: bool,
@@ -60,9 +74,24 @@ pub struct Upgrade {
     evaluated: bool,
 }
 
+/// What the supervisor keeps on disk (`PairState`), as of its last step.
+#[derive(Clone)]
+struct Persisted {
+    epoch: u64,
+    active: usize,
+    promotable: bool,
+    released_any: bool,
+    unavailable: Option<String>,
+    upgrade: Option<Upgrade>,
+    upgrade_outcome: Option<String>,
+}
+
 pub struct Pilot {
     /// The supervisor's own rules: this file only makes the calls they ask for.
     pub rules: Rules,
+    persisted: Persisted,
+    /// The supervisor process is down (crashed) until then; it restarts from `persisted`.
+    down_until: Option<u64>,
     expected_exit: [bool; 2],
     /// The call in flight: its id, the engine called, what to do with its answer.
     busy: Option<(u64, usize, Then)>,
@@ -92,6 +121,16 @@ impl Pilot {
     pub fn new() -> Pilot {
         Pilot {
             rules: Rules::new(Timing::default()),
+            persisted: Persisted {
+                epoch: 0,
+                active: 0,
+                promotable: false,
+                released_any: false,
+                unavailable: None,
+                upgrade: None,
+                upgrade_outcome: None,
+            },
+            down_until: None,
             expected_exit: [false; 2],
             busy: None,
             tasks: VecDeque::new(),
@@ -104,7 +143,84 @@ impl Pilot {
     }
 
     pub fn next_at(&self) -> u64 {
-        self.next_tick
+        self.down_until.unwrap_or(self.next_tick)
+    }
+
+    /// The supervisor process dies: what it had in memory (its call in flight, the exits it
+    /// had not handled yet, pending promotions, fencing) is gone; it restarts after `down`
+    /// from what it persisted, and adopts the engines as `Supervisor::adopt` does.
+    pub fn crash(&mut self, w: &mut World, down: u64) {
+        if self.down_until.is_some() || !self.booted {
+            return;
+        }
+        w.note(format!(
+            "nemesis: crash the supervisor for {} ms",
+            down / MS
+        ));
+        self.down_until = Some(w.now + down);
+        self.busy = None;
+        self.tasks.clear();
+    }
+
+    /// The supervisor starts again over its predecessor's engines.
+    fn restart(&mut self, w: &mut World) {
+        w.note("supervisor: restarted: adopting the engines".into());
+        let p = self.persisted.clone();
+        self.rules = Rules::new(Timing::default());
+        self.rules.epoch = p.epoch;
+        self.rules.active = p.active;
+        self.rules.promotable = p.promotable;
+        self.rules.released_any = p.released_any;
+        self.rules.unavailable = p.unavailable;
+        self.upgrade = p.upgrade;
+        self.upgrade_outcome = p.upgrade_outcome;
+        self.adopt(w, Vec::new());
+    }
+
+    /// Asks the next engine's status; one not running is gone without a call.
+    fn adopt(&mut self, w: &mut World, mut statuses: Vec<(Option<EngineStatus>, bool)>) {
+        while statuses.len() < 2 && !self.running(w, statuses.len()) {
+            statuses.push((None, false));
+        }
+        if statuses.len() < 2 {
+            let i = statuses.len();
+            return self.send(
+                w,
+                i,
+                &["TANDEM.STATUS"],
+                CALL_TIMEOUT,
+                Then::Adopt(statuses),
+            );
+        }
+        let sts = [statuses[0].0.as_ref(), statuses[1].0.as_ref()];
+        match self.rules.adopt(sts, [statuses[0].1, statuses[1].1]) {
+            Adoption::NoEngine => self.rules.refuse_writes(
+                "both engines were gone when the supervisor started, and there is no journal: the data is gone".into(),
+            ),
+            Adoption::Active(standby) => {
+                let s = self.rules.standby();
+                w.note(format!(
+                    "supervisor: adopted {} as the active at epoch {}",
+                    NAMES[self.rules.active], self.rules.epoch
+                ));
+                match standby {
+                    AdoptStandby::Fine | AdoptStandby::Fenced => {}
+                    AdoptStandby::Restart => self.restart_standby(w, s),
+                    AdoptStandby::Follow => self.follow(w, s),
+                }
+            }
+            Adoption::Retake { epoch } => {
+                let (a, e) = (self.rules.active, epoch.to_string());
+                w.note(format!("supervisor: {} was left behind epoch {}", NAMES[a], epoch - 1));
+                let then = Then::Retake { from: a };
+                self.send(w, a, &["TANDEM.PROMOTE", &e], CALL_TIMEOUT, then);
+            }
+            Adoption::ActiveLost {
+                dead,
+                cause,
+                exited,
+            } => self.active_lost(w, dead, cause, exited),
+        }
     }
 
     pub fn unavailable(&self) -> Option<&String> {
@@ -117,9 +233,13 @@ impl Pilot {
 
     /// The pidfd of engine `i` became readable: it exited.
     pub fn exited(&mut self, i: usize) {
-        self.tasks.push_back(Task::Exited(i));
+        if self.down_until.is_none() {
+            self.tasks.push_back(Task::Exited(i)); // else found gone when it adopts
+        }
     }
 
+    /// An operator's `tandem switchover`; one sent while the supervisor is down is taken by
+    /// its successor (the CLI retries until it connects).
     pub fn request_switchover(&mut self) {
         self.tasks.push_back(Task::Switchover);
     }
@@ -172,6 +292,15 @@ impl Pilot {
 
     /// One turn: the answer to the call in flight, then queued tasks, then the tick.
     pub fn step(&mut self, w: &mut World) {
+        if let Some(until) = self.down_until {
+            w.take_answers(); // to a process that is gone
+            if w.now < until {
+                return;
+            }
+            self.down_until = None;
+            self.next_tick = w.now + TICK;
+            self.restart(w);
+        }
         if !self.booted {
             self.booted = true;
             w.start(0, AppVersion::V1_0);
@@ -179,7 +308,11 @@ impl Pilot {
             self.boot(w);
         }
         for answer in w.take_answers() {
-            if self.busy.as_ref().is_some_and(|(id, _, _)| *id == answer.id) {
+            if self
+                .busy
+                .as_ref()
+                .is_some_and(|(id, _, _)| *id == answer.id)
+            {
                 let (_, engine, then) = self.busy.take().expect("checked");
                 if answer.result.is_some() {
                     self.rules.heard(engine, w.now);
@@ -203,6 +336,15 @@ impl Pilot {
             }
         }
         self.heed(w);
+        self.persisted = Persisted {
+            epoch: self.rules.epoch,
+            active: self.rules.active,
+            promotable: self.rules.promotable,
+            released_any: self.rules.released_any,
+            unavailable: self.rules.unavailable.clone(),
+            upgrade: self.upgrade.clone(),
+            upgrade_outcome: self.upgrade_outcome.clone(),
+        };
     }
 
     fn boot(&mut self, w: &mut World) {
@@ -277,7 +419,10 @@ impl Pilot {
                     AfterLease::Fine => self.after_lease(w),
                 }
             }
-            Then::Promote => match self.rules.promote_answered(outcome(r).map(drop).as_ref().copied()) {
+            Then::Promote => match self
+                .rules
+                .promote_answered(outcome(r).map(drop).as_ref().copied())
+            {
                 PromoteAnswer::Promoted => self.promoted(w),
                 PromoteAnswer::NotReady(cause) => {
                     let dead = self.rules.standby();
@@ -324,7 +469,10 @@ impl Pilot {
                 if statuses.len() < 2 {
                     return self.resync(w, statuses);
                 }
-                if let Some(i) = self.rules.resynced([statuses[0].as_ref(), statuses[1].as_ref()]) {
+                if let Some(i) = self
+                    .rules
+                    .resynced([statuses[0].as_ref(), statuses[1].as_ref()])
+                {
                     w.note(format!("supervisor: resync adopts {}", NAMES[i]));
                 }
             }
@@ -346,7 +494,10 @@ impl Pilot {
             Then::SwitchoverCheck { from, epoch, error } => {
                 let to = 1 - from;
                 let st = status(to, r);
-                match self.rules.switchover_unanswered(from, epoch, &error, st.as_ref(), w.now) {
+                match self
+                    .rules
+                    .switchover_unanswered(from, epoch, &error, st.as_ref(), w.now)
+                {
                     SwitchoverUnanswered::Adopt => {
                         w.note(format!(
                             "supervisor: switchover answer lost, {} is active",
@@ -398,11 +549,30 @@ impl Pilot {
                         NAMES[from], self.rules.epoch
                     ));
                     let to = 1 - from;
-                    self.follow(w, to);
-                    self.rules.follow_failed(to); // until the follow is answered
+                    if self.running(w, to) {
+                        self.follow(w, to);
+                        self.rules.follow_failed(to); // until the follow is answered
+                    } else {
+                        self.restart_standby(w, to);
+                    }
                 }
-                _ => w.note(format!("supervisor: {} did not retake", NAMES[from])),
+                other => {
+                    // Its next lease, in the new epoch, would step it down: it is lost.
+                    let e = outcome(other)
+                        .err()
+                        .map(|e| e.to_string())
+                        .unwrap_or_default();
+                    let cause = format!("{} did not take its epoch back ({e})", NAMES[from]);
+                    self.active_lost(w, from, cause, false);
+                }
             },
+            Then::Adopt(mut statuses) => {
+                let i = statuses.len();
+                let st = status(i, r).ok();
+                let hung = st.is_none() && self.running(w, i);
+                statuses.push((st, hung));
+                self.adopt(w, statuses);
+            }
             Then::Enable => match r {
                 Some(Ok(_)) => {
                     w.note("supervisor: new features enabled: upgrade completed".into());
@@ -414,7 +584,11 @@ impl Pilot {
         }
     }
 
-    fn standby_checked(&mut self, w: &mut World, answer: Result<Option<&EngineStatus>, &CallError>) {
+    fn standby_checked(
+        &mut self,
+        w: &mut World,
+        answer: Result<Option<&EngineStatus>, &CallError>,
+    ) {
         match self.rules.standby_checked(answer, w.now) {
             StandbyVerdict::Resync => return self.resync(w, Vec::new()),
             StandbyVerdict::Kill(why) => {
@@ -450,7 +624,13 @@ impl Pilot {
     /// Asks the engines' statuses in turn, from `statuses.len()`.
     fn resync(&mut self, w: &mut World, statuses: Vec<Option<EngineStatus>>) {
         let i = statuses.len();
-        self.send(w, i, &["TANDEM.STATUS"], CALL_TIMEOUT, Then::Resync(statuses));
+        self.send(
+            w,
+            i,
+            &["TANDEM.STATUS"],
+            CALL_TIMEOUT,
+            Then::Resync(statuses),
+        );
     }
 
     fn check_standby(&mut self, w: &mut World) {
@@ -568,7 +748,8 @@ impl Pilot {
 
     /// One move of the upgrade towards its goal, from the pair's real state.
     fn advance_upgrade(&mut self, w: &mut World) {
-        if self.rules.unavailable.is_some() || self.rules.promotion.is_some() || self.busy.is_some() {
+        if self.rules.unavailable.is_some() || self.rules.promotion.is_some() || self.busy.is_some()
+        {
             return;
         }
         let Some(up) = self.upgrade.as_mut() else {
