@@ -746,13 +746,13 @@ pub struct SyncPoint {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::server::{dispatch, Outcome, Port};
     use crate::sessions::{AppVersion, Sessions};
     use bytes::BytesMut;
 
-    fn engine(supervised: bool) -> Engine {
+    pub(crate) fn engine(supervised: bool) -> Engine {
         let config = Config {
             name: "a".into(),
             client_addr: "127.0.0.1:1".into(),

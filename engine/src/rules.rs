@@ -728,3 +728,122 @@ impl Rules {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(role: Role, epoch: u64) -> EngineStatus {
+        let mut st = crate::node::tests::engine(true).status();
+        st.role = role;
+        st.epoch = epoch;
+        st
+    }
+
+    fn rules(active: usize, epoch: u64, promotable: bool) -> Rules {
+        let mut r = Rules::new(Timing::default());
+        r.active = active;
+        r.epoch = epoch;
+        r.promotable = promotable;
+        r
+    }
+
+    #[test]
+    fn a_lost_active_is_replaced_only_by_a_promotable_standby() {
+        let mut r = rules(0, 3, false);
+        let lost = r.active_lost(0, "a hung".into(), false, true, 0);
+        assert_eq!(lost, Lost::NoPromotable("a hung".into()));
+        assert!(r.promotion.is_none() && r.take_said().is_empty());
+
+        let mut r = rules(0, 3, true);
+        assert_eq!(
+            r.active_lost(0, "a hung".into(), false, true, 0),
+            Lost::Promote
+        );
+        let p = r.promotion.clone().expect("pending");
+        assert_eq!((p.target, p.epoch), (1, 4));
+        assert!(r.fenced[0], "a hung active follows when it answers again");
+        assert_eq!(r.take_said(), vec![Said::Granted(4)]);
+        assert_eq!(r.promote_answered(Ok(())), PromoteAnswer::Promoted);
+        r.promoted(0);
+        assert_eq!((r.active, r.promotable, r.failovers), (1, false, 1));
+    }
+
+    #[test]
+    fn with_nothing_acknowledged_the_other_is_forced_else_the_pair_refuses_writes() {
+        let mut r = rules(0, 2, false);
+        let d = r.no_promotable(0, "a exited".into(), false, true, 0);
+        assert_eq!(d, NoPromotable::ForcePromote { epoch: 3 });
+
+        let mut r = rules(0, 2, false);
+        r.note_released(10);
+        let d = r.no_promotable(0, "a exited".into(), false, true, 0);
+        assert_eq!(d, NoPromotable::Unavailable);
+        assert!(r.unavailable.as_deref().unwrap().starts_with("a exited"));
+        let d = r.no_promotable(0, "a exited".into(), true, true, 0);
+        assert_eq!(d, NoPromotable::Recover, "a journal comes first");
+    }
+
+    #[test]
+    fn a_switchover_without_answers_promotes_the_standby_and_a_refusal_retakes() {
+        let silent = CallError::NoAnswer("timed out".into());
+        let mut r = rules(0, 5, true);
+        let epoch = r.begin_switchover().unwrap();
+        let d = r.switchover_unanswered(0, epoch, &silent, Err(&silent), 0);
+        assert_eq!(d, SwitchoverUnanswered::Promote);
+        assert_eq!(
+            r.promotion.as_ref().map(|p| (p.target, p.epoch)),
+            Some((1, 6))
+        );
+        assert!(r.fenced[0]);
+
+        let mut r = rules(0, 5, true);
+        let epoch = r.begin_switchover().unwrap();
+        let standby = status(Role::Standby, 5);
+        let d = r.switchover_unanswered(0, epoch, &silent, Ok(&standby), 0);
+        assert_eq!(d, SwitchoverUnanswered::Retake { epoch: 7 });
+
+        let stepped_up = status(Role::Active, 6);
+        let mut r = rules(0, 5, true);
+        let epoch = r.begin_switchover().unwrap();
+        let d = r.switchover_unanswered(0, epoch, &silent, Ok(&stepped_up), 0);
+        assert_eq!(d, SwitchoverUnanswered::Adopt);
+
+        let mut r = rules(0, 5, false);
+        assert!(
+            r.begin_switchover().is_err(),
+            "never to a standby not in sync"
+        );
+    }
+
+    #[test]
+    fn a_successor_gives_an_active_left_behind_a_granted_epoch_a_new_one() {
+        // The predecessor granted 7 for a switchover b -> a and died before it was done.
+        let mut r = rules(1, 7, true);
+        let (a, b) = (status(Role::Standby, 6), status(Role::Active, 6));
+        let d = r.adopt([Some(&a), Some(&b)], [false; 2]);
+        assert_eq!(d, Adoption::Retake { epoch: 8 });
+        assert_eq!(r.active, 1);
+
+        let mut r = rules(1, 6, true);
+        let d = r.adopt([Some(&a), Some(&b)], [false; 2]);
+        assert_eq!(d, Adoption::Active(AdoptStandby::Fine));
+
+        // A standby that runs but does not answer is fenced, never started beside itself.
+        let mut r = rules(1, 6, true);
+        let d = r.adopt([None, Some(&b)], [true, false]);
+        assert_eq!(d, Adoption::Active(AdoptStandby::Fenced));
+        assert!(r.fenced[0]);
+
+        let mut r = rules(1, 6, true);
+        let d = r.adopt([Some(&a), None], [false, false]);
+        assert!(matches!(
+            d,
+            Adoption::ActiveLost {
+                dead: 1,
+                exited: true,
+                ..
+            }
+        ));
+    }
+}

@@ -502,3 +502,58 @@ async fn a_standby_restarted_by_a_new_supervisor_is_not_promoted_before_it_caugh
     writer.wait_for_more(500).await;
     check_nothing_lost(&pair, writer).await;
 }
+
+/// Waits until `log` (an engine's log in the pair's directory) holds `line` more than
+/// `seen` times.
+async fn wait_for_log(pair: &Pair, log: &str, line: &str, seen: usize) {
+    let path = pair.dir.join(log);
+    let count = || {
+        std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .matches(line)
+            .count()
+    };
+    let deadline = Instant::now() + DEADLINE;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    while count() <= seen {
+        assert!(Instant::now() < deadline, "{log} never said '{line}'");
+        tick.tick().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_supervisor_mid_switchover_leaves_its_successor_an_active() {
+    // The supervisor grants (and persists) the switchover's epoch, then dies; the switchover
+    // fails (its standby is frozen), so the old active stays active in the epoch before. Its
+    // successor must not lease it in the new epoch (it would step down: nobody active), but
+    // give it an epoch of its own. Found by `tandem sim` (seed 58).
+    let mut pair = Pair::up();
+    let s = pair.wait_in_sync().await;
+    let writer = Writer::start(&pair, "w");
+    writer.wait_for_more(500).await;
+    let (active, standby) = (Pair::engine(&s, "active").unwrap(), pid_of(&s, "standby"));
+    let log = format!("{}.log", active["name"].as_str().unwrap());
+    let closed = "standby link closed";
+    let seen = std::fs::read_to_string(pair.dir.join(&log))
+        .unwrap_or_default()
+        .matches(closed)
+        .count();
+    let mut events = pair.subscribe().await;
+    common::signal(standby, "-STOP");
+    let (admin, secret) = (pair.admin.clone(), pair.secret.clone());
+    let switchover = tokio::spawn(async move {
+        let c = Client::connect_authenticated(&admin, Duration::from_secs(5), &secret, "admin");
+        let _ = c.await.expect("admin").call(&[b"SWITCHOVER"]).await;
+    });
+    next_event(&mut events, |e| e.kind == EventKind::SwitchoverBegin).await;
+    pair.kill_supervisor();
+    let _ = switchover.await;
+    // The old active gives the switchover up when its link to the frozen standby times out.
+    wait_for_log(&pair, &log, closed, seen).await;
+    pair.restart_supervisor();
+    writer.wait_for_more(500).await;
+    common::signal(standby, "-CONT");
+    pair.wait_in_sync().await;
+    writer.wait_for_more(500).await;
+    check_nothing_lost(&pair, writer).await;
+}
