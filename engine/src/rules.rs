@@ -176,6 +176,22 @@ pub enum AdoptStandby {
     Follow,
 }
 
+/// One move of an upgrade (or a fallback) towards both engines running the target version,
+/// from the pair's real state: how the upgrade goes on after a failover, or after a
+/// supervisor restart, whatever step it was in.
+#[derive(Debug, PartialEq)]
+pub enum Toward {
+    /// The standby runs another version (or does not run): take it out of service and
+    /// reload it with the target, new features disabled.
+    ReloadStandby,
+    /// Wait for the standby to be in sync (it catches up, across versions).
+    AwaitStandby,
+    /// The standby runs the target and is in sync, the active does not: switch over.
+    Switchover,
+    /// Both engines run the target, the standby in sync.
+    Settled,
+}
+
 /// The pair as the supervisor knows it.
 pub struct Rules {
     pub timing: Timing,
@@ -726,6 +742,21 @@ impl Rules {
             Some(st) if st.role != Role::Standby => AdoptStandby::Follow,
             Some(_) => AdoptStandby::Fine,
         })
+    }
+
+    /// The next move towards both engines on the target; `on_target[i]`: engine `i` runs the
+    /// target version (and fault); `standby_running`: its process runs.
+    pub fn toward(&self, on_target: [bool; 2], standby_running: bool) -> Toward {
+        let (active, standby) = (self.active, self.standby());
+        if !standby_running || !on_target[standby] {
+            Toward::ReloadStandby
+        } else if !self.promotable {
+            Toward::AwaitStandby
+        } else if !on_target[active] {
+            Toward::Switchover
+        } else {
+            Toward::Settled
+        }
     }
 }
 

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::contract::SyncPointReply;
 use crate::node::EngineStatus;
 use crate::pair_state::UpgradeState;
+use crate::rules::Toward;
 use crate::stats::StatsReport;
 use crate::supervisor::{Supervisor, CALL_TIMEOUT};
 
@@ -52,6 +53,31 @@ pub struct Options {
     pub hold_phase: Option<String>,
     #[serde(default)]
     pub hold_ms: u64,
+}
+
+impl Options {
+    /// The acceptance check of the new version's figures against the baseline's: the p99
+    /// limit it applied (ms), and what is not acceptable (nothing: acceptable). The engines'
+    /// health, a failover and the digests are judged beside it, in `evaluate`.
+    pub fn judge(&self, baseline: &StatsReport, stats: &StatsReport) -> (f64, Vec<String>) {
+        let mut problems = Vec::new();
+        if stats.error_rate > self.max_error_rate {
+            problems.push(format!(
+                "error rate {:.2} % above {:.2} %",
+                stats.error_rate * 100.0,
+                self.max_error_rate * 100.0
+            ));
+        }
+        let base_p99_ms = baseline.latency_us_p99 as f64 / 1e3;
+        let p99_ms = stats.latency_us_p99 as f64 / 1e3;
+        let limit_ms = (base_p99_ms * self.p99_factor).max(base_p99_ms + self.p99_slack_ms);
+        if p99_ms > limit_ms {
+            problems.push(format!(
+                "p99 {p99_ms:.2} ms above {limit_ms:.2} ms (baseline {base_p99_ms:.2} ms)"
+            ));
+        }
+        (limit_ms, problems)
+    }
 }
 
 impl Default for Options {
@@ -318,10 +344,10 @@ impl Supervisor {
         kind: SwitchoverKind,
     ) -> Result<(), String> {
         let mut failures = Vec::new();
-        for _ in 0..8 {
+        for _ in 0..12 {
             match self.converge_step(run, version, &fault, kind).await {
                 Ok(true) => return Ok(()),
-                Ok(false) => {} // switched over: the other engine is next
+                Ok(false) => {} // a move made: the next one from the new state
                 Err(e) => {
                     eprintln!("upgrade: {e}; going on from the pair's state");
                     run.failovers = self.rules.failovers;
@@ -348,21 +374,30 @@ impl Supervisor {
     ) -> Result<bool, String> {
         self.wait_for_active(run).await?;
         let standby = self.standby();
-        let standby_ok = self.slots[standby].pid.is_some()
-            && self.slots[standby].app_version == version
-            && self.slots[standby].fault == *fault;
-        if !standby_ok {
-            self.reload(standby, version, fault.clone()).await?;
-            self.check_failover(run)?;
-        }
+        let on_target =
+            |s: &Self, i: usize| s.slots[i].app_version == version && s.slots[i].fault == *fault;
+        let running = self.slots[standby].pid.is_some();
         let what = format!("{} on {version}", self.slots[standby].name);
-        self.wait_caught_up(run, &what).await?;
-        let active = self.rules.active;
-        if self.slots[active].app_version == version && self.slots[active].fault == *fault {
-            return Ok(true);
+        match self
+            .rules
+            .toward([on_target(self, 0), on_target(self, 1)], running)
+        {
+            Toward::ReloadStandby => {
+                self.reload(standby, version, fault.clone()).await?;
+                self.check_failover(run)?;
+                self.wait_caught_up(run, &what).await?;
+                Ok(false)
+            }
+            Toward::AwaitStandby => {
+                self.wait_caught_up(run, &what).await?;
+                Ok(false)
+            }
+            Toward::Switchover => {
+                run.switchovers_ms.push(self.switchover(kind).await?);
+                Ok(false)
+            }
+            Toward::Settled => Ok(true),
         }
-        run.switchovers_ms.push(self.switchover(kind).await?);
-        Ok(false)
     }
 
     /// Runs the whole upgrade to `to`. Errors are only for requests refused up front; a step
@@ -619,24 +654,7 @@ impl Supervisor {
         let Some(baseline) = &run.baseline else {
             return Err("no baseline was measured to evaluate against".into());
         };
-        let mut problems = Vec::new();
-        let error_rate = stats.error_rate;
-        if error_rate > run.options.max_error_rate {
-            problems.push(format!(
-                "error rate {:.2} % above {:.2} %",
-                error_rate * 100.0,
-                run.options.max_error_rate * 100.0
-            ));
-        }
-        let base_p99_ms = baseline.latency_us_p99 as f64 / 1e3;
-        let p99_ms = stats.latency_us_p99 as f64 / 1e3;
-        let limit_ms =
-            (base_p99_ms * run.options.p99_factor).max(base_p99_ms + run.options.p99_slack_ms);
-        if p99_ms > limit_ms {
-            problems.push(format!(
-                "p99 {p99_ms:.2} ms above {limit_ms:.2} ms (baseline {base_p99_ms:.2} ms)"
-            ));
-        }
+        let (limit_ms, mut problems) = run.options.judge(baseline, &stats);
         let exits_after = self.slots.iter().filter_map(|s| s.pid).collect::<Vec<_>>();
         if exits_after != exits_before
             || self.rules.active != active
@@ -712,5 +730,34 @@ impl Supervisor {
         self.pump_for(Duration::from_millis(run.options.settle_ms))
             .await;
         self.check_failover(run)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(error_rate: f64, p99_us: u64) -> StatsReport {
+        StatsReport {
+            commands: 1000,
+            error_rate,
+            latency_us_p99: p99_us,
+            ..StatsReport::default()
+        }
+    }
+
+    #[test]
+    fn the_acceptance_check_judges_errors_and_p99_against_the_baseline() {
+        let o = Options::default();
+        let base = stats(0.0, 1_000);
+        let (limit, problems) = o.judge(&base, &stats(0.0, 1_100));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert!(limit >= 1.0);
+        let (_, problems) = o.judge(&base, &stats(o.max_error_rate * 2.0, 1_000));
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].starts_with("error rate"), "{problems:?}");
+        let slow = (limit * 1e3) as u64 + 1_000;
+        let (_, problems) = o.judge(&base, &stats(0.0, slow));
+        assert!(problems[0].starts_with("p99"), "{problems:?}");
     }
 }

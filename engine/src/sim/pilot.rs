@@ -16,7 +16,7 @@ use crate::node::EngineStatus;
 use crate::rules::{
     AdoptStandby, Adoption, AfterLease, Lost, NoPromotable, OnExit, PromoteAnswer, Rules, Said,
 };
-use crate::rules::{StandbyCheck, StandbyVerdict, SwitchoverUnanswered};
+use crate::rules::{StandbyCheck, StandbyVerdict, SwitchoverUnanswered, Toward};
 use crate::sessions::AppVersion;
 use crate::supervisor::{CallError, Timing};
 
@@ -777,28 +777,30 @@ impl Pilot {
             }
             w.note("upgrade: evaluation passed".into());
         }
-        if w.engine(s).is_none() {
-            return; // restarted by the failure handling
-        }
-        if w.nodes[s].version != target {
-            // Take the standby out of service and reload it with the target version.
-            w.note(format!(
-                "upgrade: reloading {} with {}",
-                NAMES[s],
-                target.as_str()
-            ));
-            let why = format!("{} is being stopped", NAMES[s]);
-            self.rules.set_promotable(false, &why);
-            return self.lease(w, a, "degrade", CALL_TIMEOUT, Then::Degrade(s, target));
-        }
-        if !self.rules.promotable {
-            return;
-        }
-        if w.nodes[a].version != target {
-            if !up.rolling_back && !up.evaluated {
-                up.eval_until = Some(w.now + EVALUATION);
+        let on_target = [w.nodes[0].version == target, w.nodes[1].version == target];
+        let standby_running = w.engine(s).is_some();
+        match self.rules.toward(on_target, standby_running) {
+            // Restarted by the failure handling, with the version it ran.
+            Toward::ReloadStandby if !standby_running => return,
+            Toward::ReloadStandby => {
+                // Take the standby out of service and reload it with the target version.
+                w.note(format!(
+                    "upgrade: reloading {} with {}",
+                    NAMES[s],
+                    target.as_str()
+                ));
+                let why = format!("{} is being stopped", NAMES[s]);
+                self.rules.set_promotable(false, &why);
+                return self.lease(w, a, "degrade", CALL_TIMEOUT, Then::Degrade(s, target));
             }
-            return self.switchover(w);
+            Toward::AwaitStandby => return,
+            Toward::Switchover => {
+                if !up.rolling_back && !up.evaluated {
+                    up.eval_until = Some(w.now + EVALUATION);
+                }
+                return self.switchover(w);
+            }
+            Toward::Settled => {}
         }
         if up.rolling_back {
             w.note("upgrade: rolled back".into());
