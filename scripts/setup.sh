@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian machine: redis-server (the peer in
-# benchmarks) and redis-tools (redis-cli, redis-benchmark, used by the client tests).
+# benchmarks), redis-tools (redis-cli, redis-benchmark) and redis-py (the client tests).
 set -euo pipefail
 need=()
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
@@ -10,4 +10,14 @@ if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# redis-py, the most used Redis client library, for the client tests (engine/tests/clients).
+if ! python3 -c "import redis" >/dev/null 2>&1; then
+  if ! command -v python3 >/dev/null 2>&1 || ! python3 -m pip --version >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3 python3-pip >/dev/null
+  fi
+  python3 -m pip install --quiet --disable-pip-version-check redis 2>/dev/null \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages redis
 fi

@@ -13,10 +13,12 @@
 pub mod admin;
 pub mod app;
 pub mod catch_up;
+pub mod conn;
 pub mod contract;
 pub mod control;
 pub mod demo;
 pub mod journal;
+pub mod keyspace;
 pub mod link_io;
 pub mod node;
 pub mod pair_down;

@@ -168,6 +168,9 @@ pub struct Engine {
     pub versions: Option<VersionCheck>,
     pub counters: Counters,
     pub stats: crate::stats::Stats,
+    /// Client connections open now, and accepted since the start (the last one's id).
+    pub clients_connected: usize,
+    pub clients_total: u64,
     /// The last sync point this engine passed: its sequence and the state digest there.
     pub sync_point: Option<(u64, u64)>,
     /// Bumped whenever something a waiting client may care about changes.
@@ -217,6 +220,8 @@ impl Engine {
             stepping_down_epoch: None,
             versions: None,
             counters: Counters::default(),
+            clients_connected: 0,
+            clients_total: 0,
             stats: crate::stats::Stats::default(),
             sync_point: None,
             progress: watch::channel(0).0,
@@ -776,7 +781,14 @@ pub(crate) mod tests {
             args: vec!["SET".into(), key.to_string().into(), "v".into()],
         };
         let mut out = BytesMut::new();
-        let Outcome::Done { seq } = dispatch(e, Port::Client, &cmd, &mut out, now) else {
+        let Outcome::Done { seq } = dispatch(
+            e,
+            Port::Client,
+            &mut crate::conn::Conn::new(0),
+            &cmd,
+            &mut out,
+            now,
+        ) else {
             panic!("SET is immediate")
         };
         e.after_writes(now);
@@ -826,7 +838,14 @@ pub(crate) mod tests {
         let cmd = resp::Command {
             args: vec!["TANDEM.STATUS".into()],
         };
-        dispatch(&mut e, Port::Control, &cmd, &mut out, now);
+        dispatch(
+            &mut e,
+            Port::Control,
+            &mut crate::conn::Conn::new(0),
+            &cmd,
+            &mut out,
+            now,
+        );
         let json = out[..].split(|&b| b == b'\n').nth(1).expect("a bulk reply");
         let status: EngineStatus = crate::contract::decode("engine a", json).unwrap();
         assert_eq!(status.role, Role::Active);
@@ -868,7 +887,14 @@ pub(crate) mod tests {
             args: args.iter().map(|a| a.to_string().into()).collect(),
         };
         let mut out = BytesMut::new();
-        dispatch(e, Port::Control, &cmd, &mut out, Instant::now());
+        dispatch(
+            e,
+            Port::Control,
+            &mut crate::conn::Conn::new(0),
+            &cmd,
+            &mut out,
+            Instant::now(),
+        );
         String::from_utf8_lossy(&out).into_owned()
     }
 
@@ -1016,7 +1042,14 @@ pub(crate) mod tests {
             args: vec!["SET".into(), "k".into(), "v".into()],
         };
         let mut out = BytesMut::new();
-        dispatch(&mut e, Port::Client, &cmd, &mut out, now);
+        dispatch(
+            &mut e,
+            Port::Client,
+            &mut crate::conn::Conn::new(0),
+            &cmd,
+            &mut out,
+            now,
+        );
         assert!(out.starts_with(b"-NOTACTIVE"));
         assert!(e.outbox.seq_last() < seq, "a stepped-down engine wrote");
     }

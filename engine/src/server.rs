@@ -25,8 +25,10 @@ use resp::{reply, Command, Limits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::app::Access;
+use crate::app::{Access, CommandError};
+use crate::conn::{self, Conn};
 use crate::control;
+use crate::keyspace::{self, Spec};
 use crate::node::{Engine, Role, Shared};
 use crate::waiting_room::{Ticket, WaitingRoom};
 
@@ -181,21 +183,42 @@ impl Auth {
                 if name.eq_ignore_ascii_case(b"QUIT") {
                     return Gate::Pass;
                 }
-                if !name.eq_ignore_ascii_case(b"AUTH") {
+                let hello = name.eq_ignore_ascii_case(b"HELLO");
+                let given = if hello {
+                    // HELLO <proto> AUTH <user> <pass>: authenticates, then HELLO is answered.
+                    let auth = cmd
+                        .args
+                        .iter()
+                        .position(|a| a.eq_ignore_ascii_case(b"AUTH"));
+                    match auth.filter(|&i| i == 2 && cmd.len() >= 5) {
+                        Some(i) if cmd.args[i + 1].eq_ignore_ascii_case(b"default") => {
+                            &cmd.args[i + 2]
+                        }
+                        Some(_) => b"".as_slice(), // another user: refused below
+                        None => {
+                            reply::error(out, "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
+                            return Gate::Handled;
+                        }
+                    }
+                } else if name.eq_ignore_ascii_case(b"AUTH") {
+                    match cmd.len() {
+                        2 => &cmd.args[1],
+                        3 if cmd.args[1].eq_ignore_ascii_case(b"default") => &cmd.args[2],
+                        _ => {
+                            reply::error(out, "ERR wrong number of arguments for 'auth' command");
+                            return Gate::Handled;
+                        }
+                    }
+                } else {
                     reply::error(out, "NOAUTH Authentication required.");
                     return Gate::Handled;
-                }
-                let given = match cmd.len() {
-                    2 => &cmd.args[1],
-                    3 if cmd.args[1].eq_ignore_ascii_case(b"default") => &cmd.args[2],
-                    _ => {
-                        reply::error(out, "ERR wrong number of arguments for 'auth' command");
-                        return Gate::Handled;
-                    }
                 };
                 let want = eng.config.limits.requirepass.as_deref().unwrap_or_default();
-                if constant_time_eq(given, want) {
+                if !given.is_empty() && constant_time_eq(given, want) {
                     *self = Auth::Open;
+                    if hello {
+                        return Gate::Pass;
+                    }
                     reply::simple(out, "OK");
                 } else {
                     reply::error(
@@ -223,6 +246,30 @@ async fn write_replies(stream: &mut TcpStream, out: &[u8], stall: Duration) -> R
         }
     }
     Ok(())
+}
+
+/// Counts an open client connection in `Engine::clients_connected` while it lives.
+struct Counted(Option<Shared>);
+
+impl Counted {
+    /// The connection's own state, numbered as Redis numbers clients (from 1).
+    fn client(engine: &Shared, port: Port) -> (Conn, Counted) {
+        let mut eng = engine.borrow_mut();
+        if port != Port::Client {
+            return (Conn::new(0), Counted(None));
+        }
+        eng.clients_total += 1;
+        eng.clients_connected += 1;
+        (Conn::new(eng.clients_total), Counted(Some(engine.clone())))
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some(mut eng) = self.0.as_ref().and_then(|e| e.try_borrow_mut().ok()) {
+            eng.clients_connected -= 1;
+        }
+    }
 }
 
 /// What executing one command asks of the connection.
@@ -255,6 +302,7 @@ async fn connection(
         };
         (eng.progress.subscribe(), auth, eng.config.limits.clone())
     };
+    let (mut conn, _counted) = Counted::client(&engine, port);
     let auth_deadline = tokio::time::Instant::now() + AUTH_TIMEOUT;
     let mut first_read = true;
     'conn: loop {
@@ -336,7 +384,7 @@ async fn connection(
                             break;
                         }
                     }
-                    match dispatch(&mut eng, port, &cmd, &mut out, now) {
+                    match dispatch(&mut eng, port, &mut conn, &cmd, &mut out, now) {
                         Outcome::Done { seq } => {
                             wait_seq = wait_seq.max(seq);
                             delay = delay.max(eng.app.reply_delay());
@@ -452,6 +500,7 @@ async fn wait_until_released(
 pub fn dispatch(
     eng: &mut Engine,
     port: Port,
+    conn: &mut Conn,
     cmd: &Command,
     out: &mut BytesMut,
     now: Instant,
@@ -481,6 +530,9 @@ pub fn dispatch(
         }
         (Port::Client, false) => {}
     }
+    if let Some(outcome) = conn::handle(eng, conn, upper, cmd, out, now) {
+        return outcome;
+    }
     let visible = eng.outbox.seq_last();
     match upper {
         b"PING" => match cmd.arg(1) {
@@ -493,16 +545,18 @@ pub fn dispatch(
             return Outcome::Quit;
         }
         b"ROLE" => role_reply(eng, out),
-        b"INFO" => reply::bulk(out, info(eng).as_bytes()),
         // Clients and benchmarks probe these on connect; tandem has nothing to configure here.
         b"CONFIG" if cmd.len() == 3 && cmd.args[1].eq_ignore_ascii_case(b"GET") => {
-            reply::array_len(out, 2);
+            if conn.resp3 {
+                reply::map_len(out, 1);
+            } else {
+                reply::array_len(out, 2);
+            }
             reply::bulk(out, &cmd.args[2]);
             reply::bulk(out, b"");
         }
-        b"COMMAND" | b"CONFIG" => reply::array_len(out, 0),
-        b"CLIENT" | b"SELECT" => reply::simple(out, "OK"),
-        _ => return execute(eng, upper, cmd, out, now),
+        b"CONFIG" => reply::array_len(out, 0),
+        _ => return execute(eng, upper, cmd, out, now, conn.resp3),
     }
     Outcome::Done { seq: visible }
 }
@@ -513,13 +567,10 @@ fn execute(
     cmd: &Command,
     out: &mut BytesMut,
     now: Instant,
+    resp3: bool,
 ) -> Outcome {
-    let builtin = match upper {
-        b"GET" | b"EXISTS" | b"DBSIZE" => Some(Access::Read),
-        b"SET" | b"DEL" => Some(Access::Write),
-        _ => None,
-    };
-    let Some(access) = builtin.or_else(|| eng.app.access(upper)) else {
+    let builtin = keyspace::find(keyspace::DATA, upper);
+    let Some(access) = builtin.map(Spec::access).or_else(|| eng.app.access(upper)) else {
         let shown = String::from_utf8_lossy(&cmd.args[0]);
         reply::error(out, &format!("ERR unknown command '{shown}'"));
         return Outcome::Done { seq: 0 };
@@ -533,51 +584,10 @@ fn execute(
     } = eng;
     let mut ctx = crate::app::Ctx::new(state, outbox, now);
     let fault = app.write_fault(access);
-    let result = fault.and_then(|()| match (builtin.is_some(), upper) {
-        (true, b"GET") if cmd.len() == 2 => {
-            match ctx.db_get(&cmd.args[1]) {
-                Some(v) => reply::bulk(out, v),
-                None => reply::null_bulk(out),
-            }
-            Ok(())
-        }
-        (true, b"EXISTS") if cmd.len() >= 2 => {
-            let n = cmd.args[1..]
-                .iter()
-                .filter(|k| ctx.db_get(k).is_some())
-                .count();
-            reply::integer(out, n as i64);
-            Ok(())
-        }
-        (true, b"DBSIZE") => {
-            reply::integer(out, ctx.db_len() as i64);
-            Ok(())
-        }
-        (true, b"SET") if cmd.len() == 3 => ctx
-            .db_put(&cmd.args[1], &cmd.args[2])
-            .map(|_| reply::simple(out, "OK"))
-            .map_err(Into::into),
-        (true, b"DEL") if cmd.len() >= 2 => {
-            let mut n = 0;
-            let mut result = Ok(());
-            for key in &cmd.args[1..] {
-                match ctx.db_delete(key) {
-                    Ok(true) => n += 1,
-                    Ok(false) => {}
-                    Err(e) => result = Err(e.into()),
-                }
-            }
-            result.map(|_| reply::integer(out, n))
-        }
-        (true, _) => {
-            let shown = String::from_utf8_lossy(&cmd.args[0]).to_lowercase();
-            reply::error(
-                out,
-                &format!("ERR wrong number of arguments for '{shown}' command"),
-            );
-            Ok(())
-        }
-        (false, _) => app.execute(cmd, &mut ctx, out),
+    let result = fault.and_then(|()| match builtin {
+        Some(spec) if !spec.arity_ok(cmd) => Err(CommandError::new(keyspace::wrong_arity(cmd))),
+        Some(spec) => keyspace::execute(spec, cmd, &mut ctx, out, resp3),
+        None => app.execute(cmd, &mut ctx, out),
     });
     eng.stats.unrecorded_commands += 1;
     if let Err(e) = result {
@@ -609,25 +619,4 @@ fn role_reply(eng: &Engine, out: &mut BytesMut) {
             reply::integer(out, eng.seq_applied as i64);
         }
     }
-}
-
-fn info(eng: &Engine) -> String {
-    let s = eng.status();
-    format!(
-        "# Server\r\ntandem_version:{}\r\nengine:{}\r\napp:{} {}\r\nuptime_ms:{}\r\n\r\n# Replication\r\nrole:{}\r\ntandem_role:{}\r\nepoch:{}\r\nseq_applied:{}\r\nin_sync:{}\r\nsimplex:{}\r\n\r\n# Keyspace\r\nwork_units:{}\r\ndb_records:{}\r\ndigest:{}\r\n",
-        env!("CARGO_PKG_VERSION"),
-        s.name,
-        eng.app.name(),
-        s.app_version,
-        s.uptime_ms,
-        if s.role == Role::Active { "master" } else { "slave" },
-        s.role.as_str(),
-        s.epoch,
-        s.seq_applied,
-        s.in_sync as u8,
-        s.simplex as u8,
-        s.work_units,
-        s.db_records,
-        s.digest,
-    )
 }

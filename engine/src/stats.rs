@@ -13,6 +13,8 @@ pub struct Stats {
     latency_us: Histogram<u64>,
     commands: u64,
     errors: u64,
+    /// Commands since the engine started (never reset): `INFO`'s `total_commands_processed`.
+    commands_total: u64,
     since: Instant,
     /// Commands executed in the current round of a connection, not yet recorded.
     pub unrecorded_commands: u64,
@@ -43,6 +45,7 @@ impl Default for Stats {
                 .expect("valid histogram bounds"),
             commands: 0,
             errors: 0,
+            commands_total: 0,
             since: Instant::now(),
             unrecorded_commands: 0,
         }
@@ -60,6 +63,7 @@ impl Stats {
             return;
         }
         self.commands += commands;
+        self.commands_total += commands;
         let _ = self.latency_us.record_n(latency_us.max(1), commands);
     }
 
@@ -79,6 +83,10 @@ impl Stats {
             latency_us_p999: h.value_at_quantile(0.999),
             latency_us_max: h.max(),
         }
+    }
+
+    pub fn commands_total(&self) -> u64 {
+        self.commands_total
     }
 
     pub fn reset(&mut self) {

@@ -52,7 +52,7 @@ async fn redis_cli_and_redis_benchmark_work_against_the_active() {
             "-p",
             &port,
             "-t",
-            "set",
+            "ping,set,get,incr,mset",
             "-n",
             "20000",
             "-P",
@@ -64,10 +64,23 @@ async fn redis_cli_and_redis_benchmark_work_against_the_active() {
         .output()
         .expect("redis-benchmark installed (scripts/setup.sh)");
     let text = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for test in [
+        "PING_INLINE",
+        "PING_MBULK",
+        "SET",
+        "GET",
+        "INCR",
+        "MSET (10 keys)",
+    ] {
+        assert!(
+            out.status.success() && text.contains(&format!("{test}:")),
+            "redis-benchmark has no {test} line: {text} {stderr}"
+        );
+    }
     assert!(
-        out.status.success() && text.contains("SET"),
-        "redis-benchmark: {text} {}",
-        String::from_utf8_lossy(&out.stderr)
+        !text.contains("ERR") && !stderr.contains("ERR"),
+        "{text} {stderr}"
     );
     let s = pair
         .wait_for(|s| {

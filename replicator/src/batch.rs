@@ -117,6 +117,11 @@ impl Outbox {
         self.open_updates > 0
     }
 
+    /// How many more payload bytes the open batch takes before it must be sealed.
+    pub fn room(&self) -> usize {
+        crate::frame::PAYLOAD_BYTES_MAX.saturating_sub(self.open.payload_len())
+    }
+
     /// The open batch has reached a limit: it must be sealed before it takes more.
     pub fn is_full(&self) -> bool {
         self.open_updates >= self.config.batch_updates_max

@@ -36,6 +36,16 @@ pub fn null_bulk(out: &mut BytesMut) {
     out.put_slice(b"$-1\r\n");
 }
 
+/// `_\r\n`, RESP3's null.
+pub fn null(out: &mut BytesMut) {
+    out.put_slice(b"_\r\n");
+}
+
+/// `%<len>\r\n`, a RESP3 map; the caller then writes `len` keys, each followed by its value.
+pub fn map_len(out: &mut BytesMut, len: usize) {
+    header(out, b'%', false, len as u64);
+}
+
 /// `*<len>\r\n`; the caller then writes `len` elements.
 pub fn array_len(out: &mut BytesMut, len: usize) {
     header(out, b'*', false, len as u64);

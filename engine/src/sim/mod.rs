@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use replicator::{BatchConfig, Hello, LinkConfig, Receiver, SenderEvent};
 
+use crate::conn::Conn;
 use crate::node::{Config, Engine, Role, Shared};
 use crate::replication;
 use crate::server::{self, Outcome, Port};
@@ -427,8 +428,14 @@ impl World {
             };
             let mut out = BytesMut::new();
             let now = self.instant();
-            let outcome =
-                server::dispatch(&mut engine.borrow_mut(), Port::Control, &cmd, &mut out, now);
+            let outcome = server::dispatch(
+                &mut engine.borrow_mut(),
+                Port::Control,
+                &mut Conn::new(0),
+                &cmd,
+                &mut out,
+                now,
+            );
             match outcome {
                 Outcome::Later(rx) => {
                     self.calls[k].later = Some(rx);
@@ -795,9 +802,14 @@ impl World {
                     let mut out = BytesMut::new();
                     let cmd = resp::Command { args: cmd };
                     let mut seen = 0;
-                    if let Outcome::Done { seq } =
-                        server::dispatch(&mut eng, Port::Client, &cmd, &mut out, now)
-                    {
+                    if let Outcome::Done { seq } = server::dispatch(
+                        &mut eng,
+                        Port::Client,
+                        &mut Conn::new(0),
+                        &cmd,
+                        &mut out,
+                        now,
+                    ) {
                         wait_seq = wait_seq.max(seq);
                         seen = seq;
                     }
