@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use resp::{Client, Reply};
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// How long anything a benchmark waits for may take before the benchmark fails.
@@ -430,13 +430,23 @@ pub struct Replies {
 }
 
 impl Conn {
+    /// Connects, and asks to be told the active's address when refused (`CLIENT NOTACTIVE
+    /// ON`: `-NOTACTIVE <addr>` rather than Redis's `-READONLY`).
     pub async fn connect(addr: &str) -> std::io::Result<Conn> {
-        let stream = TcpStream::connect(addr).await?;
+        let mut stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        Ok(Conn {
-            stream,
-            rx: BytesMut::with_capacity(64 << 10),
-        })
+        stream
+            .write_all(b"*3\r\n$6\r\nCLIENT\r\n$9\r\nNOTACTIVE\r\n$2\r\nON\r\n")
+            .await?;
+        let mut rx = BytesMut::with_capacity(64 << 10);
+        while !rx.windows(2).any(|w| w == b"\r\n") {
+            if stream.read_buf(&mut rx).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        let end = rx.windows(2).position(|w| w == b"\r\n").expect("found") + 2;
+        let _ = rx.split_to(end); // +OK (or a server that is not tandem's error)
+        Ok(Conn { stream, rx })
     }
 
     /// Sends the pipeline and reads one reply per request.

@@ -26,6 +26,10 @@ pub struct Conn {
     multi: Option<Vec<Command>>,
     /// A command queued in this transaction was refused: `EXEC` discards it.
     multi_failed: bool,
+    /// `CLIENT NOTACTIVE ON`: refusals name the active (`-NOTACTIVE <addr>`), for clients that
+    /// follow the pair themselves. Otherwise Redis's `-READONLY`, on which Sentinel-aware
+    /// client libraries ask Sentinel (`tandem`'s discovery port) for the primary again.
+    pub notactive: bool,
 }
 
 impl Conn {
@@ -36,9 +40,30 @@ impl Conn {
             name: None,
             multi: None,
             multi_failed: false,
+            notactive: false,
+        }
+    }
+
+    /// A connection that follows `-NOTACTIVE <addr>` itself (tandem's own clients).
+    pub fn following() -> Conn {
+        Conn {
+            notactive: true,
+            ..Conn::new(0)
+        }
+    }
+
+    /// This engine does not take the command: why, in the form this client asked for.
+    pub fn refuse_not_active(&self, eng: &Engine, out: &mut BytesMut) {
+        if self.notactive {
+            reply::error(out, &eng.not_active_reply());
+        } else {
+            reply::error(out, READONLY);
         }
     }
 }
+
+/// Redis's answer of a replica to a write; client libraries recognize it.
+pub const READONLY: &str = "READONLY You can't write against a read only replica.";
 
 /// The connection commands, as `COMMAND` reports them.
 const CONNECTION: &[Spec] = &[
@@ -170,7 +195,7 @@ fn exec(eng: &mut Engine, conn: &mut Conn, out: &mut BytesMut, now: Instant) -> 
         return Outcome::Done { seq: 0 };
     }
     if eng.role != Role::Active || eng.stepping_down.is_some() {
-        reply::error(out, &eng.not_active_reply());
+        conn.refuse_not_active(eng, out);
         return Outcome::Done { seq: 0 };
     }
     // What the transaction may write, at most: its arguments and a record's framing for each.
@@ -287,6 +312,17 @@ fn client(conn: &mut Conn, cmd: &Command, out: &mut BytesMut) {
             None => keyspace::nil(out, conn.resp3),
         },
         (b"ID", 2) => reply::integer(out, conn.id as i64),
+        (b"NOTACTIVE", 3) => match &cmd.args[2].to_ascii_uppercase()[..] {
+            b"ON" => {
+                conn.notactive = true;
+                reply::simple(out, "OK");
+            }
+            b"OFF" => {
+                conn.notactive = false;
+                reply::simple(out, "OK");
+            }
+            _ => reply::error(out, "ERR CLIENT NOTACTIVE ON|OFF"),
+        },
         (b"INFO", 2) | (b"LIST", 2) => {
             let name = conn.name.as_deref().map(String::from_utf8_lossy);
             let line = format!(
@@ -301,7 +337,7 @@ fn client(conn: &mut Conn, cmd: &Command, out: &mut BytesMut) {
             let shown = String::from_utf8_lossy(&cmd.args[1..].join(&b' ')).into_owned();
             reply::error(
                 out,
-                &format!("ERR unsupported CLIENT subcommand '{shown}' (tandem has SETINFO, SETNAME, GETNAME, ID, INFO, LIST)"),
+                &format!("ERR unsupported CLIENT subcommand '{shown}' (tandem has SETINFO, SETNAME, GETNAME, ID, INFO, LIST, NOTACTIVE)"),
             );
         }
     }

@@ -27,6 +27,7 @@ pub mod process;
 pub mod replication;
 pub mod rules;
 pub mod run;
+pub mod sentinel;
 pub mod server;
 pub mod sessions;
 #[cfg(feature = "sim")]

@@ -139,7 +139,8 @@ enum PairCmd {
         /// Directory for pair.json and the engines' logs.
         #[arg(long)]
         dir: PathBuf,
-        /// Admin endpoint port; the engines take the four ports after it. 0: the OS chooses.
+        /// Admin endpoint port; the engines take the six ports after it, the Sentinel
+        /// discovery port the seventh. 0: the OS chooses.
         #[arg(long, default_value_t = 7400)]
         base_port: u16,
         /// Application version both engines start with.
@@ -148,6 +149,10 @@ enum PairCmd {
         /// Start the supervisor in the background and return once the pair is ready.
         #[arg(long)]
         detach: bool,
+        /// The pair's name: the master name clients ask its Sentinel discovery port for
+        /// (`sentinel_addr` in pair.json).
+        #[arg(long, default_value = "tandem")]
+        name: String,
         /// Clients must `AUTH` with this password before using the data (Redis's
         /// requirepass). The pair's own processes use the secret, never this.
         #[arg(long, value_name = "PASSWORD")]
@@ -390,6 +395,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     base_port,
                     app_version,
                     detach,
+                    name,
                     requirepass,
                     hang_timeout,
                     lease_ttl,
@@ -423,6 +429,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 app_version,
                 secret_file,
                 requirepass,
+                name,
                 timing: engine::supervisor::Timing {
                     lease_ttl,
                     hang_timeout,

@@ -1045,7 +1045,7 @@ pub(crate) mod tests {
         dispatch(
             &mut e,
             Port::Client,
-            &mut crate::conn::Conn::new(0),
+            &mut crate::conn::Conn::following(),
             &cmd,
             &mut out,
             now,

@@ -36,6 +36,9 @@ pub struct PairState {
     /// The pair has acknowledged a write at some point (so a lost engine may hold one).
     #[serde(default)]
     pub released_any: bool,
+    /// The Sentinel discovery port's address: a successor keeps it, so clients keep theirs.
+    #[serde(default)]
+    pub sentinel: Option<String>,
     pub engines: Vec<EngineState>,
     pub upgrade: Option<UpgradeState>,
 }
@@ -75,6 +78,7 @@ impl PairState {
             promotable,
             unavailable: None,
             released_any: false,
+            sentinel: None,
             engines: Vec::new(),
             upgrade: None,
         }

@@ -556,7 +556,7 @@ pub fn dispatch(
             reply::bulk(out, b"");
         }
         b"CONFIG" => reply::array_len(out, 0),
-        _ => return execute(eng, upper, cmd, out, now, conn.resp3),
+        _ => return execute(eng, upper, cmd, out, now, conn),
     }
     Outcome::Done { seq: visible }
 }
@@ -567,7 +567,7 @@ fn execute(
     cmd: &Command,
     out: &mut BytesMut,
     now: Instant,
-    resp3: bool,
+    conn: &Conn,
 ) -> Outcome {
     let builtin = keyspace::find(keyspace::DATA, upper);
     let Some(access) = builtin.map(Spec::access).or_else(|| eng.app.access(upper)) else {
@@ -576,9 +576,10 @@ fn execute(
         return Outcome::Done { seq: 0 };
     };
     if eng.role != Role::Active || (access == Access::Write && eng.stepping_down.is_some()) {
-        reply::error(out, &eng.not_active_reply());
+        conn.refuse_not_active(eng, out);
         return Outcome::Done { seq: 0 };
     }
+    let resp3 = conn.resp3;
     let Engine {
         state, outbox, app, ..
     } = eng;

@@ -98,6 +98,8 @@ pub struct PairArgs {
     pub secret_file: PathBuf,
     /// The client port's `AUTH` password, if any (handed to engines in their environment).
     pub requirepass: Option<String>,
+    /// The pair's name: the master name its Sentinel discovery port answers to.
+    pub name: String,
     pub timing: Timing,
     /// Simplex writes are released only once on disk (the journal); false: memory only.
     pub journal: bool,
@@ -185,6 +187,9 @@ pub(crate) struct Supervisor {
     pub slots: [Slot; 2],
     /// What the supervisor knows of the pair and decides from (`rules.rs`).
     pub rules: Rules,
+    /// What the Sentinel discovery port tells clients (`sentinel.rs`).
+    discovery: tokio::sync::watch::Sender<crate::sentinel::Discovery>,
+    pub sentinel_addr: String,
     events_tx: mpsc::Sender<Event>,
     events: mpsc::Receiver<Event>,
     tick: tokio::time::Interval,
@@ -243,6 +248,15 @@ pub fn run_pair(args: PairArgs) -> anyhow::Result<()> {
             _ => TcpListener::bind(addr_for(args.base_port, 0)).await?,
         };
         let admin_addr = listener.local_addr()?.to_string();
+        let sentinel = match previous.as_ref().and_then(|p| p.sentinel.clone()) {
+            Some(addr) => match TcpListener::bind(&addr).await {
+                Ok(l) => l,
+                Err(_) => TcpListener::bind(addr_for(args.base_port, 7)).await?,
+            },
+            None => TcpListener::bind(addr_for(args.base_port, 7)).await?,
+        };
+        let sentinel_addr = sentinel.local_addr()?.to_string();
+        let (discovery, discovery_rx) = tokio::sync::watch::channel(Default::default());
         let secret = replicator::Secret::load(&args.secret_file)?;
         let (events_tx, events) = mpsc::channel(EVENTS_QUEUE);
         let mut tick = tokio::time::interval(TICK);
@@ -256,6 +270,8 @@ pub fn run_pair(args: PairArgs) -> anyhow::Result<()> {
             args: args.clone(),
             admin_addr: admin_addr.clone(),
             rules: Rules::fresh(args.timing.clone()),
+            discovery,
+            sentinel_addr: sentinel_addr.clone(),
             events_tx: events_tx.clone(),
             events,
             tick,
@@ -275,6 +291,11 @@ pub fn run_pair(args: PairArgs) -> anyhow::Result<()> {
             Some(state) => sup.adopt(state).await?,
         }
         tokio::spawn(admin::serve(listener, events_tx, secret));
+        tokio::spawn(crate::sentinel::serve(
+            sentinel,
+            args.name.clone(),
+            discovery_rx,
+        ));
         sup.write_pair_file();
         sup.write_timeline();
         println!("READY admin={admin_addr}");
@@ -404,6 +425,7 @@ impl Supervisor {
         );
         s.unavailable = self.rules.unavailable.clone();
         s.released_any = self.rules.released_any;
+        s.sentinel = Some(self.sentinel_addr.clone());
         s.engines = self.slots.iter().map(Slot::state).collect();
         s.upgrade = self.upgrade_state.clone();
         s
@@ -651,6 +673,7 @@ impl Supervisor {
             match said {
                 Said::Granted(_) | Said::Released => {}
                 Said::Promotable(promotable, why) => {
+                    self.publish_discovery();
                     let (kind, what) = match promotable {
                         true => (EventKind::SimplexEnd, "standby in sync"),
                         false => (EventKind::SimplexStart, "no standby in sync"),
@@ -1689,11 +1712,32 @@ impl Supervisor {
             })
             .collect();
         let file = serde_json::json!({
-            "admin": self.admin_addr, "supervisor_pid": std::process::id(),
-            "epoch": self.rules.epoch, "engines": engines,
+            "name": self.args.name, "admin": self.admin_addr, "sentinel_addr": self.sentinel_addr,
+            "supervisor_pid": std::process::id(), "epoch": self.rules.epoch, "engines": engines,
         });
+        self.publish_discovery();
         let json = serde_json::to_string_pretty(&file).expect("pair file serializes");
         write_atomically(&self.args.dir.join("pair.json"), &json);
+    }
+
+    /// Tells the Sentinel discovery port where the engines are now.
+    fn publish_discovery(&self) {
+        let (a, s) = (self.rules.active, self.rules.standby());
+        let serving = self.has_active();
+        let active = self.slots[a].client_addr.clone();
+        let next = crate::sentinel::Discovery {
+            master: serving.then(|| active.clone()),
+            last_master: Some(active),
+            replica: self.slots[s]
+                .pid
+                .map(|_| (self.slots[s].client_addr.clone(), self.rules.promotable)),
+            epoch: self.rules.epoch,
+        };
+        self.discovery.send_if_modified(|d| {
+            let changed = *d != next;
+            *d = next;
+            changed
+        });
     }
 
     /// `SHUTDOWN`: every engine stops (asked, then killed), and so does the supervisor.

@@ -43,7 +43,7 @@ async fn redis_cli_and_redis_benchmark_work_against_the_active() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("NOTACTIVE"), "standby answered {text}");
+    assert!(text.contains("READONLY"), "standby answered {text}");
 
     let out = Command::new("redis-benchmark")
         .args([

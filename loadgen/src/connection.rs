@@ -211,8 +211,15 @@ enum Wake {
     Other,
 }
 
+/// Sent first on every connection: tandem then refuses with `-NOTACTIVE <addr of the
+/// active>` rather than Redis's `-READONLY`, so that a switchover is followed at once. Its
+/// reply (an error, from a server that is not tandem) is skipped.
+const PREAMBLE: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$9\r\nNOTACTIVE\r\n$2\r\nON\r\n";
+
 struct Connection {
     shared: Arc<Shared>,
+    /// Replies still to skip: the preamble's.
+    preamble: usize,
     index: usize,
     stream: Option<TcpStream>,
     address: String,
@@ -253,7 +260,10 @@ pub async fn run(shared: Arc<Shared>, setup: Setup) -> Report {
         }
     });
     let pipeline = shared.pipeline;
+    let mut out = BytesMut::with_capacity(READ_CHUNK_BYTES);
+    out.extend_from_slice(PREAMBLE);
     let mut c = Connection {
+        preamble: 1,
         index: setup.index,
         stream: Some(setup.stream),
         address: setup.address,
@@ -269,7 +279,7 @@ pub async fn run(shared: Arc<Shared>, setup: Setup) -> Report {
         schedule,
         in_flight: VecDeque::with_capacity(pipeline),
         retry: VecDeque::with_capacity(pipeline),
-        out: BytesMut::with_capacity(READ_CHUNK_BYTES),
+        out,
         input: BytesMut::with_capacity(READ_CHUNK_BYTES * 2),
         seq_next: setup.seq_first,
         redirect: None,
@@ -514,6 +524,10 @@ impl Connection {
         let mut consumed = 0;
         let result = loop {
             match scan_reply(&input[consumed..]) {
+                Ok(Some((_, used))) if self.preamble > 0 => {
+                    consumed += used;
+                    self.preamble -= 1;
+                }
                 Ok(Some((reply, used))) => {
                     consumed += used;
                     if let Err(problem) = self.on_reply(classify(reply), now_ns) {
@@ -741,6 +755,8 @@ impl Connection {
                     self.address.clone_from(addr);
                     self.input.clear();
                     self.out.clear();
+                    self.out.extend_from_slice(PREAMBLE);
+                    self.preamble = 1;
                     return Ok(true);
                 }
                 Ok(Err(e)) => {

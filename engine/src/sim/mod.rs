@@ -805,7 +805,7 @@ impl World {
                     if let Outcome::Done { seq } = server::dispatch(
                         &mut eng,
                         Port::Client,
-                        &mut Conn::new(0),
+                        &mut Conn::following(),
                         &cmd,
                         &mut out,
                         now,

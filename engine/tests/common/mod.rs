@@ -372,12 +372,7 @@ impl Writer {
                         }
                         if let Some(addr) = redirect {
                             report.redirects += 1;
-                            client = Client::connect_timeout(addr.as_str(), Duration::from_secs(2))
-                                .await
-                                .ok();
-                            if let Some(c) = client.as_mut() {
-                                c.set_timeout(Some(WRITER_TIMEOUT));
-                            }
+                            client = following_client(&addr).await;
                         }
                     }
                     Err(resp::ClientError::Timeout) => {
@@ -420,10 +415,17 @@ async fn connect_active(admin: &str, secret: &replicator::Secret) -> Option<Clie
     let addr = Pair::engine(&s, "active")?["client_addr"]
         .as_str()?
         .to_string();
-    let mut client = Client::connect_timeout(addr.as_str(), Duration::from_secs(2))
+    following_client(&addr).await
+}
+
+/// A client connection to an engine that is told the active's address when refused
+/// (`CLIENT NOTACTIVE ON`: `-NOTACTIVE <addr>` rather than Redis's `-READONLY`).
+pub async fn following_client(addr: &str) -> Option<Client> {
+    let mut client = Client::connect_timeout(addr, Duration::from_secs(2))
         .await
         .ok()?;
     client.set_timeout(Some(WRITER_TIMEOUT));
+    client.call(&[b"CLIENT", b"NOTACTIVE", b"ON"]).await.ok()?;
     Some(client)
 }
 

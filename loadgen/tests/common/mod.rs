@@ -160,7 +160,7 @@ async fn connection(engine: Arc<Engine>, mut stream: TcpStream) {
                 return;
             }
             let upper = cmd.args[0].to_ascii_uppercase();
-            if upper == b"ROLE" || upper == b"PING" {
+            if upper == b"ROLE" || upper == b"PING" || upper == b"CLIENT" {
                 control(&engine, &upper, &mut out);
                 continue;
             }
@@ -196,6 +196,8 @@ async fn connection(engine: Arc<Engine>, mut stream: TcpStream) {
 fn control(engine: &Engine, upper: &[u8], out: &mut BytesMut) {
     if upper == b"PING" {
         reply::simple(out, "PONG");
+    } else if upper == b"CLIENT" {
+        reply::simple(out, "OK"); // CLIENT NOTACTIVE ON, which a real engine takes too
     } else if engine.is_active() {
         reply::array_len(out, 3);
         reply::bulk(out, b"master");
