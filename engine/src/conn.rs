@@ -116,7 +116,7 @@ pub fn handle(
             b"0" => reply::simple(out, "OK"),
             _ => reply::error(out, "ERR DB index is out of range (tandem has database 0 only)"),
         },
-        b"COMMAND" => command(eng, cmd, out),
+        b"COMMAND" => command(cmd, out),
         b"INFO" => reply::bulk(out, info(eng, cmd).as_bytes()),
         b"AUTH" => reply::error(
             out,
@@ -344,7 +344,7 @@ fn client(conn: &mut Conn, cmd: &Command, out: &mut BytesMut) {
 }
 
 /// `COMMAND`, `COMMAND COUNT`, `COMMAND INFO name...`, `COMMAND DOCS` (empty: no docs).
-fn command(eng: &Engine, cmd: &Command, out: &mut BytesMut) {
+fn command(cmd: &Command, out: &mut BytesMut) {
     let all = || keyspace::DATA.iter().chain(CONNECTION);
     let sub = cmd
         .arg(1)
@@ -368,10 +368,7 @@ fn command(eng: &Engine, cmd: &Command, out: &mut BytesMut) {
                 command_info(out, spec);
             }
         }
-        _ => {
-            let _ = eng;
-            reply::error(out, "ERR unknown COMMAND subcommand (COUNT, INFO, DOCS)");
-        }
+        _ => reply::error(out, "ERR unknown COMMAND subcommand (COUNT, INFO, DOCS)"),
     }
 }
 
