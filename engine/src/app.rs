@@ -112,6 +112,21 @@ impl<'a> Ctx<'a> {
         self.state.db.len()
     }
 
+    /// Keys with a deadline (see [`crate::expiry`]).
+    pub fn expiring(&self) -> usize {
+        self.state.expiries.len()
+    }
+
+    /// The key whose deadline came first, if it is at or before `now_ms`.
+    pub fn first_due(&self, now_ms: u64) -> Option<&[u8]> {
+        self.state.expiries.first_due(now_ms)
+    }
+
+    /// The keys of one of the database's shards (`SCAN` goes shard by shard).
+    pub fn db_shard_keys(&self, shard: usize) -> impl Iterator<Item = &[u8]> {
+        self.state.db_shard_keys(shard)
+    }
+
     pub fn unit_get(&self, id: &[u8]) -> Option<&[u8]> {
         self.state.units.get(id)
     }

@@ -333,15 +333,27 @@ mod tests {
         let key = format!("k{}", rng.below(3000));
         // Values up to 400 bytes: with small frames, shards split over several of them.
         let value = "v".repeat(1 + rng.below(400) as usize);
-        let op = match rng.below(6) {
-            0 if state.units.get(key.as_bytes()).is_none() => Op::UnitCreate,
-            1 if state.units.get(key.as_bytes()).is_some() => Op::UnitUpdate,
-            2 if state.units.get(key.as_bytes()).is_some() => Op::UnitEnd,
+        let (mut key, mut value) = (key.into_bytes(), value.into_bytes());
+        let op = match rng.below(9) {
+            0 if state.units.get(&key).is_none() => Op::UnitCreate,
+            1 if state.units.get(&key).is_some() => Op::UnitUpdate,
+            2 if state.units.get(&key).is_some() => Op::UnitEnd,
             3 => Op::DbDelete,
+            // Deadlines of keys that expire, which every engine indexes.
+            6 | 7 => {
+                key = crate::expiry::record_key(&key);
+                value = crate::expiry::encode(rng.below(1000)).to_vec();
+                Op::DbPut
+            }
+            8 if rng.below(1000) == 0 => Op::Control(control::FLUSH_DB),
+            8 => {
+                key = crate::expiry::record_key(&key);
+                Op::DbDelete
+            }
             _ => Op::DbPut,
         };
-        state.apply(op, key.as_bytes(), value.as_bytes()).unwrap();
-        outbox.push(Instant::now(), op, key.as_bytes(), value.as_bytes());
+        state.apply(op, &key, &value).unwrap();
+        outbox.push(Instant::now(), op, &key, &value);
     }
 
     /// A chunk whose records are not all of its shards, in order, is refused before it
@@ -484,6 +496,11 @@ mod tests {
             assert_eq!(standby.db.len(), active.db.len());
             assert_eq!(standby.units.len(), active.units.len());
             assert_eq!(standby.features_enabled, active.features_enabled);
+            assert!(
+                standby.expiries == active.expiries,
+                "seed {seed}: deadlines indexed"
+            );
+            assert!(!active.expiries.is_empty());
         }
     }
 }

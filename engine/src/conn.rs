@@ -26,6 +26,9 @@ pub struct Conn {
     multi: Option<Vec<Command>>,
     /// A command queued in this transaction was refused: `EXEC` discards it.
     multi_failed: bool,
+    /// `WATCH`: each key with the fingerprint of its value and deadline then; `EXEC` runs
+    /// only if none has changed.
+    watched: Vec<(Bytes, u64)>,
     /// `CLIENT NOTACTIVE ON`: refusals name the active (`-NOTACTIVE <addr>`), for clients that
     /// follow the pair themselves. Otherwise Redis's `-READONLY`, on which Sentinel-aware
     /// client libraries ask Sentinel (`tandem`'s discovery port) for the primary again.
@@ -40,6 +43,7 @@ impl Conn {
             name: None,
             multi: None,
             multi_failed: false,
+            watched: Vec::new(),
             notactive: false,
         }
     }
@@ -82,6 +86,8 @@ const CONNECTION: &[Spec] = &[
     conn_spec("MULTI", 1),
     conn_spec("EXEC", 1),
     conn_spec("DISCARD", 1),
+    conn_spec("WATCH", -2),
+    conn_spec("UNWATCH", 1),
 ];
 
 const fn conn_spec(name: &'static str, arity: i64) -> Spec {
@@ -105,7 +111,10 @@ pub fn handle(
 ) -> Option<Outcome> {
     let done = Some(Outcome::Done { seq: 0 });
     if conn.multi.is_some()
-        && !matches!(upper, b"EXEC" | b"DISCARD" | b"MULTI" | b"RESET" | b"QUIT")
+        && !matches!(
+            upper,
+            b"EXEC" | b"DISCARD" | b"MULTI" | b"RESET" | b"QUIT" | b"WATCH"
+        )
     {
         return Some(queue(eng, conn, upper, cmd, out));
     }
@@ -135,14 +144,30 @@ pub fn handle(
             }
         },
         b"DISCARD" => match conn.multi.take() {
-            Some(_) => reply::simple(out, "OK"),
+            Some(_) => {
+                conn.watched.clear();
+                reply::simple(out, "OK")
+            }
             None => reply::error(out, "ERR DISCARD without MULTI"),
         },
         b"EXEC" => return Some(exec(eng, conn, out, now)),
-        b"WATCH" | b"UNWATCH" => reply::error(
-            out,
-            "ERR WATCH is not supported by tandem yet: use MULTI/EXEC without it",
-        ),
+        b"WATCH" if conn.multi.is_some() => {
+            conn.multi_failed = true;
+            reply::error(out, "ERR WATCH inside MULTI is not allowed");
+        }
+        b"WATCH" if cmd.len() < 2 => reply::error(out, &keyspace::wrong_arity(cmd)),
+        b"WATCH" => {
+            let now_ms = eng.wall.unix_ms(now);
+            for key in &cmd.args[1..] {
+                let print = keyspace::fingerprint(&eng.state, key, now_ms);
+                conn.watched.push((key.clone(), print));
+            }
+            reply::simple(out, "OK");
+        }
+        b"UNWATCH" => {
+            conn.watched.clear();
+            reply::simple(out, "OK");
+        }
         _ => return None,
     }
     done
@@ -187,6 +212,7 @@ fn exec(eng: &mut Engine, conn: &mut Conn, out: &mut BytesMut, now: Instant) -> 
         reply::error(out, "ERR EXEC without MULTI");
         return Outcome::Done { seq: 0 };
     };
+    let watched = std::mem::take(&mut conn.watched);
     if std::mem::take(&mut conn.multi_failed) {
         reply::error(
             out,
@@ -197,6 +223,21 @@ fn exec(eng: &mut Engine, conn: &mut Conn, out: &mut BytesMut, now: Instant) -> 
     if eng.role != Role::Active || eng.stepping_down.is_some() {
         conn.refuse_not_active(eng, out);
         return Outcome::Done { seq: 0 };
+    }
+    let now_ms = eng.wall.unix_ms(now);
+    if watched
+        .iter()
+        .any(|(key, print)| keyspace::fingerprint(&eng.state, key, now_ms) != *print)
+    {
+        // A watched key changed: the transaction does not run (a null reply, as in Redis).
+        if conn.resp3 {
+            reply::null(out);
+        } else {
+            out.extend_from_slice(b"*-1\r\n");
+        }
+        return Outcome::Done {
+            seq: eng.outbox.seq_last(), // what it saw must be released before it says so
+        };
     }
     // What the transaction may write, at most: its arguments and a record's framing for each.
     let bound: usize = queued
@@ -436,10 +477,11 @@ fn info(eng: &Engine, cmd: &Command) -> String {
     if show("stats") {
         let _ = write!(
             text,
-            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nrejected_connections:{}\r\n\r\n",
+            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nrejected_connections:{}\r\nexpired_keys:{}\r\n\r\n",
             eng.clients_total,
             eng.stats.commands_total(),
-            s.counters.clients_refused
+            s.counters.clients_refused,
+            s.counters.expired_keys
         );
     }
     if show("replication") {
@@ -488,8 +530,10 @@ fn info(eng: &Engine, cmd: &Command) -> String {
     }
     if show("keyspace") {
         text += "# Keyspace\r\n";
-        if s.db_records > 0 {
-            let _ = write!(text, "db0:keys={},expires=0,avg_ttl=0\r\n", s.db_records);
+        let expires = eng.state.expiries.len();
+        let keys = eng.state.db.len() - expires;
+        if keys > 0 {
+            let _ = write!(text, "db0:keys={keys},expires={expires},avg_ttl=0\r\n");
         }
         text += "\r\n";
     }

@@ -17,6 +17,7 @@ pub mod conn;
 pub mod contract;
 pub mod control;
 pub mod demo;
+pub mod expiry;
 pub mod journal;
 pub mod keyspace;
 pub mod link_io;

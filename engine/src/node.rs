@@ -99,6 +99,7 @@ pub struct Follow {
 }
 
 #[derive(Default, Serialize, Deserialize, Clone, Debug)]
+#[serde(default)]
 pub struct Counters {
     pub client_protocol_errors: u64,
     pub replication_links_refused: u64,
@@ -112,6 +113,8 @@ pub struct Counters {
     /// Leases ignored because a later one (by the supervisor's clock) was already taken.
     pub leases_stale: u64,
     pub journals_started: u64,
+    /// Keys the expiry sweep deleted.
+    pub expired_keys: u64,
 }
 
 pub struct Engine {
@@ -184,6 +187,8 @@ pub struct Engine {
     pub started: Instant,
     /// The clock leases are stamped with: [`monotonic_ns`], or the simulator's.
     pub clock: fn() -> u64,
+    /// The wall clock keys expire by (set again on every expiry sweep).
+    pub wall: crate::expiry::WallClock,
 }
 
 impl Engine {
@@ -230,6 +235,30 @@ impl Engine {
             shutdown: Rc::new(Notify::new()),
             started: Instant::now(),
             clock: monotonic_ns,
+            wall: crate::expiry::WallClock::now(),
+        }
+    }
+
+    /// The expiry sweep's turn (every [`crate::expiry::SWEEP_PERIOD`], after `wall` is set
+    /// again): on the active, deletes keys whose deadline has passed, a bounded number per
+    /// turn, as replicated writes.
+    pub fn sweep_expired(&mut self, now: Instant) {
+        if self.state.expiries.is_empty()
+            || self.role != Role::Active
+            || self.stepping_down.is_some()
+            || self.writes_blocked()
+        {
+            return;
+        }
+        let now_ms = self.wall.unix_ms(now);
+        let before = self.outbox.seq_last();
+        let mut ctx = crate::app::Ctx::new(&mut self.state, &mut self.outbox, now);
+        // Deletes cannot reach a limit; nothing to do on an error but try again next turn.
+        if let Ok(n) = crate::keyspace::sweep(&mut ctx, now_ms, crate::expiry::SWEEP_KEYS_MAX) {
+            self.counters.expired_keys += n as u64;
+        }
+        if self.outbox.seq_last() > before {
+            self.after_writes(now);
         }
     }
 
@@ -399,10 +428,10 @@ impl Engine {
             seq,
         );
         self.counters.journals_started += 1;
-        eprintln!(
-            "[{}] no standby in sync: journaling from sequence {seq} (checkpoint of {} records)",
-            self.config.name,
-            self.state.units.len() + self.state.db.len()
+        tracing::info!(
+            engine = %self.config.name,
+            "no standby in sync: journaling from sequence {seq} (checkpoint of {} records)",
+            self.state.units.len() + self.state.db.len(),
         );
         self.journal = Some(Journal::start(&dir, header, self.journal_wake.clone()));
         self.journal_cursor = Some(catch_up::Cursor::new(self.config.snapshot_chunk_bytes));
@@ -467,11 +496,11 @@ impl Engine {
             self.journal_floor = None; // the new journal replaced the recovered one
         }
         if let Err(e) = &result {
-            eprintln!("[{}] {e}", self.config.name);
+            tracing::error!(engine = %self.config.name, "{e}");
         } else {
-            eprintln!(
-                "[{}] journal on disk up to {synced}: simplex writes are durable",
-                self.config.name
+            tracing::info!(
+                engine = %self.config.name,
+                "journal on disk up to {synced}: simplex writes are durable",
             );
         }
         for waiter in self.journal_waiters.drain(..) {
@@ -487,7 +516,7 @@ impl Engine {
     pub fn close_journal(&mut self, why: &str) {
         self.journal_cursor = None;
         if let Some(j) = self.journal.take() {
-            eprintln!("[{}] journal closed: {why}", self.config.name);
+            tracing::info!(engine = %self.config.name, "journal closed: {why}");
             j.close(true); // and any recovered one with it
             self.journal_floor = None;
         }

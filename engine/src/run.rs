@@ -99,16 +99,16 @@ pub fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
             let started = Instant::now();
             let Engine { app, state, .. } = &mut engine;
             let r = crate::journal::recover(dir, app.as_mut(), state).map_err(anyhow::Error::msg)?;
-            eprintln!(
-                "[{}] recovered from the journal: checkpoint at {} ({} records) and {} batches, up to sequence {} (epoch {}, {} torn bytes ignored) in {:.0} ms",
-                args.name,
+            tracing::info!(
+                engine = %args.name,
+                "recovered from the journal: checkpoint at {} ({} records) and {} batches, up to sequence {} (epoch {}, {} torn bytes ignored) in {:.0} ms",
                 r.header.seq,
                 r.checkpoint_records,
                 r.batches,
                 r.seq,
                 r.header.epoch,
                 r.torn_bytes,
-                started.elapsed().as_secs_f64() * 1e3
+                started.elapsed().as_secs_f64() * 1e3,
             );
             engine.seq_applied = r.seq;
             engine.history = r.header.history;
@@ -121,7 +121,7 @@ pub fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
                 // Started without it: the supervisor holds the data elsewhere, and a journal
                 // left from an earlier life must never be recovered from later.
                 crate::journal::discard(dir);
-                eprintln!("[{}] discarded the journal of an earlier run", args.name);
+                tracing::info!(engine = %args.name, "discarded the journal of an earlier run");
             }
         }
         if let Some(epoch) = args.active_epoch {
@@ -135,12 +135,12 @@ pub fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
                 ..Follow::default()
             });
         }
-        eprintln!(
-            "[{}] {} {} {} on {client_addr} (replication {replication_addr})",
-            args.name,
+        tracing::info!(
+            engine = %args.name,
+            "{} {} {} on {client_addr} (replication {replication_addr})",
             engine.app.name(),
             engine.app.version(),
-            engine.role.as_str()
+            engine.role.as_str(),
         );
         let recovered = engine.recovered.clone();
         let (journal_wake, shutdown) = (engine.journal_wake.clone(), engine.shutdown.clone());
@@ -153,6 +153,17 @@ pub fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
                 while journal_engine.borrow_mut().on_journal_wake(Instant::now()) {
                     tokio::task::yield_now().await;
                 }
+            }
+        });
+        let sweeper = engine.clone();
+        tokio::task::spawn_local(async move {
+            let mut turn = tokio::time::interval(crate::expiry::SWEEP_PERIOD);
+            turn.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                turn.tick().await;
+                let mut eng = sweeper.borrow_mut();
+                eng.wall = crate::expiry::WallClock::now();
+                eng.sweep_expired(Instant::now());
             }
         });
         tokio::task::spawn_local(crate::server::serve(engine.clone(), client, Port::Client));
@@ -175,7 +186,7 @@ pub fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => {}
             _ = terminate.recv() => {}
         }
-        eprintln!("[{}] stopping", args.name);
+        tracing::info!(engine = %args.name, "stopping");
         // Skip freeing a large state piece by piece, so that taking an engine out of service
         // costs milliseconds, not a walk over every record. (A journal, if open, holds what it
         // must: every released write is on disk already.)

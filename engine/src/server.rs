@@ -120,7 +120,11 @@ pub async fn serve(engine: Shared, listener: TcpListener, port: Port) {
                 accept_failures += 1;
                 if accept_failures.is_power_of_two() {
                     let name = engine.borrow().config.name.clone();
-                    eprintln!("[{name}] {} port: accept failed ({e}), {accept_failures} times so far; pausing", port.name());
+                    tracing::warn!(
+                        engine = %name,
+                        "{} port: accept failed ({e}), {accept_failures} times so far; pausing",
+                        port.name(),
+                    );
                 }
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
@@ -330,9 +334,9 @@ async fn connection(
         {
             let mut eng = engine.borrow_mut();
             eng.counters.clients_refused += 1;
-            eprintln!(
-                "[{}] closed a connection to the control port that speaks HTTP (cross-protocol attack?)",
-                eng.config.name
+            tracing::warn!(
+                engine = %eng.config.name,
+                "closed a connection to the control port that speaks HTTP (cross-protocol attack?)",
             );
             break;
         }
@@ -379,7 +383,11 @@ async fn connection(
                         }
                         Gate::Close(why) => {
                             eng.counters.clients_refused += 1;
-                            eprintln!("[{}] {} port: {why}; closing", eng.config.name, port.name());
+                            tracing::warn!(
+                                engine = %eng.config.name,
+                                "{} port: {why}; closing",
+                                port.name(),
+                            );
                             quit = true;
                             break;
                         }
@@ -400,11 +408,11 @@ async fn connection(
                     }
                     if out.len() > server_limits.output_bytes_max {
                         eng.counters.clients_dropped_output += 1;
-                        eprintln!(
-                            "[{}] a client's replies reached {} bytes, over the limit of {}: disconnecting it",
-                            eng.config.name,
+                        tracing::warn!(
+                            engine = %eng.config.name,
+                            "a client's replies reached {} bytes, over the limit of {}: disconnecting it",
                             out.len(),
-                            server_limits.output_bytes_max
+                            server_limits.output_bytes_max,
                         );
                         break 'conn;
                     }
@@ -439,10 +447,10 @@ async fn connection(
             if write_replies(&mut stream, &out, stall).await.is_err() {
                 let mut eng = engine.borrow_mut();
                 eng.counters.clients_dropped_output += 1;
-                eprintln!(
-                    "[{}] a client took no reply bytes for {} ms: disconnecting it",
-                    eng.config.name,
-                    stall.as_millis()
+                tracing::warn!(
+                    engine = %eng.config.name,
+                    "a client took no reply bytes for {} ms: disconnecting it",
+                    stall.as_millis(),
                 );
                 break 'conn;
             }
@@ -580,6 +588,7 @@ fn execute(
         return Outcome::Done { seq: 0 };
     }
     let resp3 = conn.resp3;
+    let now_ms = eng.wall.unix_ms(now);
     let Engine {
         state, outbox, app, ..
     } = eng;
@@ -587,7 +596,7 @@ fn execute(
     let fault = app.write_fault(access);
     let result = fault.and_then(|()| match builtin {
         Some(spec) if !spec.arity_ok(cmd) => Err(CommandError::new(keyspace::wrong_arity(cmd))),
-        Some(spec) => keyspace::execute(spec, cmd, &mut ctx, out, resp3),
+        Some(spec) => keyspace::execute(spec, cmd, &mut ctx, out, resp3, now_ms),
         None => app.execute(cmd, &mut ctx, out),
     });
     eng.stats.unrecorded_commands += 1;

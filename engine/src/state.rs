@@ -11,6 +11,8 @@ use hashbrown::HashTable;
 use replicator::catch_up::{key_hash, shard_of, ChunkWriter, SHARDS};
 use replicator::{Op, Record, RecordRef};
 
+use crate::expiry::{self, Index};
+
 /// Work units may not exceed this count, nor database records theirs: a limit on everything.
 pub const WORK_UNITS_MAX: usize = 10_000_000;
 pub const DB_RECORDS_MAX: usize = 50_000_000;
@@ -232,6 +234,11 @@ impl DigestMap {
         true
     }
 
+    /// Empties the map.
+    fn clear(&mut self) {
+        *self = DigestMap::new(self.seed);
+    }
+
     /// Empties one shard (a snapshot chunk replaces it).
     fn clear_shard(&mut self, shard: usize) {
         let s = &mut self.shards[shard];
@@ -280,6 +287,8 @@ pub mod control {
     pub const FEATURES_ENABLED: u8 = 1;
     /// A marker at which both engines note their digest, to compare them under load.
     pub const SYNC_POINT: u8 = 2;
+    /// `FLUSHDB`: every database record is removed here (work units stay).
+    pub const FLUSH_DB: u8 = 3;
 }
 
 #[derive(Clone)]
@@ -287,6 +296,9 @@ pub struct State {
     pub db: DigestMap,
     pub units: DigestMap,
     pub features_enabled: bool,
+    /// The deadlines of the database's keys that expire (derived from their deadline
+    /// records, see [`crate::expiry`]).
+    pub expiries: Index,
 }
 
 impl Default for State {
@@ -295,6 +307,7 @@ impl Default for State {
             db: DigestMap::new(u64::from_le_bytes(*b"tandemdb")),
             units: DigestMap::new(u64::from_le_bytes(*b"tandemwu")),
             features_enabled: false,
+            expiries: Index::default(),
         }
     }
 }
@@ -325,13 +338,31 @@ impl State {
                 }
             }
             Op::DbPut => {
-                if self.db.len() >= DB_RECORDS_MAX && self.db.get(key).is_none() {
+                let old = self.db.get(key);
+                if self.db.len() >= DB_RECORDS_MAX && old.is_none() {
                     return Err(ApplyError::Limit("database records"));
+                }
+                if key.starts_with(expiry::PREFIX) {
+                    let (old, new) = (old.and_then(expiry::decode), expiry::decode(value));
+                    if new.is_none() {
+                        return Err(ApplyError::Rejected(
+                            "a deadline record of other than 8 bytes".into(),
+                        ));
+                    }
+                    self.expiries.note(key, old, new);
                 }
                 self.db.put(key, value);
             }
             Op::DbDelete => {
+                if key.starts_with(expiry::PREFIX) {
+                    let old = self.db.get(key).and_then(expiry::decode);
+                    self.expiries.note(key, old, None);
+                }
                 self.db.remove(key);
+            }
+            Op::Control(control::FLUSH_DB) => {
+                self.db.clear();
+                self.expiries.clear();
             }
             Op::Control(control::FEATURES_ENABLED) => self.features_enabled = true,
             Op::Control(control::SYNC_POINT) => {}
@@ -367,6 +398,13 @@ impl State {
         }
     }
 
+    /// The keys of the database's shard `shard`.
+    pub fn db_shard_keys(&self, shard: usize) -> impl Iterator<Item = &[u8]> {
+        self.db
+            .shard_iter(shard)
+            .map(|(key_len, entry)| &entry[..key_len])
+    }
+
     /// Entries in shard `shard`, of both maps.
     pub fn shard_entries(&self, shard: usize) -> usize {
         self.units.shard_len(shard) + self.db.shard_len(shard)
@@ -374,6 +412,12 @@ impl State {
 
     /// Empties a shard of both maps, before a snapshot chunk fills it again.
     pub fn clear_shard(&mut self, shard: usize) {
+        if !self.expiries.is_empty() {
+            for (key_len, entry) in self.db.shard_iter(shard) {
+                let (key, value) = entry.split_at(key_len);
+                self.expiries.note(key, expiry::decode(value), None);
+            }
+        }
         self.units.clear_shard(shard);
         self.db.clear_shard(shard);
     }
@@ -390,7 +434,12 @@ impl State {
     pub fn restore(&mut self, r: RecordRef<'_>, hash: u64) -> Result<(), ApplyError> {
         match r.op {
             Op::UnitCreate => self.units.put_hashed(hash, r.key, r.value),
-            Op::DbPut => self.db.put_hashed(hash, r.key, r.value),
+            Op::DbPut => {
+                if r.key.starts_with(expiry::PREFIX) {
+                    self.expiries.note(r.key, None, expiry::decode(r.value));
+                }
+                self.db.put_hashed(hash, r.key, r.value)
+            }
             Op::Control(control::FEATURES_ENABLED) => self.features_enabled = true,
             op => return Err(ApplyError::Rejected(format!("{op:?} in a snapshot"))),
         }
