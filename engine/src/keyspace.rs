@@ -46,6 +46,8 @@ pub const DATA: &[Spec] = &[
     spec("DBSIZE", 1, false, (0, 0, 0)),
     spec("SET", -3, true, (1, 1, 1)),
     spec("SETNX", 3, true, (1, 1, 1)),
+    spec("SETEX", 4, true, (1, 1, 1)),
+    spec("PSETEX", 4, true, (1, 1, 1)),
     spec("GETSET", 3, true, (1, 1, 1)),
     spec("GETDEL", 2, true, (1, 1, 1)),
     spec("MSET", -3, true, (1, -1, 2)),
@@ -229,6 +231,14 @@ pub fn execute(
                 _ => return err(SYNTAX),
             }
             ctx.control(control::FLUSH_DB)?;
+            reply::simple(out, "OK");
+        }
+        "SETEX" | "PSETEX" => {
+            let unit: &[u8] = if spec.name == "SETEX" { b"EX" } else { b"PX" };
+            let shown = spec.name.to_ascii_lowercase();
+            let at = deadline_of(unit, &args[2], now_ms, &shown)?;
+            ctx.db_put(&args[1], &args[3])?;
+            set_deadline(ctx, &args[1], Some(at))?;
             reply::simple(out, "OK");
         }
         "SETNX" => {

@@ -8,6 +8,7 @@ caller's lost-update check on the pair.
 """
 
 import sys
+import time
 
 import redis
 
@@ -90,6 +91,24 @@ expect(r.delete(k("gone1")), 1, "DEL")
 expect(r.unlink(k("gone2"), k("missing")), 1, "UNLINK")
 print("keys: ok")
 
+# Expiry: the active decides, and replicates the deletes.
+expect(r.set(k("e1"), "x", ex=100), True, "SET EX")
+expect(90 < r.ttl(k("e1")) <= 100, True, "TTL after SET EX")
+expect(r.set(k("e2"), "x", px=50), True, "SET PX")
+expect(r.expire(k("s"), 1000), True, "EXPIRE")
+expect(r.persist(k("s")), True, "PERSIST")
+expect(r.ttl(k("s")), -1, "TTL after PERSIST")
+expect(r.pexpire(k("e1"), 200000, gt=True), True, "PEXPIRE GT")
+expect(r.expire(k("e1"), 10, gt=True), False, "EXPIRE GT with a shorter one")
+expect(r.getex(k("e1"), persist=True), "x", "GETEX PERSIST")
+expect(r.ttl(k("e1")), -1, "TTL after GETEX PERSIST")
+expect(r.expireat(k("gone3"), 1), False, "EXPIREAT of a missing key")
+deadline = time.monotonic() + 10
+while r.exists(k("e2")) and time.monotonic() < deadline:
+    time.sleep(0.01)  # polls for the event, with a deadline
+expect(r.exists(k("e2")), 0, "a key with PX 50 expired")
+print("expiry: ok")
+
 # Pipelines: a transaction by default (MULTI/EXEC), and without one.
 p = r.pipeline()
 p.set(k("t1"), "1").incr(k("t1")).get(k("t1")).mset({k("t2"): "x", k("t3"): "y"})
@@ -107,9 +126,34 @@ try:
 except redis.ResponseError:
     pass
 expect(r.get(k("t4")), None, "nothing of a discarded transaction")
+# WATCH: redis-py's transaction helper (WATCH, read, MULTI, write, EXEC), and a conflict.
+def bump(pipe):
+    n = int(pipe.get(k("w")) or 0)
+    pipe.multi()
+    pipe.set(k("w"), n + 1)
+
+
+expect(r.transaction(bump, k("w")), [True], "WATCH transaction")
+expect(r.get(k("w")), "1", "after the WATCH transaction")
+with r.pipeline() as pipe:
+    pipe.watch(k("w"))
+    r.set(k("w"), "100")  # another connection writes the watched key
+    pipe.multi()
+    pipe.set(k("w"), "lost")
+    try:
+        pipe.execute()
+        raise AssertionError("EXEC ran although a watched key changed")
+    except redis.WatchError:
+        pass
+expect(r.get(k("w")), "100", "the conflicting transaction did not run")
 print("transactions: ok")
 
-for name in ["s", "m1", "m2", "n", "f", "t1", "t2", "t3"] + [f"p{i}" for i in range(100)]:
+# SCAN with a cursor and a pattern, as scan_iter drives it.
+expect(set(r.scan_iter(match=k("p*"), count=20)), {k(f"p{i}") for i in range(100)}, "SCAN MATCH")
+expect(r.dbsize() >= 100, True, "DBSIZE")
+print("scan: ok")
+
+for name in ["s", "m1", "m2", "n", "f", "t1", "t2", "t3", "w", "e1"] + [f"p{i}" for i in range(100)]:
     final[k(name)] = r.get(k(name))
 for key, value in final.items():
     print(f"KEY {key} {value}")
