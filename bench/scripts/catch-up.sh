@@ -26,7 +26,7 @@ PY
   until [ "$(grep -c "snapshot complete" "$dir/$standby.log" || true)" -gt "$lines" ]; do sleep 0.05; done
   new=$(status | python3 -c 'import json,sys; print([e["pid"] for e in json.load(sys.stdin)["engines"] if e["name"]=="'"$standby"'"][0])')
   rss=$(awk '/VmRSS/ {print $2 / 1024 " MB"}' /proc/"$new"/status)
-  echo "$units work units: $(grep "snapshot complete" "$dir/$standby.log" | tail -1 | sed 's/^.*verified at [0-9]*: //'); standby RSS $rss"
+  echo "$units work units: $(grep "snapshot complete" "$dir/$standby.log" | tail -1 | sed 's/^.*verified at [0-9]*: //; s/ engine=.*$//'); standby RSS $rss"
   target/release/tandem pair down --dir "$dir" >/dev/null 2>&1 || true
   rm -rf "$dir"
 done

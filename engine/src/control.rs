@@ -73,9 +73,10 @@ pub fn dispatch(
             }
             Some(epoch) if epoch > eng.epoch => {
                 eng.become_active(epoch, true, now);
-                eprintln!(
-                    "[{}] promoted to active, epoch {epoch}, seq {}",
-                    eng.config.name, eng.seq_applied
+                tracing::info!(
+                    engine = %eng.config.name,
+                    "promoted to active, epoch {epoch}, seq {}",
+                    eng.seq_applied,
                 );
                 Ok(Some("OK".into()))
             }
@@ -287,10 +288,7 @@ fn enable_features(eng: &mut Engine, out: &mut BytesMut, now: Instant) -> Outcom
     match Ctx::new(state, outbox, now).control(control::FEATURES_ENABLED) {
         Ok(seq) => {
             eng.after_writes(now);
-            eprintln!(
-                "[{}] new features enabled at sequence {seq}",
-                eng.config.name
-            );
+            tracing::info!(engine = %eng.config.name, "new features enabled at sequence {seq}");
             reply::simple(out, "OK");
             Outcome::Done { seq }
         }

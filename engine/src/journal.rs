@@ -284,7 +284,7 @@ impl Writer {
     fn run(self, header: Header) {
         let result = self.create(&header).and_then(|file| self.stream(file));
         if let Err(e) = result {
-            eprintln!("[{}] journal failed: {e}", header.engine);
+            tracing::error!(engine = %header.engine, "journal failed: {e}");
             *self.shared.error.lock().expect("journal lock") = Some(e);
             self.shared.failed.store(true, Ordering::Release);
             self.shared.wake.notify_one();

@@ -324,6 +324,13 @@ fn secret(explicit: Option<&std::path::Path>) -> anyhow::Result<replicator::Secr
 
 fn main() {
     let cli = Cli::parse();
+    #[cfg(feature = "sim")]
+    let silent = matches!(cli.command, Cmd::Sim { verbose: false, .. });
+    #[cfg(not(feature = "sim"))]
+    let silent = false;
+    if !silent {
+        cli::logging::init();
+    }
     if matches!(cli.command, Cmd::Status { .. } | Cmd::Report { .. }) {
         // What these print is often piped (`tandem status --json | head`): a closed pipe
         // ends them quietly, as any Unix tool, not as a panic on the next print. Not for the

@@ -27,9 +27,9 @@ pub async fn serve(engine: Shared, listener: TcpListener) {
             if let Err(reason) = active_link(engine.clone(), stream).await {
                 let mut eng = engine.borrow_mut();
                 eng.counters.replication_links_refused += 1;
-                eprintln!(
-                    "[{}] replication link from {peer} refused: {reason}",
-                    eng.config.name
+                tracing::warn!(
+                    engine = %eng.config.name,
+                    "replication link from {peer} refused: {reason}",
                 );
             }
         });
@@ -74,9 +74,13 @@ fn admit(eng: &mut Engine, hello: &Hello) -> Result<(Start, replicator::Identity
         theirs: hello.identity.app_version.clone(),
     };
     if versions.differ() {
-        eprintln!(
-            "[{}] standby {} runs {} {}, this engine runs {}: replicating in the older state format",
-            eng.config.name, hello.identity.engine, hello.identity.app_name, versions.theirs, versions.ours
+        tracing::info!(
+            engine = %eng.config.name,
+            "standby {} runs {} {}, this engine runs {}: replicating in the older state format",
+            hello.identity.engine,
+            hello.identity.app_name,
+            versions.theirs,
+            versions.ours,
         );
     }
     eng.versions = Some(versions);
@@ -119,14 +123,14 @@ pub(crate) fn attach(
             link.catch_up = Some(catch_up::Cursor::new(chunk_bytes));
         }
     }
-    eprintln!(
-        "[{}] standby {} attached ({})",
-        eng.config.name,
+    tracing::info!(
+        engine = %eng.config.name,
+        "standby {} attached ({})",
         hello.identity.engine,
         match start {
             Start::Resume => format!("resuming after {}", hello.seq_applied),
             Start::Snapshot { seq } => format!("snapshot from {seq}"),
-        }
+        },
     );
     Ok(id)
 }
@@ -201,7 +205,7 @@ async fn active_link(engine: Shared, mut stream: TcpStream) -> Result<(), String
     let mut eng = engine.borrow_mut();
     eng.close_link(id, Instant::now());
     if let Err(e) = result {
-        eprintln!("[{}] standby link closed: {e}", eng.config.name);
+        tracing::warn!(engine = %eng.config.name, "standby link closed: {e}");
     }
     Ok(())
 }
@@ -239,10 +243,10 @@ pub(crate) fn active_turn(
                 eng.refresh_released(now);
             }
             SenderEvent::CaughtUp => {
-                eprintln!(
-                    "[{}] standby caught up at {}",
-                    eng.config.name,
-                    eng.outbox.seq_sealed()
+                tracing::info!(
+                    engine = %eng.config.name,
+                    "standby caught up at {}",
+                    eng.outbox.seq_sealed(),
                 );
                 eng.refresh_released(now);
                 eng.bump();
@@ -258,7 +262,7 @@ pub(crate) fn active_turn(
                 eng.bump();
             }
             SenderEvent::Closed { reason } => {
-                eprintln!("[{}] standby link closed: {reason}", eng.config.name);
+                tracing::warn!(engine = %eng.config.name, "standby link closed: {reason}");
                 done = true;
             }
             SenderEvent::Hello(_) => {}
@@ -292,9 +296,11 @@ pub(crate) fn active_turn(
             outbox.seal();
             sealed = true;
             let end = cursor.end(state, outbox.seq_sealed());
-            eprintln!(
-                "[{}] snapshot sent: {} records, the stream goes on after {}",
-                config.name, end.records, end.seq
+            tracing::info!(
+                engine = %config.name,
+                "snapshot sent: {} records, the stream goes on after {}",
+                end.records,
+                end.seq,
             );
             link.sender.finish_snapshot(end);
             link.catch_up = None;
@@ -330,9 +336,10 @@ fn on_stepped_up(eng: &mut Engine, seq: u64) {
     let peer = eng.link.as_ref().and_then(|l| l.peer.clone());
     let Some(peer) = peer else { return };
     let epoch = eng.epoch.max(peer.epoch);
-    eprintln!(
-        "[{}] {} stepped up at {seq}: following it as standby",
-        eng.config.name, peer.engine
+    tracing::info!(
+        engine = %eng.config.name,
+        "{} stepped up at {seq}: following it as standby",
+        peer.engine,
     );
     eng.seq_applied = seq;
     let new_epoch = eng.stepping_down_epoch.take().unwrap_or(epoch);
@@ -456,10 +463,7 @@ pub(crate) fn standby_turn(
         if let Err(reason) =
             standby_event(&mut eng, receiver, ev, now, &mut applied, &mut stepped_up)
         {
-            eprintln!(
-                "[{}] replication from {addr} stopped: {reason}",
-                eng.config.name
-            );
+            tracing::warn!(engine = %eng.config.name, "replication from {addr} stopped: {reason}");
             // Nothing after the failed update is applied or acknowledged, and this engine's
             // state no longer belongs to any history: the next link starts with a snapshot.
             applied = None;
@@ -496,9 +500,12 @@ fn standby_event(
                 theirs: active.app_version.clone(),
             };
             if versions.differ() {
-                eprintln!(
-                    "[{}] active {} runs {}, this engine runs {}: following across versions",
-                    eng.config.name, active.engine, versions.theirs, versions.ours
+                tracing::info!(
+                    engine = %eng.config.name,
+                    "active {} runs {}, this engine runs {}: following across versions",
+                    active.engine,
+                    versions.theirs,
+                    versions.ours,
                 );
             }
             eng.versions = Some(versions);
@@ -586,14 +593,18 @@ fn standby_event(
             receiver.answer_step_up(eng.seq_applied, &verdict);
             match verdict {
                 Ok(()) => {
-                    eprintln!(
-                        "[{}] step-up at {}: active at epoch {}",
-                        eng.config.name, signal.seq_final, signal.epoch
+                    tracing::info!(
+                        engine = %eng.config.name,
+                        "step-up at {}: active at epoch {}",
+                        signal.seq_final,
+                        signal.epoch,
                     );
                     eng.become_active(signal.epoch, false, now);
                     *stepped_up = true;
                 }
-                Err(reason) => eprintln!("[{}] refused to step up: {reason}", eng.config.name),
+                Err(reason) => {
+                    tracing::warn!(engine = %eng.config.name, "refused to step up: {reason}")
+                }
             }
         }
         ReceiverEvent::Closed { reason } => {
@@ -649,14 +660,14 @@ fn finish_restore(eng: &mut Engine, receiver: &mut Receiver) -> Result<(), Strin
                 .and_then(|f| f.active.as_ref())
                 .map_or(0, |a| a.history);
             receiver.snapshot_verified(seq);
-            eprintln!(
-                "[{}] snapshot complete and verified at {seq}: {} work units, {} records, {:.1} MB in {} ms ({:.0} MB/s)",
-                eng.config.name,
+            tracing::info!(
+                engine = %eng.config.name,
+                "snapshot complete and verified at {seq}: {} work units, {} records, {:.1} MB in {} ms ({:.0} MB/s)",
                 eng.state.units.len(),
                 eng.state.db.len(),
                 bytes as f64 / 1e6,
                 took.as_millis(),
-                bytes as f64 / 1e6 / took.as_secs_f64().max(1e-6)
+                bytes as f64 / 1e6 / took.as_secs_f64().max(1e-6),
             );
             Ok(())
         }

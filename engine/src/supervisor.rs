@@ -230,8 +230,13 @@ pub fn run_pair(args: PairArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        anyhow::ensure!(
+            !args.dir.exists() || args.dir.is_dir(),
+            "--dir {} is not a directory: give a directory for the pair (created if missing)",
+            args.dir.display()
+        );
         std::fs::create_dir_all(&args.dir)
-            .with_context(|| format!("creating {}", args.dir.display()))?;
+            .with_context(|| format!("creating the pair's directory {}", args.dir.display()))?;
         let lock = DirLock::take(&args.dir).map_err(anyhow::Error::msg)?;
         let previous = match args.fresh {
             true => None,
@@ -299,7 +304,7 @@ pub fn run_pair(args: PairArgs) -> anyhow::Result<()> {
         sup.write_pair_file();
         sup.write_timeline();
         println!("READY admin={admin_addr}");
-        eprintln!(
+        tracing::info!(
             "pair up: admin {admin_addr}, {} active on {}, {} standby on {}",
             sup.slots[sup.rules.active].name,
             sup.slots[sup.rules.active].client_addr,
@@ -326,7 +331,7 @@ pub fn run_pair(args: PairArgs) -> anyhow::Result<()> {
             sup.shutdown |= sup.leave;
         }
         if sup.leave {
-            eprintln!(
+            tracing::info!(
                 "supervisor stopping; the engines keep serving. `tandem pair up --dir {0}` takes them back, `tandem pair down --dir {0}` stops them",
                 sup.args.dir.display()
             );
@@ -335,7 +340,7 @@ pub fn run_pair(args: PairArgs) -> anyhow::Result<()> {
         sup.stop_all().await;
         PairState::remove(&sup.args.dir);
         let _ = std::fs::remove_file(sup.args.dir.join("pair.json"));
-        eprintln!("pair down");
+        tracing::info!("pair down");
         Ok(())
     })
 }
@@ -434,7 +439,7 @@ impl Supervisor {
     /// Writes the supervisor's state to disk; called before acting on a change.
     pub fn persist(&self) {
         if let Err(e) = self.pair_state().save(&self.args.dir) {
-            eprintln!("could not save the supervisor's state: {e}");
+            tracing::error!("could not save the supervisor's state: {e}");
         }
     }
 
@@ -516,7 +521,7 @@ impl Supervisor {
         slot.control_addr = ready.control_addr;
         slot.client = None;
         slot.expected_exit = false;
-        eprintln!(
+        tracing::info!(
             "started engine {} {} (pid {pid}) on {}{}",
             slot.name,
             slot.app_version,
@@ -649,7 +654,7 @@ impl Supervisor {
     /// Says once (not every tick) that an engine's replies do not fit the contract.
     fn note_contract_error(&mut self, e: &str) {
         if self.contract_error.as_deref() != Some(e) {
-            eprintln!("{e}");
+            tracing::warn!("{e}");
             self.contract_error = Some(e.to_string());
         }
     }
@@ -689,7 +694,7 @@ impl Supervisor {
                         self.admin_addr,
                         self.slots[self.rules.standby()].name
                     );
-                    eprintln!("PAIR UNAVAILABLE: {why}");
+                    tracing::error!("PAIR UNAVAILABLE: {why}");
                     self.rules.unavailable = Some(why.clone());
                     self.persist();
                     self.emit(TimelineEvent {
@@ -756,7 +761,7 @@ impl Supervisor {
         self.heed();
         if let (AfterLease::Resync, Err(e)) = (&after, &reply) {
             let name = self.slots[active].name;
-            eprintln!("lease refused by {name}: {e}; resyncing");
+            tracing::warn!("lease refused by {name}: {e}; resyncing");
             self.resync().await;
         }
         after
@@ -773,9 +778,10 @@ impl Supervisor {
             .rules
             .resynced([statuses[0].as_ref(), statuses[1].as_ref()])
         {
-            eprintln!(
+            tracing::warn!(
                 "resync: {} is active at epoch {}; adopting it",
-                self.slots[i].name, self.rules.epoch
+                self.slots[i].name,
+                self.rules.epoch
             );
             self.slots[1 - i].client = None;
         }
@@ -806,9 +812,11 @@ impl Supervisor {
                 let r = self.follow(i, STANDBY_CHECK_TIMEOUT).await;
                 if r.is_ok() {
                     self.rules.followed(i);
-                    eprintln!(
+                    tracing::info!(
                         "{} answers again: it follows {} at epoch {}",
-                        self.slots[i].name, self.slots[self.rules.active].name, self.rules.epoch
+                        self.slots[i].name,
+                        self.slots[self.rules.active].name,
+                        self.rules.epoch
                     );
                 }
                 r.map(|_| None)
@@ -820,7 +828,7 @@ impl Supervisor {
             StandbyVerdict::Fine => {}
             StandbyVerdict::Resync => self.resync().await,
             StandbyVerdict::Kill(why) => {
-                eprintln!("{why}: killing it, it will be restarted");
+                tracing::warn!("{why}: killing it, it will be restarted");
                 self.kill(standby);
             }
         }
@@ -890,7 +898,7 @@ impl Supervisor {
         self.persist();
         match decision {
             OnExit::Expected => {
-                eprintln!("engine {name} (pid {pid}) stopped");
+                tracing::info!("engine {name} (pid {pid}) stopped");
                 self.write_pair_file();
             }
             OnExit::Quiet => {}
@@ -900,7 +908,7 @@ impl Supervisor {
             }
             OnExit::TargetLost(cause) => self.no_promotable(self.rules.active, cause, true).await,
             OnExit::RestartStandby => {
-                eprintln!("standby {name} (pid {pid}) died: restarting it");
+                tracing::warn!("standby {name} (pid {pid}) died: restarting it");
                 self.restart_standby(i).await;
             }
         }
@@ -915,7 +923,7 @@ impl Supervisor {
         self.set_promotable(false, &format!("{} restarts empty", self.slots[i].name));
         let follow = self.slots[self.rules.active].replication_addr.clone();
         if let Err(e) = self.start(i, Start::Follow(follow)).await {
-            eprintln!("restarting {} failed: {e:#}", self.slots[i].name);
+            tracing::error!("restarting {} failed: {e:#}", self.slots[i].name);
         }
         self.write_pair_file();
     }
@@ -923,7 +931,7 @@ impl Supervisor {
     /// The active is gone (`exited`) or hung: replace it by an engine that holds every
     /// acknowledged write, or say that none does.
     async fn active_lost(&mut self, dead: usize, cause: String, exited: bool) {
-        eprintln!("active lost: {cause}");
+        tracing::warn!("active lost: {cause}");
         let other_running = self.slots[1 - dead].alive();
         let now = monotonic_ns();
         match self
@@ -970,9 +978,10 @@ impl Supervisor {
                 let attempts = self.rules.promotion.as_ref().map_or(0, |p| p.attempts);
                 if attempts == 1 || attempts.is_power_of_two() {
                     let e = result.err().map(|e| e.to_string()).unwrap_or_default();
-                    eprintln!(
+                    tracing::warn!(
                         "promoting {} at epoch {}: attempt {attempts} failed ({e}); retrying",
-                        self.slots[target].name, args[1]
+                        self.slots[target].name,
+                        args[1]
                     );
                 }
             }
@@ -1001,7 +1010,7 @@ impl Supervisor {
             return false;
         }
         let (back, silent) = (self.slots[lost].name, self.slots[p.target].name);
-        eprintln!("{back} answers again and {silent} still does not: {back} stays active at epoch {epoch}");
+        tracing::info!("{back} answers again and {silent} still does not: {back} stays active at epoch {epoch}");
         self.rules.taken_back(monotonic_ns());
         self.slots[p.target].client = None;
         self.heed();
@@ -1028,9 +1037,11 @@ impl Supervisor {
         self.persist();
         self.renew_lease().await;
         let (to, from) = (self.slots[p.target].name, self.slots[dead].name);
-        eprintln!(
+        tracing::info!(
             "failover: {}; {to} promoted at epoch {} in {took_ms:.1} ms ({} attempts)",
-            p.cause, p.epoch, p.attempts
+            p.cause,
+            p.epoch,
+            p.attempts
         );
         self.emit(TimelineEvent {
             switchover: Some(SwitchoverKind::Failover),
@@ -1040,7 +1051,7 @@ impl Supervisor {
         });
         self.write_pair_file();
         if self.slots[dead].pid.is_none() {
-            eprintln!("restarting {from} as the standby of {to}");
+            tracing::info!("restarting {from} as the standby of {to}");
             self.restart_standby(dead).await;
         }
     }
@@ -1090,7 +1101,7 @@ impl Supervisor {
         let name = self.slots[dead].name;
         if !exited {
             if let Some(p) = self.slots[dead].process.clone() {
-                eprintln!("{name} is hung and holds the only copy of some writes, in its journal: killing it to recover it");
+                tracing::warn!("{name} is hung and holds the only copy of some writes, in its journal: killing it to recover it");
                 self.slots[dead].expected_exit = true;
                 p.kill();
                 if tokio::time::timeout(STOP_TIMEOUT, p.exited())
@@ -1128,7 +1139,7 @@ impl Supervisor {
         self.persist();
         self.renew_lease().await;
         let other = 1 - dead;
-        eprintln!("recovery: {cause}; {name} restarted from its journal and active at epoch {epoch} in {took_ms:.0} ms");
+        tracing::info!("recovery: {cause}; {name} restarted from its journal and active at epoch {epoch} in {took_ms:.0} ms");
         self.emit(TimelineEvent {
             switchover: Some(SwitchoverKind::Failover),
             stepup_ms: Some(took_ms),
@@ -1226,7 +1237,7 @@ impl Supervisor {
                 ),
                 Err(e) if process.alive() => {
                     // Running but silent (hung, or busy): watched, and fenced until it answers.
-                    eprintln!(
+                    tracing::warn!(
                         "engine {} (pid {pid}) runs but does not answer ({e}): adopting it as hung",
                         self.slots[i].name
                     );
@@ -1257,7 +1268,7 @@ impl Supervisor {
             describe(0, &statuses[0]),
             describe(1, &statuses[1])
         );
-        eprintln!("{message}");
+        tracing::info!("{message}");
         self.emit(TimelineEvent {
             message: Some(message),
             ..TimelineEvent::new(timeline::now_ms(), EventKind::SupervisorStart)
@@ -1305,7 +1316,7 @@ impl Supervisor {
             }
             Adoption::Retake { epoch } => {
                 let a = self.rules.active;
-                eprintln!(
+                tracing::warn!(
                     "{} is active in an epoch before {}, granted by a predecessor that died mid-switchover: it takes epoch {epoch}",
                     self.slots[a].name,
                     epoch - 1
@@ -1357,7 +1368,7 @@ impl Supervisor {
                     .switchover_unanswered(from, epoch, &e, status.as_ref(), now)
                 {
                     SwitchoverUnanswered::Adopt => {
-                        eprintln!(
+                        tracing::warn!(
                             "switchover answer lost ({e}), but {} is active at epoch {epoch}",
                             self.slots[to].name
                         );
@@ -1471,7 +1482,7 @@ impl Supervisor {
             .pump(STOP_TIMEOUT, move |s| s.slots[i].pid != Some(pid))
             .await
         {
-            eprintln!(
+            tracing::warn!(
                 "engine {} did not stop within {STOP_TIMEOUT:?}: killing it",
                 self.slots[i].name
             );
@@ -1767,6 +1778,6 @@ fn write_atomically(path: &std::path::Path, text: &str) {
         .and_then(|_| std::fs::rename(&tmp, path))
         .is_err()
     {
-        eprintln!("could not write {}", path.display());
+        tracing::warn!("could not write {}", path.display());
     }
 }

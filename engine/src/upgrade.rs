@@ -231,7 +231,7 @@ impl Supervisor {
     fn phase_noted(&mut self, run: &mut Run, name: &str, note: String) {
         self.end_phase(run, None);
         let now = timeline::now_ms();
-        eprintln!("upgrade: phase {name}");
+        tracing::info!("upgrade: phase {name}");
         self.emit(Event {
             phase: Some(name.into()),
             message: (!note.is_empty()).then_some(note),
@@ -349,7 +349,7 @@ impl Supervisor {
                 Ok(true) => return Ok(()),
                 Ok(false) => {} // a move made: the next one from the new state
                 Err(e) => {
-                    eprintln!("upgrade: {e}; going on from the pair's state");
+                    tracing::warn!("upgrade: {e}; going on from the pair's state");
                     run.failovers = self.rules.failovers;
                     failures.push(e);
                     if failures.len() == 3 {
@@ -470,7 +470,7 @@ impl Supervisor {
         } else {
             format!("{failure}; rolling back to {from}")
         };
-        eprintln!("upgrade: {decision}");
+        tracing::info!("upgrade: {decision}");
         run.failovers = self.rules.failovers;
         let settle = Duration::from_millis(run.options.settle_ms);
         if accepted {
@@ -530,7 +530,7 @@ impl Supervisor {
         });
         self.upgrade_state = None;
         self.persist();
-        eprintln!(
+        tracing::info!(
             "upgrade: {outcome}{}",
             reason
                 .as_deref()

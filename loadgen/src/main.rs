@@ -169,7 +169,9 @@ impl Args {
 }
 
 fn main() -> ExitCode {
-    match Args::parse().into_config().and_then(run) {
+    let args = Args::parse();
+    cli::logging::init();
+    match args.into_config().and_then(run) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

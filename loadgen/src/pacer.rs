@@ -76,9 +76,7 @@ impl Drop for Pacer {
 fn pace(clock: Clock, rate_ops_s: u64, wakers: &[Arc<Notify>], stop: &AtomicBool) {
     #[cfg(target_os = "linux")]
     if let Err(e) = nix::sys::prctl::set_timerslack(TIMER_SLACK_NS) {
-        eprintln!(
-            "loadgen: could not tighten the pacer's timer slack ({e}); pacing may lag by ~50 us"
-        );
+        tracing::warn!("could not tighten the pacer's timer slack ({e}); pacing may lag by ~50 us");
     }
     let per_op_ns = 1e9 / rate_ops_s as f64;
     let due = |j: u64| (j as f64 * per_op_ns) as u64;
