@@ -28,6 +28,11 @@ pub(crate) const SUBSCRIBER_QUEUE: usize = 4096;
 
 /// Connects to a supervisor's admin endpoint and proves the pair's secret.
 pub async fn connect(addr: &str, secret: &Secret) -> anyhow::Result<Client> {
+    anyhow::ensure!(
+        addr.rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok()),
+        "'{addr}' is not an admin address: expected HOST:PORT, e.g. 127.0.0.1:7400 (`admin` in the pair's pair.json)"
+    );
     Client::connect_authenticated(addr, Duration::from_secs(3), secret, "admin")
         .await
         .map_err(|e| match e {
@@ -35,7 +40,10 @@ pub async fn connect(addr: &str, secret: &Secret) -> anyhow::Result<Client> {
                 "the supervisor at {addr} refused this user's secret ({why}); pass the pair's secret with --secret-file or {}",
                 auth::SECRET_FILE_ENV
             ),
-            e => anyhow::anyhow!("cannot reach the supervisor at {addr}: {e} (is the pair up? see pair.json)"),
+            e => anyhow::anyhow!(
+                "cannot reach the supervisor at {addr}: {} (is the pair up? its address is `admin` in the pair's pair.json)",
+                loadgen::error::describe_client_error(&e)
+            ),
         })
 }
 
@@ -46,7 +54,7 @@ pub(crate) async fn serve(listener: TcpListener, events: mpsc::Sender<Event>, se
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
-                eprintln!("admin endpoint: accept failed ({e}); pausing");
+                tracing::warn!("admin endpoint: accept failed ({e}); pausing");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -86,7 +94,7 @@ async fn authenticate(
             () = ticket.turned_out() => return false,
         }
         if std::mem::take(&mut first) && resp::auth::looks_like_http(rx) {
-            eprintln!(
+            tracing::warn!(
                 "admin endpoint: closed a connection that speaks HTTP (cross-protocol attack?)"
             );
             return false;
@@ -101,7 +109,7 @@ async fn authenticate(
             let _ = stream.write_all(&out).await;
             out.clear();
             if let Gate::Close(why) = verdict {
-                eprintln!("admin endpoint: {why}; closing");
+                tracing::warn!("admin endpoint: {why}; closing");
                 return false;
             }
         }

@@ -5,18 +5,34 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use cli::{parse_duration, parse_duration_ms};
 use engine::link_io::LinkIo;
 use engine::run::{run_engine, EngineArgs};
 use engine::supervisor::{run_pair, PairArgs};
 use replicator::{BatchConfig, LinkConfig};
 use resp::Reply;
 
+/// The exit codes, under every `--help`.
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  done (for `tandem demo`: also when the upgrade fell back, as --fault makes it)
+  1  an error, said on stderr as `error: ...`; `tandem demo`: an acknowledged update was
+     lost; `tandem sim`: a seed broke an invariant
+  2  bad usage: an unknown flag, a missing or malformed value
+  3  `tandem upgrade`: the upgrade did not complete (it rolled back or was aborted)
+
+Durations: a number and a unit (us, ms, s, m, h), e.g. 30s, 500ms, 2m, 1.5s; a bare number
+is milliseconds for the --*-ms flags, seconds for the others.
+Logs: on stderr (a pair's supervisor and engines: supervisor.log, a.log, b.log in its
+directory), level info; RUST_LOG=debug (or warn, ...) changes it.";
+
 #[derive(Parser)]
 #[command(
     name = "tandem",
     version,
-    about = "Fault-tolerant engine pairs, upgraded while they serve"
+    about = "Fault-tolerant engine pairs, upgraded while they serve",
+    after_help = EXIT_CODES
 )]
 struct Cli {
     #[command(subcommand)]
@@ -41,11 +57,11 @@ enum Cmd {
         quick: bool,
         /// Upgrade to a faulty 2.0 (slow or errors): the acceptance check fails and the
         /// pair falls back to 1.0.
-        #[arg(long)]
-        fault: Option<String>,
+        #[arg(long, value_enum)]
+        fault: Option<FaultArg>,
         /// Requests per second offered by the load generator (default 5000 with --quick,
         /// 10000 otherwise).
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one::<u64>)]
         rate: Option<u64>,
         /// Preload N work units (sessions) and N database records, 100-byte payloads, before
         /// the baseline, to see the upgrade at a real state size (e.g. 1000000).
@@ -76,9 +92,9 @@ enum Cmd {
     Promote {
         #[arg(long)]
         admin: String,
-        /// The engine to make active (a or b).
-        #[arg(long)]
-        engine: String,
+        /// The engine to make active.
+        #[arg(long, value_enum)]
+        engine: EngineName,
         /// Required: says that you accept losing acknowledged writes.
         #[arg(long, required = true)]
         accept_data_loss: bool,
@@ -106,7 +122,7 @@ enum Cmd {
     #[cfg(feature = "sim")]
     Sim {
         /// How many seeds to run (side by side); stops at the first that breaks an invariant.
-        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, default_value_t = 1000, value_parser = at_least_one::<u64>)]
         seeds: u64,
         /// The first seed of --seeds.
         #[arg(long, default_value_t = 0)]
@@ -115,8 +131,8 @@ enum Cmd {
         #[arg(long, conflicts_with_all = ["seeds", "first_seed"])]
         seed: Option<u64>,
         /// Put a known bug back, to see the simulator find it.
-        #[arg(long, value_parser = ["promote-stale", "ack-before-standby"])]
-        plant: Option<String>,
+        #[arg(long, value_enum)]
+        plant: Option<Plant>,
         /// With --seed: print the whole trace.
         #[arg(long, requires = "seed")]
         trace: bool,
@@ -143,8 +159,8 @@ enum PairCmd {
         /// discovery port the seventh. 0: the OS chooses.
         #[arg(long, default_value_t = 7400)]
         base_port: u16,
-        /// Application version both engines start with.
-        #[arg(long, default_value = "1.0")]
+        /// Application version both engines start with (1.0 or 2.0).
+        #[arg(long, default_value = "1.0", value_parser = app_version)]
         app_version: String,
         /// Start the supervisor in the background and return once the pair is ready.
         #[arg(long)]
@@ -157,28 +173,29 @@ enum PairCmd {
         /// requirepass). The pair's own processes use the secret, never this.
         #[arg(long, value_name = "PASSWORD")]
         requirepass: Option<String>,
-        /// An active that answers no lease renewal for this long is replaced.
-        #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+        /// An active that answers no lease renewal for this long is replaced (e.g. 500ms,
+        /// 2s).
+        #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
         hang_timeout: Duration,
         /// A simplex lease (an active serving alone) lasts this long after it was sent.
-        #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
         lease_ttl: Duration,
         /// A standby silent this long on its link stops holding up writes.
-        #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
         peer_timeout: Duration,
         /// A replaced or silent engine that stays unresponsive this long is killed and
         /// restarted.
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
         hung_kill_after: Duration,
         /// While one engine serves alone, `journal` releases a write only once it is on
         /// disk (survives a crash of that engine); `memory` releases at once (does not).
         #[arg(long, value_enum, default_value_t = Durability::Journal)]
         simplex_durability: Durability,
         /// A client that takes none of its replies for this long is disconnected.
-        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
         output_stall_timeout: Duration,
         /// Client connections per engine, at most.
-        #[arg(long, default_value_t = 10_000)]
+        #[arg(long, default_value_t = 10_000, value_parser = at_least_one::<usize>)]
         clients_max: usize,
         /// Start an empty pair even if DIR holds one whose engines and journals are gone.
         #[arg(long)]
@@ -205,8 +222,77 @@ enum Durability {
     Memory,
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    loadgen::parse_duration(text).map_err(|e| e.to_string())
+/// The faulty builds `--fault` selects (what `sessions::Fault::parse` takes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum FaultArg {
+    /// 20 % of the commands take 5 ms more.
+    Slow,
+    /// 5 % of the commands answer an error.
+    Errors,
+}
+
+impl FaultArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            FaultArg::Slow => "slow",
+            FaultArg::Errors => "errors",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum EngineName {
+    A,
+    B,
+}
+
+/// The known bugs `tandem sim --plant` puts back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Plant {
+    /// The supervisor promotes a standby that is not in sync.
+    PromoteStale,
+    /// The active releases a reply before its standby acknowledged it.
+    AckBeforeStandby,
+}
+
+/// The out-of-service phases `tandem upgrade --hold-phase` can keep open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum HoldPhase {
+    #[value(name = "b_out_of_service")]
+    BOutOfService,
+    #[value(name = "a_out_of_service")]
+    AOutOfService,
+    #[value(name = "b_reload_previous")]
+    BReloadPrevious,
+}
+
+impl HoldPhase {
+    fn as_str(self) -> &'static str {
+        match self {
+            HoldPhase::BOutOfService => "b_out_of_service",
+            HoldPhase::AOutOfService => "a_out_of_service",
+            HoldPhase::BReloadPrevious => "b_reload_previous",
+        }
+    }
+}
+
+/// An application version the engines run.
+fn app_version(text: &str) -> Result<String, String> {
+    engine::sessions::AppVersion::parse(text).map(|v| v.as_str().to_string())
+}
+
+/// A count for which 0 means nothing (a rate, connections, batch sizes).
+fn at_least_one<T: std::str::FromStr + PartialOrd + From<u8>>(text: &str) -> Result<T, String> {
+    match text.trim().parse::<T>() {
+        Ok(n) if n < T::from(1) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("'{text}' is not a whole number")),
+    }
+}
+
+/// A duration as the milliseconds the upgrade's options carry.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[derive(Subcommand)]
@@ -223,40 +309,44 @@ struct UpgradeCli {
     /// The supervisor's admin address (see pair.json).
     #[arg(long)]
     admin: String,
-    /// The application version to upgrade to.
-    #[arg(long)]
+    /// The application version to upgrade to (1.0 or 2.0).
+    #[arg(long, value_parser = app_version)]
     to: String,
-    /// Upgrade to a deliberately faulty build (slow or errors) to exercise the fallback.
-    #[arg(long)]
-    fault: Option<String>,
-    /// How long to measure the old version before the upgrade (the baseline).
-    #[arg(long, default_value_t = 5000)]
-    baseline_ms: u64,
-    /// How long to evaluate the new version while it is active.
-    #[arg(long, default_value_t = 5000)]
-    evaluate_ms: u64,
-    /// How long the pair runs in its final state before the upgrade is declared done.
-    #[arg(long, default_value_t = 3000)]
-    settle_ms: u64,
-    /// A reloaded engine must catch up within this long, or the upgrade is aborted.
-    #[arg(long, default_value_t = 60_000)]
-    catch_up_timeout_ms: u64,
+    /// Upgrade to a deliberately faulty build to exercise the fallback.
+    #[arg(long, value_enum)]
+    fault: Option<FaultArg>,
+    /// How long to measure the old version before the upgrade (the baseline), e.g. 5s; a
+    /// bare number is milliseconds.
+    #[arg(long, value_name = "DURATION", default_value = "5000", value_parser = parse_duration_ms)]
+    baseline_ms: Duration,
+    /// How long to evaluate the new version while it is active (e.g. 5s, or 5000 ms).
+    #[arg(long, value_name = "DURATION", default_value = "5000", value_parser = parse_duration_ms)]
+    evaluate_ms: Duration,
+    /// How long the pair runs in its final state before the upgrade is declared done (e.g.
+    /// 3s, or 3000 ms).
+    #[arg(long, value_name = "DURATION", default_value = "3000", value_parser = parse_duration_ms)]
+    settle_ms: Duration,
+    /// A reloaded engine must catch up within this long, or the upgrade is aborted (e.g. 1m,
+    /// or 60000 ms).
+    #[arg(long, value_name = "DURATION", default_value = "60000", value_parser = parse_duration_ms)]
+    catch_up_timeout_ms: Duration,
     /// Acceptance: error replies per command, at most (0.01 = 1 %).
     #[arg(long, default_value_t = 0.01)]
     max_error_rate: f64,
     /// Acceptance: p99 latency at most this many times the baseline's...
     #[arg(long, default_value_t = 3.0)]
     p99_factor: f64,
-    /// ...or the baseline's plus this many milliseconds, whichever is larger.
-    #[arg(long, default_value_t = 2.0)]
-    p99_slack_ms: f64,
-    /// Fault injection: keep this out-of-service phase (b_out_of_service, a_out_of_service,
-    /// b_reload_previous) open with its engine down for --hold-ms, so that the engine serving
-    /// alone can be failed meanwhile.
-    #[arg(long, requires = "hold_ms")]
-    hold_phase: Option<String>,
-    #[arg(long, default_value_t = 0)]
-    hold_ms: u64,
+    /// ...or the baseline's plus this, whichever is larger (e.g. 2ms, 500us; a bare number
+    /// is milliseconds).
+    #[arg(long, value_name = "DURATION", default_value = "2", value_parser = parse_duration_ms)]
+    p99_slack_ms: Duration,
+    /// Fault injection: keep this out-of-service phase open with its engine down for
+    /// --hold-ms, so that the engine serving alone can be failed meanwhile.
+    #[arg(long, value_enum, requires = "hold_ms")]
+    hold_phase: Option<HoldPhase>,
+    /// With --hold-phase: how long (e.g. 5s, or 5000 ms).
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_duration_ms)]
+    hold_ms: Duration,
 }
 
 #[derive(clap::Args)]
@@ -269,11 +359,11 @@ struct EngineCli {
     replication_addr: String,
     #[arg(long, default_value = "127.0.0.1:0")]
     control_addr: String,
-    #[arg(long, default_value = "1.0")]
+    #[arg(long, default_value = "1.0", value_parser = app_version)]
     app_version: String,
-    /// Inject a fault: slow or errors.
-    #[arg(long)]
-    fault: Option<String>,
+    /// Inject a fault.
+    #[arg(long, value_enum)]
+    fault: Option<FaultArg>,
     /// Start as the active of this epoch.
     #[arg(long)]
     active_epoch: Option<u64>,
@@ -292,23 +382,24 @@ struct EngineCli {
     #[arg(long, requires = "data_dir")]
     recover: bool,
     /// A batch closes at this many bytes...
-    #[arg(long, default_value_t = 256 << 10)]
+    #[arg(long, default_value_t = 256 << 10, value_parser = at_least_one::<usize>)]
     batch_bytes_max: usize,
     /// ...or this many updates.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 4096, value_parser = at_least_one::<u32>)]
     batch_updates_max: u32,
     /// Batches in flight to the standby, at most.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = at_least_one::<usize>)]
     batches_in_flight_max: usize,
-    /// A silent peer is declared dead after this long.
-    #[arg(long, default_value_t = 500)]
-    peer_timeout_ms: u64,
+    /// A silent peer is declared dead after this long (a bare number is milliseconds).
+    #[arg(long, value_name = "DURATION", default_value = "500", value_parser = parse_duration_ms)]
+    peer_timeout_ms: Duration,
     /// Client connections at once, at most.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = at_least_one::<usize>)]
     clients_max: usize,
-    /// A client that takes none of its replies for this long is disconnected.
-    #[arg(long, default_value_t = 30_000)]
-    output_stall_timeout_ms: u64,
+    /// A client that takes none of its replies for this long is disconnected (a bare number
+    /// is milliseconds).
+    #[arg(long, value_name = "DURATION", default_value = "30000", value_parser = parse_duration_ms)]
+    output_stall_timeout_ms: Duration,
     /// The replication link's driver.
     #[arg(long, value_enum, default_value_t = LinkIo::Tokio)]
     io: LinkIo,
@@ -342,8 +433,7 @@ fn main() {
         }
     }
     if let Err(e) = run(cli) {
-        eprintln!("tandem: {e:#}");
-        std::process::exit(1);
+        cli::exit::fail(&e);
     }
 }
 
@@ -368,7 +458,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             replication_addr: e.replication_addr,
             control_addr: e.control_addr,
             app_version: e.app_version,
-            fault: e.fault,
+            fault: e.fault.map(|f| f.as_str().to_string()),
             active_epoch: e.active_epoch,
             follow: e.follow,
             epoch: e.epoch,
@@ -382,13 +472,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             },
             link: LinkConfig {
                 batches_in_flight_max: e.batches_in_flight_max,
-                peer_timeout: Duration::from_millis(e.peer_timeout_ms),
+                peer_timeout: e.peer_timeout_ms,
                 ..LinkConfig::new(secret(secret_file)?)
             },
             io: e.io,
             limits: engine::server::ServerLimits {
                 clients_max: e.clients_max,
-                output_stall_timeout: Duration::from_millis(e.output_stall_timeout_ms),
+                output_stall_timeout: e.output_stall_timeout_ms,
                 requirepass: std::env::var_os(REQUIREPASS_ENV)
                     .filter(|p| !p.is_empty())
                     .map(|p| p.into_encoded_bytes()),
@@ -415,7 +505,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     io,
                 },
         } => {
-            engine::sessions::AppVersion::parse(&app_version).map_err(anyhow::Error::msg)?;
             // Every engine would refuse to start: say so once, before starting any.
             io.check()
                 .with_context(|| format!("--io {}", io.as_str()))?;
@@ -470,7 +559,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             println!(
                 "{}",
-                admin_call(secret_file, &admin, &["PROMOTE", &engine, "FORCE"])?
+                admin_call(
+                    secret_file,
+                    &admin,
+                    &[
+                        "PROMOTE",
+                        engine.to_possible_value().expect("named").get_name(),
+                        "FORCE"
+                    ]
+                )?
             );
             Ok(())
         }
@@ -496,7 +593,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => engine::demo::run(engine::demo::DemoArgs {
             out,
             quick,
-            fault,
+            fault: fault.map(|f| f.as_str().to_string()),
             rate_ops_s: rate,
             state,
             secret_file: replicator::Secret::resolve(secret_file)?.0,
@@ -519,7 +616,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 seeds,
                 first_seed,
                 seed,
-                plant,
+                plant: plant.map(|p| p.to_possible_value().expect("named").get_name().to_string()),
                 trace,
                 supervisor_crashes: !no_supervisor_crashes,
             };
@@ -537,16 +634,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Upgrade(u) => {
             let options = engine::upgrade::Options {
-                fault: u.fault,
-                baseline_ms: u.baseline_ms,
-                evaluate_ms: u.evaluate_ms,
-                settle_ms: u.settle_ms,
-                catch_up_timeout_ms: u.catch_up_timeout_ms,
+                fault: u.fault.map(|f| f.as_str().to_string()),
+                baseline_ms: millis(u.baseline_ms),
+                evaluate_ms: millis(u.evaluate_ms),
+                settle_ms: millis(u.settle_ms),
+                catch_up_timeout_ms: millis(u.catch_up_timeout_ms),
                 max_error_rate: u.max_error_rate,
                 p99_factor: u.p99_factor,
-                p99_slack_ms: u.p99_slack_ms,
-                hold_phase: u.hold_phase,
-                hold_ms: u.hold_ms,
+                p99_slack_ms: u.p99_slack_ms.as_secs_f64() * 1e3,
+                hold_phase: u.hold_phase.map(|h| h.as_str().to_string()),
+                hold_ms: millis(u.hold_ms),
             };
             engine::upgrade_cli::run(&secret(secret_file)?, &u.admin, &u.to, &options)
         }
@@ -717,6 +814,14 @@ fn detach_pair(argv: &[String], dir: &std::path::Path) -> anyhow::Result<()> {
 
 fn report(run_dir: &std::path::Path, compare: Option<&std::path::Path>) -> anyhow::Result<()> {
     use reports::run::RunDir;
+    for dir in std::iter::once(run_dir).chain(compare) {
+        anyhow::ensure!(
+            dir.join("summary.json").is_file(),
+            "{} is not a run directory (it has no summary.json): give one that `tandem demo` or \
+             `loadgen --out` wrote",
+            dir.display()
+        );
+    }
     let run = RunDir::new(run_dir);
     match compare {
         None => {

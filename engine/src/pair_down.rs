@@ -19,8 +19,19 @@ pub fn run(dir: &Path, secret: &Secret) -> anyhow::Result<String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    anyhow::ensure!(
+        dir.is_dir(),
+        "{} is not a directory: give the --dir the pair was started with (`tandem pair up --dir`)",
+        dir.display()
+    );
     runtime.block_on(async {
         let state = PairState::load(dir).map_err(anyhow::Error::msg)?;
+        if state.is_none() && !DirLock::held(dir) && engines_under(dir).is_empty() {
+            return Ok(format!(
+                "OK no pair in {}: no supervisor.json and no engine of it running, nothing to stop",
+                dir.display()
+            ));
+        }
         if DirLock::held(dir) {
             let state = state.context("a supervisor holds the directory but wrote no state")?;
             let mut admin = crate::admin::connect(&state.admin, secret).await?;
@@ -57,7 +68,7 @@ pub fn run(dir: &Path, secret: &Secret) -> anyhow::Result<String> {
                     .await
                     .is_err()
                 {
-                    eprintln!("engine {name} (pid {pid}) did not stop: killing it");
+                    tracing::warn!("engine {name} (pid {pid}) did not stop: killing it");
                     p.kill();
                 }
             }

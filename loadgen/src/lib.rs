@@ -56,7 +56,7 @@ use resp::{Client, Reply};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-pub use config::{parse_duration, Config, ConfigError, Distribution, Mix, Mode};
+pub use config::{Config, ConfigError, Distribution, Mix, Mode};
 pub use error::Error;
 
 use clock::Clock;

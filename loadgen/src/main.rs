@@ -1,19 +1,38 @@
 //! `loadgen`: the command line over the library. Parses and checks the flags, runs the load
-//! on a multi-threaded runtime, prints a per-phase table and where the run directory is,
-//! and exits non-zero on an error or when an acknowledged update was lost.
+//! on a multi-threaded runtime, prints a per-phase table and where the run directory is (or,
+//! with `--json`, the summary as one JSON object on stdout and the table on stderr), and
+//! exits non-zero on an error or when an acknowledged update was lost (see [`EXIT_CODES`]).
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{ArgGroup, Parser};
+use cli::parse_duration;
 use loadgen::{Config, Distribution, Mix, Mode};
+
+/// At least one acknowledged update was lost (the run itself went through).
+const EXIT_LOST: u8 = 1;
+/// Bad usage or input, or the run could not be done (e.g. no target reachable).
+const EXIT_ERROR: u8 = 2;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  the run went through and no acknowledged update was lost
+  1  an acknowledged update was lost (the count and examples are on stderr)
+  2  an error, said on stderr as `error: ...`: bad usage (an unknown flag, a bad value), or
+     the run could not be done (no target reachable, the run directory not writable)
+
+Durations: a number and a unit (us, ms, s, m, h), e.g. 30s, 500ms, 2m, 1.5s; a bare number
+is seconds.
+Logs: on stderr, level info; RUST_LOG=debug (or warn, ...) changes it.";
 
 /// Drives a tandem pair (or a Redis primary/replica) over RESP, measures latency per
 /// phase with coordinated-omission correction, follows switchovers, and checks at the end
 /// that no acknowledged update was lost.
 #[derive(Parser, Debug)]
-#[command(name = "loadgen", version)]
+#[command(name = "loadgen", version, after_help = EXIT_CODES)]
 #[command(group(ArgGroup::new("pace").required(true).args(["rate", "closed"])))]
 struct Args {
     /// Client address(es), comma-separated. Tandem: any engine of the pair (the load
@@ -51,7 +70,7 @@ struct Args {
     rate: Option<u64>,
 
     /// Closed loop: this many connections, each keeping --pipeline requests in flight.
-    #[arg(long, value_name = "CONNECTIONS", value_parser = parse_positive)]
+    #[arg(long, value_name = "CONNECTIONS", value_parser = parse_positive::<usize>)]
     closed: Option<usize>,
 
     /// A connection whose oldest request gets no reply for this long is given up and the
@@ -59,7 +78,7 @@ struct Args {
     #[arg(long, value_name = "D", value_parser = parse_duration, default_value = "1s")]
     reply_timeout: Duration,
 
-    /// How long to run, e.g. 30s, 500ms, 2m.
+    /// How long to run, e.g. 30s, 500ms, 2m (a bare number is seconds).
     #[arg(long, value_name = "D", value_parser = parse_duration)]
     duration: Duration,
 
@@ -67,7 +86,7 @@ struct Args {
     #[arg(long, requires = "admin")]
     until_upgrade_end: bool,
 
-    /// With --until-upgrade-end: keep going this long after the upgrade ended.
+    /// With --until-upgrade-end: keep going this long after the upgrade ended, e.g. 1s.
     #[arg(long, value_name = "D", value_parser = parse_duration, default_value = "1s")]
     tail: Duration,
 
@@ -76,11 +95,11 @@ struct Args {
     out: PathBuf,
 
     /// Open loop: connections the rate is spread over.
-    #[arg(long, value_name = "N", default_value_t = 4, value_parser = parse_positive)]
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = parse_positive::<usize>)]
     connections: usize,
 
     /// Requests in flight per connection, at most.
-    #[arg(long, value_name = "P", default_value_t = 16, value_parser = parse_positive)]
+    #[arg(long, value_name = "P", default_value_t = 16, value_parser = parse_positive::<usize>)]
     pipeline: usize,
 
     /// Shares of the operations: set (database write), get (read), session (a
@@ -97,7 +116,7 @@ struct Args {
     value_bytes: usize,
 
     /// Key space size.
-    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = parse_positive::<u64>)]
     keys: u64,
 
     /// Key popularity: uniform, zipfian (skew 0.99) or zipfian:THETA.
@@ -111,6 +130,12 @@ struct Args {
     /// No progress line (it is shown only when stderr is a terminal anyway).
     #[arg(long)]
     quiet: bool,
+
+    /// Print the end-of-run summary as one JSON object on stdout (summary.json's fields,
+    /// and run_dir, unsent, warnings, error_examples, lost_examples); the table goes to
+    /// stderr then, and nothing else to stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 fn parse_rate(text: &str) -> Result<u64, String> {
@@ -121,20 +146,17 @@ fn parse_rate(text: &str) -> Result<u64, String> {
     }
 }
 
-fn parse_positive(text: &str) -> Result<usize, String> {
-    match text.trim().parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
+/// A count for which 0 means nothing.
+fn parse_positive<T: std::str::FromStr + PartialOrd + From<u8>>(text: &str) -> Result<T, String> {
+    match text.trim().parse::<T>() {
+        Ok(n) if n < T::from(1) => Err("must be at least 1".into()),
         Ok(n) => Ok(n),
         Err(_) => Err(format!("'{text}' is not a whole number")),
     }
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    loadgen::parse_duration(text).map_err(|e| e.to_string())
-}
-
 impl Args {
-    fn into_config(self) -> anyhow::Result<Config> {
+    fn into_config(self) -> anyhow::Result<(Config, bool)> {
         let mode = match (self.rate, self.closed) {
             (Some(rate_ops_s), _) => Mode::Open { rate_ops_s },
             (None, Some(connections)) => Mode::Closed { connections },
@@ -144,7 +166,7 @@ impl Args {
             Some(_) => Some(auth::Secret::resolve(self.secret_file.as_deref())?.1),
             None => None,
         };
-        Ok(Config {
+        let config = Config {
             targets: self.target,
             admin: self.admin,
             admin_secret,
@@ -164,31 +186,39 @@ impl Args {
             out: Some(self.out),
             progress: !self.quiet,
             seed: self.seed,
-        })
+        };
+        Ok((config, self.json))
     }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     cli::logging::init();
-    match args.into_config().and_then(run) {
+    match args
+        .into_config()
+        .and_then(|(config, json)| run(config, json))
+    {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            eprintln!("error: {}", cli::exit::one_line(&e));
+            ExitCode::from(EXIT_ERROR)
         }
     }
 }
 
-fn run(config: Config) -> anyhow::Result<ExitCode> {
+fn run(config: Config, json: bool) -> anyhow::Result<ExitCode> {
     config.validate()?;
     let result = loadgen::run_blocking(config)?;
     for warning in &result.warnings {
         eprintln!("warning: {warning}");
     }
-    print_table(&result);
-    if !result.error_examples.is_empty() {
-        println!("error replies, e.g.: {}", result.error_examples.join("; "));
+    if json {
+        // The human text goes to stderr: stdout is the JSON object alone.
+        let mut err = std::io::stderr().lock();
+        write_table(&mut err, &result)?;
+        println!("{}", summary_json(&result));
+    } else {
+        write_table(&mut std::io::stdout().lock(), &result)?;
     }
     let s = &result.summary;
     if s.lost_updates > 0 {
@@ -199,20 +229,41 @@ fn run(config: Config) -> anyhow::Result<ExitCode> {
         for example in &result.lost_examples {
             eprintln!("  {example}");
         }
-        return Ok(ExitCode::from(1));
+        return Ok(ExitCode::from(EXIT_LOST));
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_table(result: &loadgen::RunResult) {
-    loadgen::output::print_summary(&result.summary);
+/// The per-phase table and what else a person reads at the end of a run.
+fn write_table(w: &mut impl Write, result: &loadgen::RunResult) -> std::io::Result<()> {
+    loadgen::output::write_summary(w, &result.summary)?;
     if result.unsent > 0 {
-        println!(
+        writeln!(
+            w,
             "{} requests fell due but were not sent before the run stopped",
             result.unsent
-        );
+        )?;
+    }
+    if !result.error_examples.is_empty() {
+        writeln!(
+            w,
+            "error replies, e.g.: {}",
+            result.error_examples.join("; ")
+        )?;
     }
     if let Some(dir) = &result.out {
-        println!("run directory: {}", dir.display());
+        writeln!(w, "run directory: {}", dir.display())?;
     }
+    Ok(())
+}
+
+/// `--json`: `summary.json`'s object, and what the table says besides.
+fn summary_json(result: &loadgen::RunResult) -> serde_json::Value {
+    let mut v = serde_json::to_value(&result.summary).expect("a summary is JSON");
+    v["run_dir"] = result.out.as_ref().map(|d| d.display().to_string()).into();
+    v["unsent"] = result.unsent.into();
+    v["warnings"] = result.warnings.clone().into();
+    v["error_examples"] = result.error_examples.clone().into();
+    v["lost_examples"] = result.lost_examples.clone().into();
+    v
 }

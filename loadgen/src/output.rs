@@ -55,13 +55,21 @@ pub fn write(dir: &Path, files: &RunFiles<'_>, clock: &Clock) -> Result<(), Erro
 /// The per-phase table, the switchovers and the update counts, as the `loadgen` binary and
 /// `tandem demo` print them at the end of a run.
 pub fn print_summary(s: &Summary) {
+    // Nothing to do about a closed stdout but stop printing.
+    let _ = write_summary(&mut std::io::stdout().lock(), s);
+}
+
+/// [`print_summary`] to any writer (`loadgen --json` puts it on stderr).
+pub fn write_summary(w: &mut impl std::io::Write, s: &Summary) -> std::io::Result<()> {
     let ms = |us: u64| us as f64 / 1000.0;
-    println!(
+    writeln!(
+        w,
         "{:<22} {:>8} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9}",
         "phase", "time s", "ops/s", "errors", "p50 ms", "p99 ms", "p99.9 ms", "max ms"
-    );
+    )?;
     for p in &s.phases {
-        println!(
+        writeln!(
+            w,
             "{:<22} {:>8.1} {:>10.0} {:>7} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
             p.name,
             (p.end_ms.saturating_sub(p.start_ms)) as f64 / 1000.0,
@@ -71,13 +79,14 @@ pub fn print_summary(s: &Summary) {
             ms(p.latency_us.p99),
             ms(p.latency_us.p999),
             ms(p.latency_us.max),
-        );
+        )?;
     }
     for sw in &s.switchovers {
-        println!(
+        writeln!(
+            w,
             "switchover ({}): step-up {:.1} ms, client gap {:.1} ms",
             sw.kind, sw.stepup_ms, sw.client_gap_ms
-        );
+        )?;
     }
     if s.target != "redis" {
         let phases: Vec<String> = s
@@ -86,7 +95,8 @@ pub fn print_summary(s: &Summary) {
             .filter(|p| p.simplex_ms > 0)
             .map(|p| format!("{} {} ms", p.name, p.simplex_ms))
             .collect();
-        println!(
+        writeln!(
+            w,
             "one engine served alone: {} ms in {} window{}{}",
             s.simplex_ms,
             s.simplex_windows.len(),
@@ -100,10 +110,11 @@ pub fn print_summary(s: &Summary) {
             } else {
                 format!(" ({})", phases.join(", "))
             }
-        );
+        )?;
     }
-    println!(
+    writeln!(
+        w,
         "updates: {} acknowledged, {} verified, {} lost; outcome {}",
         s.acknowledged_updates, s.verified_updates, s.lost_updates, s.outcome
-    );
+    )
 }
