@@ -128,3 +128,40 @@ async fn a_run_writes_its_directory() {
     assert!(!run.timeline_path().exists(), "no timeline without --admin");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_puts_the_summary_alone_on_stdout() {
+    let server = start_one(normal()).await;
+    let dir = temp_dir("cli-json");
+    let out = loadgen(&[
+        "--target",
+        &server.addr(),
+        "--rate",
+        "500",
+        "--duration",
+        "300ms",
+        "--out",
+        dir.to_str().unwrap(),
+        "--quiet",
+        "--json",
+    ])
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // One JSON object and nothing else (the table went to stderr).
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {stdout}"));
+    assert_eq!(stdout.trim().lines().count(), 1, "{stdout}");
+    assert_eq!(summary["schema"], "tandem.run/1");
+    assert_eq!(summary["target"], "tandem");
+    assert_eq!(summary["lost_updates"], 0);
+    assert!(summary["acknowledged_updates"].as_u64() > Some(0), "{summary}");
+    assert_eq!(summary["workload"]["rate_ops_s"], 500);
+    assert_eq!(summary["run_dir"], dir.to_str().unwrap());
+    assert!(summary["warnings"].is_array() && summary["unsent"].is_u64());
+    assert!(stderr(&out).contains("steady"), "{}", stderr(&out));
+    // The same figures as summary.json.
+    let written = RunDir::new(&dir).read_summary().unwrap();
+    assert_eq!(summary["acknowledged_updates"], written.acknowledged_updates);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
