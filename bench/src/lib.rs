@@ -19,6 +19,12 @@ use tokio::net::TcpStream;
 /// How long anything a benchmark waits for may take before the benchmark fails.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
+/// The suite's notices (a stale binary, a missing redis-server) through the workspace's one
+/// logging setup, on stderr beside criterion's output.
+fn logging() {
+    cli::logging::init();
+}
+
 /// `TANDEM_BENCH_QUICK=1`: minimum sample sizes, short measurements, smaller states.
 pub fn quick() -> bool {
     std::env::var("TANDEM_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0")
@@ -186,10 +192,13 @@ pub fn tandem_exe() -> PathBuf {
         });
         match built {
             Some(Ok(s)) if s.success() && exe.is_file() => {}
-            _ if exe.is_file() => eprintln!(
-                "NOTICE: could not (re)build {}; measuring the binary that is there",
-                exe.display()
-            ),
+            _ if exe.is_file() => {
+                logging();
+                tracing::warn!(
+                    "could not (re)build {}; measuring the binary that is there",
+                    exe.display()
+                )
+            }
             other => panic!(
                 "{} is missing and could not be built ({other:?}): run \
                  `cargo build --release -p engine --bin tandem` and look at its errors",
@@ -300,7 +309,8 @@ impl Drop for Pair {
             .stderr(Stdio::null())
             .status();
         if !down.is_ok_and(|s| s.success()) {
-            eprintln!(
+            logging();
+            tracing::warn!(
                 "tandem pair down --dir {} failed",
                 self.dir.path().display()
             );
@@ -713,9 +723,8 @@ impl RedisPair {
             .output()
             .is_err()
         {
-            eprintln!(
-                "NOTICE: redis-server is not installed: the Redis peer benchmarks are skipped"
-            );
+            logging();
+            tracing::warn!("redis-server is not installed: the Redis peer benchmarks are skipped");
             return None;
         }
         let dir = TempDir::new("redis");
