@@ -288,12 +288,12 @@ mod linux {
         let (updates, sizes, rounds) = match parse_args() {
             Ok(a) => a,
             Err(e) => {
-                eprintln!("link_throughput: {e}");
+                eprintln!("error: {e}");
                 std::process::exit(2);
             }
         };
         if let Err(e) = uring::available() {
-            eprintln!("link_throughput: {e}");
+            eprintln!("error: {e}");
             std::process::exit(1);
         }
         println!(
@@ -323,7 +323,7 @@ mod linux {
                     let run = match run_once(driver, updates, batch_updates) {
                         Ok(run) => run,
                         Err(e) => {
-                            eprintln!("link_throughput: {} run failed: {e}", driver.name());
+                            eprintln!("error: the {} run failed: {e}", driver.name());
                             std::process::exit(1);
                         }
                     };

@@ -155,13 +155,19 @@ async fn json_puts_the_summary_alone_on_stdout() {
     assert_eq!(summary["schema"], "tandem.run/1");
     assert_eq!(summary["target"], "tandem");
     assert_eq!(summary["lost_updates"], 0);
-    assert!(summary["acknowledged_updates"].as_u64() > Some(0), "{summary}");
+    assert!(
+        summary["acknowledged_updates"].as_u64() > Some(0),
+        "{summary}"
+    );
     assert_eq!(summary["workload"]["rate_ops_s"], 500);
     assert_eq!(summary["run_dir"], dir.to_str().unwrap());
     assert!(summary["warnings"].is_array() && summary["unsent"].is_u64());
     assert!(stderr(&out).contains("steady"), "{}", stderr(&out));
     // The same figures as summary.json.
     let written = RunDir::new(&dir).read_summary().unwrap();
-    assert_eq!(summary["acknowledged_updates"], written.acknowledged_updates);
+    assert_eq!(
+        summary["acknowledged_updates"],
+        written.acknowledged_updates
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
