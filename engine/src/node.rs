@@ -242,24 +242,26 @@ impl Engine {
     /// The expiry sweep's turn (every [`crate::expiry::SWEEP_PERIOD`], after `wall` is set
     /// again): on the active, deletes keys whose deadline has passed, a bounded number per
     /// turn, as replicated writes.
-    pub fn sweep_expired(&mut self, now: Instant) {
+    /// Returns how many it deleted.
+    pub fn sweep_expired(&mut self, now: Instant) -> usize {
         if self.state.expiries.is_empty()
             || self.role != Role::Active
             || self.stepping_down.is_some()
             || self.writes_blocked()
         {
-            return;
+            return 0;
         }
         let now_ms = self.wall.unix_ms(now);
         let before = self.outbox.seq_last();
         let mut ctx = crate::app::Ctx::new(&mut self.state, &mut self.outbox, now);
         // Deletes cannot reach a limit; nothing to do on an error but try again next turn.
-        if let Ok(n) = crate::keyspace::sweep(&mut ctx, now_ms, crate::expiry::SWEEP_KEYS_MAX) {
-            self.counters.expired_keys += n as u64;
-        }
+        let n =
+            crate::keyspace::sweep(&mut ctx, now_ms, crate::expiry::SWEEP_KEYS_MAX).unwrap_or(0);
+        self.counters.expired_keys += n as u64;
         if self.outbox.seq_last() > before {
             self.after_writes(now);
         }
+        n
     }
 
     pub fn identity(&self) -> Identity {

@@ -156,14 +156,30 @@ pub fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
             }
         });
         let sweeper = engine.clone();
+        let mut progress = engine.borrow().progress.subscribe();
         tokio::task::spawn_local(async move {
             let mut turn = tokio::time::interval(crate::expiry::SWEEP_PERIOD);
             turn.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 turn.tick().await;
-                let mut eng = sweeper.borrow_mut();
-                eng.wall = crate::expiry::WallClock::now();
-                eng.sweep_expired(Instant::now());
+                sweeper.borrow_mut().wall = crate::expiry::WallClock::now();
+                // A full turn means more is due: go on, up to a bound per period, so that
+                // expiry keeps up with a high rate of deadlines. Each turn waits until the
+                // standby holds the one before, so that a mass expiry never queues more than
+                // one turn of deletes ahead of a client's read or write.
+                for _ in 0..crate::expiry::SWEEP_TURNS_MAX {
+                    let (n, seq, epoch) = {
+                        let mut eng = sweeper.borrow_mut();
+                        let n = eng.sweep_expired(Instant::now());
+                        (n, eng.outbox.seq_last(), eng.epoch)
+                    };
+                    if n < crate::expiry::SWEEP_KEYS_MAX
+                        || !crate::server::wait_until_released(&sweeper, &mut progress, seq, epoch)
+                            .await
+                    {
+                        break;
+                    }
+                }
             }
         });
         tokio::task::spawn_local(crate::server::serve(engine.clone(), client, Port::Client));

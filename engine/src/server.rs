@@ -478,7 +478,7 @@ async fn connection(
 
 /// Waits until replies that saw `seq` may go. False if the engine left the epoch in which the
 /// writes were made before they were released.
-async fn wait_until_released(
+pub(crate) async fn wait_until_released(
     engine: &Shared,
     progress: &mut tokio::sync::watch::Receiver<u64>,
     seq: u64,
