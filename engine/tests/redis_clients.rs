@@ -211,13 +211,5 @@ async fn redis_py_sentinel_follows_a_switchover_and_a_sigkill_failover_losing_no
         "redis-py: {} writes acknowledged, {retries} sent again",
         written.len()
     );
-    let mut client = pair.active_client().await;
-    let missing = lost(&mut client, &written).await;
-    assert!(
-        missing.is_empty(),
-        "{} of {} lost: {:?}",
-        missing.len(),
-        written.len(),
-        &missing[..missing.len().min(5)]
-    );
+    common::assert_none_lost(&pair, &written).await;
 }

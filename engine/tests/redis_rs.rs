@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{lost, pid_of, Pair, DEADLINE};
+use common::{pid_of, Pair, DEADLINE};
 use redis::{Commands, RedisResult};
 
 fn active_port(s: &serde_json::Value) -> String {
@@ -172,9 +172,7 @@ async fn redis_rs_runs_every_command_over_resp2_and_resp3_and_loses_nothing() {
         e[0]["digest"] == e[1]["digest"]
     })
     .await;
-    let mut client = pair.active_client().await;
-    let missing = lost(&mut client, &written).await;
-    assert!(missing.is_empty(), "lost: {missing:?}");
+    common::assert_none_lost(&pair, &written).await;
 }
 
 /// Writes `key:i = i` through the Sentinel client until told to stop; a write that fails is
@@ -265,13 +263,5 @@ async fn redis_rs_sentinel_follows_a_switchover_and_a_sigkill_failover_losing_no
         "redis-rs: {} writes acknowledged, {retries} sent again",
         written.len()
     );
-    let mut client = pair.active_client().await;
-    let missing = lost(&mut client, &written).await;
-    assert!(
-        missing.is_empty(),
-        "{} of {} lost: {:?}",
-        missing.len(),
-        written.len(),
-        &missing[..missing.len().min(5)]
-    );
+    common::assert_none_lost(&pair, &written).await;
 }

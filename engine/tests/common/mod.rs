@@ -429,6 +429,20 @@ pub async fn following_client(addr: &str) -> Option<Client> {
     Some(client)
 }
 
+/// The exact lost-update check: every key written and acknowledged reads back, from the
+/// pair's active, with the value last acknowledged.
+pub async fn assert_none_lost(pair: &Pair, written: &std::collections::HashMap<String, String>) {
+    let mut client = pair.active_client().await;
+    let missing = lost(&mut client, written).await;
+    assert!(
+        missing.is_empty(),
+        "{} of {} lost: {:?}",
+        missing.len(),
+        written.len(),
+        &missing[..missing.len().min(5)]
+    );
+}
+
 /// Reads every key back from the active and returns the ones missing or different.
 pub async fn lost(
     client: &mut Client,
