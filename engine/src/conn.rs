@@ -233,7 +233,7 @@ fn exec(eng: &mut Engine, conn: &mut Conn, out: &mut BytesMut, now: Instant) -> 
         if conn.resp3 {
             reply::null(out);
         } else {
-            out.extend_from_slice(b"*-1\r\n");
+            reply::null_array(out);
         }
         return Outcome::Done {
             seq: eng.outbox.seq_last(), // what it saw must be released before it says so
