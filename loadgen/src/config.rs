@@ -218,6 +218,15 @@ pub struct Config {
     /// A live progress line on stderr (only when stderr is a terminal).
     pub progress: bool,
     pub seed: u64,
+    /// What is driven, for the run's environment (`1.0 -> 2.0`); `None` asks the server
+    /// (`INFO server`) for its version.
+    pub target_version: Option<String>,
+    /// More about the run than the load generator knows (`state_work_units`), added to the
+    /// summary's `workload` as they are.
+    pub notes: Vec<(String, serde_json::Value)>,
+    /// Requests at least this slow are listed one by one in `detail.json` (the report's
+    /// dots), up to a bound per second.
+    pub slow_threshold: Duration,
 }
 
 impl Default for Config {
@@ -242,6 +251,9 @@ impl Default for Config {
             out: None,
             progress: false,
             seed: 1,
+            target_version: None,
+            notes: Vec::new(),
+            slow_threshold: Duration::from_millis(10),
         }
     }
 }
@@ -339,6 +351,9 @@ impl Config {
         }
         if self.redis {
             w["redis_wait"] = self.redis_wait.into();
+        }
+        for (key, value) in &self.notes {
+            w[key.as_str()] = value.clone();
         }
         w
     }

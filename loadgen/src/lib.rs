@@ -335,6 +335,9 @@ pub async fn run(config: Config) -> Result<RunResult, Error> {
         lost_updates: verification.lost,
         simplex_ms: simplex_windows.iter().map(|[s, e]| e - s).sum(),
         simplex_windows,
+        environment: Some(reports::environment::capture(
+            config.target_version.as_deref().unwrap_or("unknown"),
+        )),
     };
     let slices = summary::slices(recorded.slices, &map, &clock);
     let timeline = config.admin.is_some().then_some(timeline);

@@ -186,6 +186,7 @@ impl Args {
             out: Some(self.out),
             progress: !self.quiet,
             seed: self.seed,
+            ..Config::default()
         };
         Ok((config, self.json))
     }

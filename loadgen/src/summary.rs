@@ -98,6 +98,7 @@ fn result(
             errors: cell.errors,
             latency_us: latency_of(&cell.histogram),
             simplex_ms: 0,
+            percentiles: Vec::new(),
         },
         cell,
     }
@@ -114,6 +115,7 @@ pub fn slices(records: Vec<SliceRecord>, map: &PhaseMap, clock: &Clock) -> Vec<S
             ops: r.ops,
             errors: r.errors,
             latency_us: r.latency,
+            replied: None,
         })
         .collect()
 }

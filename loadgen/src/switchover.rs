@@ -240,6 +240,8 @@ pub fn summarize(windows: &[Window], bits: &ActivityBits, start_wall_us: u64) ->
                 at_ms: w.at_ms,
                 stepup_ms: w.stepup_ms,
                 client_gap_ms: bits.gap_ms(from, to).unwrap_or(0.0),
+                retried: 0,
+                redirected: 0,
             }
         })
         .collect()

@@ -3,6 +3,7 @@
 //! them, and self-contained HTML reports rendered from runs.
 #![forbid(unsafe_code)]
 
+pub mod environment;
 pub mod html;
 pub mod run;
 pub mod summary;

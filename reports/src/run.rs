@@ -18,24 +18,87 @@ use crate::timeline::{phase, Timeline};
 pub const SUMMARY_FILE: &str = "summary.json";
 pub const TIMELINE_FILE: &str = "timeline.json";
 pub const SLICES_FILE: &str = "slices.json";
+pub const DETAIL_FILE: &str = "detail.json";
 /// The load generator's HdrHistogram interval log; this crate only names it.
 pub const HISTOGRAMS_FILE: &str = "histograms.hlog";
 pub const REPORT_FILE: &str = "report.html";
 
 pub const SLICES_SCHEMA: &str = "tandem.slices/1";
+pub const DETAIL_SCHEMA: &str = "tandem.detail/1";
 
 /// One time slice of the load (one second as the load generator writes them), attributed to
 /// the phase its start fell in. The charts of the report are drawn from these.
+///
+/// A slice holds the requests *intended* in its second (the open-loop schedule's send
+/// times), however late their replies came: a server that stalls for a minute leaves a
+/// minute of slices whose latency climbs, not one slice holding the whole backlog.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Slice {
     /// Start of the slice, milliseconds since the Unix epoch (the timeline's clock).
     pub t_ms: u64,
     pub phase: String,
-    /// Replies received in the slice (successes and errors).
+    /// Requests intended in the slice that got a reply (successes and errors).
     pub ops: u64,
     pub errors: u64,
-    /// Coordinated-omission-corrected latency of the replies in the slice, microseconds.
+    /// Coordinated-omission-corrected latency of those requests, microseconds.
     pub latency_us: Latency,
+    /// Replies that arrived in the slice, whenever their request was intended: what the
+    /// clients saw as throughput (0 through a stall). Absent in older runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replied: Option<u64>,
+}
+
+/// `detail.json`: what the one-second slices are too coarse to show.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Detail {
+    pub schema: String,
+    /// Requests at least this slow are listed in `slow`, microseconds.
+    pub slow_threshold_us: u64,
+    /// Requests at least `slow_threshold_us` slow, in intended-time order, at most
+    /// `slow_per_slice_max` per second of the run (the slowest of that second).
+    pub slow: Vec<SlowRequest>,
+    pub slow_per_slice_max: u64,
+    /// Slow requests left out of `slow` because their second already had its share.
+    pub slow_omitted: u64,
+    /// Each switchover at millisecond resolution, in the order of `summary.switchovers`.
+    pub zooms: Vec<Zoom>,
+}
+
+/// One request slower than the threshold: when it was meant to be sent, and how long it took.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SlowRequest {
+    /// Intended send time, ms since the Unix epoch.
+    pub t_ms: u64,
+    pub latency_us: u64,
+    /// An error reply (it still took that long).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub error: bool,
+}
+
+/// The time around one switchover in buckets of `bucket_ms`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Zoom {
+    /// `planned`, `failover` or `fallback`, as in `summary.switchovers`.
+    pub kind: String,
+    /// When the switchover began, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// When it ended (the new active acknowledged its step-up).
+    pub end_ms: u64,
+    /// Start of the first bucket.
+    pub from_ms: u64,
+    pub bucket_ms: u64,
+    pub buckets: Vec<ZoomBucket>,
+}
+
+/// One bucket of a [`Zoom`]. `ops`, `errors` and `max_us` count requests by intended send
+/// time; `replied` counts replies by arrival.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ZoomBucket {
+    pub ops: u32,
+    pub replied: u32,
+    pub errors: u32,
+    /// Slowest request of the bucket (0 when none), microseconds.
+    pub max_us: u64,
 }
 
 /// `slices.json` is versioned like the other files of a run, so the slices sit in an object.
@@ -91,6 +154,31 @@ impl RunDir {
 
     pub fn slices_path(&self) -> PathBuf {
         self.path.join(SLICES_FILE)
+    }
+
+    pub fn detail_path(&self) -> PathBuf {
+        self.path.join(DETAIL_FILE)
+    }
+
+    pub fn write_detail(&self, detail: &Detail) -> Result<(), RunError> {
+        self.write_json(&self.detail_path(), detail)
+    }
+
+    /// `detail.json`, or `None` for a run without one (written before it was added).
+    pub fn read_detail_if_present(&self) -> Result<Option<Detail>, RunError> {
+        let path = self.detail_path();
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let detail: Detail = read_json(&path)?;
+        if !detail.schema.starts_with("tandem.detail/") {
+            return Err(RunError::Schema {
+                path,
+                found: detail.schema,
+                expected: DETAIL_SCHEMA,
+            });
+        }
+        Ok(Some(detail))
     }
 
     pub fn histograms_path(&self) -> PathBuf {

@@ -123,6 +123,7 @@ fn build(
             ops,
             errors: ops * p.errors_per_million / 1_000_000,
             latency_us: l,
+            replied: Some(ops),
         });
         t += 1000;
     }
@@ -149,6 +150,7 @@ fn build(
                 } else {
                     0
                 },
+                percentiles: Vec::new(),
             }
         })
         .collect();
@@ -226,6 +228,8 @@ fn build(
                 at_ms: STARTED_MS + s.offset_ms,
                 stepup_ms: s.stepup_ms,
                 client_gap_ms: s.client_gap_ms,
+                retried: 0,
+                redirected: 0,
             })
             .collect(),
         acknowledged_updates,
@@ -233,6 +237,7 @@ fn build(
         lost_updates: 0,
         simplex_ms: simplex_windows.iter().map(|[s, e]| e - s).sum(),
         simplex_windows,
+        environment: None,
     };
     (summary, slices, timeline)
 }

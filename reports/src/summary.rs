@@ -6,6 +6,20 @@ use serde::{Deserialize, Serialize};
 
 pub const RUN_SCHEMA: &str = "tandem.run/1";
 
+/// Samples that must lie beyond a percentile before it is worth printing: with fewer, the
+/// "p99" of a phase is one or two requests, its maximum in disguise.
+pub const SAMPLES_BEYOND_MIN: u64 = 10;
+
+/// Whether `samples` latencies support the percentile `quantile` (0.99 for p99): at least
+/// [`SAMPLES_BEYOND_MIN`] of them lie beyond it. p50 needs 20 samples, p99 1,000 and p99.9
+/// 10,000; the maximum is always what it is.
+pub fn percentile_supported(samples: u64, quantile: f64) -> bool {
+    if quantile >= 1.0 {
+        return samples > 0;
+    }
+    samples as f64 * (1.0 - quantile) >= SAMPLES_BEYOND_MIN as f64 - 1e-9
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Latency {
     pub p50: u64,
@@ -30,6 +44,38 @@ pub struct PhaseSummary {
     /// How much of the phase one engine served alone (no standby in sync), ms.
     #[serde(default)]
     pub simplex_ms: u64,
+    /// The phase's latency distribution on a "number of nines" grid (HdrHistogram's
+    /// percentile distribution): the percentile spectrum of the report. Empty in runs
+    /// written before it was added.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub percentiles: Vec<PercentilePoint>,
+}
+
+/// One point of a latency distribution: `us` is the latency at percentile `p` (0..=100).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PercentilePoint {
+    pub p: f64,
+    pub us: u64,
+}
+
+/// What ran, where: enough for a reader to know whether two runs are comparable.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Environment {
+    /// The tandem build that drove the run (crate version).
+    pub tandem_version: String,
+    /// `git describe` of that build (`unknown` outside a checkout).
+    #[serde(default)]
+    pub git_revision: String,
+    /// The application versions of the upgrade (`1.0 -> 2.0`), or the peer's server version
+    /// (`redis 7.0.15`).
+    #[serde(default)]
+    pub target_version: String,
+    pub hostname: String,
+    /// Kernel and architecture (`Linux 6.1.0 x86_64`).
+    pub os: String,
+    pub cpu_model: String,
+    pub cpus: u32,
+    pub memory_mb: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -42,6 +88,14 @@ pub struct Switchover {
     pub stepup_ms: f64,
     /// Last reply before the switch to the first reply from the new active, as a client saw it.
     pub client_gap_ms: f64,
+    /// Requests the load generator sent again because of the switchover (refused by the old
+    /// active, or in flight on a connection that was lost).
+    #[serde(default)]
+    pub retried: u64,
+    /// Connections that had to find the new active (a `-NOTACTIVE`/`-READONLY` refusal or a
+    /// lost connection).
+    #[serde(default)]
+    pub redirected: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -67,6 +121,9 @@ pub struct Summary {
     /// Each window in which one engine served alone: `[start_ms, end_ms]`.
     #[serde(default)]
     pub simplex_windows: Vec<[u64; 2]>,
+    /// Versions, machine and build of the run; absent in runs written before it was added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<Environment>,
 }
 
 /// Milliseconds of `windows` that fall in `start_ms..end_ms`.
@@ -75,4 +132,21 @@ pub fn overlap_ms(windows: &[[u64; 2]], start_ms: u64, end_ms: u64) -> u64 {
         .iter()
         .map(|[s, e]| (*e).min(end_ms).saturating_sub((*s).max(start_ms)))
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_need_ten_samples_beyond_them() {
+        assert!(!percentile_supported(19, 0.5));
+        assert!(percentile_supported(20, 0.5));
+        assert!(!percentile_supported(999, 0.99));
+        assert!(percentile_supported(1_000, 0.99));
+        assert!(!percentile_supported(9_999, 0.999));
+        assert!(percentile_supported(10_000, 0.999));
+        assert!(percentile_supported(1, 1.0));
+        assert!(!percentile_supported(0, 1.0));
+    }
 }

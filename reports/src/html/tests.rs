@@ -151,6 +151,7 @@ fn thin_runs_render_without_panicking() {
         lost_updates: 0,
         simplex_ms: 0,
         simplex_windows: Vec::new(),
+        environment: None,
     };
     let mut reversed = empty.clone();
     reversed.started_ms = 5_000;
