@@ -259,7 +259,7 @@ impl RunDir {
         let summary = self.read_summary()?;
         let timeline = self.read_timeline_if_present()?;
         let mut problems = validate(&summary, timeline.as_ref());
-        if timeline.is_none() {
+        if timeline.is_none() && !is_steady_only(&summary) {
             problems.push("no timeline.json".into());
         }
         let report = self.report_path();
@@ -340,6 +340,11 @@ fn loads_from_network(html: &str) -> bool {
 /// messages as the external run validator. Returns the problems; empty means the summary holds.
 /// The timeline, when given, must carry a `tandem.timeline/` schema; whether the file must
 /// exist is the directory's business (`RunDir::check`).
+/// A run without an upgrade: all its load in the one phase outside every upgrade phase.
+pub fn is_steady_only(summary: &Summary) -> bool {
+    !summary.phases.is_empty() && summary.phases.iter().all(|p| p.name == phase::STEADY)
+}
+
 pub fn validate(summary: &Summary, timeline: Option<&Timeline>) -> Vec<String> {
     let mut problems = Vec::new();
     if !summary.schema.starts_with("tandem.run/") {
@@ -353,9 +358,13 @@ pub fn validate(summary: &Summary, timeline: Option<&Timeline>) -> Vec<String> {
             }
         }
     };
+    // A load run with no upgrade to measure (Redis, or a pair left alone) has one phase,
+    // `steady`, and neither upgrade phases nor switchovers to demand.
+    let upgrade = !is_steady_only(summary);
     match summary.outcome.as_str() {
-        "completed" => need_phases(&phase::UPGRADE),
+        "completed" if upgrade => need_phases(&phase::UPGRADE),
         "rolled_back" => need_phases(&[phase::BASELINE, phase::FALLBACK]),
+        "completed" => {}
         other => problems.push(format!("outcome: '{other}'")),
     }
     for p in &summary.phases {
@@ -364,7 +373,7 @@ pub fn validate(summary: &Summary, timeline: Option<&Timeline>) -> Vec<String> {
             problems.push(format!("phase {} percentiles not monotonic", p.name));
         }
     }
-    if summary.switchovers.is_empty() {
+    if upgrade && summary.switchovers.is_empty() {
         problems.push("no switchover recorded".into());
     }
     if summary.lost_updates != 0 {
@@ -388,6 +397,18 @@ mod tests {
             std::env::temp_dir().join(format!("tandem-reports-{}-{name}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         dir
+    }
+
+    #[test]
+    fn a_run_without_an_upgrade_needs_no_upgrade_phases() {
+        let mut summary = sample::upgrade_run().0;
+        summary.phases.truncate(1);
+        summary.phases[0].name = phase::STEADY.into();
+        summary.switchovers.clear();
+        assert!(is_steady_only(&summary));
+        assert_eq!(validate(&summary, None), Vec::<String>::new());
+        summary.phases.clear();
+        assert!(validate(&summary, None).contains(&"phase baseline missing".to_string()));
     }
 
     #[test]

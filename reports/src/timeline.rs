@@ -9,6 +9,8 @@ pub const TIMELINE_SCHEMA: &str = "tandem.timeline/1";
 
 /// Phase names (the contract of `reports/SCHEMA.md`): the upgrade path, then the fallback path.
 pub mod phase {
+    /// Load outside every phase of an upgrade (all of a run without one).
+    pub const STEADY: &str = "steady";
     pub const BASELINE: &str = "baseline";
     pub const B_OUT_OF_SERVICE: &str = "b_out_of_service";
     pub const B_CATCH_UP: &str = "b_catch_up";
