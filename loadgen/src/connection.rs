@@ -32,10 +32,11 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 
 use crate::clock::Clock;
+use crate::detail::{Millis, Tally};
 use crate::error::describe_io_error;
 use crate::protocol::{classify, scan_reply, Dialect, Encoder, Verdict};
-use crate::record::{Recorder, Sample};
-use crate::switchover::{Activity, Redirect};
+use crate::record::{Recorder, Sample, GRACE_US};
+use crate::switchover::{Activity, Redirect, Retried};
 use crate::verify::Ledger;
 use crate::workload::{KeyPicker, OpChooser, OpKind, Rng, SessionCursor, SessionStep};
 
@@ -74,7 +75,13 @@ pub struct Shared {
     pub activity: Activity,
     /// Whether read replies mark activity (only in a workload without writes).
     pub mark_reads: bool,
+    /// Connections that had to find the active (one entry per episode, its `found_us` set
+    /// at its first success after it).
     pub redirects: Mutex<Vec<Redirect>>,
+    /// Requests sent again, as they went out.
+    pub retried: Mutex<Vec<Retried>>,
+    /// The run per millisecond, for `detail.json`, and replies per second by arrival.
+    pub millis: Millis,
     /// Replies received so far (successes and errors), and errors: for the progress line.
     pub ops: AtomicU64,
     pub errors: AtomicU64,
@@ -241,6 +248,10 @@ struct Connection {
     redirect: Option<Redirecting>,
     follow: Follow,
     last_marked_bucket: u64,
+    /// This connection's counts for the millisecond it is recording.
+    tally: Tally,
+    /// The entry in `shared.redirects` of the episode being followed, until a success.
+    episode: Option<usize>,
     ops_unpublished: u64,
     errors_unpublished: u64,
     /// Scratch list of abandoned session generations.
@@ -285,6 +296,8 @@ pub async fn run(shared: Arc<Shared>, setup: Setup) -> Report {
         redirect: None,
         follow: Follow::default(),
         last_marked_bucket: u64::MAX,
+        tally: Tally::default(),
+        episode: None,
         ops_unpublished: 0,
         errors_unpublished: 0,
         abandoned: Vec::with_capacity(pipeline),
@@ -293,6 +306,13 @@ pub async fn run(shared: Arc<Shared>, setup: Setup) -> Report {
     };
     let error = c.drive().await.err();
     c.publish_counters();
+    if error.is_some() {
+        // Given up mid-run: hand in what was measured once the timeline had its grace
+        // period, so that the slices this connection held open are finalized with the run.
+        tokio::time::sleep(Duration::from_micros(GRACE_US)).await;
+        let now_us = c.clock().now_us();
+        c.recorder.commit_due(now_us, u64::MAX);
+    }
     let stop_ns = *c.stop.borrow();
     let unsent = match (&c.schedule, stop_ns) {
         (Some(s), stop) if stop != RUNNING => s.remaining_before(stop),
@@ -319,7 +339,8 @@ impl Connection {
         loop {
             let now_ns = self.clock().now_ns();
             let stop_ns = *self.stop.borrow();
-            self.recorder.commit_due(now_ns / 1000);
+            let outstanding_us = self.outstanding_us(now_ns, stop_ns);
+            self.recorder.commit_due(now_ns / 1000, outstanding_us);
             self.publish_counters();
             if self.finished(now_ns, stop_ns) {
                 return Ok(());
@@ -416,11 +437,42 @@ impl Connection {
         }
     }
 
+    /// The earliest intended time (µs since the start) of a request that may still get a
+    /// reply: the first in flight, the first to retry, the next due (closed loop: now, while
+    /// the run goes on); `u64::MAX` when none may. Requests go out in intended order
+    /// (retries first), so the fronts are the earliest.
+    fn outstanding_us(&self, now_ns: u64, stop_ns: u64) -> u64 {
+        let mut low = u64::MAX;
+        if let Some(r) = self.in_flight.front() {
+            low = low.min(r.intended_ns);
+        }
+        if let Some(r) = self.retry.front() {
+            low = low.min(r.intended_ns);
+        }
+        match &self.schedule {
+            Some(schedule) => {
+                let t = schedule.intended_ns();
+                if t < stop_ns {
+                    low = low.min(t);
+                }
+            }
+            None if now_ns < stop_ns => low = low.min(now_ns),
+            None => {}
+        }
+        if low == u64::MAX {
+            u64::MAX
+        } else {
+            low / 1000
+        }
+    }
+
     /// Encodes the retries, then every request due, up to `pipeline` in flight.
     fn fill(&mut self, now_ns: u64, stop_ns: u64) {
+        let mut retried = 0;
         while self.in_flight.len() < self.shared.pipeline {
             if let Some(request) = self.retry.pop_front() {
                 self.send(request);
+                retried += 1;
                 continue;
             }
             let intended_ns = match &mut self.schedule {
@@ -437,6 +489,17 @@ impl Connection {
             };
             let request = self.new_request(intended_ns);
             self.send(request);
+        }
+        if retried > 0 {
+            let mut all = self
+                .shared
+                .retried
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            all.push(Retried {
+                at_us: now_ns / 1000,
+                count: retried,
+            });
         }
     }
 
@@ -590,11 +653,7 @@ impl Connection {
                 if let Op::Session { generation, .. } = request.op {
                     self.sessions.abandon(generation);
                 }
-                self.recorder.push(Sample {
-                    reply_us: now_ns / 1000,
-                    latency_us: 0,
-                    ok: false,
-                });
+                self.record(&request, now_ns, false);
                 self.ops_unpublished += 1;
                 self.errors_unpublished += 1;
             }
@@ -602,13 +661,29 @@ impl Connection {
         Ok(())
     }
 
+    /// A request that got its answer: a sample for the histograms, and the millisecond
+    /// counts.
+    fn record(&mut self, request: &Request, now_ns: u64, ok: bool) {
+        let sample = Sample {
+            intended_us: request.intended_ns / 1000,
+            reply_us: now_ns / 1000,
+            latency_us: now_ns.saturating_sub(request.intended_ns) / 1000,
+            ok,
+        };
+        self.recorder.push(sample);
+        self.tally.record(
+            &self.shared.millis,
+            &self.shared.clock,
+            sample.intended_us,
+            sample.reply_us,
+            sample.latency_us,
+            ok,
+        );
+    }
+
     fn on_success(&mut self, request: Request, integer: Option<i64>, now_ns: u64) {
         let reply_us = now_ns / 1000;
-        self.recorder.push(Sample {
-            reply_us,
-            latency_us: now_ns.saturating_sub(request.intended_ns) / 1000,
-            ok: true,
-        });
+        self.record(&request, now_ns, true);
         self.ops_unpublished += 1;
         match request.op {
             Op::Set { local, seq } => self.ledger.ack_set(local, seq),
@@ -624,6 +699,16 @@ impl Connection {
         }
         self.follow.failures = 0;
         self.follow.since = None;
+        if let Some(episode) = self.episode.take() {
+            let mut redirects = self
+                .shared
+                .redirects
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(r) = redirects.get_mut(episode) {
+                r.found_us = Some(reply_us);
+            }
+        }
     }
 
     /// Keeps the first few error messages (allocating only for those).
@@ -717,9 +802,11 @@ impl Connection {
                 .redirects
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
+            self.episode = Some(redirects.len());
             redirects.push(Redirect {
                 at_us: redirect.since_ns / 1000,
                 kind: redirect.kind,
+                found_us: None,
             });
         }
         let started = *self.follow.since.get_or_insert_with(Instant::now);
@@ -740,8 +827,10 @@ impl Connection {
             if stop_ns != RUNNING && now_ns >= stop_ns.saturating_add(DRAIN_NS) {
                 return Ok(false);
             }
-            // Keep handing in slices while looking, so that none is finalized without us.
-            self.recorder.commit_due(now_ns / 1000);
+            // Keep handing in slices while looking, so that none is held open longer than
+            // what is still to retry needs.
+            let outstanding_us = self.outstanding_us(now_ns, stop_ns);
+            self.recorder.commit_due(now_ns / 1000, outstanding_us);
             if self.follow.failures > 1 {
                 let exponent = (self.follow.failures - 2).min(16);
                 tokio::time::sleep(Duration::from_millis(1 << exponent).min(BACKOFF_MAX)).await;
@@ -806,6 +895,7 @@ impl Connection {
     }
 
     fn publish_counters(&mut self) {
+        self.tally.flush(&self.shared.millis);
         if self.ops_unpublished > 0 {
             self.shared
                 .ops

@@ -30,6 +30,7 @@
 pub mod clock;
 pub mod config;
 pub mod connection;
+pub mod detail;
 pub mod error;
 pub mod output;
 pub mod pacer;
@@ -49,7 +50,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use reports::run::Slice;
+use reports::run::{Detail, Slice, DETAIL_SCHEMA};
 use reports::summary::{Summary, RUN_SCHEMA};
 use reports::timeline::Timeline;
 use resp::{Client, Reply};
@@ -63,7 +64,7 @@ use clock::Clock;
 use connection::{Setup, Shared, DRAIN_NS, RUNNING};
 use phase::{PhaseMap, PhaseSource, PhaseView};
 use protocol::{Dialect, Encoder};
-use record::{Aggregate, Recorder, GRACE_US, SLICE_US};
+use record::{slice_of, Aggregate, Recorder, GRACE_US, SLOW_PER_SLICE_MAX};
 use switchover::Activity;
 use timeline::Feed;
 use verify::Ledger;
@@ -71,11 +72,11 @@ use workload::{partition_len, zipfians_for, KeyPicker, OpChooser, Rng, SESSION_U
 
 /// How often the run checks its stop conditions, finalizes slices and redraws progress.
 const CONTROL_TICK: Duration = Duration::from_millis(100);
-/// A slice is finalized this long after it ends (its samples wait out the grace period,
-/// then the connections hand it over within a tick or two). A connection that hands a
-/// slice in later (it was stuck connecting) adds a second record of it, merged in
-/// `record::merge_slices`.
-const FINALIZE_LAG_US: u64 = GRACE_US + 500_000;
+/// A slice is finalized once no connection may add to it any more (see `record`), or at the
+/// latest this many slices after it: a request outstanding longer than that (a reply timeout
+/// of minutes on a hung server) lands in a second record of its slice, merged in
+/// `record::merge_slices`, rather than hold every slice since in memory.
+const OPEN_SLICES_MAX: u64 = 300;
 const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Bounds on the per-connection sizing guesses.
 const PENDING_SAMPLES_MAX: usize = 1 << 16;
@@ -87,6 +88,8 @@ pub struct RunResult {
     pub summary: Summary,
     /// `slices.json`: one entry per second.
     pub slices: Vec<Slice>,
+    /// `detail.json`: the slow requests and the switchovers at millisecond resolution.
+    pub detail: Detail,
     /// The timeline as received (with `admin`).
     pub timeline: Option<Timeline>,
     /// The latency histogram of each phase, in the order of `summary.phases`.
@@ -132,6 +135,10 @@ pub async fn run(config: Config) -> Result<RunResult, Error> {
     let connections = config.connection_count();
     let mut warnings = Vec::new();
     let targets = order_targets(&config, &mut warnings).await?;
+    let server_version = match &config.target_version {
+        Some(_) => None,
+        None => server_version(&targets[0]).await,
+    };
 
     let phase_source = Arc::new(PhaseSource::default());
     let feed = Arc::new(Feed::new(phase_source.clone(), reports::timeline::now_ms()));
@@ -144,7 +151,7 @@ pub async fn run(config: Config) -> Result<RunResult, Error> {
     let streams = connect_all(&targets[0], connections, unreachable_hint(&config)).await?;
 
     let clock = Clock::start_now();
-    let aggregate = Arc::new(Aggregate::new(clock));
+    let aggregate = Arc::new(Aggregate::new(clock, connections));
     let run_span_us = (config.duration.as_micros() as u64) + DRAIN_NS / 1000 + 60_000_000;
     let shared = Arc::new(Shared {
         clock,
@@ -162,6 +169,8 @@ pub async fn run(config: Config) -> Result<RunResult, Error> {
         activity: Activity::new(run_span_us),
         mark_reads: !config.mix.has_writes(),
         redirects: Mutex::new(Vec::new()),
+        retried: Mutex::new(Vec::new()),
+        millis: detail::Millis::new(&clock, run_span_us),
         ops: 0.into(),
         errors: 0.into(),
     });
@@ -193,6 +202,8 @@ pub async fn run(config: Config) -> Result<RunResult, Error> {
                 PhaseView::new(phase_source.clone()),
                 clock,
                 pending_max,
+                index,
+                config.slow_threshold.as_micros() as u64,
             ),
             stop: stop_rx.clone(),
             pacer: pacer.as_ref().map(|p| p.waker(index)),
@@ -222,7 +233,9 @@ pub async fn run(config: Config) -> Result<RunResult, Error> {
         }
         let (_, map) = phase_source.snapshot();
         let now_us = now_ns / 1000;
-        aggregate.finalize_below(now_us.saturating_sub(FINALIZE_LAG_US) / SLICE_US, &map);
+        let now_slice = slice_of(now_us);
+        let settled = aggregate.settled_slice().min(now_slice);
+        aggregate.finalize_below(settled.max(now_slice.saturating_sub(OPEN_SLICES_MAX)), &map);
         if progress.enabled() {
             let last = aggregate.last_slice();
             progress.update(&progress::Snapshot {
@@ -272,6 +285,13 @@ pub async fn run(config: Config) -> Result<RunResult, Error> {
         }
     }
     aggregate.finalize_below(u64::MAX, &map);
+    // Slices run on to the last second in which load was offered (or a reply arrived).
+    let replied = shared.millis.replied_per_slice();
+    let last_replied = replied.iter().rposition(|&n| n > 0).unwrap_or(0) as u64;
+    aggregate.fill_to(
+        slice_of(stop_ns.saturating_sub(1) / 1000).max(last_replied),
+        &map,
+    );
     let recorded = aggregate.take();
     warnings.extend(recorded.problems);
 
@@ -301,8 +321,15 @@ pub async fn run(config: Config) -> Result<RunResult, Error> {
             .clone();
         switchover::windows_from_redirects(redirects, |us| clock.wall_ms_at_us(us))
     };
-    let switchovers =
+    let mut switchovers =
         switchover::summarize(&windows, &shared.activity.snapshot(), clock.start_wall_us());
+    {
+        let redirects = shared.redirects.lock().unwrap_or_else(|e| e.into_inner());
+        let retried = shared.retried.lock().unwrap_or_else(|e| e.into_inner());
+        switchover::attribute(&mut switchovers, &windows, &redirects, &retried, |us| {
+            clock.wall_ms_at_us(us)
+        });
+    }
     let phases = summary::phases(&map, recorded.phase_totals, started_ms, ended_ms);
     let outcome = timeline
         .events
@@ -336,10 +363,22 @@ pub async fn run(config: Config) -> Result<RunResult, Error> {
         simplex_ms: simplex_windows.iter().map(|[s, e]| e - s).sum(),
         simplex_windows,
         environment: Some(reports::environment::capture(
-            config.target_version.as_deref().unwrap_or("unknown"),
+            config
+                .target_version
+                .as_deref()
+                .or(server_version.as_deref())
+                .unwrap_or("unknown"),
         )),
     };
-    let slices = summary::slices(recorded.slices, &map, &clock);
+    let slices = summary::slices(recorded.slices, &map, &clock, &replied);
+    let detail = Detail {
+        schema: DETAIL_SCHEMA.to_string(),
+        slow_threshold_us: config.slow_threshold.as_micros() as u64,
+        slow: detail::slow_requests(&recorded.slow, &clock),
+        slow_per_slice_max: SLOW_PER_SLICE_MAX as u64,
+        slow_omitted: recorded.slow_omitted,
+        zooms: detail::zooms(&windows, &shared.millis, started_ms, ended_ms),
+    };
     let timeline = config.admin.is_some().then_some(timeline);
     if let Some(dir) = &config.out {
         output::write(
@@ -347,6 +386,7 @@ pub async fn run(config: Config) -> Result<RunResult, Error> {
             &output::RunFiles {
                 summary: &summary,
                 slices: &slices,
+                detail: &detail,
                 timeline: timeline.as_ref(),
                 hlog_body: &recorded.hlog_body,
             },
@@ -356,6 +396,7 @@ pub async fn run(config: Config) -> Result<RunResult, Error> {
     Ok(RunResult {
         summary,
         slices,
+        detail,
         timeline,
         phase_histograms: phases
             .into_iter()
@@ -430,6 +471,41 @@ async fn order_targets(config: &Config, warnings: &mut Vec<String>) -> Result<Ve
     Ok(ordered)
 }
 
+/// What the server at `addr` says it is (`INFO server`): `redis 7.0.15`; tandem adds its
+/// application (`tandem 0.1.0, sessions 2.0`). `None` if it does not say.
+async fn server_version(addr: &str) -> Option<String> {
+    let mut client = Client::connect_timeout(addr, PREFLIGHT_TIMEOUT)
+        .await
+        .ok()?;
+    client.set_timeout(Some(PREFLIGHT_TIMEOUT));
+    let info = |reply: Reply| {
+        reply
+            .as_bytes()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+    };
+    let server = info(client.call(&[b"INFO", b"server"]).await.ok()?)?;
+    if let Some(tandem) = info_field(&server, "tandem_version") {
+        // The application (and its version) is what an upgrade changes.
+        let app = match client.call(&[b"INFO", b"tandem"]).await {
+            Ok(reply) => info(reply).and_then(|text| info_field(&text, "app")),
+            Err(_) => None,
+        };
+        return Some(match app {
+            Some(app) => format!("tandem {tandem}, {app}"),
+            None => format!("tandem {tandem}"),
+        });
+    }
+    info_field(&server, "redis_version").map(|v| format!("redis {v}"))
+}
+
+/// A `field:value` line of an `INFO` reply.
+fn info_field(info: &str, field: &str) -> Option<String> {
+    info.lines().find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        (k.trim() == field && !v.trim().is_empty()).then(|| v.trim().to_string())
+    })
+}
+
 /// Opens the run's connections to `addr`, all at once.
 async fn connect_all(
     addr: &str,
@@ -485,4 +561,21 @@ fn sizing(config: &Config) -> (usize, usize) {
         (pending as usize).min(PENDING_SAMPLES_MAX),
         (cycles as usize + 16).min(SESSIONS_HINT_MAX),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_from_info() {
+        let redis = "# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\n";
+        assert_eq!(
+            info_field(redis, "redis_version").as_deref(),
+            Some("7.0.15")
+        );
+        assert_eq!(info_field(redis, "tandem_version"), None);
+        let tandem = "# Tandem\r\nengine:a\r\napp:sessions 2.0\r\n";
+        assert_eq!(info_field(tandem, "app").as_deref(), Some("sessions 2.0"));
+    }
 }

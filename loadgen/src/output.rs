@@ -1,15 +1,17 @@
-//! Writing the run directory: `summary.json`, `slices.json` and `timeline.json` through
-//! `reports::run::RunDir` (which owns the file names and writes each file atomically), and
-//! `histograms.hlog`, the HdrHistogram interval log of the latency per (second, phase),
-//! tagged with the phase, timestamps relative to the run's start.
+//! Writing the run directory: `summary.json`, `slices.json`, `detail.json` and
+//! `timeline.json` through `reports::run::RunDir` (which owns the file names and writes each
+//! file atomically), and `histograms.hlog`, the HdrHistogram interval log: per second of
+//! intended send time one untagged interval for the whole run (what HdrHistogram's
+//! HistogramLogProcessor reads by default) and one per phase, tagged with it; timestamps
+//! relative to the run's start.
 
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
 use hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder;
 use hdrhistogram::serialization::V2DeflateSerializer;
-use reports::run::{RunDir, Slice};
-use reports::summary::Summary;
+use reports::run::{Detail, RunDir, Slice};
+use reports::summary::{percentile_supported, Summary};
 use reports::timeline::Timeline;
 
 use crate::clock::Clock;
@@ -18,6 +20,7 @@ use crate::error::Error;
 pub struct RunFiles<'a> {
     pub summary: &'a Summary,
     pub slices: &'a [Slice],
+    pub detail: &'a Detail,
     /// `None` for a run without a supervisor (Redis): no `timeline.json`.
     pub timeline: Option<&'a Timeline>,
     pub hlog_body: &'a [u8],
@@ -27,6 +30,7 @@ pub fn write(dir: &Path, files: &RunFiles<'_>, clock: &Clock) -> Result<(), Erro
     let run = RunDir::new(dir);
     run.write_summary(files.summary)?;
     run.write_slices(files.slices)?;
+    run.write_detail(files.detail)?;
     if let Some(timeline) = files.timeline {
         run.write_timeline(timeline)?;
     }
@@ -39,8 +43,8 @@ pub fn write(dir: &Path, files: &RunFiles<'_>, clock: &Clock) -> Result<(), Erro
     let start = UNIX_EPOCH + Duration::from_micros(clock.start_wall_us());
     let mut serializer = V2DeflateSerializer::new();
     IntervalLogWriterBuilder::new()
-        .add_comment("tandem loadgen: latency in microseconds, coordinated-omission corrected")
-        .add_comment("one interval per (one-second slice, phase); the tag is the phase")
+        .add_comment("tandem loadgen: values are latencies in microseconds, coordinated-omission corrected")
+        .add_comment("per second of intended send time: an untagged interval = the whole run; Tag=<phase> = that phase")
         .with_start_time(start)
         .with_base_time(start)
         .begin_log_with(&mut log, &mut serializer)
@@ -59,33 +63,56 @@ pub fn print_summary(s: &Summary) {
     let _ = write_summary(&mut std::io::stdout().lock(), s);
 }
 
-/// [`print_summary`] to any writer (`loadgen --json` puts it on stderr).
+/// What a `-` in the table means (printed once below it when one was).
+pub const UNSUPPORTED_NOTE: &str = "-: too few samples in the phase for that percentile \
+(at least 10 must lie beyond it: p50 needs 20, p99 1,000, p99.9 10,000)";
+
+/// [`print_summary`] to any writer (`loadgen --json` puts it on stderr). A percentile the
+/// phase has too few successful samples for (`percentile_supported`) is printed as `-`.
 pub fn write_summary(w: &mut impl std::io::Write, s: &Summary) -> std::io::Result<()> {
-    let ms = |us: u64| us as f64 / 1000.0;
     writeln!(
         w,
         "{:<22} {:>8} {:>10} {:>7} {:>9} {:>9} {:>9} {:>9}",
         "phase", "time s", "ops/s", "errors", "p50 ms", "p99 ms", "p99.9 ms", "max ms"
     )?;
+    let mut unsupported = false;
     for p in &s.phases {
+        let samples = p.ops.saturating_sub(p.errors);
+        let mut cell = |us: u64, quantile: f64| {
+            if percentile_supported(samples, quantile) {
+                format!("{:.3}", us as f64 / 1000.0)
+            } else {
+                unsupported = true;
+                "-".to_string()
+            }
+        };
+        let (p50, p99, p999, max) = (
+            cell(p.latency_us.p50, 0.50),
+            cell(p.latency_us.p99, 0.99),
+            cell(p.latency_us.p999, 0.999),
+            cell(p.latency_us.max, 1.0),
+        );
         writeln!(
             w,
-            "{:<22} {:>8.1} {:>10.0} {:>7} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+            "{:<22} {:>8.1} {:>10.0} {:>7} {:>9} {:>9} {:>9} {:>9}",
             p.name,
             (p.end_ms.saturating_sub(p.start_ms)) as f64 / 1000.0,
             p.throughput_ops_s,
             p.errors,
-            ms(p.latency_us.p50),
-            ms(p.latency_us.p99),
-            ms(p.latency_us.p999),
-            ms(p.latency_us.max),
+            p50,
+            p99,
+            p999,
+            max,
         )?;
+    }
+    if unsupported {
+        writeln!(w, "{UNSUPPORTED_NOTE}")?;
     }
     for sw in &s.switchovers {
         writeln!(
             w,
-            "switchover ({}): step-up {:.1} ms, client gap {:.1} ms",
-            sw.kind, sw.stepup_ms, sw.client_gap_ms
+            "switchover ({}): step-up {:.1} ms, client gap {:.1} ms, {} connections redirected, {} requests retried",
+            sw.kind, sw.stepup_ms, sw.client_gap_ms, sw.redirected, sw.retried
         )?;
     }
     if s.target != "redis" {

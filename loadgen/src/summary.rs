@@ -1,6 +1,12 @@
 //! From what was recorded to the run schema: the phases of `summary.json` (timeline order,
 //! clipped to the run; a run without an upgrade is one "steady" phase) and the one-second
 //! slices of `slices.json`.
+//!
+//! A phase's `ops`, `errors`, latency and percentile spectrum are of the requests *intended*
+//! in the phase (the open-loop schedule's send time; closed loop: the actual send), as the
+//! slices' are: a stall that starts in one phase is charged to that phase, not to the one in
+//! which its backlog was finally answered. `throughput_ops_s` is those requests over the
+//! phase's duration.
 
 use std::collections::BTreeMap;
 
@@ -9,7 +15,7 @@ use reports::summary::PhaseSummary;
 
 use crate::clock::Clock;
 use crate::phase::{PhaseId, PhaseMap, STEADY};
-use crate::record::{latency_of, merge_slices, Cell, SliceRecord, SLICE_US};
+use crate::record::{latency_of, merge_slices, percentiles_of, Cell, SliceRecord, SLICE_US};
 
 /// A phase of the summary, with its histogram.
 pub struct PhaseResult {
@@ -98,15 +104,20 @@ fn result(
             errors: cell.errors,
             latency_us: latency_of(&cell.histogram),
             simplex_ms: 0,
-            percentiles: Vec::new(),
+            percentiles: percentiles_of(&cell.histogram),
         },
         cell,
     }
 }
 
-/// `slices.json`: one entry per second that had replies, attributed to the phase its start
-/// fell in.
-pub fn slices(records: Vec<SliceRecord>, map: &PhaseMap, clock: &Clock) -> Vec<Slice> {
+/// `slices.json`: one entry per second of the run, attributed to the phase its start fell
+/// in: the requests intended in it, and `replied[slice]`, the replies that arrived in it.
+pub fn slices(
+    records: Vec<SliceRecord>,
+    map: &PhaseMap,
+    clock: &Clock,
+    replied: &[u64],
+) -> Vec<Slice> {
     merge_slices(records)
         .into_iter()
         .map(|r| Slice {
@@ -115,7 +126,7 @@ pub fn slices(records: Vec<SliceRecord>, map: &PhaseMap, clock: &Clock) -> Vec<S
             ops: r.ops,
             errors: r.errors,
             latency_us: r.latency,
-            replied: None,
+            replied: Some(replied.get(r.slice as usize).copied().unwrap_or(0)),
         })
         .collect()
 }
@@ -130,6 +141,7 @@ mod tests {
         let mut c = Cell::new();
         for &(reply_us, latency_us) in samples {
             c.record(&Sample {
+                intended_us: reply_us - latency_us,
                 reply_us,
                 latency_us,
                 ok: true,
@@ -180,6 +192,21 @@ mod tests {
         assert_eq!(baseline.ops, 2);
         assert_eq!(baseline.throughput_ops_s, 1.0);
         assert_eq!(baseline.latency_us.max, 30);
+        let spectrum: Vec<(f64, u64)> = baseline.percentiles.iter().map(|p| (p.p, p.us)).collect();
+        assert_eq!(
+            spectrum,
+            [
+                (0.0, 10),
+                (10.0, 10),
+                (20.0, 10),
+                (30.0, 10),
+                (40.0, 10),
+                (50.0, 10),
+                (55.0, 30),
+                (100.0, 30)
+            ],
+            "HdrHistogram's grid, as HistogramLogProcessor prints it"
+        );
         let evaluation = &phases[1].summary;
         assert_eq!(
             evaluation.end_ms, ended_ms,

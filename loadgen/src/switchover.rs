@@ -117,15 +117,40 @@ impl ActivityBits {
     }
 }
 
-/// A client that found it was talking to the wrong engine.
+/// A connection that found it was talking to the wrong engine and had to find the active.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Redirect {
-    /// Microseconds since the run's start.
+    /// When it noticed: microseconds since the run's start.
     pub at_us: u64,
     /// `Planned` for a refusal (`-NOTACTIVE`, `-READONLY`), `Failover` for a lost
     /// connection.
     pub kind: SwitchoverKind,
+    /// When it had its first success from the engine it found (µs since the start);
+    /// `None` if it never did.
+    pub found_us: Option<u64>,
 }
+
+impl Redirect {
+    /// From noticing to the first success after it.
+    fn span_us(&self) -> (u64, u64) {
+        (
+            self.at_us,
+            self.found_us.unwrap_or(self.at_us).max(self.at_us),
+        )
+    }
+}
+
+/// Requests a connection sent again (refused by an engine that was not the active, or in
+/// flight on a connection that was lost), at one moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retried {
+    /// Microseconds since the run's start.
+    pub at_us: u64,
+    pub count: u64,
+}
+
+/// How far outside a switchover's window a redirect or a retry is still its doing.
+pub const ATTRIBUTION_SLACK_MS: u64 = 1_000;
 
 /// A switchover to measure: when, and where its gap may lie.
 #[derive(Clone, Debug, PartialEq)]
@@ -189,7 +214,8 @@ pub fn windows_from_timeline(events: &[Event], started_ms: u64, ended_ms: u64) -
 }
 
 /// Switchovers inferred from redirects (no timeline): redirects less than a second apart
-/// are one episode; a lost connection makes it a failover.
+/// (from one's first success to the next one's notice) are one episode, which ends when the
+/// last of its connections had a success again; a lost connection makes it a failover.
 pub fn windows_from_redirects(
     mut redirects: Vec<Redirect>,
     wall_ms_at_us: impl Fn(u64) -> u64,
@@ -197,14 +223,15 @@ pub fn windows_from_redirects(
     redirects.sort_by_key(|r| r.at_us);
     let mut out: Vec<(u64, u64, SwitchoverKind)> = Vec::new();
     for r in redirects {
+        let (at_us, end_us) = r.span_us();
         match out.last_mut() {
-            Some((_, last, kind)) if r.at_us <= *last + REDIRECT_EPISODE_US => {
-                *last = r.at_us;
+            Some((_, last, kind)) if at_us <= *last + REDIRECT_EPISODE_US => {
+                *last = (*last).max(end_us);
                 if r.kind == SwitchoverKind::Failover {
                     *kind = SwitchoverKind::Failover;
                 }
             }
-            _ => out.push((r.at_us, r.at_us, r.kind)),
+            _ => out.push((at_us, end_us, r.kind)),
         }
     }
     out.into_iter()
@@ -245,6 +272,49 @@ pub fn summarize(windows: &[Window], bits: &ActivityBits, start_wall_us: u64) ->
             }
         })
         .collect()
+}
+
+/// Fills each switchover's `retried` and `redirected` (`switchovers` are `windows`'
+/// summaries, in order): a redirect belongs to the switchover whose window, widened by
+/// [`ATTRIBUTION_SLACK_MS`] on both sides, overlaps its span from notice to first success,
+/// and a retry to the one whose widened window holds its moment; the nearest when several
+/// do, none when no window does (a connection lost for a reason of its own).
+pub fn attribute(
+    switchovers: &mut [Switchover],
+    windows: &[Window],
+    redirects: &[Redirect],
+    retried: &[Retried],
+    wall_ms_at_us: impl Fn(u64) -> u64,
+) {
+    let nearest = |from_ms: u64, to_ms: u64| -> Option<usize> {
+        windows
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| {
+                let distance = if to_ms < w.from_ms {
+                    w.from_ms - to_ms
+                } else {
+                    from_ms.saturating_sub(w.to_ms)
+                };
+                (distance <= ATTRIBUTION_SLACK_MS).then_some((distance, i))
+            })
+            .min()
+            .map(|(_, i)| i)
+    };
+    for r in redirects {
+        let (at_us, end_us) = r.span_us();
+        if let Some(s) = nearest(wall_ms_at_us(at_us), wall_ms_at_us(end_us))
+            .and_then(|i| switchovers.get_mut(i))
+        {
+            s.redirected += 1;
+        }
+    }
+    for r in retried {
+        let at_ms = wall_ms_at_us(r.at_us);
+        if let Some(s) = nearest(at_ms, at_ms).and_then(|i| switchovers.get_mut(i)) {
+            s.retried += r.count;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -320,7 +390,11 @@ mod tests {
 
     #[test]
     fn redirect_episodes() {
-        let r = |at_us, kind| Redirect { at_us, kind };
+        let r = |at_us, kind| Redirect {
+            at_us,
+            kind,
+            found_us: None,
+        };
         let windows = windows_from_redirects(
             vec![
                 r(2_000_000, SwitchoverKind::Planned),
@@ -333,6 +407,69 @@ mod tests {
         assert_eq!(windows[0].kind, SwitchoverKind::Failover);
         assert_eq!((windows[0].from_ms, windows[0].to_ms), (2_000, 2_100));
         assert_eq!(windows[1].kind, SwitchoverKind::Planned);
+        // An episode lasts until its last connection found the active.
+        let windows = windows_from_redirects(
+            vec![
+                Redirect {
+                    at_us: 2_000_000,
+                    kind: SwitchoverKind::Failover,
+                    found_us: Some(4_500_000),
+                },
+                Redirect {
+                    at_us: 5_000_000,
+                    kind: SwitchoverKind::Failover,
+                    found_us: Some(5_100_000),
+                },
+            ],
+            |us| us / 1000,
+        );
+        assert_eq!(windows.len(), 1, "{windows:?}");
+        assert_eq!((windows[0].from_ms, windows[0].to_ms), (2_000, 5_100));
+    }
+
+    #[test]
+    fn redirects_and_retries_go_to_the_switchover_they_fall_near() {
+        let window = |from_ms, to_ms| Window {
+            kind: SwitchoverKind::Planned,
+            at_ms: from_ms,
+            stepup_ms: 0.0,
+            from_ms,
+            to_ms,
+        };
+        let windows = vec![window(10_000, 10_010), window(20_000, 20_500)];
+        let bits = bits_with(&[]);
+        let mut switchovers = summarize(&windows, &bits, 0);
+        let redirect = |at_ms: u64, found_ms: Option<u64>| Redirect {
+            at_us: at_ms * 1000,
+            kind: SwitchoverKind::Planned,
+            found_us: found_ms.map(|ms| ms * 1000),
+        };
+        let redirects = [
+            redirect(10_005, Some(10_020)),
+            redirect(9_500, None),
+            // Noticed long before (a hung active), found the new one just after.
+            redirect(15_000, Some(20_600)),
+            redirect(30_000, Some(30_001)), // no switchover near
+        ];
+        let retried = [
+            Retried {
+                at_us: 10_015_000,
+                count: 7,
+            },
+            Retried {
+                at_us: 21_400_000,
+                count: 3,
+            },
+            Retried {
+                at_us: 25_000_000,
+                count: 100,
+            },
+        ];
+        attribute(&mut switchovers, &windows, &redirects, &retried, |us| {
+            us / 1000
+        });
+        assert_eq!((switchovers[0].redirected, switchovers[0].retried), (2, 7));
+        assert_eq!((switchovers[1].redirected, switchovers[1].retried), (1, 3));
     }
 
     #[test]

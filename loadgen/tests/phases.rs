@@ -1,7 +1,8 @@
 //! Phase attribution against a fake supervisor: the engine pauses at known requests while
-//! the admin endpoint announces a phase boundary that falls inside the pause, so every
-//! reply before the pause belongs to the phase before the boundary and every reply after
-//! it to the next, whatever the machine's speed.
+//! the admin endpoint announces a phase boundary that falls inside the pause. A request
+//! belongs to the phase it was meant to be sent in (closed loop: sent), so the request the
+//! engine paused on belongs to the phase before the boundary (with the pause in its
+//! latency) and every request after it to the next, whatever the machine's speed.
 
 mod common;
 
@@ -20,7 +21,7 @@ fn phase_event(t_ms: u64, kind: EventKind, name: &str) -> Event {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn samples_land_in_the_phase_their_reply_fell_in() {
+async fn requests_land_in_the_phase_they_were_intended_in() {
     let admin = start_admin().await;
     let events = admin.events.clone();
     // Past events are replayed first: the baseline began before the run.
@@ -104,13 +105,17 @@ async fn samples_land_in_the_phase_their_reply_fell_in() {
         [phase::BASELINE, phase::B_OUT_OF_SERVICE, phase::EVALUATION],
         "no sample outside the phases, so no steady phase"
     );
-    assert_eq!(s.phases[0].ops, 100);
+    // Requests 1..=101 were sent before the first boundary (101 waited out the pause),
+    // 102..=201 before the second.
+    assert_eq!(s.phases[0].ops, 101);
     assert_eq!(s.phases[1].ops, 100);
-    assert!(s.phases[2].ops >= 101, "{} in evaluation", s.phases[2].ops);
+    assert!(s.phases[2].ops >= 100, "{} in evaluation", s.phases[2].ops);
     assert_eq!(s.outcome, "rolled_back", "the upgrade_end event's outcome");
     assert!(s.duration_shorter_than(Duration::from_secs(60)));
-    assert_eq!(histogram(&result, phase::BASELINE).len(), 100);
-    // The first reply of each new phase waited out the pause.
+    assert_eq!(histogram(&result, phase::BASELINE).len(), 101);
+    // The last request of each phase before a boundary waited out the pause: the phase it
+    // was sent in is charged with it.
+    assert!(histogram(&result, phase::BASELINE).max() >= 100_000);
     assert!(histogram(&result, phase::B_OUT_OF_SERVICE).max() >= 100_000);
     assert_eq!(s.phases[0].end_ms, s.phases[1].start_ms);
     assert_eq!(s.lost_updates, 0);

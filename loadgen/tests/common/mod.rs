@@ -81,7 +81,8 @@ impl Engine {
     }
 }
 
-/// Starts a pair of fake engines on loopback ports chosen by the OS; engine 0 is active.
+/// A fake engine answers `ROLE`, `PING`, `CLIENT` and `INFO` without counting them or asking
+/// its hook. Starts a pair of fake engines on loopback ports chosen by the OS; engine 0 is active.
 /// `hooks[i]` decides for engine i what to do with each request.
 pub async fn start_pair(hooks: Vec<Hook>) -> Vec<Arc<Engine>> {
     let pair = Arc::new(Pair {
@@ -160,7 +161,7 @@ async fn connection(engine: Arc<Engine>, mut stream: TcpStream) {
                 return;
             }
             let upper = cmd.args[0].to_ascii_uppercase();
-            if upper == b"ROLE" || upper == b"PING" || upper == b"CLIENT" {
+            if upper == b"ROLE" || upper == b"PING" || upper == b"CLIENT" || upper == b"INFO" {
                 control(&engine, &upper, &mut out);
                 continue;
             }
@@ -193,8 +194,17 @@ async fn connection(engine: Arc<Engine>, mut stream: TcpStream) {
     }
 }
 
+/// What `INFO server` says the fake engine is (and `INFO tandem` its application).
+pub const FAKE_TANDEM_VERSION: &str = "0.0.0-fake";
+pub const FAKE_APP: &str = "fake 1.0";
+
 fn control(engine: &Engine, upper: &[u8], out: &mut BytesMut) {
-    if upper == b"PING" {
+    if upper == b"INFO" {
+        let info = format!(
+            "# Server\r\nredis_version:7.2.0\r\ntandem_version:{FAKE_TANDEM_VERSION}\r\n\r\n# Tandem\r\napp:{FAKE_APP}\r\n"
+        );
+        reply::bulk(out, info.as_bytes());
+    } else if upper == b"PING" {
         reply::simple(out, "PONG");
     } else if upper == b"CLIENT" {
         reply::simple(out, "OK"); // CLIENT NOTACTIVE ON, which a real engine takes too

@@ -1,0 +1,286 @@
+//! What the one-second slices are too coarse to show, for `detail.json`
+//! (`reports::run::Detail`): the run at millisecond resolution ([`Millis`]), cut out around
+//! each switchover at the end ([`zooms`]), and replies by arrival per second (the slices'
+//! `replied`).
+//!
+//! [`Millis`] is preallocated for the run (atomic counters per millisecond, bounded by
+//! [`MILLIS_SPAN_MAX_MS`]); each connection keeps a [`Tally`] of the millisecond it is
+//! recording and adds it to the shared counters when the millisecond changes, so the hot
+//! path takes no lock, allocates nothing, and touches a shared cache line about once per
+//! millisecond rather than once per reply.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use reports::run::{SlowRequest, Zoom, ZoomBucket};
+
+use crate::clock::Clock;
+use crate::record::{slice_of, Slow, SLICE_US};
+use crate::switchover::{kind_name, Window};
+
+/// Longest span covered at millisecond resolution (16 bytes per millisecond: 58 MB for an
+/// hour); a zoom beyond it has no buckets past the end of the covered span.
+pub const MILLIS_SPAN_MAX_MS: u64 = 3_600_000;
+/// A zoom's bucket width.
+pub const ZOOM_BUCKET_MS: u64 = 1;
+/// A zoom starts this long before its switchover and ends this long after its end.
+pub const ZOOM_MARGIN_MS: u64 = 500;
+/// Most buckets in one zoom (a longer switchover is cut at its start plus this).
+pub const ZOOM_BUCKETS_MAX: u64 = 5_000;
+
+/// The run per millisecond (wall clock, from the run's start millisecond) and replies per
+/// second (the slices' seconds).
+pub struct Millis {
+    start_wall_ms: u64,
+    /// Requests by intended millisecond that got a reply: `ops | errors << 32`.
+    intended: Box<[AtomicU64]>,
+    /// Slowest success by intended millisecond, µs (latency is at most an hour: fits).
+    max_us: Box<[AtomicU32]>,
+    /// Replies by arrival millisecond.
+    replied: Box<[AtomicU32]>,
+    /// Replies by arrival second (slice).
+    replied_per_slice: Box<[AtomicU64]>,
+}
+
+impl Millis {
+    /// Room for `span_us` from the run's start (milliseconds up to [`MILLIS_SPAN_MAX_MS`]).
+    pub fn new(clock: &Clock, span_us: u64) -> Millis {
+        let ms = span_us.div_ceil(1000).clamp(1, MILLIS_SPAN_MAX_MS) as usize + 1;
+        let slices = span_us.div_ceil(SLICE_US).max(1) as usize + 1;
+        Millis {
+            start_wall_ms: clock.start_wall_ms(),
+            intended: (0..ms).map(|_| AtomicU64::new(0)).collect(),
+            max_us: (0..ms).map(|_| AtomicU32::new(0)).collect(),
+            replied: (0..ms).map(|_| AtomicU32::new(0)).collect(),
+            replied_per_slice: (0..slices).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn index(&self, clock: &Clock, us: u64) -> u64 {
+        clock.wall_ms_at_us(us) - self.start_wall_ms
+    }
+
+    /// Replies that arrived in each slice, from slice 0 (0 through a stall).
+    pub fn replied_per_slice(&self) -> Vec<u64> {
+        self.replied_per_slice
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Buckets of `ZOOM_BUCKET_MS` over wall-clock `[from_ms, to_ms)` (nothing outside the
+    /// covered span).
+    pub fn buckets(&self, from_ms: u64, to_ms: u64) -> Vec<ZoomBucket> {
+        (from_ms..to_ms)
+            .map_while(|ms| {
+                let i = usize::try_from(ms.checked_sub(self.start_wall_ms)?).ok()?;
+                let intended = self.intended.get(i)?.load(Ordering::Relaxed);
+                Some(ZoomBucket {
+                    ops: intended as u32,
+                    errors: (intended >> 32) as u32,
+                    replied: self.replied[i].load(Ordering::Relaxed),
+                    max_us: u64::from(self.max_us[i].load(Ordering::Relaxed)),
+                })
+            })
+            .collect()
+    }
+}
+
+/// One connection's running counts for the millisecond (and second) it is recording.
+#[derive(Debug)]
+pub struct Tally {
+    intended_ms: u64,
+    intended: u64,
+    max_us: u32,
+    replied_ms: u64,
+    replied: u32,
+    replied_slice: u64,
+    replied_in_slice: u64,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Tally {
+            intended_ms: u64::MAX,
+            intended: 0,
+            max_us: 0,
+            replied_ms: u64::MAX,
+            replied: 0,
+            replied_slice: u64::MAX,
+            replied_in_slice: 0,
+        }
+    }
+}
+
+impl Tally {
+    /// A request that got its reply (a success or an error reply): intended at
+    /// `intended_us`, answered at `reply_us` (µs since the run's start).
+    pub fn record(
+        &mut self,
+        millis: &Millis,
+        clock: &Clock,
+        intended_us: u64,
+        reply_us: u64,
+        latency_us: u64,
+        ok: bool,
+    ) {
+        let ms = millis.index(clock, intended_us);
+        if ms != self.intended_ms {
+            self.flush_intended(millis);
+            self.intended_ms = ms;
+        }
+        self.intended += 1 | (u64::from(!ok) << 32);
+        if ok {
+            self.max_us = self.max_us.max(latency_us.min(u64::from(u32::MAX)) as u32);
+        }
+        let ms = millis.index(clock, reply_us);
+        if ms != self.replied_ms {
+            self.flush_replied(millis);
+            self.replied_ms = ms;
+        }
+        self.replied += 1;
+        let slice = slice_of(reply_us);
+        if slice != self.replied_slice {
+            self.flush_slice(millis);
+            self.replied_slice = slice;
+        }
+        self.replied_in_slice += 1;
+    }
+
+    /// Adds what is counted to the shared counters.
+    pub fn flush(&mut self, millis: &Millis) {
+        self.flush_intended(millis);
+        self.flush_replied(millis);
+        self.flush_slice(millis);
+    }
+
+    fn flush_intended(&mut self, millis: &Millis) {
+        if self.intended > 0 {
+            if let Some(c) = millis.intended.get(self.intended_ms as usize) {
+                c.fetch_add(self.intended, Ordering::Relaxed);
+                millis.max_us[self.intended_ms as usize].fetch_max(self.max_us, Ordering::Relaxed);
+            }
+        }
+        self.intended = 0;
+        self.max_us = 0;
+    }
+
+    fn flush_replied(&mut self, millis: &Millis) {
+        if self.replied > 0 {
+            if let Some(c) = millis.replied.get(self.replied_ms as usize) {
+                c.fetch_add(self.replied, Ordering::Relaxed);
+            }
+        }
+        self.replied = 0;
+    }
+
+    fn flush_slice(&mut self, millis: &Millis) {
+        if self.replied_in_slice > 0 {
+            if let Some(c) = millis.replied_per_slice.get(self.replied_slice as usize) {
+                c.fetch_add(self.replied_in_slice, Ordering::Relaxed);
+            }
+        }
+        self.replied_in_slice = 0;
+    }
+}
+
+/// One zoom per switchover window (in the summary's order): 1 ms buckets from
+/// [`ZOOM_MARGIN_MS`] before the switchover began to as long after it ended (the new active
+/// acknowledged its step-up; without a timeline, the last connection found it), clipped to
+/// the run `[started_ms, ended_ms]`, at most [`ZOOM_BUCKETS_MAX`].
+pub fn zooms(windows: &[Window], millis: &Millis, started_ms: u64, ended_ms: u64) -> Vec<Zoom> {
+    windows
+        .iter()
+        .map(|w| {
+            let from_ms = w.at_ms.saturating_sub(ZOOM_MARGIN_MS).max(started_ms);
+            let to_ms = (w.to_ms.max(w.at_ms) + ZOOM_MARGIN_MS)
+                .min(ended_ms.max(from_ms))
+                .min(from_ms + ZOOM_BUCKETS_MAX * ZOOM_BUCKET_MS);
+            Zoom {
+                kind: kind_name(w.kind).to_string(),
+                at_ms: w.at_ms,
+                end_ms: w.to_ms.max(w.at_ms),
+                from_ms,
+                bucket_ms: ZOOM_BUCKET_MS,
+                buckets: millis.buckets(from_ms, to_ms),
+            }
+        })
+        .collect()
+}
+
+/// The slow requests as `detail.json` lists them.
+pub fn slow_requests(slow: &[Slow], clock: &Clock) -> Vec<SlowRequest> {
+    slow.iter()
+        .map(|s| SlowRequest {
+            t_ms: clock.wall_ms_at_us(s.intended_us),
+            latency_us: s.latency_us,
+            error: s.error,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reports::timeline::SwitchoverKind;
+
+    #[test]
+    fn tallies_add_up_per_millisecond_and_zooms_cut_them_out() {
+        let clock = Clock::start_now();
+        let millis = Millis::new(&clock, 10 * SLICE_US);
+        let mut a = Tally::default();
+        let mut b = Tally::default();
+        // Align on the wall clock's milliseconds, as the buckets are.
+        let ms0 = 1000 - clock.start_wall_us() % 1000; // offset of the start of a wall ms
+        let at = |ms: u64| ms0 + ms * 1000;
+        // Intended at ms 2 and 3 (one error), all answered at ms 1500.
+        a.record(&millis, &clock, at(2), at(1500), 1_498_000, true);
+        a.record(&millis, &clock, at(2) + 10, at(1500), 1_497_990, true);
+        b.record(&millis, &clock, at(3), at(1500), 1_497_000, false);
+        a.flush(&millis);
+        b.flush(&millis);
+        let base_ms = clock.wall_ms_at_us(at(0));
+        let buckets = millis.buckets(base_ms, base_ms + 1600);
+        assert_eq!(buckets.len(), 1600);
+        assert_eq!(
+            (buckets[2].ops, buckets[2].errors, buckets[2].max_us),
+            (2, 0, 1_498_000)
+        );
+        assert_eq!(
+            (buckets[3].ops, buckets[3].errors, buckets[3].max_us),
+            (1, 1, 0)
+        );
+        assert_eq!(buckets[1500].replied, 3);
+        assert_eq!(buckets.iter().map(|b| b.replied).sum::<u32>(), 3);
+        let per_slice = millis.replied_per_slice();
+        assert_eq!(per_slice.iter().sum::<u64>(), 3);
+        assert_eq!(per_slice[slice_of(at(1500)) as usize], 3);
+
+        let started_ms = clock.start_wall_ms();
+        let window = Window {
+            kind: SwitchoverKind::Planned,
+            at_ms: base_ms + 1000,
+            stepup_ms: 2.0,
+            from_ms: base_ms + 1000,
+            to_ms: base_ms + 1010,
+        };
+        let zoom = &zooms(
+            std::slice::from_ref(&window),
+            &millis,
+            started_ms,
+            started_ms + 10_000,
+        )[0];
+        assert_eq!(zoom.kind, "planned");
+        assert_eq!((zoom.from_ms, zoom.end_ms), (base_ms + 500, base_ms + 1010));
+        assert_eq!(zoom.buckets.len(), 1010);
+        assert_eq!(zoom.buckets[1000].replied, 3, "ms 1500 of the run");
+        // Clipped to the run, and to at most 5,000 buckets.
+        let early = Window {
+            at_ms: started_ms + 100,
+            to_ms: started_ms + 60_000,
+            ..window
+        };
+        let zoom = &zooms(&[early], &millis, started_ms, started_ms + 90_000)[0];
+        assert_eq!(zoom.from_ms, started_ms);
+        assert_eq!(zoom.buckets.len(), ZOOM_BUCKETS_MAX as usize);
+    }
+}
