@@ -1,22 +1,33 @@
 //! The HTML report of a run, and two runs side by side. Each is one self-contained file:
 //! inline CSS and inline SVG, no script, no font or image from elsewhere, because a report is
-//! mailed, attached to tickets and opened on machines without a network, years after the run.
+//! mailed, attached to tickets, printed and opened on machines without a network, years after
+//! the run.
 //!
-//! The report answers an operator's questions in the order they are asked: did the upgrade
-//! complete and was anything lost (header), what did each phase cost against the baseline
-//! (phase table), when did latency and throughput move and why (charts with the phases and
-//! switchovers drawn on them), and how long were clients left waiting at each switchover.
+//! The report answers a performance engineer's questions in the order they are asked: did
+//! the upgrade complete, was anything lost, how long were clients left waiting and what did
+//! the worst phase cost (the verdict); what ran where (configuration and environment); when
+//! did latency and throughput move and why (time charts with the phases as lanes, the
+//! switchovers as markers and every slow request as a dot); how do the phases' tails compare
+//! (the percentile spectrum); what happened at each switchover, millisecond by millisecond
+//! (zooms); and the numbers (tables), with a percentile printed only where the phase had the
+//! samples to support it.
 
 mod chart;
+mod compare;
 mod format;
+mod spectrum;
+mod zoom;
 
 use std::fmt::Write as _;
 
-use crate::run::Slice;
-use crate::summary::{PhaseSummary, Summary, Switchover};
+pub use compare::render_compare;
+
+use crate::run::{Detail, Slice, Zoom};
+use crate::summary::{percentile_supported, PhaseSummary, Summary, Switchover, SAMPLES_BEYOND_MIN};
 use crate::timeline::{phase, EventKind, Timeline};
-use chart::{Band, Chart, Marker, Scale, Series};
+use chart::{Band, Chart, Dots, Marker, Scale, Series};
 use format::esc;
+use spectrum::Curve;
 
 /// Slices are one second unless the slices themselves say otherwise.
 const SLICE_MS_DEFAULT: u64 = 1000;
@@ -27,15 +38,39 @@ macro_rules! w {
     };
 }
 
+/// What a report is drawn from: a run directory's files, as read.
+#[derive(Clone, Copy)]
+pub struct Run<'a> {
+    pub summary: &'a Summary,
+    pub slices: &'a [Slice],
+    /// `timeline.json`, absent for a run against Redis.
+    pub timeline: Option<&'a Timeline>,
+    /// `detail.json`, absent in runs written before it was added.
+    pub detail: Option<&'a Detail>,
+}
+
+impl<'a> Run<'a> {
+    pub fn new(summary: &'a Summary, slices: &'a [Slice]) -> Run<'a> {
+        Run {
+            summary,
+            slices,
+            timeline: None,
+            detail: None,
+        }
+    }
+}
+
 const CSS: &str = r#"
 :root{--ink:#0f172a;--muted:#64748b;--line:#e2e8f0;--ok:#15803d;--warn:#b45309;--bad:#b91c1c;
---p99:#1d4ed8;--p50:#7fb0f5;--tput:#0f766e;--marker:#7c3aed}
+--p99:#1d4ed8;--p50:#7fb0f5;--max:#94a3b8;--tput:#0f766e;--replied:#0f172a;--marker:#7c3aed;
+--b:#c2410c;--bp50:#fdba74}
 *{box-sizing:border-box}
 body{margin:0;background:#f6f7f9;color:var(--ink);
 font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif}
 main{max-width:1180px;margin:0 auto;padding:28px 24px 40px}
 h1{font-size:22px;margin:0;font-weight:650;letter-spacing:-.01em}
-h2{font-size:15px;margin:0 0 10px;font-weight:620}
+h2{font-size:15px;margin:0 0 4px;font-weight:620}
+h3{font-size:13px;margin:0 0 4px;font-weight:620}
 .head{display:flex;align-items:center;gap:12px;flex-wrap:wrap}
 .badge{display:inline-block;padding:2px 11px;border-radius:999px;font-weight:600;font-size:13px}
 .badge.ok{background:#dcfce7;color:#166534}
@@ -43,18 +78,26 @@ h2{font-size:15px;margin:0 0 10px;font-weight:620}
 .badge.bad{background:#fee2e2;color:#991b1b}
 .meta{color:var(--muted);margin:6px 0 0}
 .meta b{color:var(--ink);font-weight:600}
-.stats{display:flex;gap:14px;margin-top:18px;flex-wrap:wrap}
-.stat{flex:1;min-width:200px;background:#fff;border:1px solid var(--line);border-radius:8px;padding:12px 16px}
-.stat .num{display:block;font-size:26px;font-weight:650;font-variant-numeric:tabular-nums}
-.stat .label{color:var(--muted);font-size:12px}
+.note{color:var(--muted);font-size:12px;margin:2px 0 8px}
+.stats{display:flex;gap:12px;margin-top:16px;flex-wrap:wrap}
+.stat{flex:1;min-width:190px;background:#fff;border:1px solid var(--line);border-radius:8px;padding:10px 14px}
+.stat .num{display:block;font-size:25px;font-weight:650;font-variant-numeric:tabular-nums}
+.stat .label{color:var(--muted);font-size:12px;display:block}
 .stat.good{border-color:#bbf7d0;background:#f0fdf4}
 .stat.good .num{color:var(--ok)}
 .stat.lost{border-color:#fecaca;background:#fef2f2}
 .stat.lost .num{color:var(--bad)}
-section{background:#fff;border:1px solid var(--line);border-radius:8px;padding:16px 20px;margin-top:18px}
+.stat.warnbox{border-color:#fde68a;background:#fffbeb}
+.stat.warnbox .num{color:var(--warn)}
+section{background:#fff;border:1px solid var(--line);border-radius:8px;padding:14px 20px;margin-top:16px}
+.config{display:grid;grid-template-columns:repeat(auto-fit,minmax(300px,1fr));gap:4px 28px}
+.config dl{margin:0;display:grid;align-content:start;grid-template-columns:max-content 1fr;gap:2px 12px;font-size:13px}
+.config dt{color:var(--muted)}
+.config dd{margin:0;font-variant-numeric:tabular-nums;overflow-wrap:anywhere}
+.config h3{grid-column:1/-1;margin-top:6px}
 .scroll{overflow-x:auto}
 table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums}
-th,td{padding:5px 9px;border-bottom:1px solid var(--line);text-align:right;white-space:nowrap}
+th,td{padding:5px 7px;border-bottom:1px solid var(--line);text-align:right;white-space:nowrap}
 th{font-weight:600;color:var(--muted);font-size:12px;vertical-align:bottom;white-space:normal;line-height:1.25}
 tr:last-child td{border-bottom:none}
 table.narrow{width:auto;min-width:55%}
@@ -64,41 +107,93 @@ td.name{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-si
 td.sep,th.sep{border-left:1px solid var(--line)}
 tr.fb td.name{color:var(--warn)}
 .bad{color:var(--bad);font-weight:600}
-.worse{color:var(--bad)}
-.better{color:var(--ok)}
+.worse{color:var(--bad);font-weight:600}
+.better{color:var(--ok);font-weight:600}
 .muted{color:var(--muted)}
+.few{color:#94a3b8;font-style:italic;cursor:help}
 .none{color:#94a3b8;text-align:center}
-.legend{display:flex;gap:18px;font-size:12px;color:var(--muted);margin:0 0 6px;flex-wrap:wrap}
+.legend{display:flex;gap:6px 18px;font-size:12px;color:var(--muted);margin:4px 0 6px;flex-wrap:wrap}
 .key{display:inline-block;width:18px;height:3px;vertical-align:middle;margin-right:6px;border-radius:2px}
-.key.dash{height:0;border-top:2px dashed var(--marker);border-radius:0}
+.key.dash{height:0;border-top:2px dashed var(--marker);border-radius:0;background:none}
+.key.dashb{height:0;border-top:2px dashed var(--b);border-radius:0;background:none}
 .key.box{height:10px;width:14px}
-svg.chart{display:block;overflow:visible}
+.key.dot{width:7px;height:7px;border-radius:50%}
+.key.thin{height:1px}
+svg.chart{display:block;overflow:visible;margin-top:2px}
 svg text{font-family:inherit}
 .tick{font-size:11px;fill:var(--muted);font-variant-numeric:tabular-nums}
+.paneltitle{font-size:11px;fill:#334155;font-weight:600}
 .grid{stroke:#edf0f4;stroke-width:1}
+.gridfaint{stroke:#e2e8f0;stroke-width:1;stroke-dasharray:2 3}
 .axis{stroke:#94a3b8;stroke-width:1}
-.band0{fill:#64748b;fill-opacity:.10}
-.band1{fill:#64748b;fill-opacity:.03}
-.bandfb0{fill:#d97706;fill-opacity:.17}
-.bandfb1{fill:#d97706;fill-opacity:.08}
-.bandlabel{font-size:11px;fill:#334155}
-.p99{fill:none;stroke:var(--p99);stroke-width:1.8;stroke-linejoin:round}
-.p50{fill:none;stroke:var(--p50);stroke-width:1.6;stroke-linejoin:round}
-.tput{fill:none;stroke:var(--tput);stroke-width:1.8;stroke-linejoin:round}
-.p99dot{fill:var(--p99)}.p50dot{fill:var(--p50)}.tputdot{fill:var(--tput)}
-.area{fill:var(--tput);fill-opacity:.10}
+.band0{fill:#64748b;fill-opacity:.09}
+.band1{fill:#64748b;fill-opacity:.025}
+.bandfb0{fill:#d97706;fill-opacity:.16}
+.bandfb1{fill:#d97706;fill-opacity:.07}
+.lane{fill:#cbd5e1}
+.lanefb{fill:#fcd34d}
+.leader{stroke:#94a3b8;stroke-width:1;stroke-dasharray:1 2}
+.bandlabel{font-size:11px;fill:#1e293b}
+.p99,.p50,.max,.tput,.replied,.bp99,.bp50,.breplied,.spec,.zintended,.zmax{fill:none;stroke-linejoin:round}
+.p99{stroke:var(--p99);stroke-width:1.8}
+.p50{stroke:var(--p50);stroke-width:1.5}
+.max{stroke:var(--max);stroke-width:1;stroke-dasharray:3 2}
+.bp99{stroke:var(--b);stroke-width:1.8}
+.bp50{stroke:var(--bp50);stroke-width:1.5}
+.tput{stroke:var(--tput);stroke-width:1.8}
+.replied{stroke:var(--replied);stroke-width:1.3}
+.breplied{stroke:var(--b);stroke-width:1.5}
+.p99dot{fill:var(--p99)}.p50dot{fill:var(--p50)}.maxdot{fill:var(--max)}.tputdot{fill:var(--tput)}
+.replieddot{fill:var(--replied)}.bp99dot{fill:var(--b)}.bp50dot{fill:var(--bp50)}.breplieddot{fill:var(--b)}
+.tputarea{fill:var(--tput);fill-opacity:.10}
+.slow{stroke:#dc2626;stroke-opacity:.45;stroke-width:3;stroke-linecap:round;fill:none}
+.slowerr{stroke:#7f1d1d;stroke-width:3.5;stroke-linecap:round;fill:none}
+.threshold{stroke:#dc2626;stroke-width:1;stroke-dasharray:2 3;stroke-opacity:.6}
+.thresholdlabel{font-size:10px;fill:#b91c1c}
 .err{fill:var(--bad)}
 .marker{stroke:var(--marker);stroke-width:1.5;stroke-dasharray:4 3}
-.markerlabel{font-size:11px;font-weight:600;fill:#6d28d9;paint-order:stroke;stroke:#fff;stroke-width:3px;stroke-linejoin:round}
+.markerb{stroke:var(--b);stroke-width:1.5;stroke-dasharray:4 3}
+.markerlabel,.markerblabel{font-size:11px;font-weight:600;paint-order:stroke;stroke:#fff;stroke-width:3px;stroke-linejoin:round}
+.markerlabel{fill:#6d28d9}.markerblabel{fill:#9a3412}
+.spec{stroke-width:2}
+.specdot{stroke:none}
+.specend{stroke-width:6;stroke-linecap:round;fill:none}
+.zreplied{fill:none;stroke:var(--tput);stroke-width:1}
+.zrepliedarea{fill:var(--tput);fill-opacity:.28}
+.zintended{stroke:#334155;stroke-width:1.2;stroke-dasharray:3 2}
+.zmax{stroke:#dc2626;stroke-width:1.3}
+.zmaxdot{fill:#dc2626}
+.stepup{fill:var(--marker);fill-opacity:.14}
+.stepupline{stroke:var(--marker);stroke-width:1.3}
+.stepuplabel{font-size:10px;font-weight:600;fill:#6d28d9;paint-order:stroke;stroke:#fff;stroke-width:3px}
+.silence{fill:#dc2626;fill-opacity:.08}
 .empty{font-size:13px;fill:var(--muted)}
-details{margin-top:18px;background:#fff;border:1px solid var(--line);border-radius:8px;padding:10px 20px}
+.zooms{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:14px 26px;margin:6px 0 10px}
+@media (max-width:900px){.zooms{grid-template-columns:1fr}}
+.zoomcap{font-size:12px;color:var(--muted);margin:0 0 2px}
+.zoomcap b{color:var(--ink)}
+details{margin-top:16px;background:#fff;border:1px solid var(--line);border-radius:8px;padding:10px 20px}
 details summary{cursor:pointer;font-weight:600;font-size:14px}
 details table{margin-top:8px}
 .cards{display:flex;gap:14px;margin-top:16px;flex-wrap:wrap}
 .card{flex:1;min-width:300px;background:#fff;border:1px solid var(--line);border-radius:8px;padding:12px 16px}
 .card .who{font-weight:650;margin-right:8px}
+.card.a{border-top:3px solid var(--p99)}.card.b{border-top:3px solid var(--b)}
 footer{color:var(--muted);font-size:12px;margin-top:22px;line-height:1.6}
 code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12px}
+@media print{
+@page{size:A4 portrait;margin:12mm}
+body{background:#fff;font-size:11px}
+main{max-width:none;padding:0}
+section,details,.stat,.card{border-color:#cbd5e1;break-inside:avoid;page-break-inside:avoid}
+section.table{break-inside:auto;page-break-inside:auto}
+tr{break-inside:avoid}
+.scroll{overflow:visible}
+th,td{padding:3px 6px}
+.zooms{grid-template-columns:1fr 1fr}
+.badge,.stat,.lane,.lanefb,.band0,.band1,.bandfb0,.bandfb1{print-color-adjust:exact;-webkit-print-color-adjust:exact}
+details>*{display:block}
+}
 "#;
 
 fn page(title: &str, body: &str) -> String {
@@ -116,6 +211,66 @@ fn outcome_badge(outcome: &str) -> String {
         "rolled_back" => r#"<span class="badge warn">rolled back</span>"#.to_string(),
         other => format!(r#"<span class="badge bad">{}</span>"#, esc(other)),
     }
+}
+
+/// Replies that were not errors: the samples behind a phase's latency percentiles.
+fn successes(p: &PhaseSummary) -> u64 {
+    p.ops.saturating_sub(p.errors)
+}
+
+/// The samples a percentile needs: [`SAMPLES_BEYOND_MIN`] beyond it (20 for p50, 1,000 for
+/// p99).
+fn samples_needed(quantile: f64) -> u64 {
+    (SAMPLES_BEYOND_MIN as f64 / (1.0 - quantile)).round() as u64
+}
+
+/// Whether a phase's p99 means something.
+fn p99_supported(p: &PhaseSummary) -> bool {
+    percentile_supported(successes(p), 0.99)
+}
+
+/// A percentile's cell: the value when the phase's samples support it, otherwise "n<N"
+/// with a tooltip that says why, so that nobody reads a phase's maximum as its p99.
+fn percentile_cell(p: &PhaseSummary, quantile: f64, value_us: u64, class: &str) -> String {
+    let n = successes(p);
+    let class_attr = |extra: &str| {
+        let c = format!("{class} {extra}");
+        let c = c.trim();
+        if c.is_empty() {
+            String::new()
+        } else {
+            format!(" class=\"{c}\"")
+        }
+    };
+    if quantile < 1.0 && !percentile_supported(n, quantile) {
+        let need = samples_needed(quantile);
+        if n == 0 {
+            return format!(
+                "<td{} title=\"no successful replies in this phase\">–</td>",
+                class_attr("few")
+            );
+        }
+        return format!(
+            "<td{} title=\"too few samples: {} successful replies; p{} needs {} (at least {} beyond it)\">n&lt;{}</td>",
+            class_attr("few"),
+            format::thousands(n),
+            format::percent(quantile * 100.0),
+            format::thousands(need),
+            SAMPLES_BEYOND_MIN,
+            format::thousands(need)
+        );
+    }
+    if n == 0 {
+        return format!(
+            "<td{} title=\"no successful replies in this phase\">–</td>",
+            class_attr("few")
+        );
+    }
+    format!(
+        "<td{}>{}</td>",
+        class_attr(""),
+        format::latency_us(value_us)
+    )
 }
 
 /// Where the time axis starts: the run's start, or the earliest thing recorded when a
@@ -151,6 +306,50 @@ fn slice_ms(slices: &[Slice]) -> u64 {
         .unwrap_or(SLICE_MS_DEFAULT)
 }
 
+/// A run's time frame: sorted slices, where its axis starts and ends, its slice length.
+struct Frame {
+    slices: Vec<Slice>,
+    origin: u64,
+    end: u64,
+    step_ms: u64,
+}
+
+impl Frame {
+    fn of(run: &Run) -> Frame {
+        let mut slices: Vec<Slice> = run.slices.to_vec();
+        slices.sort_by_key(|s| s.t_ms);
+        let summary = run.summary;
+        let origin = origin_ms(summary, &slices, run.timeline);
+        let step_ms = slice_ms(&slices);
+        let last_phase_end = summary.phases.iter().map(|p| p.end_ms).max().unwrap_or(0);
+        let last_slice_end = slices.last().map_or(0, |s| s.t_ms.saturating_add(step_ms));
+        let end = summary
+            .ended_ms
+            .max(last_phase_end)
+            .max(last_slice_end)
+            .max(origin);
+        Frame {
+            slices,
+            origin,
+            end,
+            step_ms,
+        }
+    }
+}
+
+fn band_note(start_ms: u64, end_ms: u64, phase: Option<&PhaseSummary>) -> String {
+    let d = end_ms.saturating_sub(start_ms);
+    let dur = if d < 10_000 {
+        format!("{} ms", format::thousands(d))
+    } else {
+        format::duration(d)
+    };
+    match phase {
+        Some(p) => format!("{dur} · {} replies", format::thousands(p.ops)),
+        None => dur,
+    }
+}
+
 fn bands<'a>(summary: &'a Summary, timeline_phases: &'a [(String, u64, u64)]) -> Vec<Band<'a>> {
     let is_fallback = |name: &str| phase::FALLBACK_PATH.contains(&name);
     if summary.phases.is_empty() {
@@ -161,6 +360,7 @@ fn bands<'a>(summary: &'a Summary, timeline_phases: &'a [(String, u64, u64)]) ->
                 start_ms: *start_ms,
                 end_ms: *end_ms,
                 fallback: is_fallback(name),
+                note: band_note(*start_ms, *end_ms, None),
             })
             .collect()
     } else {
@@ -172,19 +372,32 @@ fn bands<'a>(summary: &'a Summary, timeline_phases: &'a [(String, u64, u64)]) ->
                 start_ms: p.start_ms,
                 end_ms: p.end_ms,
                 fallback: is_fallback(&p.name),
+                note: band_note(p.start_ms, p.end_ms, Some(p)),
             })
             .collect()
     }
 }
 
-fn markers(summary: &Summary, timeline: Option<&Timeline>) -> Vec<Marker> {
+fn markers(
+    summary: &Summary,
+    timeline: Option<&Timeline>,
+    prefix: &str,
+    class: &'static str,
+) -> Vec<Marker> {
     if !summary.switchovers.is_empty() {
         return summary
             .switchovers
             .iter()
-            .map(|s| Marker {
+            .enumerate()
+            .map(|(i, s)| Marker {
                 at_ms: s.at_ms,
-                label: format!("{} · gap {} ms", s.kind, format::ms(s.client_gap_ms)),
+                label: format!(
+                    "{prefix}S{} {} · gap {} ms",
+                    i + 1,
+                    s.kind,
+                    format::ms(s.client_gap_ms)
+                ),
+                class,
             })
             .collect();
     }
@@ -195,7 +408,11 @@ fn markers(summary: &Summary, timeline: Option<&Timeline>) -> Vec<Marker> {
         .filter(|e| matches!(e.kind, EventKind::SwitchoverBegin | EventKind::Failover))
         .map(|e| Marker {
             at_ms: e.t_ms,
-            label: e.switchover.map_or("switchover".into(), |k| serde_name(&k)),
+            label: format!(
+                "{prefix}{}",
+                e.switchover.map_or("switchover".into(), |k| serde_name(&k))
+            ),
+            class,
         })
         .collect()
 }
@@ -209,10 +426,12 @@ fn serde_name<T: serde::Serialize>(value: &T) -> String {
 }
 
 /// Per-slice points at the slice's middle; `None` where the line must break (no replies, or
-/// slices missing), so that a gap is drawn as a gap rather than bridged.
+/// slices missing), so that a gap is drawn as a gap rather than bridged. `shift` moves a
+/// second run onto the first one's time axis.
 fn slice_points(
     slices: &[Slice],
     slice_ms: u64,
+    shift: impl Fn(u64) -> u64,
     value: impl Fn(&Slice) -> Option<f64>,
 ) -> Vec<Option<(u64, f64)>> {
     let mut points = Vec::with_capacity(slices.len());
@@ -221,122 +440,57 @@ fn slice_points(
         if previous_ms.is_some_and(|p| s.t_ms.saturating_sub(p) > slice_ms.saturating_mul(3) / 2) {
             points.push(None);
         }
-        points.push(value(s).map(|v| (s.t_ms.saturating_add(slice_ms / 2), v)));
+        points.push(value(s).map(|v| (shift(s.t_ms.saturating_add(slice_ms / 2)), v)));
         previous_ms = Some(s.t_ms);
     }
     points
 }
 
-fn workload_text(workload: &serde_json::Value) -> String {
-    let compact = |v: &serde_json::Value| match v {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    match workload {
-        serde_json::Value::Null => String::new(),
-        serde_json::Value::Object(map) if !map.is_empty() => map
-            .iter()
-            .map(|(k, v)| format!("{}&nbsp;<b>{}</b>", esc(k), esc(&compact(v))))
-            .collect::<Vec<_>>()
-            .join(" · "),
-        other => esc(&compact(other)),
+/// A colour per phase, the same in every report, so that a phase is recognised across the
+/// spectrum, its legend and a comparison.
+fn phase_color(name: &str, index: usize) -> &'static str {
+    const OTHERS: [&str; 6] = [
+        "#0891b2", "#9333ea", "#65a30d", "#e11d48", "#0369a1", "#a16207",
+    ];
+    match name {
+        phase::BASELINE => "#1e293b",
+        phase::B_OUT_OF_SERVICE => "#38bdf8",
+        phase::B_CATCH_UP => "#2563eb",
+        phase::SWITCHOVER_TO_B => "#7c3aed",
+        phase::EVALUATION => "#db2777",
+        phase::A_OUT_OF_SERVICE => "#2dd4bf",
+        phase::A_CATCH_UP => "#059669",
+        phase::FEATURES_ENABLED => "#ca8a04",
+        phase::FALLBACK => "#dc2626",
+        phase::B_RELOAD_PREVIOUS => "#f97316",
+        phase::B_CATCH_UP_PREVIOUS => "#a16207",
+        phase::RESTORED => "#4d7c0f",
+        "steady" => "#64748b",
+        _ => OTHERS[index % OTHERS.len()],
     }
 }
 
 /// The report of one run.
-pub fn render(summary: &Summary, slices: &[Slice], timeline: Option<&Timeline>) -> String {
-    let mut slices: Vec<Slice> = slices.to_vec();
-    slices.sort_by_key(|s| s.t_ms);
-    let origin = origin_ms(summary, &slices, timeline);
-    let step_ms = slice_ms(&slices);
-    let last_phase_end = summary.phases.iter().map(|p| p.end_ms).max().unwrap_or(0);
-    let last_slice_end = slices.last().map_or(0, |s| s.t_ms.saturating_add(step_ms));
-    let end = summary
-        .ended_ms
-        .max(last_phase_end)
-        .max(last_slice_end)
-        .max(origin);
-    let timeline_phases = timeline.map(|t| t.phases(end)).unwrap_or_default();
+pub fn render(run: &Run) -> String {
+    let summary = run.summary;
+    let frame = Frame::of(run);
+    let timeline_phases = run
+        .timeline
+        .map(|t| t.phases(frame.end))
+        .unwrap_or_default();
     let bands = bands(summary, &timeline_phases);
-    let markers = markers(summary, timeline);
+    let markers = markers(summary, run.timeline, "", "marker");
 
     let mut body = String::new();
-    header(&mut body, summary, origin, end);
-    phase_table(&mut body, summary, origin);
-
-    let per_s = |n: u64| n as f64 * 1000.0 / step_ms as f64;
-    let with_replies = |s: &Slice, v: u64| (s.ops > 0).then_some(v as f64);
-    let latency = Chart {
-        label: "Latency per one-second slice: p99 and p50",
-        origin_ms: origin,
-        end_ms: end,
-        bands: &bands,
-        markers: &markers,
-        scale: Scale::Log,
-        format_y: format::latency_tick_us,
-        marker_labels_low: true,
-        lines: vec![
-            Series {
-                class: "p50",
-                points: slice_points(&slices, step_ms, |s| with_replies(s, s.latency_us.p50)),
-            },
-            Series {
-                class: "p99",
-                points: slice_points(&slices, step_ms, |s| with_replies(s, s.latency_us.p99)),
-            },
-        ],
-        area: false,
-        bars: None,
-        bar_width_ms: step_ms,
-        empty_note: "no time slices recorded in this run",
-    };
-    body.push_str(
-        "<section>\n<h2>Latency over time <span class=\"muted\">(log scale)</span></h2>\n",
-    );
-    body.push_str(
-        "<div class=\"legend\"><span><span class=\"key\" style=\"background:var(--p99)\"></span>p99</span>\
-         <span><span class=\"key\" style=\"background:var(--p50)\"></span>p50</span>\
-         <span><span class=\"key dash\"></span>switchover</span>\
-         <span><span class=\"key box\" style=\"background:#e2e5ea\"></span>phase</span></div>\n",
-    );
-    body.push_str(&chart::svg(&latency));
-    body.push_str("\n</section>\n");
-
-    let throughput = Chart {
-        label: "Throughput per one-second slice, replies per second, errors in red",
-        origin_ms: origin,
-        end_ms: end,
-        bands: &bands,
-        markers: &markers,
-        scale: Scale::Linear,
-        format_y: format::rate_tick,
-        marker_labels_low: false,
-        lines: vec![Series {
-            class: "tput",
-            points: slice_points(&slices, step_ms, |s| Some(per_s(s.ops))),
-        }],
-        area: true,
-        bars: Some(Series {
-            class: "err",
-            points: slice_points(&slices, step_ms, |s| Some(per_s(s.errors))),
-        }),
-        bar_width_ms: step_ms,
-        empty_note: "no time slices recorded in this run",
-    };
-    body.push_str(
-        "<section>\n<h2>Throughput over time <span class=\"muted\">(ops/s)</span></h2>\n",
-    );
-    body.push_str(
-        "<div class=\"legend\"><span><span class=\"key\" style=\"background:var(--tput)\"></span>replies/s</span>\
-         <span><span class=\"key box\" style=\"background:var(--bad)\"></span>errors/s</span>\
-         <span><span class=\"key dash\"></span>switchover</span></div>\n",
-    );
-    body.push_str(&chart::svg(&throughput));
-    body.push_str("\n</section>\n");
-
-    switchover_table(&mut body, &summary.switchovers, origin);
-    if let Some(t) = timeline {
-        event_table(&mut body, t, origin);
+    verdict(&mut body, summary, frame.origin, frame.end);
+    configuration(&mut body, summary, frame.origin);
+    latency_section(&mut body, run, &frame, &bands, &markers);
+    throughput_section(&mut body, &frame, &bands, &markers);
+    spectrum_section(&mut body, summary);
+    phase_table(&mut body, summary, frame.origin);
+    switchover_section(&mut body, summary, run.detail, frame.origin);
+    if let Some(t) = run.timeline {
+        event_table(&mut body, t, frame.origin);
     }
     footer(&mut body, &summary.schema);
 
@@ -344,12 +498,40 @@ pub fn render(summary: &Summary, slices: &[Slice], timeline: Option<&Timeline>) 
         "tandem run · {} · {} · {}",
         summary.outcome.replace('_', " "),
         summary.target,
-        format::utc(origin)
+        format::utc(frame.origin)
     );
     page(&title, &body)
 }
 
-fn header(body: &mut String, summary: &Summary, origin: u64, end: u64) {
+/// The worst client-visible gap: (index, switchover).
+fn worst_gap(summary: &Summary) -> Option<(usize, &Switchover)> {
+    summary
+        .switchovers
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.client_gap_ms.is_finite())
+        .max_by(|a, b| a.1.client_gap_ms.total_cmp(&b.1.client_gap_ms))
+}
+
+/// The worst phase's p99 against the baseline's, among the phases whose p99 is supported,
+/// and only when the baseline's is: (phase, ratio).
+fn worst_p99_ratio(summary: &Summary) -> Option<(&PhaseSummary, f64)> {
+    let baseline = summary
+        .phases
+        .iter()
+        .find(|p| p.name == phase::BASELINE)
+        .filter(|b| p99_supported(b) && b.latency_us.p99 > 0)?;
+    summary
+        .phases
+        .iter()
+        .filter(|p| !std::ptr::eq(*p, baseline) && p99_supported(p))
+        .filter_map(|p| {
+            format::ratio(p.latency_us.p99 as f64, baseline.latency_us.p99 as f64).map(|r| (p, r))
+        })
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+}
+
+fn verdict(body: &mut String, summary: &Summary, origin: u64, end: u64) {
     // The run's own clock when it has one; the extent of what was recorded otherwise.
     let duration_ms = if summary.ended_ms > summary.started_ms {
         summary.ended_ms - summary.started_ms
@@ -372,50 +554,412 @@ fn header(body: &mut String, summary: &Summary, origin: u64, end: u64) {
         switchovers,
         if switchovers == 1 { "" } else { "s" }
     );
-    let workload = workload_text(&summary.workload);
-    if !workload.is_empty() {
-        w!(body, "<p class=\"meta\">workload: {workload}</p>\n");
-    }
-    body.push_str("</header>\n<div class=\"stats\">\n");
-    w!(
-        body,
-        "<div class=\"stat\"><span class=\"num\">{}</span><span class=\"label\">acknowledged updates</span></div>\n",
-        format::thousands(summary.acknowledged_updates)
-    );
-    w!(
-        body,
-        "<div class=\"stat\"><span class=\"num\">{}</span><span class=\"label\">verified after the run</span></div>\n",
-        format::thousands(summary.verified_updates)
-    );
-    if summary.target != "redis" {
+    body.push_str("</header>\n<div class=\"stats\" id=\"verdict\">\n");
+    if summary.lost_updates == 0 {
         w!(
             body,
-            "<div class=\"stat\"><span class=\"num\">{} ms</span><span class=\"label\">one engine served alone ({} window{})</span></div>\n",
-            format::thousands(summary.simplex_ms),
-            summary.simplex_windows.len(),
-            if summary.simplex_windows.len() == 1 { "" } else { "s" }
-        );
-    }
-    if summary.lost_updates == 0 {
-        body.push_str(
-            "<div class=\"stat good\"><span class=\"num\">0 lost</span><span class=\"label\">every acknowledged update was found</span></div>\n",
+            "<div class=\"stat good\"><span class=\"num\">0 lost</span><span class=\"label\">of {} acknowledged updates, {} verified after the run</span></div>\n",
+            format::thousands(summary.acknowledged_updates),
+            format::thousands(summary.verified_updates)
         );
     } else {
         w!(
             body,
-            "<div class=\"stat lost\"><span class=\"num\">{} lost</span><span class=\"label\">acknowledged updates missing after the run</span></div>\n",
-            format::thousands(summary.lost_updates)
+            "<div class=\"stat lost\"><span class=\"num\">{} lost</span><span class=\"label\">acknowledged updates missing or stale after the run (of {})</span></div>\n",
+            format::thousands(summary.lost_updates),
+            format::thousands(summary.acknowledged_updates)
+        );
+    }
+    match worst_gap(summary) {
+        Some((i, s)) => {
+            w!(
+                body,
+                "<div class=\"stat\"><span class=\"num\">{} ms</span><span class=\"label\">worst client-visible gap (S{} {}, step-up {} ms)</span></div>\n",
+                format::ms(s.client_gap_ms),
+                i + 1,
+                esc(&s.kind),
+                format::ms(s.stepup_ms)
+            );
+        }
+        None => body.push_str(
+            "<div class=\"stat\"><span class=\"num muted\">–</span><span class=\"label\">client-visible gap: no switchover recorded</span></div>\n",
+        ),
+    }
+    match worst_p99_ratio(summary) {
+        Some((p, r)) => {
+            let class = if r > 2.0 { " warnbox" } else { "" };
+            w!(
+                body,
+                "<div class=\"stat{class}\"><span class=\"num\">{}</span><span class=\"label\">worst phase p99 vs baseline: <code>{}</code> ({} vs {})</span></div>\n",
+                format::times(r),
+                esc(&p.name),
+                format::latency_us(p.latency_us.p99),
+                format::latency_us(
+                    summary
+                        .phases
+                        .iter()
+                        .find(|p| p.name == phase::BASELINE)
+                        .map_or(0, |b| b.latency_us.p99)
+                )
+            );
+        }
+        None => {
+            w!(
+                body,
+                "<div class=\"stat\" title=\"a p99 needs {} successful replies in the phase\"><span class=\"num muted\">–</span><span class=\"label\">worst phase p99 vs baseline: no phase and baseline with enough samples for a p99</span></div>\n",
+                format::thousands(samples_needed(0.99))
+            );
+        }
+    }
+    if summary.target != "redis" {
+        w!(
+            body,
+            "<div class=\"stat\"><span class=\"num\">{}</span><span class=\"label\">one engine served alone ({} simplex window{})</span></div>\n",
+            format::ms_duration(summary.simplex_ms),
+            summary.simplex_windows.len(),
+            if summary.simplex_windows.len() == 1 { "" } else { "s" }
         );
     }
     body.push_str("</div>\n");
 }
 
-/// A ratio to a reference, coloured only when it moved by more than `worse_beyond` either
-/// way, so that noise stays grey and the eye goes to what changed.
+/// A workload value as a reader wants it: "60% session · 20% set · 20% get" for a mix.
+fn workload_value(key: &str, v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match (key, v) {
+        ("mix", Value::Object(map)) => {
+            let total: f64 = map.values().filter_map(Value::as_f64).sum();
+            let mut parts: Vec<(&String, f64)> = map
+                .iter()
+                .filter_map(|(k, v)| v.as_f64().map(|f| (k, f)))
+                .filter(|(_, f)| *f > 0.0)
+                .collect();
+            parts.sort_by(|a, b| b.1.total_cmp(&a.1));
+            if total > 0.0 {
+                parts
+                    .iter()
+                    .map(|(k, f)| format!("{:.0}% {k}", f * 100.0 / total))
+                    .collect::<Vec<_>>()
+                    .join(" · ")
+            } else {
+                v.to_string()
+            }
+        }
+        (_, Value::String(s)) => s.clone(),
+        (_, Value::Number(n)) => match n.as_u64() {
+            Some(u) if u >= 1_000 && key != "seed" => format::thousands(u),
+            _ => n.to_string(),
+        },
+        (_, other) => other.to_string(),
+    }
+}
+
+fn configuration(body: &mut String, summary: &Summary, origin: u64) {
+    let mut run_rows: Vec<(String, String)> = Vec::new();
+    let mut load_rows: Vec<(String, String)> = Vec::new();
+    let mut env_rows: Vec<(String, String)> = Vec::new();
+    run_rows.push(("date".into(), format::utc(origin)));
+    run_rows.push(("target".into(), summary.target.clone()));
+    if let Some(env) = &summary.environment {
+        if !env.target_version.is_empty() {
+            run_rows.push(("versions".into(), env.target_version.clone()));
+        }
+        env_rows.push(("tandem".into(), env.tandem_version.clone()));
+        if !env.git_revision.is_empty() {
+            env_rows.push(("git revision".into(), env.git_revision.clone()));
+        }
+        env_rows.push(("host".into(), env.hostname.clone()));
+        env_rows.push(("OS".into(), env.os.clone()));
+        env_rows.push(("CPU".into(), env.cpu_model.clone()));
+        env_rows.push(("cpus".into(), env.cpus.to_string()));
+        env_rows.push((
+            "memory".into(),
+            if env.memory_mb >= 10_240 {
+                format!("{} GiB", env.memory_mb / 1024)
+            } else {
+                format!("{} MiB", format::thousands(env.memory_mb))
+            },
+        ));
+    }
+    let known: [(&str, &str); 12] = [
+        ("mode", "mode"),
+        ("rate_ops_s", "rate (req/s)"),
+        ("connections", "connections"),
+        ("pipeline", "pipeline"),
+        ("mix", "mix"),
+        ("state_work_units", "state size (work units)"),
+        ("value_bytes", "value bytes"),
+        ("keys", "keys"),
+        ("distribution", "distribution"),
+        ("duration_ms", "duration (ms)"),
+        ("redis_wait", "redis WAIT"),
+        ("seed", "seed"),
+    ];
+    match &summary.workload {
+        serde_json::Value::Object(map) => {
+            for (key, label) in known {
+                if let Some(v) = map.get(key) {
+                    load_rows.push((label.into(), workload_value(key, v)));
+                }
+            }
+            for (k, v) in map {
+                if !known.iter().any(|(key, _)| key == k) {
+                    load_rows.push((k.clone(), workload_value(k, v)));
+                }
+            }
+        }
+        serde_json::Value::Null => {}
+        other => load_rows.push(("workload".into(), workload_value("", other))),
+    }
+    body.push_str("<section class=\"config\" id=\"configuration\">\n");
+    let dl = |body: &mut String, title: &str, rows: &[(String, String)], empty: &str| {
+        w!(body, "<dl><h3>{title}</h3>");
+        if rows.is_empty() {
+            w!(body, "<dt>–</dt><dd class=\"muted\">{empty}</dd>");
+        }
+        for (k, v) in rows {
+            w!(body, "<dt>{}</dt><dd>{}</dd>", esc(k), esc(v));
+        }
+        body.push_str("</dl>\n");
+    };
+    dl(body, "Run", &run_rows, "");
+    dl(body, "Load", &load_rows, "not recorded in this run");
+    dl(
+        body,
+        "Build and machine",
+        &env_rows,
+        "not recorded (a run written before the environment was)",
+    );
+    body.push_str("</section>\n");
+}
+
+fn latency_section(
+    body: &mut String,
+    run: &Run,
+    frame: &Frame,
+    bands: &[Band],
+    markers: &[Marker],
+) {
+    let slices = &frame.slices;
+    let with_replies = |s: &Slice, v: u64| (s.ops > 0).then_some(v as f64);
+    let same = |t: u64| t;
+    let mut dots = Vec::new();
+    let mut threshold = None;
+    if let Some(d) = run.detail {
+        let slow = |error: bool| Dots {
+            class: if error { "slowerr" } else { "slow" },
+            points: d
+                .slow
+                .iter()
+                .filter(|r| r.error == error)
+                .map(|r| (r.t_ms, r.latency_us as f64))
+                .collect(),
+        };
+        dots.push(slow(false));
+        dots.push(slow(true));
+        if d.slow_threshold_us > 0 {
+            threshold = Some((
+                d.slow_threshold_us as f64,
+                format!("slow ≥ {}", format::latency_us(d.slow_threshold_us)),
+            ));
+        }
+    }
+    let chart = Chart {
+        id: "latency",
+        label: "Latency over time: p50, p99 and max per one-second slice, each slow request a dot",
+        origin_ms: frame.origin,
+        end_ms: frame.end,
+        bands,
+        markers,
+        scale: Scale::Log,
+        format_y: format::latency_tick_us,
+        lines: vec![
+            Series {
+                class: "max",
+                points: slice_points(slices, frame.step_ms, same, |s| {
+                    with_replies(s, s.latency_us.max)
+                }),
+                area: false,
+            },
+            Series {
+                class: "p50",
+                points: slice_points(slices, frame.step_ms, same, |s| {
+                    with_replies(s, s.latency_us.p50)
+                }),
+                area: false,
+            },
+            Series {
+                class: "p99",
+                points: slice_points(slices, frame.step_ms, same, |s| {
+                    with_replies(s, s.latency_us.p99)
+                }),
+                area: false,
+            },
+        ],
+        dots,
+        bars: None,
+        bar_width_ms: frame.step_ms,
+        threshold,
+        empty_note: "no time slices recorded in this run",
+    };
+    body.push_str(
+        "<section>\n<h2>Latency over time <span class=\"muted\">(log scale, by intended send time)</span></h2>\n",
+    );
+    body.push_str(
+        "<div class=\"legend\"><span><span class=\"key\" style=\"background:var(--p99)\"></span>p99 per second</span>\
+         <span><span class=\"key\" style=\"background:var(--p50)\"></span>p50</span>\
+         <span><span class=\"key thin\" style=\"background:var(--max)\"></span>max</span>",
+    );
+    match run.detail {
+        Some(d) => {
+            let shown = d.slow.len() as u64;
+            w!(
+                body,
+                "<span><span class=\"key dot\" style=\"background:#dc2626;opacity:.6\"></span>a request slower than {} ({} listed{}; at most one dot per pixel)</span>",
+                format::latency_us(d.slow_threshold_us),
+                format::thousands(shown),
+                if d.slow_omitted > 0 {
+                    format!(
+                        ", {} more left out beyond {} a second",
+                        format::thousands(d.slow_omitted),
+                        format::thousands(d.slow_per_slice_max)
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        }
+        None => body.push_str("<span>no slow requests listed (a run without detail.json)</span>"),
+    }
+    body.push_str(
+        "<span><span class=\"key dash\"></span>switchover</span>\
+         <span><span class=\"key box\" style=\"background:#cbd5e1\"></span>phase (lanes above, bands below)</span></div>\n",
+    );
+    body.push_str(&chart::svg(&chart));
+    body.push_str("\n</section>\n");
+}
+
+fn throughput_section(body: &mut String, frame: &Frame, bands: &[Band], markers: &[Marker]) {
+    let slices = &frame.slices;
+    let per_s = |n: u64| n as f64 * 1000.0 / frame.step_ms as f64;
+    let same = |t: u64| t;
+    let has_replied = slices.iter().any(|s| s.replied.is_some());
+    let mut lines = vec![Series {
+        class: "tput",
+        points: slice_points(slices, frame.step_ms, same, |s| Some(per_s(s.ops))),
+        area: true,
+    }];
+    if has_replied {
+        lines.push(Series {
+            class: "replied",
+            points: slice_points(slices, frame.step_ms, same, |s| s.replied.map(per_s)),
+            area: false,
+        });
+    }
+    let chart = Chart {
+        id: "throughput",
+        label: "Throughput per one-second slice: requests intended and replies received per second, errors in red",
+        origin_ms: frame.origin,
+        end_ms: frame.end,
+        bands,
+        markers,
+        scale: Scale::Linear,
+        format_y: format::rate_tick,
+        lines,
+        dots: Vec::new(),
+        bars: Some(Series {
+            class: "err",
+            points: slice_points(slices, frame.step_ms, same, |s| Some(per_s(s.errors))),
+            area: false,
+        }),
+        bar_width_ms: frame.step_ms,
+        threshold: None,
+        empty_note: "no time slices recorded in this run",
+    };
+    body.push_str(
+        "<section>\n<h2>Throughput over time <span class=\"muted\">(per second)</span></h2>\n",
+    );
+    body.push_str(
+        "<div class=\"legend\"><span><span class=\"key\" style=\"background:var(--tput)\"></span>requests intended (answered, by send time)</span>",
+    );
+    if has_replied {
+        body.push_str(
+            "<span><span class=\"key\" style=\"background:var(--replied)\"></span>replies received (by arrival: a stall drops to 0)</span>",
+        );
+    } else {
+        body.push_str("<span>replies by arrival not recorded in this run</span>");
+    }
+    body.push_str(
+        "<span><span class=\"key box\" style=\"background:var(--bad)\"></span>errors/s</span>\
+         <span><span class=\"key dash\"></span>switchover</span></div>\n",
+    );
+    body.push_str(&chart::svg(&chart));
+    body.push_str("\n</section>\n");
+}
+
+/// The legend of a spectrum: each curve's colour, name, samples and where it stops.
+fn spectrum_legend(body: &mut String, curves: &[Curve]) {
+    body.push_str("<div class=\"legend\">");
+    for c in curves {
+        let reach = match c.cut_at() {
+            Some(p) => format!("to p{}", format::percent(format::round_down_percentile(p))),
+            None => format!(
+                "<span class=\"few\" title=\"a p50 needs {} successful replies\">too few samples</span>",
+                samples_needed(0.5)
+            ),
+        };
+        w!(
+            body,
+            "<span><span class=\"key\" style=\"{}\"></span><code>{}</code> n={} {}</span>",
+            if c.dashed {
+                format!("height:0;background:none;border-top:2px dashed {}", c.color)
+            } else {
+                format!("background:{}", c.color)
+            },
+            esc(&c.label),
+            format::thousands(c.samples),
+            reach
+        );
+    }
+    body.push_str("</div>\n");
+}
+
+fn spectrum_section(body: &mut String, summary: &Summary) {
+    let curves: Vec<Curve> = summary
+        .phases
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Curve::of_phase(p, p.name.clone(), phase_color(&p.name, i), false))
+        .collect();
+    let recorded = summary.phases.iter().any(|p| !p.percentiles.is_empty());
+    body.push_str("<section>\n<h2>Percentile spectrum per phase <span class=\"muted\">(latency at each percentile, log scale)</span></h2>\n");
+    w!(
+        body,
+        "<p class=\"note\">{} A curve stops where its phase has fewer than {} samples beyond the percentile: a phase of 200 requests has a p90, not a p99.</p>\n",
+        if recorded {
+            "Each phase's whole latency distribution (HdrHistogram), on a scale that gives 90%, 99%, 99.9% the same room."
+        } else {
+            "This run recorded no spectra: each curve joins its phase's p50, p90, p99 and p99.9."
+        },
+        SAMPLES_BEYOND_MIN
+    );
+    spectrum_legend(body, &curves);
+    body.push_str(&spectrum::svg(
+        "spectrum",
+        "Percentile spectrum: latency by percentile, one curve per phase",
+        &curves,
+    ));
+    body.push_str("\n</section>\n");
+}
+
+/// A ratio to a reference, coloured only when both sides are `meaningful` and it moved by
+/// more than `worse_beyond` either way, so that noise stays grey and the eye goes to what
+/// changed.
 fn ratio_cell(
     r: Option<f64>,
     higher_is_worse: bool,
     worse_beyond: f64,
+    meaningful: bool,
     extra_class: &str,
 ) -> String {
     match r {
@@ -431,37 +975,42 @@ fn ratio_cell(
             } else {
                 r > worse_beyond
             };
-            let class = if worse {
-                "worse"
-            } else if better {
-                "better"
+            let class = match (meaningful, worse, better) {
+                (false, _, _) => "muted",
+                (true, true, _) => "worse",
+                (true, _, true) => "better",
+                _ => "muted",
+            };
+            let title = if meaningful {
+                ""
             } else {
-                "muted"
+                " title=\"not coloured: one side has too few samples\""
             };
             format!(
-                "<td class=\"{class}{extra_class}\">{}</td>",
+                "<td class=\"{class}{extra_class}\"{title}>{}</td>",
                 format::times(r)
             )
         }
     }
 }
 
+/// Phases short enough that their throughput is a handful of requests over a few
+/// milliseconds: their rate is not compared.
+const RATE_MEANINGFUL_MS: u64 = 1000;
+
 fn latency_cells(out: &mut String, p: &PhaseSummary) {
     let l = &p.latency_us;
-    for (i, v) in [l.p50, l.p90, l.p99, l.p999, l.max].into_iter().enumerate() {
-        w!(
-            out,
-            "<td{}>{}</td>",
-            if i == 0 { " class=\"sep\"" } else { "" },
-            format::latency_us(v)
-        );
-    }
+    out.push_str(&percentile_cell(p, 0.5, l.p50, "sep"));
+    out.push_str(&percentile_cell(p, 0.9, l.p90, ""));
+    out.push_str(&percentile_cell(p, 0.99, l.p99, ""));
+    out.push_str(&percentile_cell(p, 0.999, l.p999, ""));
+    out.push_str(&percentile_cell(p, 1.0, l.max, ""));
 }
 
 fn phase_table(body: &mut String, summary: &Summary, origin: u64) {
-    body.push_str("<section>\n<h2>Phases</h2>\n<div class=\"scroll\"><table>\n<thead><tr>");
+    body.push_str("<section class=\"table\">\n<h2>Phases</h2>\n<div class=\"scroll\"><table id=\"phases\">\n<thead><tr>");
     body.push_str(
-        "<th class=\"l\">phase</th><th>start&nbsp;s</th><th>duration&nbsp;s</th><th>alone&nbsp;ms</th><th>ops</th><th>throughput ops/s</th><th>errors</th>\
+        "<th class=\"l\">phase</th><th>start&nbsp;s</th><th>duration</th><th>alone&nbsp;ms</th><th>replies</th><th>throughput ops/s</th><th>errors</th>\
          <th class=\"sep\">p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th>\
          <th class=\"sep\">ops/s vs baseline</th><th>p99 vs baseline</th></tr></thead>\n<tbody>\n",
     );
@@ -478,7 +1027,7 @@ fn phase_table(body: &mut String, summary: &Summary, origin: u64) {
         w!(
             body,
             "<td>{}</td>",
-            format::seconds(p.end_ms.saturating_sub(p.start_ms))
+            format::ms_duration(p.end_ms.saturating_sub(p.start_ms))
         );
         match p.simplex_ms {
             0 => body.push_str("<td class=\"muted\">–</td>"),
@@ -500,18 +1049,30 @@ fn phase_table(body: &mut String, summary: &Summary, origin: u64) {
         latency_cells(body, p);
         match baseline {
             Some(b) if !std::ptr::eq(b, p) => {
+                let long =
+                    |p: &PhaseSummary| p.end_ms.saturating_sub(p.start_ms) >= RATE_MEANINGFUL_MS;
                 let tput = ratio_cell(
                     format::ratio(p.throughput_ops_s, b.throughput_ops_s),
                     false,
                     1.25,
+                    long(p) && long(b),
                     " sep",
                 );
-                let p99 = ratio_cell(
-                    format::ratio(p.latency_us.p99 as f64, b.latency_us.p99 as f64),
-                    true,
-                    2.0,
-                    "",
-                );
+                let p99 = if p99_supported(p) {
+                    ratio_cell(
+                        format::ratio(p.latency_us.p99 as f64, b.latency_us.p99 as f64),
+                        true,
+                        2.0,
+                        p99_supported(b),
+                        "",
+                    )
+                } else {
+                    format!(
+                        "<td class=\"few\" title=\"no ratio: the phase has too few samples for a p99 ({} of {})\">–</td>",
+                        format::thousands(successes(p)),
+                        format::thousands(samples_needed(0.99))
+                    )
+                };
                 w!(body, "{tput}{p99}");
             }
             _ => body.push_str("<td class=\"sep muted\">–</td><td class=\"muted\">–</td>"),
@@ -521,27 +1082,155 @@ fn phase_table(body: &mut String, summary: &Summary, origin: u64) {
     if summary.phases.is_empty() {
         body.push_str("<tr><td class=\"none\" colspan=\"14\">no phases recorded</td></tr>\n");
     }
-    body.push_str("</tbody></table></div>\n</section>\n");
+    body.push_str("</tbody></table></div>\n");
+    statistics_note(body);
+    body.push_str("</section>\n");
 }
 
-fn switchover_table(body: &mut String, switchovers: &[Switchover], origin: u64) {
-    body.push_str("<section>\n<h2>Switchovers</h2>\n<div class=\"scroll\"><table class=\"narrow\">\n<thead><tr>");
-    body.push_str("<th class=\"l\">#</th><th class=\"l\">kind</th><th>at&nbsp;s</th><th>step-up&nbsp;ms</th><th>client-visible gap&nbsp;ms</th></tr></thead>\n<tbody>\n");
+fn statistics_note(body: &mut String) {
+    w!(
+        body,
+        "<p class=\"note\"><span class=\"few\">n&lt;1,000</span>: too few samples for that percentile; a percentile is printed only with at least {} successful replies beyond it \
+         (p50 needs {}, p90 {}, p99 {}, p99.9 {}); hover for the count. Ratios are coloured only when both sides have the samples \
+         (p99) or last at least a second (throughput), and moved by more than 2× (p99) or 1.25× (throughput).</p>\n",
+        SAMPLES_BEYOND_MIN,
+        samples_needed(0.5),
+        samples_needed(0.9),
+        format::thousands(samples_needed(0.99)),
+        format::thousands(samples_needed(0.999)),
+    );
+}
+
+/// The zoom of switchover `i`: `detail.zooms` is in the order of the switchovers; a zoom
+/// whose start differs is matched by time instead.
+fn zoom_of<'a>(detail: Option<&'a Detail>, i: usize, s: &Switchover) -> Option<&'a Zoom> {
+    let zooms = &detail?.zooms;
+    zooms
+        .get(i)
+        .filter(|z| z.at_ms.abs_diff(s.at_ms) <= 1000)
+        .or_else(|| zooms.iter().find(|z| z.at_ms.abs_diff(s.at_ms) <= 1000))
+}
+
+fn switchover_section(body: &mut String, summary: &Summary, detail: Option<&Detail>, origin: u64) {
+    body.push_str("<section>\n<h2>Switchovers</h2>\n");
+    let switchovers = &summary.switchovers;
+    if detail.is_some_and(|d| !d.zooms.is_empty()) {
+        body.push_str(
+            "<div class=\"legend\"><span><span class=\"key\" style=\"background:var(--tput)\"></span>replies per ms (by arrival)</span>\
+             <span><span class=\"key\" style=\"background:#334155\"></span>requests intended per ms</span>\
+             <span><span class=\"key\" style=\"background:#dc2626\"></span>slowest request per ms</span>\
+             <span><span class=\"key box\" style=\"background:#ddd6fe\"></span>step-up (signal to acknowledgement)</span>\
+             <span><span class=\"key box\" style=\"background:#fde2e2\"></span>no replies</span></div>\n<div class=\"zooms\">\n",
+        );
+        let zooms = detail.map(|d| d.zooms.as_slice()).unwrap_or_default();
+        let mut drawn = 0;
+        for (i, s) in switchovers.iter().enumerate() {
+            if let Some(z) = zoom_of(detail, i, s) {
+                drawn += 1;
+                zoom_figure(body, drawn, &format!("S{}", i + 1), z, Some(s), origin);
+            }
+        }
+        // Zooms of switchovers the summary does not list (a summary written without them).
+        for z in zooms {
+            let listed = switchovers
+                .iter()
+                .enumerate()
+                .any(|(i, s)| zoom_of(detail, i, s).is_some_and(|m| std::ptr::eq(m, z)));
+            if !listed {
+                drawn += 1;
+                zoom_figure(body, drawn, &format!("Z{drawn}"), z, None, origin);
+            }
+        }
+    } else if !switchovers.is_empty() {
+        body.push_str("<p class=\"note\">No millisecond zoom: this run has no detail.json (recorded before the load generator kept one).</p>\n");
+    }
+    // In the grid of zooms the table takes the next cell: beside a lone zoom, below a pair.
+    let in_grid = detail.is_some_and(|d| !d.zooms.is_empty());
+    body.push_str("<div class=\"scroll\"><table class=\"narrow\" id=\"switchovers\">\n<thead><tr>");
+    body.push_str("<th class=\"l\">#</th><th class=\"l\">kind</th><th>at&nbsp;s</th><th>step-up&nbsp;ms</th><th>client-visible gap&nbsp;ms</th><th>retried</th><th>redirected</th></tr></thead>\n<tbody>\n");
     for (i, s) in switchovers.iter().enumerate() {
         w!(
             body,
-            "<tr><td class=\"l\">{}</td><td class=\"l name\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            "<tr><td class=\"l\">S{}</td><td class=\"l name\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
             i + 1,
             esc(&s.kind),
             format::offset_seconds(s.at_ms, origin),
             format::ms(s.stepup_ms),
-            format::ms(s.client_gap_ms)
+            format::ms(s.client_gap_ms),
+            format::thousands(s.retried),
+            format::thousands(s.redirected)
         );
     }
     if switchovers.is_empty() {
-        body.push_str("<tr><td class=\"none\" colspan=\"5\">no switchover recorded</td></tr>\n");
+        body.push_str("<tr><td class=\"none\" colspan=\"7\">no switchover recorded</td></tr>\n");
     }
-    body.push_str("</tbody></table></div>\n</section>\n");
+    body.push_str("</tbody></table></div>\n");
+    if in_grid {
+        body.push_str("</div>\n");
+    }
+    body.push_str("</section>\n");
+}
+
+fn zoom_figure(
+    body: &mut String,
+    n: usize,
+    name: &str,
+    z: &Zoom,
+    s: Option<&Switchover>,
+    origin: u64,
+) {
+    body.push_str("<div>");
+    w!(
+        body,
+        "<h3>{name} · {} at {} s</h3><p class=\"zoomcap\">",
+        esc(&z.kind),
+        format::offset_seconds(z.at_ms, origin)
+    );
+    w!(
+        body,
+        "step-up <b>{} ms</b>",
+        format::ms(match s {
+            Some(s) => s.stepup_ms,
+            None => z.end_ms.saturating_sub(z.at_ms) as f64,
+        })
+    );
+    if let Some(s) = s {
+        w!(
+            body,
+            " · client-visible gap <b>{} ms</b> · <b>{}</b> retried · <b>{}</b> redirected",
+            format::ms(s.client_gap_ms),
+            format::thousands(s.retried),
+            format::thousands(s.redirected)
+        );
+    }
+    if let Some((_, len)) = zoom::longest_silence(z) {
+        w!(
+            body,
+            " · longest silence <b>{} ms</b>",
+            format::thousands(len as u64 * z.bucket_ms.max(1))
+        );
+    }
+    let range = zoom::window(z, s.map_or(f64::NAN, |s| s.client_gap_ms));
+    if range.len() < z.buckets.len() {
+        let bucket = z.bucket_ms.max(1) as i64;
+        let edge = |i: usize| (z.from_ms as i64 + i as i64 * bucket).saturating_sub(z.at_ms as i64);
+        w!(
+            body,
+            " · shown {} to +{} ms of the recorded {} to +{} ms",
+            format::signed_ms(edge(range.start)),
+            edge(range.end),
+            format::signed_ms(edge(0)),
+            edge(z.buckets.len())
+        );
+    }
+    body.push_str("</p>");
+    body.push_str(&zoom::svg(
+        &format!("zoom-{n}"),
+        &format!("{name}: the switchover at millisecond resolution"),
+        z,
+        range,
+    ));
+    body.push_str("</div>\n");
 }
 
 fn event_table(body: &mut String, timeline: &Timeline, origin: u64) {
@@ -568,7 +1257,7 @@ fn event_table(body: &mut String, timeline: &Timeline, origin: u64) {
         w!(
             body,
             "<tr><td>{}</td><td class=\"l name\">{}</td><td class=\"l name\">{}</td><td class=\"l\">{}</td></tr>\n",
-            format::offset_seconds(e.t_ms, origin),
+            format::offset_seconds_ms(e.t_ms, origin),
             esc(&serde_name(&e.kind)),
             esc(e.phase.as_deref().unwrap_or("")),
             esc(&detail.join(" · "))
@@ -581,191 +1270,10 @@ fn footer(body: &mut String, schema: &str) {
     w!(
         body,
         "<footer>schema <code>{}</code> · Latency is coordinated-omission corrected, measured from the intended send time \
-         of each request (HdrHistogram); throughput counts replies, successes and errors. \
-         This file is self-contained and opens without a network.</footer>\n",
+         of each request (HdrHistogram); a slice holds the requests intended in its second, so a stall shows as climbing latency \
+         while replies by arrival drop. This file is self-contained and opens without a network.</footer>\n",
         esc(schema)
     );
-}
-
-/// Two runs side by side (`tandem report A --compare B`): per phase, both runs' throughput
-/// and p50/p99/p99.9 and the ratio b/a, the switchovers, and the lost-update counts.
-pub fn render_compare<'a>(a: (&str, &'a Summary), b: (&str, &'a Summary)) -> String {
-    let (label_a, run_a) = a;
-    let (label_b, run_b) = b;
-    let mut body = String::new();
-    body.push_str("<header>\n<div class=\"head\"><h1>tandem: two runs compared</h1></div>\n");
-    body.push_str("<p class=\"meta\">ratios are B / A: above 1× B has more throughput, or more latency, than A</p>\n</header>\n");
-    body.push_str("<div class=\"cards\">\n");
-    for (who, label, run) in [("A", label_a, run_a), ("B", label_b, run_b)] {
-        let lost = if run.lost_updates == 0 {
-            "<b class=\"better\">0 lost</b>".to_string()
-        } else {
-            format!(
-                "<b class=\"bad\">{} lost</b>",
-                format::thousands(run.lost_updates)
-            )
-        };
-        w!(
-            body,
-            "<div class=\"card\"><div class=\"head\"><span class=\"who\">{who}</span><code>{}</code>{}</div>\
-             <p class=\"meta\">target <b>{}</b> · started <b>{}</b> · duration <b>{}</b></p>\
-             <p class=\"meta\"><b>{}</b> acknowledged · <b>{}</b> verified · {lost}</p></div>\n",
-            esc(label),
-            outcome_badge(&run.outcome),
-            esc(&run.target),
-            format::utc(run.started_ms),
-            format::duration(run.ended_ms.saturating_sub(run.started_ms)),
-            format::thousands(run.acknowledged_updates),
-            format::thousands(run.verified_updates),
-        );
-    }
-    body.push_str("</div>\n");
-
-    // A run without an upgrade is one steady phase: it is the reference for every phase of
-    // the other run (an upgrade measured against the peer's steady state under the same load).
-    let steady_only = |r: &Summary| r.phases.len() == 1;
-    let (ref_a, ref_b) = (steady_only(run_a), steady_only(run_b));
-    let mut names: Vec<&str> = Vec::new();
-    for p in run_a
-        .phases
-        .iter()
-        .filter(|_| !ref_a || ref_b)
-        .chain(run_b.phases.iter().filter(|_| !ref_b || ref_a))
-    {
-        if !names.contains(&p.name.as_str()) {
-            names.push(&p.name);
-        }
-    }
-    if names.is_empty() {
-        names.extend(
-            run_a
-                .phases
-                .iter()
-                .chain(&run_b.phases)
-                .map(|p| p.name.as_str()),
-        );
-    }
-    body.push_str("<section>\n<h2>Phases</h2>\n<div class=\"scroll\"><table>\n<thead>\n");
-    body.push_str(
-        "<tr><th></th><th class=\"group sep\" colspan=\"3\">throughput ops/s</th><th class=\"group sep\" colspan=\"3\">p50</th>\
-         <th class=\"group sep\" colspan=\"3\">p99</th><th class=\"group sep\" colspan=\"3\">p99.9</th></tr>\n<tr><th class=\"l\">phase</th>",
-    );
-    for _ in 0..4 {
-        body.push_str("<th class=\"sep\">A</th><th>B</th><th>B/A</th>");
-    }
-    body.push_str("</tr>\n</thead>\n<tbody>\n");
-    for name in &names {
-        let pick_phase = |r: &'a Summary, is_ref: bool| {
-            r.phases.iter().find(|p| p.name == *name).or_else(|| {
-                if is_ref {
-                    r.phases.first()
-                } else {
-                    None
-                }
-            })
-        };
-        let pa = pick_phase(run_a, ref_a && !ref_b);
-        let pb = pick_phase(run_b, ref_b && !ref_a);
-        let shown = match (ref_a && !ref_b, ref_b && !ref_a) {
-            (true, _) => format!(
-                "{} <span class=\"meta\">vs A {}</span>",
-                esc(name),
-                esc(pa.map_or("", |p| p.name.as_str()))
-            ),
-            (_, true) => format!(
-                "{} <span class=\"meta\">vs B {}</span>",
-                esc(name),
-                esc(pb.map_or("", |p| p.name.as_str()))
-            ),
-            _ => esc(name).to_string(),
-        };
-        w!(body, "<tr><td class=\"l name\">{}</td>", shown);
-        let tput = |p: Option<&PhaseSummary>| p.map(|p| p.throughput_ops_s);
-        compare_cells(&mut body, tput(pa), tput(pb), format::rate, false);
-        let lat = |p: Option<&PhaseSummary>, f: fn(&PhaseSummary) -> u64| p.map(|p| f(p) as f64);
-        let fmt_lat: fn(f64) -> String = |v| format::latency_us(v as u64);
-        for pick in [
-            |p: &PhaseSummary| p.latency_us.p50,
-            |p: &PhaseSummary| p.latency_us.p99,
-            |p: &PhaseSummary| p.latency_us.p999,
-        ] {
-            compare_cells(&mut body, lat(pa, pick), lat(pb, pick), fmt_lat, true);
-        }
-        body.push_str("</tr>\n");
-    }
-    if names.is_empty() {
-        body.push_str(
-            "<tr><td class=\"none\" colspan=\"13\">no phases recorded in either run</td></tr>\n",
-        );
-    }
-    body.push_str("</tbody></table></div>\n</section>\n");
-
-    body.push_str("<section>\n<h2>Switchovers</h2>\n<div class=\"scroll\"><table>\n<thead>\n");
-    body.push_str(
-        "<tr><th></th><th class=\"group sep\" colspan=\"2\">kind</th><th class=\"group sep\" colspan=\"3\">step-up ms</th>\
-         <th class=\"group sep\" colspan=\"3\">client-visible gap ms</th></tr>\n\
-         <tr><th class=\"l\">#</th><th class=\"l sep\">A</th><th class=\"l\">B</th>\
-         <th class=\"sep\">A</th><th>B</th><th>B/A</th><th class=\"sep\">A</th><th>B</th><th>B/A</th></tr>\n</thead>\n<tbody>\n",
-    );
-    let count = run_a.switchovers.len().max(run_b.switchovers.len());
-    for i in 0..count {
-        let (sa, sb) = (run_a.switchovers.get(i), run_b.switchovers.get(i));
-        let kind = |s: Option<&Switchover>| s.map_or("–".to_string(), |s| esc(&s.kind));
-        w!(body, "<tr><td class=\"l\">{}</td><td class=\"l sep name\">{}</td><td class=\"l name\">{}</td>", i + 1, kind(sa), kind(sb));
-        compare_cells(
-            &mut body,
-            sa.map(|s| s.stepup_ms),
-            sb.map(|s| s.stepup_ms),
-            format::ms,
-            true,
-        );
-        compare_cells(
-            &mut body,
-            sa.map(|s| s.client_gap_ms),
-            sb.map(|s| s.client_gap_ms),
-            format::ms,
-            true,
-        );
-        body.push_str("</tr>\n");
-    }
-    if count == 0 {
-        body.push_str(
-            "<tr><td class=\"none\" colspan=\"9\">no switchover recorded in either run</td></tr>\n",
-        );
-    }
-    body.push_str("</tbody></table></div>\n</section>\n");
-
-    // The compare page has no chart of its own; an empty inline SVG would only be noise.
-    let schemas = if run_a.schema == run_b.schema {
-        run_a.schema.clone()
-    } else {
-        format!("{} / {}", run_a.schema, run_b.schema)
-    };
-    footer(&mut body, &schemas);
-    page(&format!("tandem: {label_a} vs {label_b}"), &body)
-}
-
-/// A, B and B/A; the ratio is coloured when it differs by more than a tenth, red where B is
-/// worse (less throughput, more latency).
-fn compare_cells(
-    out: &mut String,
-    a: Option<f64>,
-    b: Option<f64>,
-    fmt: fn(f64) -> String,
-    higher_is_worse: bool,
-) {
-    let cell = |v: Option<f64>| v.map_or("–".to_string(), fmt);
-    w!(
-        out,
-        "<td class=\"sep\">{}</td><td>{}</td>",
-        cell(a),
-        cell(b)
-    );
-    let r = match (a, b) {
-        (Some(a), Some(b)) => format::ratio(b, a),
-        _ => None,
-    };
-    out.push_str(&ratio_cell(r, higher_is_worse, 1.1, ""));
 }
 
 #[cfg(test)]

@@ -9,5 +9,6 @@ pub mod run;
 pub mod summary;
 pub mod timeline;
 
-#[cfg(test)]
-mod sample;
+/// Made-up runs for tests (this crate's and its integration tests); not a stable API.
+#[doc(hidden)]
+pub mod sample;

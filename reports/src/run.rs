@@ -101,6 +101,27 @@ pub struct ZoomBucket {
     pub max_us: u64,
 }
 
+/// A run's files as read for a report (`RunDir::read_for_report`).
+#[derive(Clone, Debug)]
+pub struct RunFiles {
+    pub summary: Summary,
+    pub slices: Vec<Slice>,
+    pub timeline: Option<Timeline>,
+    pub detail: Option<Detail>,
+}
+
+impl RunFiles {
+    /// What the renderer borrows.
+    pub fn view(&self) -> crate::html::Run<'_> {
+        crate::html::Run {
+            summary: &self.summary,
+            slices: &self.slices,
+            timeline: self.timeline.as_ref(),
+            detail: self.detail.as_ref(),
+        }
+    }
+}
+
 /// `slices.json` is versioned like the other files of a run, so the slices sit in an object.
 #[derive(Serialize, Deserialize)]
 struct SlicesFile {
@@ -240,17 +261,62 @@ impl RunDir {
     }
 
     /// Renders `report.html` from what the directory holds (`tandem report RUN_DIR`): the
-    /// summary is required, the slices and the timeline are drawn when present.
+    /// summary is required; the slices, the timeline and `detail.json` are drawn when present.
     pub fn render_report(&self) -> Result<PathBuf, RunError> {
+        let files = self.read_for_report()?;
+        self.write_report(&crate::html::render(&files.view()))?;
+        Ok(self.report_path())
+    }
+
+    /// The path of the comparison page of this run against `label_b`:
+    /// `compare-<label_b>.html` in this run's directory.
+    pub fn compare_path(&self, label_b: &str) -> PathBuf {
+        let safe: String = label_b
+            .chars()
+            .map(|c| {
+                if c.is_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.path.join(format!("compare-{safe}.html"))
+    }
+
+    /// Renders this run against `other` (`tandem report A --compare B`, `tandem demo --peer
+    /// redis`): reads the summary, slices, timeline and detail of both and writes
+    /// [`RunDir::compare_path`]`(label_b)` in this run's directory. Ratios are B / A, this
+    /// run being A.
+    pub fn render_compare(
+        &self,
+        other: &RunDir,
+        label_a: &str,
+        label_b: &str,
+    ) -> Result<PathBuf, RunError> {
+        let a = self.read_for_report()?;
+        let b = other.read_for_report()?;
+        let html = crate::html::render_compare((label_a, &a.view()), (label_b, &b.view()));
+        let path = self.compare_path(label_b);
+        self.write_bytes(&path, html.as_bytes())?;
+        Ok(path)
+    }
+
+    /// Everything a report draws: the summary (required), and the slices, timeline and
+    /// detail when present.
+    pub fn read_for_report(&self) -> Result<RunFiles, RunError> {
         let summary = self.read_summary()?;
         let slices = if self.slices_path().is_file() {
             self.read_slices()?
         } else {
             Vec::new()
         };
-        let timeline = self.read_timeline_if_present()?;
-        self.write_report(&crate::html::render(&summary, &slices, timeline.as_ref()))?;
-        Ok(self.report_path())
+        Ok(RunFiles {
+            summary,
+            slices,
+            timeline: self.read_timeline_if_present()?,
+            detail: self.read_detail_if_present()?,
+        })
     }
 
     /// The whole-directory check: `validate` on the summary, plus

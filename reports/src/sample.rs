@@ -3,8 +3,10 @@
 //! catch-up that costs p99, and a switchover whose client-visible gap shows as a p99 spike.
 //! Deterministic (a fixed linear congruential jitter) so that a report diff means a code change.
 
-use crate::run::Slice;
-use crate::summary::{Latency, PhaseSummary, Summary, Switchover, RUN_SCHEMA};
+use crate::run::{Detail, Slice, SlowRequest, Zoom, ZoomBucket, DETAIL_SCHEMA};
+use crate::summary::{
+    Environment, Latency, PercentilePoint, PhaseSummary, Summary, Switchover, RUN_SCHEMA,
+};
 use crate::timeline::{phase, Event, EventKind, SwitchoverKind, Timeline};
 
 /// 2024-12-24 09:26:40 UTC.
@@ -150,7 +152,7 @@ fn build(
                 } else {
                     0
                 },
-                percentiles: Vec::new(),
+                percentiles: spectrum(&l, ops),
             }
         })
         .collect();
@@ -214,8 +216,9 @@ fn build(
         started_ms: STARTED_MS,
         ended_ms: STARTED_MS + total_ms,
         workload: serde_json::json!({
-            "mode": "open", "rate_ops_s": 20000, "connections": 16, "pipeline": 8,
-            "mix": "60% SESSION.UPDATE, 20% SET, 20% GET", "value_bytes": 128, "keys": "zipf 0.99 over 100k",
+            "mode": "open", "rate_ops_s": plans[0].rate_ops_s as u64, "connections": 16, "pipeline": 8,
+            "mix": {"set": 20, "get": 20, "session": 60}, "value_bytes": 128, "keys": 100_000,
+            "distribution": "zipf:0.99", "state_work_units": 50_000,
         }),
         phases,
         switchovers: switchovers
@@ -228,8 +231,8 @@ fn build(
                 at_ms: STARTED_MS + s.offset_ms,
                 stepup_ms: s.stepup_ms,
                 client_gap_ms: s.client_gap_ms,
-                retried: 0,
-                redirected: 0,
+                retried: (s.client_gap_ms * plans[0].rate_ops_s / 1000.0) as u64,
+                redirected: 16,
             })
             .collect(),
         acknowledged_updates,
@@ -237,9 +240,198 @@ fn build(
         lost_updates: 0,
         simplex_ms: simplex_windows.iter().map(|[s, e]| e - s).sum(),
         simplex_windows,
-        environment: None,
+        environment: Some(environment()),
     };
     (summary, slices, timeline)
+}
+
+/// A fixed machine, so that reports of samples do not change with the machine the tests run on.
+pub fn environment() -> Environment {
+    Environment {
+        tandem_version: "0.1.0".into(),
+        git_revision: "b34cbab6471b".into(),
+        target_version: "1.0 -> 2.0".into(),
+        hostname: "bench-7".into(),
+        os: "Linux 6.1.0-28-amd64 x86_64".into(),
+        cpu_model: "AMD EPYC 7B13".into(),
+        cpus: 8,
+        memory_mb: 32_100,
+    }
+}
+
+/// A phase's spectrum on HdrHistogram's grid (five points per halving of the distance to
+/// 100 %), joining its percentiles in log latency, up to the last request of the phase.
+fn spectrum(l: &Latency, ops: u64) -> Vec<PercentilePoint> {
+    if ops == 0 {
+        return Vec::new();
+    }
+    let top = (ops as f64).log10().max(0.5);
+    let anchors = [
+        (0.0, (l.p50 as f64 * 0.45).max(1.0)),
+        (2f64.log10(), l.p50 as f64),
+        (1.0, l.p90 as f64),
+        (2.0, l.p99 as f64),
+        (3.0, l.p999 as f64),
+        (top.max(3.5), l.max as f64),
+    ];
+    let at = |x: f64| {
+        let i = anchors
+            .windows(2)
+            .position(|w| x <= w[1].0)
+            .unwrap_or(anchors.len() - 2);
+        let (a, b) = (anchors[i], anchors[i + 1]);
+        let f = ((x - a.0) / (b.0 - a.0)).clamp(0.0, 1.0);
+        (a.1.ln() + f * (b.1.ln() - a.1.ln())).exp() as u64
+    };
+    let mut points = Vec::new();
+    let mut x = 0.0;
+    while x < top {
+        // Rounded as a file holds it, so that a run written and read back is equal.
+        let p = (1e6 * (1.0 - 10f64.powf(-x))).round() / 1e4;
+        points.push(PercentilePoint { p, us: at(x) });
+        x += 0.1;
+    }
+    points.push(PercentilePoint {
+        p: 100.0,
+        us: l.max,
+    });
+    points
+}
+
+/// `detail.json` for a sample run: the slowest requests of each second (a diagonal of them at
+/// each switchover, the requests that waited it out), and each switchover at 1 ms.
+pub fn detail(summary: &Summary, slices: &[Slice]) -> Detail {
+    let threshold_us = 2_000;
+    let per_slice_max = 200;
+    let mut jitter = Jitter(0x51ce);
+    let mut slow = Vec::new();
+    let mut omitted = 0;
+    for s in slices {
+        if s.latency_us.max < threshold_us {
+            continue;
+        }
+        // Requests beyond the threshold: about (1 - q) of the slice where p_q crosses it.
+        let beyond = if s.latency_us.p99 >= threshold_us {
+            s.ops / 50
+        } else if s.latency_us.p999 >= threshold_us {
+            s.ops / 400
+        } else {
+            3
+        };
+        let listed = beyond.min(per_slice_max);
+        omitted += beyond - listed;
+        for k in 0..listed {
+            let t_ms = s.t_ms + (k * 997 + 13) % 1000;
+            let top = s.latency_us.max as f64;
+            let f = jitter.next(1.0) / 2.0;
+            let us = (threshold_us as f64 * (top / threshold_us as f64).powf(f * f)) as u64;
+            slow.push(SlowRequest {
+                t_ms,
+                latency_us: us.max(threshold_us),
+                error: s.errors > 0 && k % 40 == 0,
+            });
+        }
+    }
+    let mut zooms = Vec::new();
+    for sw in &summary.switchovers {
+        let rate_per_ms = summary
+            .phases
+            .first()
+            .map_or(20.0, |p| p.throughput_ops_s / 1000.0);
+        let gap = sw.client_gap_ms;
+        for i in 0..(gap * 2.0) as u64 {
+            let t = sw.at_ms as f64 - 2.0 + i as f64 * 0.5;
+            let waited = (sw.at_ms as f64 + gap - t).max(0.0);
+            slow.push(SlowRequest {
+                t_ms: t as u64,
+                latency_us: (waited * 1000.0) as u64 + 240,
+                error: false,
+            });
+        }
+        let from_ms = sw.at_ms - 250;
+        let gap_start = sw.at_ms as f64 - 1.0;
+        let gap_end = gap_start + gap;
+        let mut backlog = 0.0;
+        let buckets = (0..500)
+            .map(|i| {
+                let t = (from_ms + i) as f64;
+                let ops = (rate_per_ms * jitter.next(0.2)) as u32;
+                let silent = t + 1.0 > gap_start && t < gap_end;
+                let replied = if silent {
+                    backlog += f64::from(ops);
+                    0
+                } else {
+                    let burst = backlog.min(rate_per_ms * 6.0);
+                    backlog -= burst;
+                    ops + burst as u32
+                };
+                let waited_us = if t + 1.0 > gap_start && t < gap_end {
+                    ((gap_end - t) * 1000.0) as u64 + 240
+                } else {
+                    (300.0 * jitter.next(0.5)) as u64 + (backlog * 10.0) as u64
+                };
+                ZoomBucket {
+                    ops,
+                    replied,
+                    errors: 0,
+                    max_us: waited_us,
+                }
+            })
+            .collect();
+        zooms.push(Zoom {
+            kind: sw.kind.clone(),
+            at_ms: sw.at_ms,
+            end_ms: sw.at_ms + sw.stepup_ms.ceil() as u64,
+            from_ms,
+            bucket_ms: 1,
+            buckets,
+        });
+    }
+    slow.sort_by_key(|r| r.t_ms);
+    Detail {
+        schema: DETAIL_SCHEMA.into(),
+        slow_threshold_us: threshold_us,
+        slow,
+        slow_per_slice_max: per_slice_max,
+        slow_omitted: omitted,
+        zooms,
+    }
+}
+
+/// A run as `tandem demo --quick` makes one: 30 s at 5,000 req/s in which the phases around
+/// each step last tens of milliseconds, so that their labels would pile up at one-second
+/// resolution and most of them have too few samples for a p99.
+pub fn quick_run() -> (Summary, Vec<Slice>, Timeline) {
+    let plans = [
+        plan(phase::BASELINE, 12_000, 5_000.0, 160.0, 700.0),
+        plan(phase::B_OUT_OF_SERVICE, 40, 5_000.0, 90.0, 400.0),
+        plan(phase::B_CATCH_UP, 120, 5_000.0, 230.0, 1_900.0),
+        plan(phase::SWITCHOVER_TO_B, 15, 4_000.0, 900.0, 9_000.0),
+        plan(phase::EVALUATION, 8_000, 5_000.0, 170.0, 760.0),
+        plan(phase::A_OUT_OF_SERVICE, 35, 5_000.0, 92.0, 410.0),
+        plan(phase::A_CATCH_UP, 90, 5_000.0, 240.0, 2_000.0),
+        plan(phase::FEATURES_ENABLED, 9_700, 5_000.0, 175.0, 780.0),
+    ];
+    let switchover = PlannedSwitchover {
+        kind: SwitchoverKind::Planned,
+        offset_ms: 12_000 + 40 + 120 + 3,
+        stepup_ms: 2.9,
+        client_gap_ms: 8.4,
+    };
+    build("completed", &plans, &[switchover])
+}
+
+/// The same load against a Redis primary and replica: one steady phase, no switchover.
+pub fn redis_run() -> (Summary, Vec<Slice>, Timeline) {
+    let plans = [plan("steady", 30_000, 5_000.0, 140.0, 520.0)];
+    let (mut summary, slices, _) = build("completed", &plans, &[]);
+    summary.target = "redis".into();
+    summary.simplex_ms = 0;
+    summary.simplex_windows.clear();
+    if let Some(env) = &mut summary.environment {
+        env.target_version = "redis 7.0.15".into();
+    }
+    (summary, slices, Timeline::new())
 }
 
 /// The phases in which one engine serves alone.

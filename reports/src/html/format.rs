@@ -77,6 +77,62 @@ pub fn offset_seconds(t_ms: u64, origin_ms: u64) -> String {
     }
 }
 
+/// A signed offset from the run start in seconds to the millisecond, for events that a
+/// few milliseconds apart (the phases of an upgrade).
+pub fn offset_seconds_ms(t_ms: u64, origin_ms: u64) -> String {
+    let (sign, d) = if t_ms >= origin_ms {
+        ("", t_ms - origin_ms)
+    } else {
+        ("−", origin_ms - t_ms)
+    };
+    format!("{sign}{}.{:03}", d / 1000, d % 1000)
+}
+
+/// A duration in a table where phases last from milliseconds to minutes: "40 ms",
+/// "3.2 s", "12 min 05 s".
+pub fn ms_duration(value_ms: u64) -> String {
+    if value_ms < 1_000 {
+        format!("{value_ms} ms")
+    } else if value_ms < 10_000 {
+        format!("{:.2} s", value_ms as f64 / 1e3)
+    } else {
+        duration(value_ms)
+    }
+}
+
+/// A percentile's number without trailing zeros: "50", "99", "99.9", "99.99".
+pub fn percent(p: f64) -> String {
+    if !p.is_finite() {
+        return "–".into();
+    }
+    let s = format!("{p:.4}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// A percentile rounded down to two significant digits of its distance to 100 (94.9881 ->
+/// 94.9, 99.9749 -> 99.97), for saying how far a curve reaches without claiming more.
+pub fn round_down_percentile(p: f64) -> f64 {
+    let rest = 100.0 - p;
+    if !(rest > 0.0 && rest.is_finite()) {
+        return p;
+    }
+    let scale = 10f64.powf(rest.log10().floor() - 1.0);
+    let rest = (rest / scale - 1e-9).ceil() * scale;
+    let decimals = (-(scale.log10().round())).max(0.0) as i32;
+    let p = 100.0 - rest;
+    let f = 10f64.powi(decimals);
+    (p * f).round() / f
+}
+
+/// Milliseconds with a sign, a true minus for the negative ones: "−25", "+40", "0".
+pub fn signed_ms(ms: i64) -> String {
+    match ms {
+        0 => "0".into(),
+        m if m < 0 => format!("−{}", m.unsigned_abs()),
+        m => format!("+{m}"),
+    }
+}
+
 /// A duration for a headline: "62.4 s", "12 min 05 s", "1 h 02 min".
 pub fn duration(value_ms: u64) -> String {
     let s = value_ms / 1000;
@@ -189,6 +245,17 @@ mod tests {
         assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
         assert_eq!(ratio(1.0, 0.0), None);
         assert_eq!(times(1.0 / 0.96), "1.04×");
+        assert_eq!(percent(99.9), "99.9");
+        assert_eq!(percent(round_down_percentile(94.9881)), "94.9");
+        assert_eq!(percent(round_down_percentile(99.9749)), "99.974");
+        assert_eq!(percent(round_down_percentile(99.0)), "99");
+        assert_eq!(percent(round_down_percentile(50.0)), "50");
+        assert_eq!(percent(99.0), "99");
+        assert_eq!(percent(99.99), "99.99");
+        assert_eq!(ms_duration(40), "40 ms");
+        assert_eq!(ms_duration(3_200), "3.20 s");
+        assert_eq!(ms_duration(62_400), "62.4 s");
+        assert_eq!(offset_seconds_ms(15_010, 0), "15.010");
     }
 
     #[test]

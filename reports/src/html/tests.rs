@@ -6,6 +6,21 @@ use super::*;
 use crate::sample;
 use crate::summary::Latency;
 
+/// The report of a run without detail.json.
+fn render(summary: &Summary, slices: &[Slice], timeline: Option<&Timeline>) -> String {
+    super::render(&Run {
+        summary,
+        slices,
+        timeline,
+        detail: None,
+    })
+}
+
+/// Two runs compared on their summaries alone.
+fn render_compare(a: (&str, &Summary), b: (&str, &Summary)) -> String {
+    super::render_compare((a.0, &Run::new(a.1, &[])), (b.0, &Run::new(b.1, &[])))
+}
+
 const VOID: [&str; 6] = ["meta", "br", "hr", "img", "input", "link"];
 
 /// Every element opened is closed, in order.
@@ -72,10 +87,13 @@ fn the_report_shows_every_phase_and_stands_alone() {
     assert_self_contained(&html);
     assert_eq!(
         html.matches("<svg").count(),
-        2,
-        "a latency and a throughput chart"
+        3,
+        "latency, throughput and spectrum (no zoom without detail.json)"
     );
-    assert_eq!(html.matches("</svg>").count(), 2);
+    assert_eq!(html.matches("</svg>").count(), 3);
+    for id in ["latency", "throughput", "spectrum"] {
+        assert!(html.contains(&format!("<svg id=\"{id}\"")), "chart {id}");
+    }
     for name in phase::UPGRADE {
         assert!(
             html.contains(&format!("<td class=\"l name\">{name}</td>")),
@@ -94,6 +112,12 @@ fn the_report_shows_every_phase_and_stands_alone() {
     assert!(
         html.contains("<td>11.6</td>"),
         "client gap of the switchover"
+    );
+    assert!(html.contains("11.6 ms</span><span class=\"label\">worst client-visible gap"));
+    assert!(html.contains("AMD EPYC 7B13") && html.contains("b34cbab6471b"));
+    assert!(
+        html.contains("60% session · 20% get · 20% set")
+            || html.contains("60% session · 20% set · 20% get")
     );
     assert!(html.contains("coordinated-omission corrected, measured from the intended send time"));
     assert!(html.contains("tandem.run/1"));
@@ -259,41 +283,40 @@ fn the_comparison_puts_both_runs_and_their_ratios_side_by_side() {
     );
 }
 
-/// `TANDEM_SAMPLE_REPORT=/tmp/sample-report.html cargo test -p reports sample_report` writes a
-/// report (a rolled-back one and a comparison beside it, and a whole run directory,
-/// `sample-report.run/`) for a human to open; `=1` writes to the temp directory.
+/// `TANDEM_SAMPLE_REPORT=/tmp/sample cargo test -p reports sample_report` writes whole run
+/// directories of the sample runs under that directory (`quick/`, `completed/`,
+/// `rolled_back/`, `redis/`), each with its `report.html`, and the comparisons of
+/// `quick` against the others, for a human to open; `=1` writes to the temp directory.
 #[test]
 fn sample_report_for_a_human() {
     let Some(target) = std::env::var_os("TANDEM_SAMPLE_REPORT") else {
         return;
     };
-    let path = match target.to_str() {
-        Some("1") | Some("") => std::env::temp_dir().join("tandem-sample-report.html"),
+    let root = match target.to_str() {
+        Some("1") | Some("") => std::env::temp_dir().join("tandem-sample-reports"),
         _ => std::path::PathBuf::from(target),
     };
-    let (summary, slices, timeline) = sample::upgrade_run();
-    std::fs::write(&path, render(&summary, &slices, Some(&timeline))).unwrap();
-    let (rolled_back, rb_slices, rb_timeline) = sample::rolled_back_run();
-    let sibling = |suffix: &str| {
-        path.with_file_name(format!(
-            "{}-{suffix}.html",
-            path.file_stem().unwrap().to_string_lossy()
-        ))
-    };
-    std::fs::write(
-        sibling("rolled-back"),
-        render(&rolled_back, &rb_slices, Some(&rb_timeline)),
-    )
-    .unwrap();
-    std::fs::write(
-        sibling("compare"),
-        render_compare(("completed", &summary), ("rolled back", &rolled_back)),
-    )
-    .unwrap();
-    let run = crate::run::RunDir::new(path.with_extension("run"));
-    run.write_summary(&summary).unwrap();
-    run.write_timeline(&timeline).unwrap();
-    run.write_slices(&slices).unwrap();
-    run.render_report().unwrap();
-    eprintln!("sample report written to {}", path.display());
+    let runs = [
+        ("quick", sample::quick_run()),
+        ("completed", sample::upgrade_run()),
+        ("rolled_back", sample::rolled_back_run()),
+        ("redis", sample::redis_run()),
+    ];
+    for (name, (summary, slices, timeline)) in &runs {
+        let run = crate::run::RunDir::new(root.join(name));
+        run.write_summary(summary).unwrap();
+        if *name != "redis" {
+            run.write_timeline(timeline).unwrap();
+        }
+        run.write_slices(slices).unwrap();
+        run.write_detail(&sample::detail(summary, slices)).unwrap();
+        run.render_report().unwrap();
+    }
+    let quick = crate::run::RunDir::new(root.join("quick"));
+    for other in ["redis", "rolled_back"] {
+        quick
+            .render_compare(&crate::run::RunDir::new(root.join(other)), "quick", other)
+            .unwrap();
+    }
+    eprintln!("sample reports written under {}", root.display());
 }
