@@ -832,16 +832,13 @@ fn report(run_dir: &std::path::Path, compare: Option<&std::path::Path>) -> anyho
             println!("{}", path.display());
         }
         Some(other) => {
-            let a = run.read_summary()?;
-            let b = RunDir::new(other).read_summary()?;
             let label = |p: &std::path::Path| {
                 p.file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_else(|| p.display().to_string())
             };
-            let html = reports::html::render_compare((&label(run_dir), &a), (&label(other), &b));
-            let path = run_dir.join(format!("compare-{}.html", label(other)));
-            std::fs::write(&path, html).with_context(|| format!("writing {}", path.display()))?;
+            // Both runs' summaries, slices, timelines and detail, charts on shared axes.
+            let path = run.render_compare(&RunDir::new(other), &label(run_dir), &label(other))?;
             println!("{}", path.display());
         }
     }
