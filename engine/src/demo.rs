@@ -2,14 +2,20 @@
 //! generator, performs the whole rolling upgrade 1.0 -> 2.0 under that load (or the fallback,
 //! with `--fault`), writes the run directory and its HTML report, prints a short per-phase
 //! table, and stops everything it started, also on Ctrl-C.
+//!
+//! With `--peer redis` it then offers the same load (rate, connections, pipeline, mix, value
+//! size, keys, seed, and as long as the tandem run's load lasted) to a Redis primary and
+//! replica that it starts and stops itself, `WAIT 1 0` after each write, in a run directory
+//! of its own (`OUT/peer-redis`), and writes the comparison page (`OUT/compare-peer-redis.html`).
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use reports::run::RunDir;
+use reports::summary::Summary;
 use resp::Reply;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -28,6 +34,26 @@ pub struct DemoArgs {
     pub state: u64,
     /// The pair's secret, for the pair the demo starts and for talking to it.
     pub secret_file: PathBuf,
+    /// After the tandem run, the same load against this peer, and a comparison page.
+    pub peer: Option<Peer>,
+}
+
+/// What `--peer` compares the tandem run with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peer {
+    /// A Redis primary and its replica (`redis-server` from Debian's package), `WAIT 1 0`
+    /// after each write so that a write is acknowledged once the replica has it, as tandem's.
+    Redis,
+}
+
+impl Peer {
+    /// The peer run's directory under the demo's, which also names it on the comparison page
+    /// (`compare-peer-redis.html`, as `tandem report OUT --compare OUT/peer-redis` names it).
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            Peer::Redis => "peer-redis",
+        }
+    }
 }
 
 struct Plan {
@@ -64,6 +90,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             crate::state::WORK_UNITS_MAX
         );
     }
+    // Before the tandem run: a missing redis-server is said before anything is started.
+    let redis = match args.peer {
+        Some(Peer::Redis) => Some(RedisBinary::find()?),
+        None => None,
+    };
     let out = args.out.clone().unwrap_or_else(default_out_dir);
     std::fs::create_dir_all(&out)
         .with_context(|| format!("creating the run directory {}", out.display()))?;
@@ -79,7 +110,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted: stopping the pair")),
         };
         pair.stop().await;
-        result
+        let tandem = result?;
+        match redis {
+            Some(redis) => compare_with_redis(&args, &out, &tandem, &redis).await,
+            None => Ok(()),
+        }
     })
 }
 
@@ -171,42 +206,91 @@ async fn pair_status(admin: &str, secret: &replicator::Secret) -> anyhow::Result
 /// Sessions and database records per pipeline, and pipelines in flight, while preloading.
 const PRELOAD_PIPELINE: u64 = 1000;
 const PRELOAD_CONNECTIONS: u64 = 4;
+/// How long a Redis replica may take to acknowledge a preload connection's last write.
+const PRELOAD_WAIT_MS: u64 = 60_000;
 
-/// Preloads `n` work units (sessions `pre-<i>`) and `n` database records (`pre:<i>`), each
-/// with a 100-byte payload, over a few pipelined connections, with a progress line.
-async fn preload(active: &str, n: u64) -> anyhow::Result<()> {
+/// What a preload writes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Preload {
+    Tandem,
+    Redis,
+}
+
+impl Preload {
+    /// Record `i`'s requests: a work unit (session) and a database record, 100-byte payloads.
+    fn requests(self, i: u64, payload: &bytes::Bytes, reqs: &mut Vec<Vec<bytes::Bytes>>) {
+        use bytes::Bytes;
+        let subscriber = Bytes::from(format!("sub-{}", i % 1000));
+        reqs.push(match self {
+            Preload::Tandem => vec![
+                Bytes::from_static(b"SESSION.OPEN"),
+                Bytes::from(format!("pre-{i}")),
+                subscriber,
+                payload.clone(),
+            ],
+            // Sessions as hashes, as the load generator's Redis emulation of SESSION.OPEN
+            // makes them (`HSET sess:<id> counter 0 subscriber .. payload ..`): the same
+            // shape and bytes as the sessions of the load itself.
+            Preload::Redis => vec![
+                Bytes::from_static(b"HSET"),
+                Bytes::from(format!("sess:pre-{i}")),
+                Bytes::from_static(b"counter"),
+                Bytes::from_static(b"0"),
+                Bytes::from_static(b"subscriber"),
+                subscriber,
+                Bytes::from_static(b"payload"),
+                payload.clone(),
+            ],
+        });
+        // The same database records on both: plain strings under the same names.
+        reqs.push(vec![
+            Bytes::from_static(b"SET"),
+            Bytes::from(format!("pre:{i}")),
+            payload.clone(),
+        ]);
+    }
+}
+
+/// Preloads `n` work units (sessions `pre-<i>`; on Redis hashes `sess:pre-<i>`) and `n`
+/// database records (`pre:<i>`), each with a 100-byte payload, over a few pipelined
+/// connections, with a progress line. On Redis each connection ends with a `WAIT` so that the
+/// replica holds all of it before the load starts.
+async fn preload(addr: &str, n: u64, target: Preload) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::new();
     for c in 0..PRELOAD_CONNECTIONS {
-        let (active, done) = (active.to_string(), done.clone());
+        let (addr, done) = (addr.to_string(), done.clone());
         tasks.push(tokio::spawn(async move {
-            let mut client = resp::Client::connect(active.as_str()).await?;
+            let mut client = resp::Client::connect(addr.as_str()).await?;
             let payload = bytes::Bytes::from(vec![b'p'; 100]);
             let mut start = c * PRELOAD_PIPELINE;
+            let mut wrote = false;
             while start < n {
                 let end = (start + PRELOAD_PIPELINE).min(n);
                 let mut reqs = Vec::with_capacity(2 * (end - start) as usize);
                 for i in start..end {
-                    reqs.push(vec![
-                        bytes::Bytes::from_static(b"SESSION.OPEN"),
-                        bytes::Bytes::from(format!("pre-{i}")),
-                        bytes::Bytes::from(format!("sub-{}", i % 1000)),
-                        payload.clone(),
-                    ]);
-                    reqs.push(vec![
-                        bytes::Bytes::from_static(b"SET"),
-                        bytes::Bytes::from(format!("pre:{i}")),
-                        payload.clone(),
-                    ]);
+                    target.requests(i, &payload, &mut reqs);
                 }
                 for r in client.pipeline(&reqs).await? {
                     if let Reply::Error(e) = r {
                         bail!("preloading: {e}");
                     }
                 }
+                wrote = true;
                 done.fetch_add(end - start, std::sync::atomic::Ordering::Relaxed);
                 start += PRELOAD_CONNECTIONS * PRELOAD_PIPELINE;
+            }
+            if target == Preload::Redis && wrote {
+                let timeout = PRELOAD_WAIT_MS.to_string();
+                match client.call(&[b"WAIT", b"1", timeout.as_bytes()]).await? {
+                    Reply::Integer(r) if r >= 1 => {}
+                    other => bail!(
+                        "the Redis replica did not acknowledge the preload within {} s: WAIT \
+                         answered {other}",
+                        PRELOAD_WAIT_MS / 1000
+                    ),
+                }
             }
             anyhow::Ok(())
         }));
@@ -228,10 +312,16 @@ async fn preload(active: &str, n: u64) -> anyhow::Result<()> {
     if progress {
         eprint!("\r\x1b[K");
     }
-    println!(
-        "preloaded {n} work units and {n} database records (100-byte payloads) in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    let secs = started.elapsed().as_secs_f64();
+    match target {
+        Preload::Tandem => println!(
+            "preloaded {n} work units and {n} database records (100-byte payloads) in {secs:.1} s"
+        ),
+        Preload::Redis => println!(
+            "preloaded {n} sessions (hashes sess:pre-<i>) and {n} database records (pre:<i>), \
+             100-byte payloads, into Redis in {secs:.1} s"
+        ),
+    }
     Ok(())
 }
 
@@ -243,12 +333,37 @@ async fn join_all(tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>) -> an
     Ok(())
 }
 
+/// What the tandem run leaves for the peer's: its load and what it measured.
+struct TandemRun {
+    config: loadgen::Config,
+    summary: Summary,
+}
+
+impl TandemRun {
+    /// How long the load ran (from its first request to its stop, as `summary.json` says).
+    fn load_duration(&self) -> Duration {
+        let ms = self
+            .summary
+            .ended_ms
+            .saturating_sub(self.summary.started_ms);
+        Duration::from_millis(ms.max(1000))
+    }
+}
+
+/// `1.0 -> 2.0`, and the faulty build when there is one, for the run's environment.
+fn target_version(args: &DemoArgs) -> String {
+    match &args.fault {
+        Some(fault) => format!("1.0 -> 2.0 (faulty: {fault})"),
+        None => "1.0 -> 2.0".to_string(),
+    }
+}
+
 async fn demo(
     args: &DemoArgs,
     out: &std::path::Path,
     admin: &str,
     secret: &replicator::Secret,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<TandemRun> {
     let plan = plan(args);
     let status = pair_status(admin, secret).await?;
     let targets: Vec<String> = status
@@ -267,7 +382,7 @@ async fn demo(
             .active_engine()
             .map(|e| e.client_addr.as_str())
             .context("no active engine to preload")?;
-        preload(active, args.state).await?;
+        preload(active, args.state, Preload::Tandem).await?;
     }
     let config = loadgen::Config {
         targets,
@@ -283,9 +398,11 @@ async fn demo(
         tail: Duration::from_secs(1),
         out: Some(out.to_path_buf()),
         progress: std::io::stderr().is_terminal(),
+        target_version: Some(target_version(args)),
+        notes: vec![("state_work_units".to_string(), args.state.into())],
         ..loadgen::Config::default()
     };
-    let load = tokio::spawn(loadgen::run(config));
+    let load = tokio::spawn(loadgen::run(config.clone()));
     // A second of load before the baseline starts, so that connections are warm.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let printer =
@@ -314,5 +431,392 @@ async fn demo(
             result.summary.lost_updates
         );
     }
+    Ok(TandemRun {
+        config,
+        summary: result.summary,
+    })
+}
+
+/// `redis-server` as found on `PATH`, and its version.
+#[derive(Clone, Debug)]
+struct RedisBinary {
+    path: PathBuf,
+    version: String,
+}
+
+impl RedisBinary {
+    fn find() -> anyhow::Result<RedisBinary> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::env::var_os("PATH")
+            .iter()
+            .flat_map(std::env::split_paths)
+            .map(|dir| dir.join("redis-server"))
+            .find(|f| {
+                f.metadata()
+                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            })
+            .context(
+                "--peer redis needs redis-server, which is not on PATH: install it with \
+                 `apt-get install redis-server` (or scripts/setup.sh)",
+            )?;
+        let out = std::process::Command::new(&path)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {} --version", path.display()))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{} --version failed ({}): {}",
+            path.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        // `Redis server v=7.0.15 sha=00000000:0 malloc=jemalloc-5.3.0 bits=64 build=...`
+        let version = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("v="))
+            .unwrap_or("(unknown version)")
+            .to_string();
+        Ok(RedisBinary { path, version })
+    }
+}
+
+/// How long a redis-server may take to answer, and its replica to attach.
+const REDIS_START_DEADLINE: Duration = Duration::from_secs(30);
+/// How often a starting redis-server is asked whether it is there yet (it says nothing
+/// else when it is: its exit is noticed at once).
+const REDIS_POLL: Duration = Duration::from_millis(10);
+/// Ports tried for one redis-server (another process may take the one we picked first).
+const REDIS_BIND_ATTEMPTS: usize = 5;
+/// How long a redis-server has to exit after `SHUTDOWN NOSAVE` before it is killed.
+const REDIS_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One redis-server child of the demo.
+struct RedisServer {
+    name: &'static str,
+    addr: String,
+    child: Child,
+    log: PathBuf,
+}
+
+/// Why a redis-server did not come up.
+enum StartError {
+    /// It exited, with this status.
+    Exited(std::process::ExitStatus),
+    Other(anyhow::Error),
+}
+
+impl RedisServer {
+    /// Waits until the server on `addr` answers as this child (`INFO server`'s
+    /// `process_id`), or the child exits, or the deadline passes.
+    async fn wait_serving(&mut self, deadline: Instant) -> Result<(), StartError> {
+        let pid = self.child.id().map(|p| p.to_string());
+        loop {
+            if let Some(info) = redis_info(&self.addr, "server").await {
+                if info_field(&info, "process_id").map(str::to_string) == pid {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(StartError::Other(anyhow::anyhow!(
+                    "redis-server ({}) did not answer on {} within {} s; see {}",
+                    self.name,
+                    self.addr,
+                    REDIS_START_DEADLINE.as_secs(),
+                    self.log.display()
+                )));
+            }
+            tokio::select! {
+                status = self.child.wait() => return match status {
+                    Ok(status) => Err(StartError::Exited(status)),
+                    Err(e) => Err(StartError::Other(e.into())),
+                },
+                _ = tokio::time::sleep(REDIS_POLL) => {}
+            }
+        }
+    }
+
+    /// `SHUTDOWN NOSAVE`, then a kill if it has not exited after [`REDIS_STOP_TIMEOUT`].
+    async fn stop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        if let Ok(Ok(mut c)) =
+            tokio::time::timeout(Duration::from_secs(1), resp::Client::connect(&*self.addr)).await
+        {
+            c.set_timeout(Some(Duration::from_secs(2)));
+            // It answers by closing the connection.
+            let _ = c.call(&[b"SHUTDOWN", b"NOSAVE"]).await;
+        }
+        if tokio::time::timeout(REDIS_STOP_TIMEOUT, self.child.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "redis-server ({}) did not exit within {} s of SHUTDOWN NOSAVE: killing it",
+                self.name,
+                REDIS_STOP_TIMEOUT.as_secs()
+            );
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+/// The Redis primary and replica of `--peer redis`: children of this process (killed if
+/// dropped), their working directory and logs in `dir`, stopped by [`RedisServers::stop`].
+struct RedisServers {
+    bin: RedisBinary,
+    dir: PathBuf,
+    running: Vec<RedisServer>,
+}
+
+impl RedisServers {
+    fn new(bin: RedisBinary, dir: PathBuf) -> RedisServers {
+        RedisServers {
+            bin,
+            dir,
+            running: Vec::new(),
+        }
+    }
+
+    /// Starts redis-server `name` (`primary`, `replica`) on a free loopback port, with no
+    /// persistence, and returns its address once it answers. A port someone else took in
+    /// the meantime is given up for another.
+    async fn start(&mut self, name: &'static str, extra: &[String]) -> anyhow::Result<String> {
+        let log = self.dir.join(format!("{name}.log"));
+        for attempt in 1..=REDIS_BIND_ATTEMPTS {
+            let port = free_port()?;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .with_context(|| format!("creating {}", log.display()))?;
+            let said_before = file.metadata()?.len();
+            let child = Command::new(&self.bin.path)
+                .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--save", "", "--appendonly", "no"])
+                // A primary waits 5 s by default for more replicas before a full sync.
+                .args(["--repl-diskless-sync-delay", "0"])
+                .args(["--dbfilename", &format!("{name}.rdb"), "--dir"])
+                .arg(&self.dir)
+                .args(extra)
+                .stdin(Stdio::null())
+                .stdout(file.try_clone()?)
+                .stderr(file)
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("starting {}", self.bin.path.display()))?;
+            self.running.push(RedisServer {
+                name,
+                addr: format!("127.0.0.1:{port}"),
+                child,
+                log: log.clone(),
+            });
+            let server = self.running.last_mut().expect("just pushed");
+            match server
+                .wait_serving(Instant::now() + REDIS_START_DEADLINE)
+                .await
+            {
+                Ok(()) => return Ok(server.addr.clone()),
+                Err(StartError::Other(e)) => return Err(e),
+                Err(StartError::Exited(status)) => {
+                    let addr = server.addr.clone();
+                    self.running.pop();
+                    let said = read_from(&log, said_before);
+                    if said.contains("Address already in use") && attempt < REDIS_BIND_ATTEMPTS {
+                        tracing::info!("{addr} was taken before redis-server ({name}) bound it: trying another port");
+                        continue;
+                    }
+                    let last = said
+                        .lines()
+                        .rev()
+                        .find(|l| !l.trim().is_empty())
+                        .unwrap_or("");
+                    bail!(
+                        "redis-server ({name}) exited ({status}) before it served on {addr}: {}; see {}",
+                        last.trim(),
+                        log.display()
+                    );
+                }
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    /// Waits for the replica's link to the primary (`master_link_status:up`).
+    async fn wait_attached(&mut self, replica: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + REDIS_START_DEADLINE;
+        let server = self
+            .running
+            .iter_mut()
+            .find(|s| s.addr == replica)
+            .context("the replica is not running")?;
+        loop {
+            if let Some(info) = redis_info(&server.addr, "replication").await {
+                if info_field(&info, "master_link_status") == Some("up") {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the Redis replica did not attach to its primary within {} s; see {}",
+                    REDIS_START_DEADLINE.as_secs(),
+                    server.log.display()
+                );
+            }
+            tokio::select! {
+                status = server.child.wait() => bail!(
+                    "the Redis replica exited ({}) before it attached; see {}",
+                    status.map_or_else(|e| e.to_string(), |s| s.to_string()),
+                    server.log.display()
+                ),
+                _ = tokio::time::sleep(REDIS_POLL) => {}
+            }
+        }
+    }
+
+    /// Stops every server, the replica first: a primary with a replica attached would wait
+    /// for it to catch up before it shuts down.
+    async fn stop(&mut self) {
+        while let Some(mut server) = self.running.pop() {
+            server.stop().await;
+        }
+    }
+}
+
+/// A loopback port that was free a moment ago (bound on 127.0.0.1:0 and released), for
+/// redis-server, which cannot be told to pick its own.
+fn free_port() -> anyhow::Result<u16> {
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").context("looking for a free loopback port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// What `path` holds from byte `offset` on (what one attempt logged).
+fn read_from(path: &Path, offset: u64) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    String::from_utf8_lossy(text.get(offset as usize..).unwrap_or_default()).into_owned()
+}
+
+/// `INFO <section>` of the Redis server on `addr`; `None` while it does not answer.
+async fn redis_info(addr: &str, section: &str) -> Option<String> {
+    let mut c = resp::Client::connect_timeout(addr, Duration::from_secs(1))
+        .await
+        .ok()?;
+    c.set_timeout(Some(Duration::from_secs(2)));
+    match c.call(&[b"INFO", section.as_bytes()]).await.ok()? {
+        Reply::Bulk(b) => Some(String::from_utf8_lossy(&b).into_owned()),
+        _ => None,
+    }
+}
+
+/// `field:value` of an `INFO` reply.
+fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
+/// `--peer redis`, after the tandem run: the same load against a Redis primary + replica
+/// with `WAIT 1 0` after each write, its run directory and report, and the comparison page.
+/// The servers are stopped whatever happens, also on Ctrl-C.
+async fn compare_with_redis(
+    args: &DemoArgs,
+    out: &Path,
+    tandem: &TandemRun,
+    bin: &RedisBinary,
+) -> anyhow::Result<()> {
+    let peer_out = out.join(Peer::Redis.dir_name());
+    // A directory this command writes: what an earlier run left there would be mixed in.
+    if peer_out.exists() {
+        std::fs::remove_dir_all(&peer_out)
+            .with_context(|| format!("removing the earlier {}", peer_out.display()))?;
+    }
+    let redis_dir = peer_out.join("redis");
+    std::fs::create_dir_all(&redis_dir)
+        .with_context(|| format!("creating {}", redis_dir.display()))?;
+    let mut servers = RedisServers::new(bin.clone(), redis_dir);
+    let result = tokio::select! {
+        r = redis_run(&mut servers, args, &peer_out, tandem) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted: stopping Redis")),
+    };
+    servers.stop().await;
+    let redis = result?;
+    let comparison = write_comparison(out, &peer_out)?;
+    println!(
+        "\nthe same load on Redis {} (primary + replica, WAIT 1 0 after each write):",
+        bin.version
+    );
+    loadgen::output::print_summary(&redis);
+    println!(
+        "\nreports: {} (tandem), {} (Redis)",
+        RunDir::new(out).report_path().display(),
+        RunDir::new(&peer_out).report_path().display()
+    );
+    println!("comparison: {}", comparison.display());
     Ok(())
+}
+
+/// The Redis run: servers up, the same preload as the tandem run's, the same load for as
+/// long, its report.
+async fn redis_run(
+    servers: &mut RedisServers,
+    args: &DemoArgs,
+    peer_out: &Path,
+    tandem: &TandemRun,
+) -> anyhow::Result<Summary> {
+    let primary = servers.start("primary", &[]).await?;
+    let port = primary.rsplit_once(':').expect("host:port").1.to_string();
+    let replica = servers
+        .start("replica", &["--replicaof".into(), "127.0.0.1".into(), port])
+        .await?;
+    servers.wait_attached(&replica).await?;
+    let duration = tandem.load_duration();
+    println!(
+        "\nRedis {} up: primary {primary}, replica {replica}; the same load for {:.1} s, WAIT 1 0 \
+         after each write; run directory {}",
+        servers.bin.version,
+        duration.as_secs_f64(),
+        peer_out.display()
+    );
+    if args.state > 0 {
+        preload(&primary, args.state, Preload::Redis).await?;
+    }
+    let config = loadgen::Config {
+        targets: vec![primary, replica],
+        admin: None,
+        admin_secret: None,
+        redis: true,
+        redis_wait: true,
+        duration,
+        until_upgrade_end: false,
+        out: Some(peer_out.to_path_buf()),
+        // Redis says its own version (INFO server).
+        target_version: None,
+        // The same rate, connections, pipeline, mix, value size, keys, distribution, seed
+        // and state note as the tandem run's.
+        ..tandem.config.clone()
+    };
+    let result = loadgen::run(config)
+        .await
+        .context("the load generator on Redis")?;
+    let run = RunDir::new(peer_out);
+    run.render_report()
+        .context("rendering the Redis run's report")?;
+    for p in run.check()? {
+        eprintln!("run check (Redis): {p}");
+    }
+    Ok(result.summary)
+}
+
+/// `OUT/compare-peer-redis.html`: the tandem run (named by its directory) and the Redis run
+/// side by side, as `tandem report OUT --compare OUT/peer-redis` writes it.
+fn write_comparison(out: &Path, peer_out: &Path) -> anyhow::Result<PathBuf> {
+    let label = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "tandem".to_string());
+    RunDir::new(out)
+        .render_compare(&RunDir::new(peer_out), &label, Peer::Redis.dir_name())
+        .context("writing the comparison page")
 }

@@ -67,6 +67,11 @@ enum Cmd {
         /// the baseline, to see the upgrade at a real state size (e.g. 1000000).
         #[arg(long, value_name = "N", default_value_t = 0)]
         state: u64,
+        /// After the tandem run, the same load (rate, connections, pipeline, mix, keys, seed,
+        /// state, duration) against another system, in OUT/peer-<PEER>, and a comparison page,
+        /// OUT/compare-peer-<PEER>.html.
+        #[arg(long, value_enum, value_name = "PEER")]
+        peer: Option<PeerArg>,
     },
     /// Start or stop a pair (engine A active, engine B standby) under a supervisor.
     Pair {
@@ -238,6 +243,14 @@ impl FaultArg {
             FaultArg::Errors => "errors",
         }
     }
+}
+
+/// What `tandem demo --peer` compares with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum PeerArg {
+    /// A Redis primary + replica on free loopback ports, `WAIT 1 0` after each write
+    /// (redis-server from Debian's package, on PATH; started and stopped by the demo).
+    Redis,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -590,6 +603,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             fault,
             rate,
             state,
+            peer,
         } => engine::demo::run(engine::demo::DemoArgs {
             out,
             quick,
@@ -597,6 +611,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rate_ops_s: rate,
             state,
             secret_file: replicator::Secret::resolve(secret_file)?.0,
+            peer: peer.map(|PeerArg::Redis| engine::demo::Peer::Redis),
         }),
         Cmd::Report { run_dir, compare } => report(&run_dir, compare.as_deref()),
         #[cfg(feature = "sim")]
