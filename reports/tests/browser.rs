@@ -1,0 +1,205 @@
+//! The report opened in a real browser: Debian's Chromium, headless, renders a recorded run's
+//! report to a PNG and dumps its DOM. The PNG must not be blank (and the p99 line must be
+//! drawn in it), and the DOM must hold the title and every chart. Chromium is installed by
+//! `scripts/setup.sh`; without it this test fails and says so.
+//!
+//! Chromium runs in a process group of its own with its own temporary profile, within a
+//! deadline; the whole group is killed when it is done (its helpers, the crash handler,
+//! included), so no process outlives the test.
+
+mod common;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::{chart_ids, TempDir};
+
+/// How long one Chromium run may take before it is killed (a cold start on a loaded CI
+/// machine takes seconds; a hang takes forever).
+const DEADLINE: Duration = Duration::from_secs(120);
+
+fn chromium() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("chromium"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "chromium is not on PATH: run scripts/setup.sh (it installs Debian's chromium \
+                 package), then run this test again"
+            )
+        })
+}
+
+/// Processes whose process group is `pgid`, zombies aside.
+fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // pid (comm) state ppid pgrp ...: the fields after the last ')'.
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                return false;
+            };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            fields.first() != Some(&"Z") && fields.get(2) == Some(&pgid.to_string().as_str())
+        })
+        .collect()
+}
+
+/// SIGKILL to every process of the group, then until none is left (bounded).
+fn kill_group(pgid: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pgid}")])
+        .stderr(Stdio::null())
+        .status();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !group_members(pgid).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+    let left = group_members(pgid);
+    assert!(left.is_empty(), "chromium processes left behind: {left:?}");
+}
+
+/// Runs headless Chromium on `url` with `args`, stdout to `stdout`, in its own process group
+/// and profile, killed at the deadline; returns its exit status.
+fn run_chromium(work: &Path, args: &[String], url: &str, stdout: &Path) -> ExitStatus {
+    use std::os::unix::process::CommandExt;
+    let profile = work.join(format!("profile-{}", args.len()));
+    let mut cmd = Command::new(chromium());
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--no-default-browser-check",
+        "--disable-extensions",
+        "--disable-background-networking",
+        "--hide-scrollbars",
+        "--force-device-scale-factor=1",
+        "--window-size=1280,4000",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .args(args)
+    .arg(url)
+    .stdin(Stdio::null())
+    .stdout(File::create(stdout).unwrap())
+    .stderr(File::create(work.join("chromium.log")).unwrap())
+    .process_group(0);
+    let mut child = cmd.spawn().expect("starting chromium");
+    let pgid = child.id();
+    let (tx, rx) = mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let status = child.wait();
+        let _ = tx.send(());
+        status
+    });
+    let in_time = rx.recv_timeout(DEADLINE).is_ok();
+    // Whether it finished or hangs: the group goes, helpers included.
+    kill_group(pgid);
+    let status = waiter.join().unwrap().expect("waiting for chromium");
+    let log = std::fs::read_to_string(work.join("chromium.log")).unwrap_or_default();
+    assert!(
+        in_time,
+        "chromium did not finish within {DEADLINE:?}; its log:\n{log}"
+    );
+    assert!(
+        status.success(),
+        "chromium failed ({status}); its log:\n{log}"
+    );
+    status
+}
+
+/// Pixels (RGB) of a PNG and its size.
+fn decode(png_path: &Path) -> (u32, u32, Vec<[u8; 3]>) {
+    let file = std::io::BufReader::new(File::open(png_path).expect("the screenshot"));
+    let mut decoder = png::Decoder::new(file);
+    decoder.set_transformations(png::Transformations::normalize_to_color8());
+    let mut reader = decoder.read_info().expect("a PNG");
+    let mut buf = vec![0; reader.output_buffer_size().expect("a PNG of sane size")];
+    let info = reader.next_frame(&mut buf).expect("a PNG frame");
+    let channels = info.color_type.samples();
+    let pixels = buf[..info.buffer_size()]
+        .chunks(channels)
+        .map(|c| match channels {
+            1 | 2 => [c[0], c[0], c[0]],
+            _ => [c[0], c[1], c[2]],
+        })
+        .collect();
+    (info.width, info.height, pixels)
+}
+
+#[test]
+fn the_report_renders_in_chromium() {
+    let work = TempDir::new("browser");
+    let run = common::showcase(work.path());
+    let report = run.render_report().unwrap();
+    let url = format!("file://{}", report.display());
+    let title = {
+        let html = std::fs::read_to_string(&report).unwrap();
+        let start = html.find("<title>").unwrap() + "<title>".len();
+        let end = html.find("</title>").unwrap();
+        html[start..end].to_string()
+    };
+
+    let screenshot = work.path().join("report.png");
+    run_chromium(
+        work.path(),
+        &[format!("--screenshot={}", screenshot.display())],
+        &url,
+        &work.path().join("screenshot.out"),
+    );
+    let (width, height, pixels) = decode(&screenshot);
+    assert_eq!((width, height), (1280, 4000), "the window size");
+    // Not blank: most pixels are the page's background, but far from all.
+    let mut counts = std::collections::HashMap::new();
+    for p in &pixels {
+        *counts.entry(*p).or_insert(0usize) += 1;
+    }
+    let (background, _) = counts.iter().max_by_key(|(_, n)| **n).unwrap();
+    let far = |p: &[u8; 3], q: &[u8; 3]| {
+        p.iter()
+            .zip(q)
+            .map(|(a, b)| (i32::from(*a) - i32::from(*b)).abs())
+            .sum::<i32>()
+            > 24
+    };
+    let drawn = pixels.iter().filter(|p| far(p, background)).count();
+    assert!(
+        drawn > pixels.len() / 50,
+        "the screenshot is nearly blank: {drawn} of {} pixels differ from the background",
+        pixels.len()
+    );
+    // The charts were drawn: the p99 line's blue (#1d4ed8) is on the page.
+    let p99 = pixels
+        .iter()
+        .filter(|p| !far(p, &[0x1d, 0x4e, 0xd8]))
+        .count();
+    assert!(p99 > 200, "no p99 line in the screenshot ({p99} pixels)");
+
+    let dom_path = work.path().join("dom.html");
+    run_chromium(work.path(), &["--dump-dom".to_string()], &url, &dom_path);
+    let dom = std::fs::read_to_string(&dom_path).unwrap();
+    assert!(
+        dom.contains(&format!("<title>{title}</title>")),
+        "the DOM has no title {title:?}"
+    );
+    for id in chart_ids(&run) {
+        assert!(
+            dom.contains(&format!("id=\"{id}\"")),
+            "chart {id} missing from the DOM"
+        );
+    }
+    if let Some(keep) = std::env::var_os("TANDEM_KEEP_SCREENSHOT") {
+        std::fs::copy(&screenshot, keep).unwrap();
+    }
+}

@@ -1,0 +1,296 @@
+//! The reports of recorded runs (`tests/fixtures/`, and the sample runs until and besides
+//! them), rendered as `tandem report` renders them and checked for what a reader needs: the
+//! verdict's figures, every phase, every chart, "too few samples" where a phase is short,
+//! nothing loaded from a network, and a comparison of two runs.
+
+mod common;
+
+use common::{all_runs, assert_self_contained, chart_ids, ms, phase_row, thousands, TempDir};
+use reports::run::{RunDir, DETAIL_FILE, SLICES_FILE, SUMMARY_FILE};
+use reports::summary::{percentile_supported, Summary};
+use reports::timeline::phase;
+
+/// The worst phase's p99 as a ratio of the baseline's, both supported, as "1.19×".
+fn worst_ratio(summary: &Summary) -> Option<String> {
+    let supported = |p: &reports::summary::PhaseSummary| {
+        percentile_supported(p.ops.saturating_sub(p.errors), 0.99)
+    };
+    let baseline = summary
+        .phases
+        .iter()
+        .find(|p| p.name == phase::BASELINE)
+        .filter(|b| supported(b) && b.latency_us.p99 > 0)?;
+    let r = summary
+        .phases
+        .iter()
+        .filter(|p| p.name != phase::BASELINE && supported(p))
+        .map(|p| p.latency_us.p99 as f64 / baseline.latency_us.p99 as f64)
+        .max_by(f64::total_cmp)?;
+    Some(if r >= 100.0 {
+        format!("{r:.0}×")
+    } else if r >= 10.0 {
+        format!("{r:.1}×")
+    } else {
+        format!("{r:.2}×")
+    })
+}
+
+fn check_report(name: &str, run: &RunDir) -> String {
+    let path = run.render_report().unwrap();
+    let html = std::fs::read_to_string(&path).unwrap();
+    let summary = run.read_summary().unwrap();
+    assert_self_contained(name, &html);
+    assert!(
+        html.len() < 4_000_000,
+        "{name}: the report is {} bytes",
+        html.len()
+    );
+    assert!(html.contains("<title>tandem run · "), "{name}: title");
+
+    // The verdict.
+    let lost = if summary.lost_updates == 0 {
+        "0 lost".to_string()
+    } else {
+        format!("{} lost", thousands(summary.lost_updates))
+    };
+    assert!(html.contains(&lost), "{name}: {lost:?} missing");
+    if let Some(gap) = summary
+        .switchovers
+        .iter()
+        .map(|s| s.client_gap_ms)
+        .max_by(f64::total_cmp)
+    {
+        let text = format!(
+            "{} ms</span><span class=\"label\">worst client-visible gap",
+            ms(gap)
+        );
+        assert!(html.contains(&text), "{name}: worst gap {text:?} missing");
+    }
+    match worst_ratio(&summary) {
+        Some(r) => assert!(
+            html.contains(&format!(
+                "{r}</span><span class=\"label\">worst phase p99 vs baseline"
+            )),
+            "{name}: worst p99 ratio {r} missing"
+        ),
+        None => assert!(
+            html.contains("no phase and baseline with enough samples for a p99"),
+            "{name}: an unsupported worst ratio must say so"
+        ),
+    }
+    if summary.target != "redis" {
+        assert!(html.contains("served alone"), "{name}: simplex time");
+    }
+    if let Some(env) = &summary.environment {
+        for value in [&env.git_revision, &env.hostname, &env.cpu_model] {
+            let escaped = value.replace('&', "&amp;").replace('<', "&lt;");
+            assert!(
+                html.contains(&escaped),
+                "{name}: environment {value:?} missing"
+            );
+        }
+    }
+
+    // Every phase, in the table and in the lanes, with "too few samples" where it is short.
+    for p in &summary.phases {
+        let row = phase_row(&html, &p.name);
+        assert!(
+            html.contains(&format!(">{}</text>", p.name)),
+            "{name}: phase {} missing from the charts",
+            p.name
+        );
+        let samples = p.ops.saturating_sub(p.errors);
+        if samples == 0 {
+            assert!(row.contains("no successful replies"), "{name}: {}", p.name);
+        } else if !percentile_supported(samples, 0.99) {
+            assert!(
+                row.contains("n&lt;1,000") && row.contains("too few samples"),
+                "{name}: phase {} has {samples} samples and must not print a p99: {row}",
+                p.name
+            );
+        } else {
+            assert!(!row.contains("n&lt;1,000"), "{name}: {} has a p99", p.name);
+        }
+    }
+    for id in chart_ids(run) {
+        assert!(
+            html.contains(&format!("<svg id=\"{id}\"")),
+            "{name}: chart {id} missing"
+        );
+    }
+    html
+}
+
+#[test]
+fn every_recorded_run_renders_with_its_verdict_phases_and_charts() {
+    let root = TempDir::new("every-run");
+    let runs = all_runs(root.path());
+    for (name, run) in &runs {
+        check_report(name, run);
+    }
+}
+
+/// The quick run of the samples is a `tandem demo --quick`: its phases of milliseconds each
+/// get a lane of their own, and the switchover's zoom tells its story in figures.
+#[test]
+fn short_phases_are_readable_and_marked() {
+    let root = TempDir::new("short");
+    let (_, run) = common::write_samples(root.path()).swap_remove(0);
+    let html = check_report("quick", &run);
+    for short in [
+        phase::B_OUT_OF_SERVICE,
+        phase::B_CATCH_UP,
+        phase::SWITCHOVER_TO_B,
+    ] {
+        assert!(phase_row(&html, short).contains("n&lt;1,000"), "{short}");
+    }
+    let summary = run.read_summary().unwrap();
+    let s = &summary.switchovers[0];
+    assert!(html.contains(&format!(
+        "<b>{}</b> retried · <b>{}</b> redirected",
+        thousands(s.retried),
+        thousands(s.redirected)
+    )));
+    assert!(html.contains(&format!("step-up <b>{} ms</b>", ms(s.stepup_ms))));
+    assert!(html.contains("class=\"slow\""), "slow requests as dots");
+    assert!(
+        html.contains("replies received (by arrival"),
+        "replies by arrival"
+    );
+}
+
+/// A run written before environment, detail.json, spectra, replies by arrival and
+/// retried/redirected existed still renders, and says what it lacks.
+#[test]
+fn older_runs_without_the_new_fields_still_render() {
+    let root = TempDir::new("older");
+    for (name, run) in all_runs(root.path()) {
+        let dir = run.path();
+        let mut summary: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join(SUMMARY_FILE)).unwrap()).unwrap();
+        let s = summary.as_object_mut().unwrap();
+        s.remove("environment");
+        for p in s["phases"].as_array_mut().unwrap() {
+            p.as_object_mut().unwrap().remove("percentiles");
+        }
+        for sw in s["switchovers"].as_array_mut().unwrap() {
+            let sw = sw.as_object_mut().unwrap();
+            sw.remove("retried");
+            sw.remove("redirected");
+        }
+        std::fs::write(dir.join(SUMMARY_FILE), summary.to_string()).unwrap();
+        if dir.join(SLICES_FILE).is_file() {
+            let mut slices: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(dir.join(SLICES_FILE)).unwrap()).unwrap();
+            for s in slices["slices"].as_array_mut().unwrap() {
+                s.as_object_mut().unwrap().remove("replied");
+            }
+            std::fs::write(dir.join(SLICES_FILE), slices.to_string()).unwrap();
+        }
+        let _ = std::fs::remove_file(dir.join(DETAIL_FILE));
+
+        let html = check_report(&name, &run);
+        assert!(
+            html.contains("not recorded (a run written before the environment was)"),
+            "{name}"
+        );
+        assert!(
+            !html.contains("id=\"zoom-"),
+            "{name}: no zoom without detail"
+        );
+        assert!(
+            html.contains("replies by arrival not recorded in this run"),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn two_runs_compare_on_shared_axes() {
+    let root = TempDir::new("compare");
+    let runs = all_runs(root.path());
+    let find = |name: &str| {
+        let fixture = format!("fixture-{name}");
+        let sample = format!("sample-{name}");
+        runs.iter()
+            .find(|(n, _)| *n == fixture)
+            .or_else(|| runs.iter().find(|(n, _)| *n == sample))
+            .map(|(_, r)| r)
+            .unwrap()
+    };
+    for (a, b) in [("completed", "redis"), ("completed", "rolled_back")] {
+        let (run_a, run_b) = (find(a), find(b));
+        let path = run_a.render_compare(run_b, a, b).unwrap();
+        assert_eq!(path, run_a.path().join(format!("compare-{b}.html")));
+        let html = std::fs::read_to_string(&path).unwrap();
+        let what = format!("{a} vs {b}");
+        assert_self_contained(&what, &html);
+        assert!(html.contains(&format!("<title>tandem: {a} vs {b}</title>")));
+        for id in ["latency", "throughput", "spectrum"] {
+            assert!(html.contains(&format!("<svg id=\"{id}\"")), "{what}: {id}");
+        }
+        let (sa, sb) = (run_a.read_summary().unwrap(), run_b.read_summary().unwrap());
+        for p in sa.phases.iter() {
+            assert!(
+                html.contains(&format!("<td class=\"l name\">{}", p.name)),
+                "{what}: phase {}",
+                p.name
+            );
+        }
+        assert!(html.contains("B/A"), "{what}: ratio columns");
+        // Both runs' lines on one chart, and a curve of each in the spectrum.
+        assert!(html.contains("class=\"bp99\"") && html.contains("class=\"p99\""));
+        assert!(
+            html.contains("stroke-dasharray=\"7 4\""),
+            "{what}: B's curves"
+        );
+        assert!(html.contains("0 lost"));
+        if sb.phases.len() == 1 {
+            assert!(
+                html.contains(&format!("vs B {}", sb.phases[0].name)),
+                "{what}: the steady run is the reference of every phase"
+            );
+        }
+    }
+}
+
+/// Ten minutes of a run whose every second had its share of slow requests: the dots are
+/// thinned to one per pixel, so the report stays small.
+#[test]
+fn a_ten_minute_run_stays_a_few_megabytes() {
+    let (mut summary, slices, timeline) = reports::sample::upgrade_run();
+    let mut long = Vec::new();
+    for i in 0..10 {
+        for s in &slices {
+            let mut s = s.clone();
+            s.t_ms += i * 62_000;
+            long.push(s);
+        }
+    }
+    summary.ended_ms = summary.started_ms + 620_000;
+    let mut detail = reports::sample::detail(&summary, &long);
+    let mut x: u64 = 7;
+    detail.slow = (0..620_000u64)
+        .step_by(5)
+        .map(|t| {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            reports::run::SlowRequest {
+                t_ms: summary.started_ms + t,
+                latency_us: 2_000 + (x >> 44) % 400_000,
+                error: false,
+            }
+        })
+        .collect();
+    let root = TempDir::new("long");
+    let run = RunDir::new(root.path().join("long"));
+    run.write_summary(&summary).unwrap();
+    run.write_slices(&long).unwrap();
+    run.write_timeline(&timeline).unwrap();
+    run.write_detail(&detail).unwrap();
+    let html = check_report("ten minutes", &run);
+    assert!(
+        html.len() < 3_000_000,
+        "{} bytes for 124,000 slow requests",
+        html.len()
+    );
+}
