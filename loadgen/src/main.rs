@@ -90,7 +90,13 @@ struct Args {
     #[arg(long, value_name = "D", value_parser = parse_duration, default_value = "1s")]
     tail: Duration,
 
-    /// Run directory to write: summary.json, slices.json, timeline.json, histograms.hlog.
+    /// Requests at least this slow are listed one by one in detail.json (at most 100 per
+    /// second, the slowest), e.g. 10ms, 1s.
+    #[arg(long, value_name = "D", value_parser = parse_duration, default_value = "10ms")]
+    slow: Duration,
+
+    /// Run directory to write: summary.json, slices.json, detail.json, timeline.json,
+    /// histograms.hlog.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
 
@@ -186,6 +192,7 @@ impl Args {
             out: Some(self.out),
             progress: !self.quiet,
             seed: self.seed,
+            slow_threshold: self.slow,
             ..Config::default()
         };
         Ok((config, self.json))

@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Output;
 
-use common::{normal, start_one, temp_dir};
+use common::{normal, start_one, temp_dir, FAKE_APP, FAKE_TANDEM_VERSION};
 use reports::run::RunDir;
 
 async fn loadgen(args: &[&str]) -> Output {
@@ -68,6 +68,7 @@ async fn bad_flags_are_named() {
         "--mix",
         "--distribution",
         "--quiet",
+        "--slow",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
@@ -111,6 +112,8 @@ async fn a_run_writes_its_directory() {
         dir.to_str().unwrap(),
         "--distribution",
         "zipfian",
+        "--slow",
+        "250us",
         "--quiet",
     ])
     .await;
@@ -118,6 +121,17 @@ async fn a_run_writes_its_directory() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("steady"), "{stdout}");
     assert!(stdout.contains("0 lost"), "{stdout}");
+    // 150 samples support a median, not a p99: the table says so rather than print one.
+    let row = stdout.lines().find(|l| l.starts_with("steady")).unwrap();
+    assert_eq!(
+        row.split_whitespace().filter(|c| *c == "-").count(),
+        2,
+        "{row}"
+    );
+    assert!(
+        stdout.contains(loadgen::output::UNSUPPORTED_NOTE),
+        "{stdout}"
+    );
     let run = RunDir::new(&dir);
     let summary = run.read_summary().unwrap();
     assert_eq!(summary.schema, "tandem.run/1");
@@ -126,6 +140,16 @@ async fn a_run_writes_its_directory() {
     assert!(!run.read_slices().unwrap().is_empty());
     assert!(run.histograms_path().is_file());
     assert!(!run.timeline_path().exists(), "no timeline without --admin");
+    let detail = run.read_detail_if_present().unwrap().expect("detail.json");
+    assert_eq!(detail.schema, reports::run::DETAIL_SCHEMA);
+    assert_eq!(detail.slow_threshold_us, 250);
+    assert!(detail.zooms.is_empty(), "no switchover");
+    let environment = summary.environment.expect("the run's environment");
+    assert_eq!(
+        environment.target_version,
+        format!("tandem {FAKE_TANDEM_VERSION}, {FAKE_APP}"),
+        "asked of the server (INFO)"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
