@@ -820,3 +820,49 @@ fn write_comparison(out: &Path, peer_out: &Path) -> anyhow::Result<PathBuf> {
         .render_compare(&RunDir::new(peer_out), &label, Peer::Redis.dir_name())
         .context("writing the comparison page")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_fields_are_read_by_name() {
+        let info = "# Replication\r\nrole:slave\r\nmaster_link_status:up\r\nmaster_link_down_since_seconds:-1\r\n";
+        assert_eq!(info_field(info, "master_link_status"), Some("up"));
+        assert_eq!(info_field(info, "role"), Some("slave"));
+        assert_eq!(info_field(info, "master_link"), None);
+        assert_eq!(info_field(info, "process_id"), None);
+    }
+
+    #[test]
+    fn both_preloads_write_the_same_database_records() {
+        let payload = bytes::Bytes::from(vec![b'p'; 100]);
+        let (mut tandem, mut redis) = (Vec::new(), Vec::new());
+        Preload::Tandem.requests(7, &payload, &mut tandem);
+        Preload::Redis.requests(7, &payload, &mut redis);
+        assert_eq!(tandem[1], redis[1]);
+        assert_eq!(&tandem[1][1][..], b"pre:7");
+        assert_eq!(&tandem[0][0][..], b"SESSION.OPEN");
+        assert_eq!(&redis[0][0][..], b"HSET");
+        assert_eq!(&redis[0][1][..], b"sess:pre-7");
+        assert!(redis[0].contains(&payload) && tandem[0].contains(&payload));
+    }
+
+    #[test]
+    fn the_target_version_names_a_faulty_build() {
+        let args = |fault: Option<&str>| DemoArgs {
+            out: None,
+            quick: true,
+            fault: fault.map(str::to_string),
+            rate_ops_s: None,
+            state: 0,
+            secret_file: PathBuf::new(),
+            peer: Some(Peer::Redis),
+        };
+        assert_eq!(target_version(&args(None)), "1.0 -> 2.0");
+        assert_eq!(
+            target_version(&args(Some("errors"))),
+            "1.0 -> 2.0 (faulty: errors)"
+        );
+    }
+}
