@@ -207,15 +207,19 @@ pub fn zooms(windows: &[Window], millis: &Millis, started_ms: u64, ended_ms: u64
         .collect()
 }
 
-/// The slow requests as `detail.json` lists them.
+/// The slow requests as `detail.json` lists them, in intended-time order.
 pub fn slow_requests(slow: &[Slow], clock: &Clock) -> Vec<SlowRequest> {
-    slow.iter()
+    let mut out: Vec<SlowRequest> = slow
+        .iter()
         .map(|s| SlowRequest {
             t_ms: clock.wall_ms_at_us(s.intended_us),
             latency_us: s.latency_us,
             error: s.error,
         })
-        .collect()
+        .collect();
+    // Slices are finalized in order; a late record of one is not.
+    out.sort_by_key(|s| s.t_ms);
+    out
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Attributing a sample to the phase it fell in. A [`PhaseMap`] is the timeline's phases as
-//! spans (start, end) on the wall clock, looked up by a sample's reply time with the rule of
+//! spans (start, end) on the wall clock, looked up by a sample's intended send time (the
+//! open-loop schedule's; closed loop: the actual send; see `record`) with the rule of
 //! `reports::timeline::Timeline::phase_at` (the latest phase that started at or before it and
 //! had not ended); a sample outside every phase belongs to the "steady" phase. The phases
 //! are known as the timeline arrives, so the map is rebuilt on each phase event and
@@ -71,7 +72,7 @@ impl PhaseMap {
         &self.spans
     }
 
-    /// The phase of a sample whose reply came at wall-clock millisecond `t_ms`.
+    /// The phase of a sample whose request was intended at wall-clock millisecond `t_ms`.
     pub fn phase_at_ms(&self, t_ms: u64) -> PhaseId {
         self.spans
             .iter()
@@ -178,7 +179,7 @@ mod tests {
     }
 
     #[test]
-    fn samples_fall_in_the_phase_of_their_reply_time() {
+    fn samples_fall_in_the_phase_of_their_time() {
         let map = PhaseMap::from_events(&upgrade_events());
         let at = |t| map.name(map.phase_at_ms(t)).to_string();
         assert_eq!(at(50), STEADY, "before the first phase");

@@ -955,7 +955,7 @@ mod tests {
         let maxes: Vec<u64> = recorded.slices.iter().map(|s| s.latency.max).collect();
         assert!(
             maxes.windows(2).all(|w| w[0] > w[1]),
-            "the latency climbs back from the stall: {maxes:?}"
+            "each second's latency is the rest of the stall, the first the highest: {maxes:?}"
         );
     }
 
