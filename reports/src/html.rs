@@ -312,6 +312,9 @@ struct Frame {
     origin: u64,
     end: u64,
     step_ms: u64,
+    /// When the load stopped (`u64::MAX` when the summary does not say): the last slice
+    /// is cut there.
+    load_end: u64,
 }
 
 impl Frame {
@@ -333,7 +336,20 @@ impl Frame {
             origin,
             end,
             step_ms,
+            load_end: if summary.ended_ms > summary.started_ms {
+                summary.ended_ms
+            } else {
+                u64::MAX
+            },
         }
+    }
+
+    /// `n` per second in slice `s`: over the part of the slice the load ran, so that the
+    /// last slice, cut by the end of the run, is not drawn as a collapse. `None` for a
+    /// sliver of a slice too short to be a rate.
+    fn per_s(&self, s: &Slice, n: u64) -> Option<f64> {
+        let len = self.step_ms.min(self.load_end.saturating_sub(s.t_ms));
+        (len * 10 >= self.step_ms && len > 0).then(|| n as f64 * 1000.0 / len as f64)
     }
 }
 
@@ -841,18 +857,19 @@ fn latency_section(
 
 fn throughput_section(body: &mut String, frame: &Frame, bands: &[Band], markers: &[Marker]) {
     let slices = &frame.slices;
-    let per_s = |n: u64| n as f64 * 1000.0 / frame.step_ms as f64;
     let same = |t: u64| t;
     let has_replied = slices.iter().any(|s| s.replied.is_some());
     let mut lines = vec![Series {
         class: "tput",
-        points: slice_points(slices, frame.step_ms, same, |s| Some(per_s(s.ops))),
+        points: slice_points(slices, frame.step_ms, same, |s| frame.per_s(s, s.ops)),
         area: true,
     }];
     if has_replied {
         lines.push(Series {
             class: "replied",
-            points: slice_points(slices, frame.step_ms, same, |s| s.replied.map(per_s)),
+            points: slice_points(slices, frame.step_ms, same, |s| {
+                s.replied.and_then(|n| frame.per_s(s, n))
+            }),
             area: false,
         });
     }
@@ -869,7 +886,7 @@ fn throughput_section(body: &mut String, frame: &Frame, bands: &[Band], markers:
         dots: Vec::new(),
         bars: Some(Series {
             class: "err",
-            points: slice_points(slices, frame.step_ms, same, |s| Some(per_s(s.errors))),
+            points: slice_points(slices, frame.step_ms, same, |s| frame.per_s(s, s.errors)),
             area: false,
         }),
         bar_width_ms: frame.step_ms,
@@ -1127,7 +1144,15 @@ fn switchover_section(body: &mut String, summary: &Summary, detail: Option<&Deta
         for (i, s) in switchovers.iter().enumerate() {
             if let Some(z) = zoom_of(detail, i, s) {
                 drawn += 1;
-                zoom_figure(body, drawn, &format!("S{}", i + 1), z, Some(s), origin);
+                zoom_figure(
+                    body,
+                    &summary.phases,
+                    drawn,
+                    &format!("S{}", i + 1),
+                    z,
+                    Some(s),
+                    origin,
+                );
             }
         }
         // Zooms of switchovers the summary does not list (a summary written without them).
@@ -1138,7 +1163,15 @@ fn switchover_section(body: &mut String, summary: &Summary, detail: Option<&Deta
                 .any(|(i, s)| zoom_of(detail, i, s).is_some_and(|m| std::ptr::eq(m, z)));
             if !listed {
                 drawn += 1;
-                zoom_figure(body, drawn, &format!("Z{drawn}"), z, None, origin);
+                zoom_figure(
+                    body,
+                    &summary.phases,
+                    drawn,
+                    &format!("Z{drawn}"),
+                    z,
+                    None,
+                    origin,
+                );
             }
         }
     } else if !switchovers.is_empty() {
@@ -1173,6 +1206,7 @@ fn switchover_section(body: &mut String, summary: &Summary, detail: Option<&Deta
 
 fn zoom_figure(
     body: &mut String,
+    phases: &[PhaseSummary],
     n: usize,
     name: &str,
     z: &Zoom,
@@ -1203,14 +1237,24 @@ fn zoom_figure(
             format::thousands(s.redirected)
         );
     }
-    if let Some((_, len)) = zoom::longest_silence(z) {
+    if let Some((_, len)) = zoom::silence(z) {
         w!(
             body,
-            " · longest silence <b>{} ms</b>",
+            " · no reply for <b>{} ms</b>",
             format::thousands(len as u64 * z.bucket_ms.max(1))
         );
     }
-    let range = zoom::window(z, s.map_or(f64::NAN, |s| s.client_gap_ms));
+    let phases: Vec<zoom::ZoomPhase> = phases
+        .iter()
+        .enumerate()
+        .map(|(i, p)| zoom::ZoomPhase {
+            name: &p.name,
+            start_ms: p.start_ms,
+            end_ms: p.end_ms,
+            color: phase_color(&p.name, i),
+        })
+        .collect();
+    let range = zoom::window(z, s.map_or(f64::NAN, |s| s.client_gap_ms), &phases);
     if range.len() < z.buckets.len() {
         let bucket = z.bucket_ms.max(1) as i64;
         let edge = |i: usize| (z.from_ms as i64 + i as i64 * bucket).saturating_sub(z.at_ms as i64);
@@ -1229,6 +1273,7 @@ fn zoom_figure(
         &format!("{name}: the switchover at millisecond resolution"),
         z,
         range,
+        &phases,
     ));
     body.push_str("</div>\n");
 }

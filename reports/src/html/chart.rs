@@ -185,21 +185,23 @@ pub fn lanes(bars: &[(f64, f64)], label_widths: &[f64], left: f64, right: f64) -
     let mut items = Vec::with_capacity(bars.len());
     for (&(x0, x1), &lw) in bars.iter().zip(label_widths) {
         let x1 = x1.max(x0 + 2.0);
-        let (span0, span1, label_x, anchor) = if x1 - x0 >= lw + 8.0 {
+        // What the item occupies in its row: its bar (bars may touch) and its label (with
+        // room to the next label).
+        let (from, to, label_x, anchor) = if x1 - x0 >= lw + 8.0 {
             (x0, x1, (x0 + x1) / 2.0, "middle")
         } else if x1 + 4.0 + lw <= right {
-            (x0, x1 + 4.0 + lw, x1 + 4.0, "start")
+            (x0, x1 + 4.0 + lw + LABEL_GAP, x1 + 4.0, "start")
         } else {
-            ((x0 - 4.0 - lw).max(left), x1, x0 - 4.0, "end")
+            ((x0 - 4.0 - lw - LABEL_GAP).max(left), x1, x0 - 4.0, "end")
         };
-        let row = match row_right.iter().position(|&r| span0 >= r + LABEL_GAP) {
+        let row = match row_right.iter().position(|&r| from >= r) {
             Some(r) => r,
             None => {
                 row_right.push(f64::NEG_INFINITY);
                 row_right.len() - 1
             }
         };
-        row_right[row] = span1;
+        row_right[row] = to;
         items.push(LaneItem {
             row,
             bar_x0: x0,

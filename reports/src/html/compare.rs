@@ -258,11 +258,10 @@ fn charts(body: &mut String, run_a: &Run, run_b: &Run) {
     body.push_str(&chart::svg(&latency));
     body.push_str("\n</section>\n");
 
-    let per_s = |f: &Frame, n: u64| n as f64 * 1000.0 / f.step_ms as f64;
     // Replies by arrival where recorded (a stall shows), requests otherwise.
     let tput = |f: &Frame, shift: &dyn Fn(u64) -> u64| {
         slice_points(&f.slices, f.step_ms, shift, |s| {
-            Some(per_s(f, s.replied.unwrap_or(s.ops)))
+            f.per_s(s, s.replied.unwrap_or(s.ops))
         })
     };
     let throughput = Chart {
@@ -325,8 +324,9 @@ fn compare_spectrum(body: &mut String, sa: &Summary, sb: &Summary) {
             curves.push(Curve::of_phase(
                 p,
                 format!("{ref_who} {} ({})", p.name, reference.target),
-                "#000000",
-                true,
+                // The reference run's colour in the other charts.
+                if ref_who == "B" { "#c2410c" } else { "#1d4ed8" },
+                ref_who == "B",
             ));
         }
     } else {

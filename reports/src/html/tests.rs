@@ -289,6 +289,12 @@ fn the_comparison_puts_both_runs_and_their_ratios_side_by_side() {
 /// `quick` against the others, for a human to open; `=1` writes to the temp directory.
 #[test]
 fn sample_report_for_a_human() {
+    // `TANDEM_RENDER_RUN=DIR` renders DIR's report.html again with this build (a real run
+    // looked at while the report changes).
+    if let Some(dir) = std::env::var_os("TANDEM_RENDER_RUN") {
+        let path = crate::run::RunDir::new(dir).render_report().unwrap();
+        eprintln!("rendered {}", path.display());
+    }
     let Some(target) = std::env::var_os("TANDEM_SAMPLE_REPORT") else {
         return;
     };

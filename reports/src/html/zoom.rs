@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 
-use super::chart::{line_paths, linear_axis, log_axis};
+use super::chart::{label_width, lanes, line_paths, linear_axis, log_axis};
 use super::format::{self, esc};
 use crate::run::Zoom;
 
@@ -19,6 +19,7 @@ const COUNT_HEIGHT: f64 = 110.0;
 const PANEL_GAP: f64 = 24.0;
 const LATENCY_HEIGHT: f64 = 100.0;
 const AXIS_HEIGHT: f64 = 30.0;
+const LANE_ROW_HEIGHT: f64 = 17.0;
 
 macro_rules! w {
     ($out:expr, $($arg:tt)*) => {
@@ -26,60 +27,95 @@ macro_rules! w {
     };
 }
 
-/// The longest run of buckets without a reply, as (first bucket, count): the gap the
-/// clients saw, as the buckets show it.
-pub fn longest_silence(zoom: &Zoom) -> Option<(usize, usize)> {
-    let mut best: Option<(usize, usize)> = None;
+/// The run of buckets without a reply nearest the step-up (the longest among those that
+/// touch it), as (first bucket, count): the gap the clients saw, as the buckets show it.
+/// At a low rate replies come in bursts and short silences are everywhere; the one that
+/// matters is the one at the switchover.
+pub fn silence(zoom: &Zoom) -> Option<(usize, usize)> {
+    let bucket_ms = zoom.bucket_ms.max(1) as f64;
+    let at = zoom.at_ms as f64 - zoom.from_ms as f64;
+    let end = (zoom.end_ms.max(zoom.at_ms) as f64 - zoom.from_ms as f64).max(at + bucket_ms);
+    let mut runs: Vec<(usize, usize)> = Vec::new();
     let mut run_start = None;
     for (i, b) in zoom.buckets.iter().enumerate() {
         match (b.replied == 0, run_start) {
             (true, None) => run_start = Some(i),
             (false, Some(s)) => {
-                if best.is_none_or(|(_, n)| i - s > n) {
-                    best = Some((s, i - s));
-                }
+                runs.push((s, i - s));
                 run_start = None;
             }
             _ => {}
         }
     }
     if let Some(s) = run_start {
-        let n = zoom.buckets.len() - s;
-        if best.is_none_or(|(_, bn)| n > bn) {
-            best = Some((s, n));
-        }
+        runs.push((s, zoom.buckets.len() - s));
     }
-    best
+    let distance = |&(s, n): &(usize, usize)| {
+        let (r0, r1) = (s as f64 * bucket_ms, (s + n) as f64 * bucket_ms);
+        (at - r1).max(r0 - end).max(0.0)
+    };
+    runs.into_iter().min_by(|a, b| {
+        distance(a)
+            .total_cmp(&distance(b))
+            .then_with(|| b.1.cmp(&a.1))
+    })
 }
 
-/// The buckets worth drawing: the step-up and the silence with room around them for what
-/// led to them and for the backlog to drain (twice their length before, four times after,
-/// at least 25 ms and 50 ms), so that an 8 ms gap is not a sliver of a one-second window.
-pub fn window(zoom: &Zoom, gap_ms: f64) -> std::ops::Range<usize> {
+/// A phase drawn over a zoom: name, start and end (ms since the epoch), colour.
+pub struct ZoomPhase<'a> {
+    pub name: &'a str,
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub color: &'static str,
+}
+
+/// The buckets worth drawing: the step-up, the silence at it, and the phases that began in
+/// the quarter second before it (the standby's stop, its catch-up), with room around them,
+/// so that an 8 ms gap is not a sliver of a one-second window.
+pub fn window(zoom: &Zoom, gap_ms: f64, phases: &[ZoomPhase]) -> std::ops::Range<usize> {
     let bucket_ms = zoom.bucket_ms.max(1) as f64;
     let rel = |t_ms: u64| t_ms as f64 - zoom.from_ms as f64;
-    let mut first = rel(zoom.at_ms);
+    let at = rel(zoom.at_ms);
+    let mut first = at;
     let mut last = rel(zoom.end_ms.max(zoom.at_ms));
-    if let Some((s, n)) = longest_silence(zoom) {
+    if let Some((s, n)) = silence(zoom) {
         first = first.min(s as f64 * bucket_ms);
         last = last.max((s + n) as f64 * bucket_ms);
     }
     if gap_ms.is_finite() {
-        last = last.max(rel(zoom.at_ms) + gap_ms);
+        last = last.max(at + gap_ms);
+    }
+    for p in phases {
+        let start = rel(p.start_ms);
+        if start < at && start >= at - 250.0 {
+            first = first.min(start);
+        }
+        let end = rel(p.end_ms);
+        if end > at && end <= at + 250.0 && start <= last {
+            last = last.max(end);
+        }
     }
     let span = (last - first).max(1.0);
-    let from = ((first - (2.0 * span).max(25.0)) / bucket_ms)
+    let from = ((first - (span / 2.0).max(20.0)) / bucket_ms)
         .floor()
         .max(0.0) as usize;
-    let to = ((last + (4.0 * span).max(50.0)) / bucket_ms)
-        .ceil()
-        .max(0.0) as usize;
+    let to = ((last + span.max(50.0)) / bucket_ms).ceil().max(0.0) as usize;
     from.min(zoom.buckets.len())..to.min(zoom.buckets.len())
 }
 
 /// The zoom chart of `zoom`'s buckets in `range` (see [`window`]).
-pub fn svg(id: &str, label: &str, zoom: &Zoom, range: std::ops::Range<usize>) -> String {
+pub fn svg(
+    id: &str,
+    label: &str,
+    zoom: &Zoom,
+    range: std::ops::Range<usize>,
+    phases: &[ZoomPhase],
+) -> String {
     let bucket_ms = zoom.bucket_ms.max(1);
+    let silent = silence(zoom).and_then(|(s, n)| {
+        let (s, e) = (s.max(range.start), (s + n).min(range.end));
+        (e > s).then(|| (s - range.start, e - s))
+    });
     let shown = Zoom {
         from_ms: zoom.from_ms + range.start as u64 * bucket_ms,
         buckets: zoom.buckets[range].to_vec(),
@@ -93,7 +129,20 @@ pub fn svg(id: &str, label: &str, zoom: &Zoom, range: std::ops::Range<usize>) ->
     let rel = |t_ms: u64| t_ms as f64 - zoom.at_ms as f64;
     let from_rel = rel(zoom.from_ms);
     let x = |r: f64| LEFT + ((r - from_rel) / span_ms).clamp(0.0, 1.0) * plot_w;
-    let count_top = TOP;
+    // The phases in lanes above the panels, as on the time charts.
+    let in_view: Vec<&ZoomPhase> = phases
+        .iter()
+        .filter(|p| rel(p.end_ms) > from_rel && rel(p.start_ms) < from_rel + span_ms)
+        .collect();
+    let bars: Vec<(f64, f64)> = in_view
+        .iter()
+        .map(|p| (x(rel(p.start_ms)), x(rel(p.end_ms.max(p.start_ms)))))
+        .collect();
+    let widths: Vec<f64> = in_view.iter().map(|p| label_width(p.name)).collect();
+    let lane = lanes(&bars, &widths, LEFT, WIDTH - RIGHT);
+    let rows = lane.iter().map(|l| l.row + 1).max().unwrap_or(0);
+    let lanes_h = rows as f64 * LANE_ROW_HEIGHT;
+    let count_top = TOP + lanes_h + if rows > 0 { 6.0 } else { 0.0 };
     let count_bottom = count_top + COUNT_HEIGHT;
     let lat_top = count_bottom + PANEL_GAP;
     let lat_bottom = lat_top + LATENCY_HEIGHT;
@@ -131,9 +180,30 @@ pub fn svg(id: &str, label: &str, zoom: &Zoom, range: std::ops::Range<usize>) ->
         esc(label)
     );
 
+    for (p, item) in in_view.iter().zip(&lane) {
+        let ry = item.row as f64 * LANE_ROW_HEIGHT + 2.0;
+        w!(
+            out,
+            r#"<g><title>{}</title><rect x="{:.1}" y="{ry:.1}" width="{:.1}" height="{:.1}" rx="2" style="fill:{};fill-opacity:.35"/><line class="gridfaint" x1="{:.1}" x2="{:.1}" y1="{:.1}" y2="{:.1}"/><text class="bandlabel" x="{:.1}" y="{:.1}" text-anchor="{}">{}</text></g>"#,
+            esc(p.name),
+            item.bar_x0,
+            (item.bar_x1 - item.bar_x0).max(2.0),
+            LANE_ROW_HEIGHT - 4.0,
+            p.color,
+            item.bar_x0,
+            item.bar_x0,
+            ry + LANE_ROW_HEIGHT - 4.0,
+            count_top + COUNT_HEIGHT + PANEL_GAP + LATENCY_HEIGHT,
+            item.label_x,
+            ry + LANE_ROW_HEIGHT - 7.0,
+            item.anchor,
+            esc(p.name)
+        );
+    }
+
     // The step-up, shaded across both panels, and the silence the buckets show.
     let (s0, s1) = (x(0.0), x(rel(zoom.end_ms.max(zoom.at_ms))));
-    if let Some((first, len)) = longest_silence(zoom) {
+    if let Some((first, len)) = silent {
         let g0 = x(from_rel + (first as u64 * bucket_ms) as f64);
         let g1 = x(from_rel + ((first + len) as u64 * bucket_ms) as f64);
         w!(
@@ -286,7 +356,7 @@ mod tests {
     use crate::run::ZoomBucket;
 
     #[test]
-    fn the_silence_is_the_longest_run_without_replies() {
+    fn the_silence_is_the_one_at_the_step_up() {
         let b = |replied| ZoomBucket {
             ops: 5,
             replied,
@@ -295,23 +365,30 @@ mod tests {
         };
         let zoom = Zoom {
             kind: "planned".into(),
-            at_ms: 1_000,
-            end_ms: 1_004,
+            at_ms: 994,
+            end_ms: 996,
             from_ms: 990,
             bucket_ms: 1,
             buckets: vec![b(5), b(0), b(5), b(0), b(0), b(0), b(9), b(0)],
         };
-        assert_eq!(longest_silence(&zoom), Some((3, 3)));
-        assert_eq!(window(&zoom, 3.0), 0..8);
-        let html = svg("zoom-1", "t", &zoom, 0..8);
+        assert_eq!(silence(&zoom), Some((3, 3)));
+        assert_eq!(window(&zoom, 3.0, &[]), 0..8);
+        let phases = [ZoomPhase {
+            name: "switchover_to_b",
+            start_ms: 992,
+            end_ms: 999,
+            color: "#000",
+        }];
+        let html = svg("zoom-1", "t", &zoom, 0..8, &phases);
+        assert!(html.contains(">switchover_to_b</text>"));
         assert!(html.contains("no replies for 3 ms"));
         assert!(!html.contains("NaN"));
         let empty = Zoom {
             buckets: Vec::new(),
             ..zoom
         };
-        assert_eq!(longest_silence(&empty), None);
-        assert_eq!(window(&empty, 3.0), 0..0);
-        assert!(svg("zoom-1", "t", &empty, 0..0).contains("no buckets"));
+        assert_eq!(silence(&empty), None);
+        assert_eq!(window(&empty, 3.0, &phases), 0..0);
+        assert!(svg("zoom-1", "t", &empty, 0..0, &[]).contains("no buckets"));
     }
 }
