@@ -499,41 +499,55 @@ struct RedisServer {
     log: PathBuf,
 }
 
-/// Why a redis-server did not come up.
-enum StartError {
+/// Why a redis-server was not what was waited for.
+enum Waited {
     /// It exited, with this status.
     Exited(std::process::ExitStatus),
-    Other(anyhow::Error),
+    Deadline,
+    Io(std::io::Error),
 }
 
 impl RedisServer {
-    /// Waits until the server on `addr` answers as this child (`INFO server`'s
-    /// `process_id`), or the child exits, or the deadline passes.
-    async fn wait_serving(&mut self, deadline: Instant) -> Result<(), StartError> {
-        let pid = self.child.id().map(|p| p.to_string());
-        loop {
-            if let Some(info) = redis_info(&self.addr, "server").await {
-                if info_field(&info, "process_id").map(str::to_string) == pid {
-                    return Ok(());
+    /// Asks `INFO <section>` every [`REDIS_POLL`] until `ready` says yes, or the deadline
+    /// passes; the child's exit is noticed at once, whatever a call waits for.
+    async fn poll_info(
+        &mut self,
+        section: &str,
+        deadline: Instant,
+        ready: impl Fn(&str) -> bool,
+    ) -> Result<(), Waited> {
+        let RedisServer { addr, child, .. } = self;
+        let addr = addr.as_str();
+        let poll = async {
+            loop {
+                if let Some(info) = redis_info(addr, section).await {
+                    if ready(&info) {
+                        return;
+                    }
                 }
+                tokio::time::sleep(REDIS_POLL).await;
             }
-            if Instant::now() >= deadline {
-                return Err(StartError::Other(anyhow::anyhow!(
-                    "redis-server ({}) did not answer on {} within {} s; see {}",
-                    self.name,
-                    self.addr,
-                    REDIS_START_DEADLINE.as_secs(),
-                    self.log.display()
-                )));
-            }
-            tokio::select! {
-                status = self.child.wait() => return match status {
-                    Ok(status) => Err(StartError::Exited(status)),
-                    Err(e) => Err(StartError::Other(e.into())),
-                },
-                _ = tokio::time::sleep(REDIS_POLL) => {}
-            }
+        };
+        tokio::select! {
+            biased;
+            status = child.wait() => Err(match status {
+                Ok(status) => Waited::Exited(status),
+                Err(e) => Waited::Io(e),
+            }),
+            () = poll => Ok(()),
+            () = tokio::time::sleep_until(deadline.into()) => Err(Waited::Deadline),
         }
+    }
+
+    /// Waits until the server on `addr` answers as this child (`INFO server`'s
+    /// `process_id`: not another program that took the port), or the child exits, or the
+    /// deadline passes.
+    async fn wait_serving(&mut self, deadline: Instant) -> Result<(), Waited> {
+        let pid = self.child.id().map(|p| p.to_string());
+        self.poll_info("server", deadline, |info| {
+            info_field(info, "process_id") == pid.as_deref()
+        })
+        .await
     }
 
     /// `SHUTDOWN NOSAVE`, then a kill if it has not exited after [`REDIS_STOP_TIMEOUT`].
@@ -583,9 +597,19 @@ impl RedisServers {
     /// persistence, and returns its address once it answers. A port someone else took in
     /// the meantime is given up for another.
     async fn start(&mut self, name: &'static str, extra: &[String]) -> anyhow::Result<String> {
+        self.start_on(name, extra, &mut free_port).await
+    }
+
+    /// [`RedisServers::start`] on the ports `pick` gives, one per attempt.
+    async fn start_on(
+        &mut self,
+        name: &'static str,
+        extra: &[String],
+        pick: &mut dyn FnMut() -> anyhow::Result<u16>,
+    ) -> anyhow::Result<String> {
         let log = self.dir.join(format!("{name}.log"));
         for attempt in 1..=REDIS_BIND_ATTEMPTS {
-            let port = free_port()?;
+            let port = pick()?;
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -618,8 +642,14 @@ impl RedisServers {
                 .await
             {
                 Ok(()) => return Ok(server.addr.clone()),
-                Err(StartError::Other(e)) => return Err(e),
-                Err(StartError::Exited(status)) => {
+                Err(Waited::Deadline) => bail!(
+                    "redis-server ({name}) did not answer on {} within {} s; see {}",
+                    server.addr,
+                    REDIS_START_DEADLINE.as_secs(),
+                    log.display()
+                ),
+                Err(Waited::Io(e)) => return Err(e).context("waiting for redis-server"),
+                Err(Waited::Exited(status)) => {
                     let addr = server.addr.clone();
                     self.running.pop();
                     let said = read_from(&log, said_before);
@@ -651,27 +681,22 @@ impl RedisServers {
             .iter_mut()
             .find(|s| s.addr == replica)
             .context("the replica is not running")?;
-        loop {
-            if let Some(info) = redis_info(&server.addr, "replication").await {
-                if info_field(&info, "master_link_status") == Some("up") {
-                    return Ok(());
-                }
+        let waited = server
+            .poll_info("replication", deadline, |info| {
+                info_field(info, "master_link_status") == Some("up")
+            })
+            .await;
+        let log = server.log.display();
+        match waited {
+            Ok(()) => Ok(()),
+            Err(Waited::Deadline) => bail!(
+                "the Redis replica did not attach to its primary within {} s; see {log}",
+                REDIS_START_DEADLINE.as_secs()
+            ),
+            Err(Waited::Exited(status)) => {
+                bail!("the Redis replica exited ({status}) before it attached; see {log}")
             }
-            if Instant::now() >= deadline {
-                bail!(
-                    "the Redis replica did not attach to its primary within {} s; see {}",
-                    REDIS_START_DEADLINE.as_secs(),
-                    server.log.display()
-                );
-            }
-            tokio::select! {
-                status = server.child.wait() => bail!(
-                    "the Redis replica exited ({}) before it attached; see {}",
-                    status.map_or_else(|e| e.to_string(), |s| s.to_string()),
-                    server.log.display()
-                ),
-                _ = tokio::time::sleep(REDIS_POLL) => {}
-            }
+            Err(Waited::Io(e)) => Err(e).context("waiting for the Redis replica"),
         }
     }
 
@@ -846,6 +871,62 @@ mod tests {
         assert_eq!(&redis[0][0][..], b"HSET");
         assert_eq!(&redis[0][1][..], b"sess:pre-7");
         assert!(redis[0].contains(&payload) && tandem[0].contains(&payload));
+    }
+
+    fn servers(name: &str) -> RedisServers {
+        let dir =
+            std::env::temp_dir().join(format!("tandem-demo-unit-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let bin = RedisBinary::find().expect("redis-server installed (scripts/setup.sh)");
+        RedisServers::new(bin, dir)
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// A port someone took between our pick and redis-server's bind: another is tried.
+    #[test]
+    fn a_port_taken_before_redis_binds_it_is_given_up_for_another() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken_port = taken.local_addr().unwrap().port();
+        let mut servers = servers("taken");
+        let mut picks = vec![taken_port];
+        let mut pick = || match picks.pop() {
+            Some(p) => Ok(p),
+            None => free_port(),
+        };
+        runtime().block_on(async {
+            let addr = servers.start_on("primary", &[], &mut pick).await.unwrap();
+            assert_ne!(addr, format!("127.0.0.1:{taken_port}"));
+            assert!(redis_info(&addr, "server").await.is_some());
+            let mut server = servers.running.pop().unwrap();
+            server.stop().await;
+            assert!(server.child.try_wait().unwrap().is_some(), "stopped");
+        });
+        let log = std::fs::read_to_string(servers.dir.join("primary.log")).unwrap();
+        assert!(log.contains("Address already in use"), "{log}");
+        let _ = std::fs::remove_dir_all(&servers.dir);
+    }
+
+    /// Any other failure to start is an error that says what redis-server said.
+    #[test]
+    fn a_redis_server_that_cannot_start_says_why() {
+        let mut servers = servers("bad");
+        let err = runtime()
+            .block_on(servers.start("primary", &["--no-such-directive".into(), "1".into()]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("redis-server (primary) exited") && err.contains("primary.log"),
+            "{err}"
+        );
+        assert!(servers.running.is_empty());
+        let _ = std::fs::remove_dir_all(&servers.dir);
     }
 
     #[test]
