@@ -5,7 +5,10 @@
 
 mod common;
 
-use common::{all_runs, assert_self_contained, chart_ids, ms, phase_row, thousands, TempDir};
+use common::{
+    all_runs, assert_self_contained, chart_ids, esc, ms, nth_phase_row, phase_row, thousands,
+    TempDir,
+};
 use reports::run::{RunDir, DETAIL_FILE, SLICES_FILE, SUMMARY_FILE};
 use reports::summary::{percentile_supported, Summary};
 use reports::timeline::phase;
@@ -92,10 +95,14 @@ fn check_report(name: &str, run: &RunDir) -> String {
     }
 
     // Every phase, in the table and in the lanes, with "too few samples" where it is short.
-    for p in &summary.phases {
-        let row = phase_row(&html, &p.name);
+    for (i, p) in summary.phases.iter().enumerate() {
+        let seen = summary.phases[..i]
+            .iter()
+            .filter(|q| q.name == p.name)
+            .count();
+        let row = nth_phase_row(&html, &p.name, seen);
         assert!(
-            html.contains(&format!(">{}</text>", p.name)),
+            html.contains(&format!(">{}</text>", esc(&p.name))),
             "{name}: phase {} missing from the charts",
             p.name
         );

@@ -37,9 +37,13 @@ impl Drop for TempDir {
     }
 }
 
-/// The recorded runs in `tests/fixtures/` (each directory with a `summary.json`), by name.
+/// The recorded runs in `tests/fixtures/` (each directory with a `summary.json`), by name;
+/// `TANDEM_REPORT_FIXTURES=DIR` reads them from DIR instead (runs just recorded, before
+/// they are committed).
 pub fn fixtures() -> Vec<(String, PathBuf)> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let root = std::env::var_os("TANDEM_REPORT_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"));
     let Ok(entries) = std::fs::read_dir(&root) else {
         return Vec::new();
     };
@@ -169,11 +173,27 @@ pub fn ms(v: f64) -> String {
 
 /// The row of `phase` in the phase table.
 pub fn phase_row<'a>(html: &'a str, phase: &str) -> &'a str {
+    nth_phase_row(html, phase, 0)
+}
+
+/// The row of the `n`th phase named `phase` (a run may go through a phase twice).
+pub fn nth_phase_row<'a>(html: &'a str, phase: &str, n: usize) -> &'a str {
     let start = html
-        .find(&format!("<td class=\"l name\">{phase}</td>"))
-        .unwrap_or_else(|| panic!("no row for phase {phase}"));
+        .match_indices(&format!("<td class=\"l name\">{}</td>", esc(phase)))
+        .nth(n)
+        .map(|(i, _)| i)
+        .unwrap_or_else(|| panic!("no row {n} for phase {phase}"));
     let end = html[start..]
         .find("</tr>")
         .map_or(html.len(), |e| start + e);
     &html[start..end]
+}
+
+/// Text as the report escapes it.
+pub fn esc(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
 }
