@@ -68,6 +68,9 @@ async fn a_refusal_naming_the_active_is_followed() {
     assert_eq!(switchovers[0].kind, "planned");
     assert_eq!(switchovers[0].stepup_ms, 0.0, "unknown without a timeline");
     assert!(switchovers[0].client_gap_ms > 0.0);
+    // Every connection was refused and sent the refused requests again.
+    assert_eq!(switchovers[0].redirected, 3);
+    assert!(switchovers[0].retried >= 3, "{:?}", switchovers[0]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -91,6 +94,10 @@ async fn a_dead_active_is_replaced_by_the_other_target() {
     let switchovers = &result.summary.switchovers;
     assert_eq!(switchovers.len(), 1, "{switchovers:?}");
     assert_eq!(switchovers[0].kind, "failover");
+    assert_eq!(
+        switchovers[0].redirected, 3,
+        "each connection lost its engine and found the other"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
