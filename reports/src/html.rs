@@ -182,17 +182,23 @@ details table{margin-top:8px}
 footer{color:var(--muted);font-size:12px;margin-top:22px;line-height:1.6}
 code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12px}
 @media print{
-@page{size:A4 portrait;margin:12mm}
-body{background:#fff;font-size:11px}
+@page{size:A4 portrait;margin:10mm}
+body{background:#fff;font-size:10px}
 main{max-width:none;padding:0}
+h1{font-size:18px}
 section,details,.stat,.card{border-color:#cbd5e1;break-inside:avoid;page-break-inside:avoid}
+section{padding:8px 10px;margin-top:8px}
 section.table{break-inside:auto;page-break-inside:auto}
 tr{break-inside:avoid}
 .scroll{overflow:visible}
-th,td{padding:3px 6px}
+table{font-size:8.5px}
+th{font-size:8px}
+th,td{padding:2px 3px}
+td.name{font-size:8.5px}
+.stat .num{font-size:18px}
 .zooms{grid-template-columns:1fr 1fr}
+.zooms>div{break-inside:avoid}
 .badge,.stat,.lane,.lanefb,.band0,.band1,.bandfb0,.bandfb1{print-color-adjust:exact;-webkit-print-color-adjust:exact}
-details>*{display:block}
 }
 "#;
 
