@@ -301,3 +301,49 @@ fn a_ten_minute_run_stays_a_few_megabytes() {
         html.len()
     );
 }
+
+/// A server that stalls for five seconds under an open-loop load: the slices still hold
+/// the requests intended in each second (latency climbing), and the replies by arrival drop
+/// to zero for those seconds, so the throughput chart shows the stall as the stall it was.
+#[test]
+fn a_stall_shows_as_a_stall() {
+    let (summary, mut slices, timeline) = reports::sample::quick_run();
+    for (i, s) in slices.iter_mut().enumerate().skip(3).take(5) {
+        s.replied = Some(0);
+        s.latency_us.p99 = 5_000_000 - i as u64 * 900_000;
+        s.latency_us.max = s.latency_us.p99 + 1_000;
+    }
+    slices[8].replied = Some(slices[8].ops * 6);
+    let root = TempDir::new("stall");
+    let run = RunDir::new(root.path().join("stall"));
+    run.write_summary(&summary).unwrap();
+    run.write_slices(&slices).unwrap();
+    run.write_timeline(&timeline).unwrap();
+    let html = check_report("stall", &run);
+    let throughput = &html[html.find("<svg id=\"throughput\"").unwrap()..];
+    let throughput = &throughput[..throughput.find("</svg>").unwrap()];
+    let d = throughput
+        .split("<path class=\"replied\" d=\"")
+        .nth(1)
+        .expect("the replies line")
+        .split('"')
+        .next()
+        .unwrap();
+    let ys: Vec<f64> = d
+        .split(|c| c == 'M' || c == 'L')
+        .filter_map(|p| p.trim().split_once(','))
+        .map(|(_, y)| y.parse::<f64>().unwrap())
+        .collect();
+    let bottom = ys.iter().copied().fold(f64::MIN, f64::max);
+    assert_eq!(
+        ys.iter().filter(|y| (**y - bottom).abs() < 0.05).count(),
+        5,
+        "five seconds without a reply, drawn at zero: {d}"
+    );
+    // The requests intended stay on the schedule through the stall.
+    let intended = throughput
+        .split("<path class=\"tput\" d=\"")
+        .nth(1)
+        .expect("the intended line");
+    assert!(!intended.is_empty());
+}
