@@ -330,7 +330,7 @@ fn a_stall_shows_as_a_stall() {
         .next()
         .unwrap();
     let ys: Vec<f64> = d
-        .split(|c| c == 'M' || c == 'L')
+        .split(['M', 'L'])
         .filter_map(|p| p.trim().split_once(','))
         .map(|(_, y)| y.parse::<f64>().unwrap())
         .collect();
