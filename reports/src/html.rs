@@ -29,6 +29,9 @@ use chart::{Band, Chart, Dots, Marker, Scale, Series};
 use format::esc;
 use spectrum::Curve;
 
+/// The load generator's name for samples outside every phase of the timeline.
+const STEADY: &str = "steady";
+
 /// Slices are one second unless the slices themselves say otherwise.
 const SLICE_MS_DEFAULT: u64 = 1000;
 
@@ -487,7 +490,7 @@ fn phase_color(name: &str, index: usize) -> &'static str {
         phase::B_RELOAD_PREVIOUS => "#f97316",
         phase::B_CATCH_UP_PREVIOUS => "#a16207",
         phase::RESTORED => "#4d7c0f",
-        "steady" => "#64748b",
+        STEADY => "#64748b",
         _ => OTHERS[index % OTHERS.len()],
     }
 }
@@ -536,7 +539,8 @@ fn worst_gap(summary: &Summary) -> Option<(usize, &Switchover)> {
 }
 
 /// The worst phase's p99 against the baseline's, among the phases whose p99 is supported,
-/// and only when the baseline's is: (phase, ratio).
+/// and only when the baseline's is: (phase, ratio). The load outside the upgrade's phases
+/// (`steady`: the warm-up before the baseline, the tail after the end) is not a cost of it.
 fn worst_p99_ratio(summary: &Summary) -> Option<(&PhaseSummary, f64)> {
     let baseline = summary
         .phases
@@ -546,7 +550,7 @@ fn worst_p99_ratio(summary: &Summary) -> Option<(&PhaseSummary, f64)> {
     summary
         .phases
         .iter()
-        .filter(|p| !std::ptr::eq(*p, baseline) && p99_supported(p))
+        .filter(|p| !std::ptr::eq(*p, baseline) && p.name != STEADY && p99_supported(p))
         .filter_map(|p| {
             format::ratio(p.latency_us.p99 as f64, baseline.latency_us.p99 as f64).map(|r| (p, r))
         })

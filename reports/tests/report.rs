@@ -26,7 +26,7 @@ fn worst_ratio(summary: &Summary) -> Option<String> {
     let r = summary
         .phases
         .iter()
-        .filter(|p| p.name != phase::BASELINE && supported(p))
+        .filter(|p| p.name != phase::BASELINE && p.name != "steady" && supported(p))
         .map(|p| p.latency_us.p99 as f64 / baseline.latency_us.p99 as f64)
         .max_by(f64::total_cmp)?;
     Some(if r >= 100.0 {
