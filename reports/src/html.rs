@@ -152,7 +152,7 @@ svg text{font-family:inherit}
 .slow{stroke:#dc2626;stroke-opacity:.45;stroke-width:3;stroke-linecap:round;fill:none}
 .slowerr{stroke:#7f1d1d;stroke-width:3.5;stroke-linecap:round;fill:none}
 .threshold{stroke:#dc2626;stroke-width:1;stroke-dasharray:2 3;stroke-opacity:.6}
-.thresholdlabel{font-size:10px;fill:#b91c1c}
+.thresholdlabel{font-size:10px;fill:#b91c1c;paint-order:stroke;stroke:#fff;stroke-width:3px;stroke-linejoin:round}
 .err{fill:var(--bad)}
 .marker{stroke:var(--marker);stroke-width:1.5;stroke-dasharray:4 3}
 .markerb{stroke:var(--b);stroke-width:1.5;stroke-dasharray:4 3}
