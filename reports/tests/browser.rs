@@ -174,6 +174,10 @@ fn the_report_renders_in_chromium() {
             > 24
     };
     let drawn = pixels.iter().filter(|p| far(p, background)).count();
+    eprintln!(
+        "{drawn} of {} pixels drawn, background {background:?}",
+        pixels.len()
+    );
     assert!(
         drawn > pixels.len() / 50,
         "the screenshot is nearly blank: {drawn} of {} pixels differ from the background",
