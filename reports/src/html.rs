@@ -123,6 +123,7 @@ tr.fb td.name{color:var(--warn)}
 .key.dot{width:7px;height:7px;border-radius:50%}
 .key.thin{height:1px}
 svg.chart{display:block;overflow:visible;margin-top:2px}
+@media (max-width:820px){section{overflow-x:auto}svg.chart{min-width:760px}svg.chart.zoom{min-width:440px}}
 svg text{font-family:inherit}
 .tick{font-size:11px;fill:var(--muted);font-variant-numeric:tabular-nums}
 .paneltitle{font-size:11px;fill:#334155;font-weight:600}
@@ -186,6 +187,8 @@ footer{color:var(--muted);font-size:12px;margin-top:22px;line-height:1.6}
 code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12px}
 @media print{
 @page{size:A4 portrait;margin:10mm}
+svg.chart,svg.chart.zoom{min-width:0}
+section{overflow:visible}
 body{background:#fff;font-size:10px}
 main{max-width:none;padding:0}
 h1{font-size:18px}
