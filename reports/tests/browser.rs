@@ -3,9 +3,10 @@
 //! drawn in it), and the DOM must hold the title and every chart. Chromium is installed by
 //! `scripts/setup.sh`; without it this test fails and says so.
 //!
-//! Chromium runs in a process group of its own with its own temporary profile, within a
-//! deadline; the whole group is killed when it is done (its helpers, the crash handler,
-//! included), so no process outlives the test.
+//! Chromium runs in a process group of its own with its own temporary profile and home,
+//! within a deadline; when it is done the group is killed, and so is anything whose command
+//! line names the temporary directory (the crash handler, which leaves the group), so no
+//! process outlives the test.
 
 mod common;
 
@@ -34,8 +35,10 @@ fn chromium() -> PathBuf {
         })
 }
 
-/// Processes whose process group is `pgid`, zombies aside.
-fn group_members(pgid: u32) -> Vec<u32> {
+/// Live (not zombie) processes of the group `pgid`, or whose command line names `marker`
+/// (the crash handler starts in a session of its own, but its database is under the
+/// temporary home given to Chromium).
+fn ours(pgid: u32, marker: &str) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -51,23 +54,40 @@ fn group_members(pgid: u32) -> Vec<u32> {
                 return false;
             };
             let fields: Vec<&str> = rest.split_whitespace().collect();
-            fields.first() != Some(&"Z") && fields.get(2) == Some(&pgid.to_string().as_str())
+            if fields.first() == Some(&"Z") {
+                return false;
+            }
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            fields.get(2) == Some(&pgid.to_string().as_str())
+                || String::from_utf8_lossy(&cmdline).contains(marker)
         })
         .collect()
 }
 
-/// SIGKILL to every process of the group, then until none is left (bounded).
-fn kill_group(pgid: u32) {
+/// SIGKILL to Chromium's group and to anything else it started (by pid), then until none is
+/// left (bounded).
+fn kill_ours(pgid: u32, marker: &str) {
     let _ = Command::new("kill")
         .args(["-KILL", "--", &format!("-{pgid}")])
         .stderr(Stdio::null())
         .status();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !group_members(pgid).is_empty() && std::time::Instant::now() < deadline {
+    loop {
+        let left = ours(pgid, marker);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "chromium processes left behind: {left:?}"
+        );
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .args(left.iter().map(u32::to_string))
+            .stderr(Stdio::null())
+            .status();
         std::thread::yield_now();
     }
-    let left = group_members(pgid);
-    assert!(left.is_empty(), "chromium processes left behind: {left:?}");
 }
 
 /// Runs headless Chromium on `url` with `args`, stdout to `stdout`, in its own process group
@@ -75,11 +95,15 @@ fn kill_group(pgid: u32) {
 fn run_chromium(work: &Path, args: &[String], url: &str, stdout: &Path) -> ExitStatus {
     use std::os::unix::process::CommandExt;
     let profile = work.join(format!("profile-{}", args.len()));
+    // A home of its own: the crash handler's database and any cache land in the temporary
+    // directory, and name it on their command lines.
+    let home = work.join("home");
     let mut cmd = Command::new(chromium());
     cmd.args([
         "--headless",
         "--no-sandbox",
         "--disable-gpu",
+        "--disable-crash-reporter",
         "--no-first-run",
         "--no-default-browser-check",
         "--disable-extensions",
@@ -91,6 +115,9 @@ fn run_chromium(work: &Path, args: &[String], url: &str, stdout: &Path) -> ExitS
     .arg(format!("--user-data-dir={}", profile.display()))
     .args(args)
     .arg(url)
+    .env("HOME", &home)
+    .env("XDG_CONFIG_HOME", home.join(".config"))
+    .env("XDG_CACHE_HOME", home.join(".cache"))
     .stdin(Stdio::null())
     .stdout(File::create(stdout).unwrap())
     .stderr(File::create(work.join("chromium.log")).unwrap())
@@ -105,7 +132,7 @@ fn run_chromium(work: &Path, args: &[String], url: &str, stdout: &Path) -> ExitS
     });
     let in_time = rx.recv_timeout(DEADLINE).is_ok();
     // Whether it finished or hangs: the group goes, helpers included.
-    kill_group(pgid);
+    kill_ours(pgid, &work.display().to_string());
     let status = waiter.join().unwrap().expect("waiting for chromium");
     let log = std::fs::read_to_string(work.join("chromium.log")).unwrap_or_default();
     assert!(
@@ -201,6 +228,29 @@ fn the_report_renders_in_chromium() {
         assert!(
             dom.contains(&format!("id=\"{id}\"")),
             "chart {id} missing from the DOM"
+        );
+    }
+
+    // The comparison page too: both runs' charts are in its DOM.
+    let redis = common::write_samples(&work.path().join("samples"))
+        .into_iter()
+        .find(|(name, _)| name == "sample-redis")
+        .unwrap()
+        .1;
+    let compare = run.render_compare(&redis, "tandem", "redis").unwrap();
+    let compare_dom = work.path().join("compare-dom.html");
+    run_chromium(
+        work.path(),
+        &["--dump-dom".to_string()],
+        &format!("file://{}", compare.display()),
+        &compare_dom,
+    );
+    let dom = std::fs::read_to_string(&compare_dom).unwrap();
+    assert!(dom.contains("<title>tandem: tandem vs redis</title>"));
+    for id in ["latency", "throughput", "spectrum"] {
+        assert!(
+            dom.contains(&format!("id=\"{id}\"")),
+            "chart {id} missing from the comparison's DOM"
         );
     }
     if let Some(keep) = std::env::var_os("TANDEM_KEEP_SCREENSHOT") {
