@@ -1113,16 +1113,20 @@ fn phase_table(body: &mut String, summary: &Summary, origin: u64) {
         body.push_str("<tr><td class=\"none\" colspan=\"14\">no phases recorded</td></tr>\n");
     }
     body.push_str("</tbody></table></div>\n");
-    statistics_note(body);
+    statistics_note(
+        body,
+        "Ratios are coloured only when both sides have the samples (p99) or last at least a second \
+         (throughput), and moved by more than 2× (p99) or 1.25× (throughput).",
+    );
     body.push_str("</section>\n");
 }
 
-fn statistics_note(body: &mut String) {
+/// What the marks of a table mean: `ratios` says when a ratio is coloured.
+fn statistics_note(body: &mut String, ratios: &str) {
     w!(
         body,
         "<p class=\"note\"><span class=\"few\">n&lt;1,000</span>: too few samples for that percentile; a percentile is printed only with at least {} successful replies beyond it \
-         (p50 needs {}, p90 {}, p99 {}, p99.9 {}); hover for the count. Ratios are coloured only when both sides have the samples \
-         (p99) or last at least a second (throughput), and moved by more than 2× (p99) or 1.25× (throughput).</p>\n",
+         (p50 needs {}, p90 {}, p99 {}, p99.9 {}); hover for the count. {ratios}</p>\n",
         SAMPLES_BEYOND_MIN,
         samples_needed(0.5),
         samples_needed(0.9),

@@ -438,7 +438,12 @@ fn phases_table(body: &mut String, run_a: &Summary, run_b: &Summary) {
         );
     }
     body.push_str("</tbody></table></div>\n");
-    statistics_note(body);
+    statistics_note(
+        body,
+        "A ratio B/A is given only when both phases have the samples for that percentile, and \
+         coloured when it moved by more than 1.1× (throughput: when both phases last at least a \
+         second); red where B is worse.",
+    );
     body.push_str("</section>\n");
 }
 
