@@ -510,7 +510,7 @@ pub fn render(run: &Run) -> String {
     let markers = markers(summary, run.timeline, "", "marker");
 
     let mut body = String::new();
-    verdict(&mut body, summary, frame.origin, frame.end);
+    verdict(&mut body, summary, run.timeline, frame.origin, frame.end);
     configuration(&mut body, summary, frame.origin);
     latency_section(&mut body, run, &frame, &bands, &markers);
     throughput_section(&mut body, &frame, &bands, &markers);
@@ -560,7 +560,26 @@ fn worst_p99_ratio(summary: &Summary) -> Option<(&PhaseSummary, f64)> {
         .max_by(|a, b| a.1.total_cmp(&b.1))
 }
 
-fn verdict(body: &mut String, summary: &Summary, origin: u64, end: u64) {
+/// Why the upgrade ended as it did, in the supervisor's words (`upgrade_end`'s message: the
+/// acceptance check that failed), when the timeline says.
+fn outcome_reason(timeline: Option<&Timeline>) -> Option<&str> {
+    timeline?
+        .events
+        .iter()
+        .rev()
+        .find(|e| e.kind == EventKind::UpgradeEnd)?
+        .message
+        .as_deref()
+        .filter(|m| !m.is_empty())
+}
+
+fn verdict(
+    body: &mut String,
+    summary: &Summary,
+    timeline: Option<&Timeline>,
+    origin: u64,
+    end: u64,
+) {
     // The run's own clock when it has one; the extent of what was recorded otherwise.
     let duration_ms = if summary.ended_ms > summary.started_ms {
         summary.ended_ms - summary.started_ms
@@ -583,6 +602,27 @@ fn verdict(body: &mut String, summary: &Summary, origin: u64, end: u64) {
         switchovers,
         if switchovers == 1 { "" } else { "s" }
     );
+    let errors: u64 = summary.phases.iter().map(|p| p.errors).sum();
+    let ops: u64 = summary.phases.iter().map(|p| p.ops).sum();
+    let reason = outcome_reason(timeline).map(|m| format!(": {}", esc(m)));
+    if reason.is_some() || errors > 0 {
+        w!(
+            body,
+            "<p class=\"meta reason\"><b>{}</b>{} · {}</p>\n",
+            summary.outcome.replace('_', " "),
+            reason.unwrap_or_default(),
+            if errors == 0 {
+                "no error replies".to_string()
+            } else {
+                format!(
+                    "<span class=\"bad\">{} error replies</span> ({:.2} % of {})",
+                    format::thousands(errors),
+                    errors as f64 * 100.0 / ops.max(1) as f64,
+                    format::thousands(ops)
+                )
+            }
+        );
+    }
     body.push_str("</header>\n<div class=\"stats\" id=\"verdict\">\n");
     if summary.lost_updates == 0 {
         w!(
@@ -1332,8 +1372,8 @@ fn footer(body: &mut String, schema: &str) {
     w!(
         body,
         "<footer>schema <code>{}</code> · Latency is coordinated-omission corrected, measured from the intended send time \
-         of each request (HdrHistogram); a slice holds the requests intended in its second, so a stall shows as climbing latency \
-         while replies by arrival drop. This file is self-contained and opens without a network.</footer>\n",
+         of each request (HdrHistogram); a slice holds the requests intended in its second, so a stall shows as seconds of high latency \
+         (highest for the requests meant at its start) while replies by arrival drop to zero. This file is self-contained and opens without a network.</footer>\n",
         esc(schema)
     );
 }

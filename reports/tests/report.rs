@@ -347,3 +347,36 @@ fn a_stall_shows_as_a_stall() {
         .expect("the intended line");
     assert!(!intended.is_empty());
 }
+
+/// A rolled-back upgrade says why in its header (the acceptance check that failed, in the
+/// supervisor's words) and how many requests failed.
+#[test]
+fn a_rolled_back_run_says_why() {
+    let root = TempDir::new("why");
+    for (name, run) in all_runs(root.path()) {
+        let summary = run.read_summary().unwrap();
+        let Some(timeline) = run.read_timeline_if_present().unwrap() else {
+            continue;
+        };
+        let html = std::fs::read_to_string(run.render_report().unwrap()).unwrap();
+        let reason = timeline
+            .events
+            .iter()
+            .rev()
+            .find(|e| e.kind == reports::timeline::EventKind::UpgradeEnd)
+            .and_then(|e| e.message.clone());
+        if let Some(reason) = reason.filter(|r| !r.is_empty()) {
+            let text = format!(
+                "<b>{}</b>: {}",
+                summary.outcome.replace('_', " "),
+                esc(&reason)
+            );
+            assert!(html.contains(&text), "{name}: {text:?} missing");
+        }
+        let errors: u64 = summary.phases.iter().map(|p| p.errors).sum();
+        if errors > 0 {
+            let text = format!("{} error replies", thousands(errors));
+            assert!(html.contains(&text), "{name}: {text:?} missing");
+        }
+    }
+}
