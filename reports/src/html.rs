@@ -654,8 +654,26 @@ fn verdict(
             "<div class=\"stat\"><span class=\"num muted\">–</span><span class=\"label\">client-visible gap: no switchover recorded</span></div>\n",
         ),
     }
-    match worst_p99_ratio(summary) {
-        Some((p, r)) => {
+    let steady = crate::run::is_steady_only(summary).then(|| &summary.phases[0]);
+    match (worst_p99_ratio(summary), steady) {
+        // A run without an upgrade has no baseline to compare with: its own tail instead.
+        (_, Some(p)) => {
+            let shown = |q: f64, us: u64| {
+                if percentile_supported(successes(p), q) {
+                    format::latency_us(us)
+                } else {
+                    "–".to_string()
+                }
+            };
+            w!(
+                body,
+                "<div class=\"stat\"><span class=\"num\">{}</span><span class=\"label\">p99 of the run (p99.9 {}, max {}): no upgrade, so no baseline to compare with</span></div>\n",
+                shown(0.99, p.latency_us.p99),
+                shown(0.999, p.latency_us.p999),
+                format::latency_us(p.latency_us.max)
+            );
+        }
+        (Some((p, r)), None) => {
             let class = if r > 2.0 { " warnbox" } else { "" };
             w!(
                 body,
@@ -672,7 +690,7 @@ fn verdict(
                 )
             );
         }
-        None => {
+        (None, None) => {
             w!(
                 body,
                 "<div class=\"stat\" title=\"a p99 needs {} successful replies in the phase\"><span class=\"num muted\">–</span><span class=\"label\">worst phase p99 vs baseline: no phase and baseline with enough samples for a p99</span></div>\n",

@@ -76,6 +76,7 @@ fn check_report(name: &str, run: &RunDir) -> String {
             )),
             "{name}: worst p99 ratio {r} missing"
         ),
+        None if reports::run::is_steady_only(&summary) => {} // its own tail, tested below
         None => assert!(
             html.contains("no phase and baseline with enough samples for a p99"),
             "{name}: an unsupported worst ratio must say so"
@@ -379,4 +380,29 @@ fn a_rolled_back_run_says_why() {
             assert!(html.contains(&text), "{name}: {text:?} missing");
         }
     }
+}
+
+/// A run with no upgrade (Redis with WAIT) has no baseline to compare with: its verdict gives
+/// its own tail instead of an empty ratio.
+#[test]
+fn a_run_without_an_upgrade_gives_its_own_tail() {
+    let root = TempDir::new("steady");
+    let mut seen = 0;
+    for (name, run) in all_runs(root.path()) {
+        let summary = run.read_summary().unwrap();
+        if !reports::run::is_steady_only(&summary) {
+            continue;
+        }
+        seen += 1;
+        let html = std::fs::read_to_string(run.render_report().unwrap()).unwrap();
+        assert!(
+            html.contains("</span><span class=\"label\">p99 of the run (p99.9 "),
+            "{name}: the run's own p99 missing"
+        );
+        assert!(!html.contains("worst phase p99 vs baseline"), "{name}");
+    }
+    assert!(
+        seen > 0,
+        "no run without an upgrade among the fixtures and samples"
+    );
 }
