@@ -609,7 +609,7 @@ fn verdict(
         w!(
             body,
             "<p class=\"meta reason\"><b>{}</b>{} · {}</p>\n",
-            summary.outcome.replace('_', " "),
+            esc(&summary.outcome.replace('_', " ")),
             reason.unwrap_or_default(),
             if errors == 0 {
                 "no error replies".to_string()

@@ -406,3 +406,28 @@ fn a_run_without_an_upgrade_gives_its_own_tail() {
         "no run without an upgrade among the fixtures and samples"
     );
 }
+
+/// Whatever a run's files say is text on the page, never markup: an outcome, a phase name or
+/// a reason written to trip the report up is escaped like any other.
+#[test]
+fn text_from_the_run_files_is_escaped() {
+    let root = TempDir::new("escape");
+    let hostile = "<script>alert(1)</script>";
+    for (name, run) in all_runs(root.path()) {
+        let path = run.path().join(SUMMARY_FILE);
+        let mut summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        summary["outcome"] = hostile.into();
+        summary["target"] = hostile.into();
+        if let Some(p) = summary["phases"].get_mut(0) {
+            p["errors"] = 1.into();
+        }
+        std::fs::write(&path, serde_json::to_vec(&summary).unwrap()).unwrap();
+        let html = std::fs::read_to_string(run.render_report().unwrap()).unwrap();
+        assert_self_contained(&name, &html);
+        assert!(
+            !html.contains(hostile),
+            "{name}: raw markup from summary.json"
+        );
+    }
+}
