@@ -18,6 +18,14 @@ mod format;
 mod spectrum;
 mod zoom;
 
+/// `write!` to a `String`, whose writes cannot fail: one definition for the report's modules.
+macro_rules! w {
+    ($out:expr, $($arg:tt)*) => {
+        let _ = write!($out, $($arg)*);
+    };
+}
+pub(crate) use w;
+
 use std::fmt::Write as _;
 
 pub use compare::render_compare;
@@ -34,12 +42,6 @@ const STEADY: &str = "steady";
 
 /// Slices are one second unless the slices themselves say otherwise.
 const SLICE_MS_DEFAULT: u64 = 1000;
-
-macro_rules! w {
-    ($out:expr, $($arg:tt)*) => {
-        let _ = write!($out, $($arg)*);
-    };
-}
 
 /// What a report is drawn from: a run directory's files, as read.
 #[derive(Clone, Copy)]
@@ -1031,12 +1033,17 @@ fn spectrum_section(body: &mut String, summary: &Summary) {
         },
         SAMPLES_BEYOND_MIN
     );
-    spectrum_legend(body, &curves);
-    body.push_str(&spectrum::svg(
-        "spectrum",
+    spectrum_figure(
+        body,
         "Percentile spectrum: latency by percentile, one curve per phase",
         &curves,
-    ));
+    );
+}
+
+/// The rest of a spectrum's section: the legend, the chart (id `spectrum`), the close.
+fn spectrum_figure(body: &mut String, label: &str, curves: &[Curve]) {
+    spectrum_legend(body, curves);
+    body.push_str(&spectrum::svg("spectrum", label, curves));
     body.push_str("\n</section>\n");
 }
 
@@ -1396,5 +1403,7 @@ fn footer(body: &mut String, schema: &str) {
     );
 }
 
+#[cfg(test)]
+mod self_contained;
 #[cfg(test)]
 mod tests;

@@ -12,6 +12,7 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 
 use super::format::esc;
+use super::w;
 
 pub const WIDTH: f64 = 1100.0;
 pub const LEFT: f64 = 72.0;
@@ -25,10 +26,25 @@ pub const CHAR_WIDTH: f64 = 6.6;
 /// Room between two labels of a lane row.
 const LABEL_GAP: f64 = 10.0;
 
-macro_rules! w {
-    ($out:expr, $($arg:tt)*) => {
-        let _ = write!($out, $($arg)*);
-    };
+/// The horizontal grid lines of a y axis, each with its label right-aligned at `label_x`:
+/// `ticks` in data units, `y` their position, `x` the plot's left and right edges.
+pub fn y_ticks(
+    out: &mut String,
+    ticks: &[f64],
+    y: impl Fn(f64) -> f64,
+    (x0, x1): (f64, f64),
+    label_x: f64,
+    label: impl Fn(f64) -> String,
+) {
+    for &tick in ticks {
+        let ty = y(tick);
+        w!(
+            out,
+            r#"<line class="grid" x1="{x0}" x2="{x1:.1}" y1="{ty:.1}" y2="{ty:.1}"/><text class="tick" x="{label_x:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            ty + 4.0,
+            esc(&label(tick))
+        );
+    }
 }
 
 pub struct Band<'a> {
@@ -402,21 +418,14 @@ pub fn svg(chart: &Chart) -> String {
         );
     }
 
-    for &tick in &axis.ticks {
-        let ty = y(tick);
-        w!(
-            out,
-            r#"<line class="grid" x1="{LEFT}" x2="{:.1}" y1="{ty:.1}" y2="{ty:.1}"/>"#,
-            WIDTH - RIGHT
-        );
-        w!(
-            out,
-            r#"<text class="tick" x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
-            LEFT - 8.0,
-            ty + 4.0,
-            esc(&(chart.format_y)(tick))
-        );
-    }
+    y_ticks(
+        &mut out,
+        &axis.ticks,
+        y,
+        (LEFT, WIDTH - RIGHT),
+        LEFT - 8.0,
+        chart.format_y,
+    );
     let step_s = time_step_s(span_ms / 1e3);
     let mut k = 0.0;
     while k * step_s * 1e3 <= span_ms + 1.0 {

@@ -7,14 +7,8 @@ use std::fmt::Write as _;
 
 use super::chart::{self, Band, Chart, Marker, Scale, Series};
 use super::format::{self, esc};
-use super::spectrum::{self, Curve};
+use super::spectrum::Curve;
 use super::*;
-
-macro_rules! w {
-    ($out:expr, $($arg:tt)*) => {
-        let _ = write!($out, $($arg)*);
-    };
-}
 
 /// A run without an upgrade is one steady phase: it is the reference for every phase of the
 /// other run (an upgrade measured against the peer's steady state under the same load).
@@ -347,13 +341,11 @@ fn compare_spectrum(body: &mut String, sa: &Summary, sb: &Summary) {
     if curves.is_empty() {
         body.push_str("<p class=\"note\">The runs have no phase in common.</p>\n");
     }
-    spectrum_legend(body, &curves);
-    body.push_str(&spectrum::svg(
-        "spectrum",
+    spectrum_figure(
+        body,
         "Percentile spectra of both runs' comparable phases",
         &curves,
-    ));
-    body.push_str("\n</section>\n");
+    );
 }
 
 fn phases_table(body: &mut String, run_a: &Summary, run_b: &Summary) {

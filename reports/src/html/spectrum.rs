@@ -7,7 +7,9 @@
 
 use std::fmt::Write as _;
 
-use super::chart::{dot_path, line_paths, log_axis, LEFT, RIGHT, WIDTH};
+use super::w;
+
+use super::chart::{dot_path, line_paths, log_axis, y_ticks, LEFT, RIGHT, WIDTH};
 use super::format::{self, esc};
 use crate::summary::{percentile_supported, PercentilePoint, PhaseSummary};
 
@@ -17,12 +19,6 @@ const AXIS_HEIGHT: f64 = 34.0;
 /// The axis never shows fewer nines than this (99.9 %), so two reports look alike.
 const NINES_MIN: f64 = 3.0;
 const NINES_MAX: f64 = 7.0;
-
-macro_rules! w {
-    ($out:expr, $($arg:tt)*) => {
-        let _ = write!($out, $($arg)*);
-    };
-}
 
 /// One curve: a phase of a run.
 pub struct Curve {
@@ -122,17 +118,14 @@ pub fn svg(id: &str, label: &str, curves: &[Curve]) -> String {
         esc(label),
         esc(label)
     );
-    for &tick in &axis.ticks {
-        let ty = y(tick);
-        w!(
-            out,
-            r#"<line class="grid" x1="{LEFT}" x2="{:.1}" y1="{ty:.1}" y2="{ty:.1}"/><text class="tick" x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
-            WIDTH - RIGHT,
-            LEFT - 8.0,
-            ty + 4.0,
-            esc(&format::latency_tick_us(tick))
-        );
-    }
+    y_ticks(
+        &mut out,
+        &axis.ticks,
+        y,
+        (LEFT, WIDTH - RIGHT),
+        LEFT - 8.0,
+        format::latency_tick_us,
+    );
     for n in 0..=x_max as u32 {
         let tx = x(f64::from(n));
         w!(

@@ -7,7 +7,9 @@
 
 use std::fmt::Write as _;
 
-use super::chart::{label_width, lanes, line_paths, linear_axis, log_axis};
+use super::w;
+
+use super::chart::{label_width, lanes, line_paths, linear_axis, log_axis, y_ticks};
 use super::format::{self, esc};
 use crate::run::Zoom;
 
@@ -20,12 +22,6 @@ const PANEL_GAP: f64 = 24.0;
 const LATENCY_HEIGHT: f64 = 100.0;
 const AXIS_HEIGHT: f64 = 30.0;
 const LANE_ROW_HEIGHT: f64 = 17.0;
-
-macro_rules! w {
-    ($out:expr, $($arg:tt)*) => {
-        let _ = write!($out, $($arg)*);
-    };
-}
 
 /// The run of buckets without a reply nearest the step-up (the longest among those that
 /// touch it), as (first bucket, count): the gap the clients saw, as the buckets show it.
@@ -221,28 +217,23 @@ pub fn svg(
         lat_bottom - count_top
     );
 
-    for &tick in &counts.ticks {
-        let ty = cy(tick);
-        w!(
-            out,
-            r#"<line class="grid" x1="{LEFT}" x2="{:.1}" y1="{ty:.1}" y2="{ty:.1}"/><text class="tick" x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
-            WIDTH - RIGHT,
-            LEFT - 6.0,
-            ty + 4.0,
-            format::rate_tick(tick)
-        );
-    }
-    for &tick in &lat.ticks {
-        let ty = ly(tick);
-        w!(
-            out,
-            r#"<line class="grid" x1="{LEFT}" x2="{:.1}" y1="{ty:.1}" y2="{ty:.1}"/><text class="tick" x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
-            WIDTH - RIGHT,
-            LEFT - 6.0,
-            ty + 4.0,
-            esc(&format::latency_tick_us(tick))
-        );
-    }
+    let edges = (LEFT, WIDTH - RIGHT);
+    y_ticks(
+        &mut out,
+        &counts.ticks,
+        cy,
+        edges,
+        LEFT - 6.0,
+        format::rate_tick,
+    );
+    y_ticks(
+        &mut out,
+        &lat.ticks,
+        ly,
+        edges,
+        LEFT - 6.0,
+        format::latency_tick_us,
+    );
     w!(
         out,
         r#"<text class="paneltitle" x="{LEFT}" y="{:.1}">requests per ms</text><text class="paneltitle" x="{LEFT}" y="{:.1}">slowest request per ms (log)</text>"#,

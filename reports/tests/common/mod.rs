@@ -10,6 +10,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use reports::run::{RunDir, DETAIL_FILE, SLICES_FILE, SUMMARY_FILE, TIMELINE_FILE};
 use reports::sample;
 
+// The library's own check, included by path: unit and integration tests share one.
+#[path = "../../src/html/self_contained.rs"]
+mod self_contained;
+#[allow(unused_imports)] // not every test file checks pages
+pub use self_contained::assert_self_contained;
+
 /// A directory under the system's temp directory, removed when dropped.
 pub struct TempDir(PathBuf);
 
@@ -113,25 +119,6 @@ pub fn showcase(root: &Path) -> RunDir {
         Some((_, dir)) => copy_run(&dir, &root.join("completed")),
         None => write_samples(root).swap_remove(0).1,
     }
-}
-
-/// Nothing that loads from elsewhere, and no script.
-pub fn assert_self_contained(what: &str, html: &str) {
-    for bad in [
-        "http://",
-        "https://",
-        "src=\"//",
-        "href=\"//",
-        "<script",
-        "@import",
-        "url(",
-    ] {
-        assert!(!html.contains(bad), "{what}: the report contains {bad:?}");
-    }
-    assert!(
-        !html.contains("NaN") && !html.contains("inf\""),
-        "{what}: a coordinate is not a number"
-    );
 }
 
 /// The ids of the charts a report of `run` must have: latency, throughput, spectrum, and a
