@@ -1,7 +1,8 @@
 //! `tandem demo`: the main job. Starts a pair on free loopback ports, drives it with the load
 //! generator, performs the whole rolling upgrade 1.0 -> 2.0 under that load (or the fallback,
 //! with `--fault`), writes the run directory and its HTML report, prints a short per-phase
-//! table, and stops everything it started, also on Ctrl-C.
+//! table, and stops everything it started, also on Ctrl-C, SIGTERM or SIGHUP; and on SIGKILL,
+//! which it cannot catch, its redis-servers die with it and a watchdog stops the pair.
 //!
 //! With `--peer redis` it then offers the same load (rate, connections, pipeline, mix, value
 //! size, keys, seed, and as long as the tandem run's load lasted) to a Redis primary and
@@ -104,18 +105,130 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .build()?;
     let secret = replicator::Secret::load(&args.secret_file)?;
     runtime.block_on(async move {
+        // Caught from here to the end, whatever runs: one that comes while the pair starts
+        // is seen as soon as it is up, and it is stopped.
+        let mut interrupts = Interrupts::catch()?;
+        let pair_dir = out.join("pair");
+        std::fs::create_dir_all(&pair_dir)?;
+        let watchdog = PairWatchdog::start(&pair_dir, &args.secret_file)?;
         let mut pair = start_pair(&out, &args.secret_file, &secret).await?;
         let result = tokio::select! {
+            biased;
+            signal = interrupts.recv() => Err(anyhow::anyhow!("interrupted by {signal}: stopping the pair")),
             r = demo(&args, &out, &pair.admin, &secret) => r,
-            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted: stopping the pair")),
         };
-        pair.stop().await;
+        let stopped = pair.stop().await;
+        watchdog.finish(stopped).await;
         let tandem = result?;
         match redis {
-            Some(redis) => compare_with_redis(&args, &out, &tandem, &redis).await,
+            Some(redis) => {
+                compare_with_redis(&args, &out, &tandem, &redis, &mut interrupts).await
+            }
             None => Ok(()),
         }
     })
+}
+
+/// SIGINT (Ctrl-C), SIGTERM (`kill`, a CI job's cancel or timeout, systemd) and SIGHUP (the
+/// terminal closed): each stops what the demo started and ends it with an error, as Ctrl-C
+/// does. Their handlers are installed for good when this is made; a signal that comes while
+/// nobody waits is kept for the next [`Interrupts::recv`].
+struct Interrupts {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Interrupts {
+    fn catch() -> std::io::Result<Interrupts> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Interrupts {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next of them, by name.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.hup.recv() => "SIGHUP",
+        }
+    }
+}
+
+/// `tandem pair down --dir OUT/pair` for when the demo ends without having stopped the pair
+/// itself: SIGKILL (a signal no process can catch), a panic, or a supervisor that had to be
+/// killed and left its engines. A shell in a process group of its own (signals for the
+/// demo's terminal or job do not reach it) that waits on a pipe from the demo: `done` on it
+/// and it exits; its end (the demo's death closes it) and it stops the pair, with the
+/// supervisor's `SHUTDOWN` while one runs, else engine by engine (see `pair_down.rs`).
+///
+/// Not a parent-death signal for the supervisor: its SIGTERM (and a fortiori SIGKILL) leaves
+/// the engines serving, by design (`tandem pair up --detach` outlives its parent, and a
+/// restarted supervisor takes its engines back).
+struct PairWatchdog {
+    child: Child,
+    pipe: Option<tokio::process::ChildStdin>,
+    log: PathBuf,
+}
+
+impl PairWatchdog {
+    /// What the shell runs: `$0 "$@"` is `tandem --secret-file F pair down --dir D`.
+    const SCRIPT: &'static str = r#"read said; [ "$said" = done ] || exec "$0" "$@""#;
+
+    fn start(pair_dir: &Path, secret_file: &Path) -> anyhow::Result<PairWatchdog> {
+        let log = pair_dir.join("watchdog.log");
+        let file =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let mut child = Command::new("/bin/sh")
+            .args(["-c", Self::SCRIPT])
+            .arg(std::env::current_exe()?)
+            .arg("--secret-file")
+            .arg(secret_file)
+            .args(["pair", "down", "--dir"])
+            .arg(pair_dir)
+            .stdin(Stdio::piped())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .process_group(0)
+            .kill_on_drop(false)
+            .spawn()
+            .context("starting the pair's watchdog (/bin/sh)")?;
+        let pipe = child.stdin.take();
+        Ok(PairWatchdog { child, pipe, log })
+    }
+
+    /// Once the demo has tried to stop the pair: nothing more when it did (`stopped`), else
+    /// `tandem pair down` now. Either way it waits for the watchdog to exit.
+    async fn finish(mut self, stopped: bool) {
+        use tokio::io::AsyncWriteExt;
+        let mut pipe = self.pipe.take();
+        if stopped {
+            if let Some(pipe) = &mut pipe {
+                let _ = pipe.write_all(b"done\n").await;
+            }
+        } else {
+            tracing::warn!(
+                "the pair's supervisor did not stop it: `tandem pair down` stops what is left \
+                 (see {})",
+                self.log.display()
+            );
+        }
+        drop(pipe);
+        // `pair down` waits up to 10 s for a supervisor and 5 s for each engine.
+        if tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the pair's watchdog did not exit: see {}",
+                self.log.display()
+            );
+        }
+    }
 }
 
 fn default_out_dir() -> PathBuf {
@@ -130,15 +243,20 @@ struct PairProcess {
 }
 
 impl PairProcess {
-    async fn stop(&mut self) {
+    /// Admin `SHUTDOWN` (the supervisor stops both engines, then exits), a kill if the
+    /// supervisor has not exited 5 s later. Whether the pair stopped: `SHUTDOWN` was
+    /// answered and the supervisor exited by itself; otherwise its engines may still run.
+    async fn stop(&mut self) -> bool {
+        let mut asked = false;
         if let Ok(mut c) = crate::admin::connect(&self.admin, &self.secret).await {
-            let _ = c.call(&[b"SHUTDOWN"]).await;
+            asked = c.call(&[b"SHUTDOWN"]).await.is_ok();
         }
-        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
+        match tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await {
+            Ok(exited) => asked && exited.is_ok(),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                false
+            }
         }
     }
 }
@@ -159,6 +277,11 @@ async fn start_pair(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)
+        // A group of its own, as its engines have: SIGINT from the terminal's Ctrl-C, or
+        // SIGHUP when the terminal closes, would make it exit and leave its engines serving
+        // (what a supervisor does on a signal). They reach the demo alone, which stops the
+        // pair with `SHUTDOWN`.
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .context("starting the pair supervisor")?;
@@ -577,7 +700,8 @@ impl RedisServer {
 }
 
 /// The Redis primary and replica of `--peer redis`: children of this process (killed if
-/// dropped), their working directory and logs in `dir`, stopped by [`RedisServers::stop`].
+/// dropped, and when the demo dies), their working directory and logs in `dir`, stopped by
+/// [`RedisServers::stop`].
 struct RedisServers {
     bin: RedisBinary,
     dir: PathBuf,
@@ -616,7 +740,17 @@ impl RedisServers {
                 .open(&log)
                 .with_context(|| format!("creating {}", log.display()))?;
             let said_before = file.metadata()?.len();
-            let child = Command::new(&self.bin.path)
+            let mut command = Command::new(&self.bin.path);
+            let demo = rustix::process::getpid();
+            // SAFETY: the closure runs in the forked child before exec, where only
+            // async-signal-safe calls are allowed: it makes two system calls (prctl,
+            // getppid), through rustix, without allocating (its errors are raw errnos) or
+            // taking a lock, and touches nothing of the parent's but a copied pid.
+            #[allow(unsafe_code)]
+            unsafe {
+                command.pre_exec(move || die_with_the_demo(demo));
+            }
+            let child = command
                 .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
                 .args(["--save", "", "--appendonly", "no"])
                 // A primary waits 5 s by default for more replicas before a full sync.
@@ -709,6 +843,24 @@ impl RedisServers {
     }
 }
 
+/// In a redis-server child, before exec: SIGKILL when the demo dies, however it dies (SIGKILL
+/// included, which no cleanup of the demo's own survives); the servers keep nothing worth a
+/// graceful shutdown (no persistence). If the demo died between the fork and this, the
+/// server is not started.
+///
+/// The kernel sends it when the *thread* that forked the child ends, not the process. The
+/// servers are spawned by [`RedisServers::start_on`], which runs in the future that
+/// `runtime.block_on` drives in [`run`]: on the main thread, which ends only with the
+/// process. (A runtime worker would do too, they live as long as the runtime, which outlives
+/// the servers; a `spawn_blocking` thread would not, it ends when idle.)
+fn die_with_the_demo(demo: rustix::process::Pid) -> std::io::Result<()> {
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+    if rustix::process::getppid() != Some(demo) {
+        return Err(rustix::io::Errno::SRCH.into());
+    }
+    Ok(())
+}
+
 /// A loopback port that was free a moment ago (bound on 127.0.0.1:0 and released), for
 /// redis-server, which cannot be told to pick its own.
 fn free_port() -> anyhow::Result<u16> {
@@ -744,12 +896,14 @@ fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
 
 /// `--peer redis`, after the tandem run: the same load against a Redis primary + replica
 /// with `WAIT 1 0` after each write, its run directory and report, and the comparison page.
-/// The servers are stopped whatever happens, also on Ctrl-C.
+/// The servers are stopped whatever happens: also on SIGINT, SIGTERM or SIGHUP, and they
+/// die with the demo on SIGKILL ([`die_with_the_demo`]).
 async fn compare_with_redis(
     args: &DemoArgs,
     out: &Path,
     tandem: &TandemRun,
     bin: &RedisBinary,
+    interrupts: &mut Interrupts,
 ) -> anyhow::Result<()> {
     let peer_out = out.join(Peer::Redis.dir_name());
     // A directory this command writes: what an earlier run left there would be mixed in.
@@ -762,8 +916,10 @@ async fn compare_with_redis(
         .with_context(|| format!("creating {}", redis_dir.display()))?;
     let mut servers = RedisServers::new(bin.clone(), redis_dir);
     let result = tokio::select! {
+        // First: one that came while the pair stopped means no Redis run at all.
+        biased;
+        signal = interrupts.recv() => Err(anyhow::anyhow!("interrupted by {signal}: stopping Redis")),
         r = redis_run(&mut servers, args, &peer_out, tandem) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted: stopping Redis")),
     };
     servers.stop().await;
     let redis = result?;
