@@ -2,16 +2,17 @@
 //! then the same load on a Redis primary + replica (`redis-server` from Debian's package,
 //! installed by scripts/setup.sh; the test fails if it is missing, it never skips) that the
 //! demo starts and stops, two run directories, their reports and the comparison page; no
-//! redis-server left behind, also when the demo is interrupted while Redis serves; and bad
-//! input said before anything starts.
+//! redis-server and no pair left behind, also when the demo gets SIGINT, SIGTERM or SIGKILL
+//! while Redis serves; and bad input said before anything starts.
 //!
 //! The two demos go one after the other (they measure latency, and side by side on a small
 //! machine they would measure each other).
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::Mutex;
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Mutex};
+use std::time::{Duration, Instant};
 
 use reports::run::RunDir;
 
@@ -100,6 +101,7 @@ fn demo_with_redis_as_peer_writes_both_runs_and_the_comparison() {
         "tandem demo --peer redis failed:\n{stdout}\n{stderr}"
     );
     assert_no_redis_left(&out);
+    assert_pair_stopped_within(&out);
 
     let tandem_run = RunDir::new(&out);
     let redis_run = RunDir::new(out.join("peer-redis"));
@@ -161,42 +163,256 @@ fn demo_with_redis_as_peer_writes_both_runs_and_the_comparison() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn an_interrupted_redis_run_stops_its_servers() {
-    let _one = DEMO.lock().unwrap_or_else(|e| e.into_inner());
-    let dir = test_dir("interrupted");
-    let out = dir.join("run");
-    let mut child = tandem(&dir)
-        .args(["demo", "--quick", "--peer", "redis", "--out"])
-        .arg(&out)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run tandem demo");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut seen = String::new();
-    let mut line = String::new();
-    // Once Redis serves (the demo says so), Ctrl-C, to the demo alone.
-    loop {
-        line.clear();
-        let n = stdout.read_line(&mut line).expect("demo stdout");
-        assert!(n > 0, "the demo ended before Redis was up:\n{seen}");
-        seen.push_str(&line);
-        if line.starts_with("Redis ") && line.contains(" up: primary ") {
-            break;
+/// How long the demo has to say that Redis is up (the quick tandem run comes first), and to
+/// exit once signalled, and what it started to be gone: bounds on a hang, not timings.
+const REDIS_UP_DEADLINE: Duration = Duration::from_secs(600);
+const EXIT_DEADLINE: Duration = Duration::from_secs(120);
+const GONE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// A demo child, signalled (SIGTERM, then SIGKILL if it has not exited within
+/// [`EXIT_DEADLINE`]) and reaped on drop, so that a failed assertion does not leave it, its
+/// pair or its redis-servers running; its stdout and stderr read by threads, so that no read
+/// waits past a deadline.
+struct Demo {
+    child: Child,
+    stdout: mpsc::Receiver<String>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+    /// Its stdout so far.
+    seen: String,
+}
+
+impl Demo {
+    fn start(dir: &Path, out: &Path) -> Demo {
+        let mut child = tandem(dir)
+            .args(["demo", "--quick", "--peer", "redis", "--out"])
+            .arg(out)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run tandem demo");
+        let (tx, stdout) = mpsc::channel();
+        let out_pipe = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out_pipe).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut err_pipe = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = err_pipe.read_to_string(&mut text);
+            text
+        });
+        Demo {
+            child,
+            stdout,
+            stderr: Some(stderr),
+            seen: String::new(),
         }
     }
-    // SAFETY: a signal to the child this test started.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
+
+    /// Reads its stdout until a line that `wanted` says yes to.
+    fn wait_for_line(&mut self, wanted: impl Fn(&str) -> bool, deadline: Duration) {
+        let until = Instant::now() + deadline;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.stdout.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push_str(&line);
+                    self.seen.push('\n');
+                    if wanted(&line) {
+                        return;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("the demo ended before the line:\n{}", self.seen)
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!(
+                    "no such line within {} s:\n{}",
+                    deadline.as_secs(),
+                    self.seen
+                ),
+            }
+        }
     }
-    let output = child.wait_with_output().expect("demo exits");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{seen}\n{stderr}");
-    assert!(stderr.contains("interrupted"), "{stderr}");
+
+    /// Once Redis serves (the demo says so).
+    fn wait_for_redis(&mut self) {
+        self.wait_for_line(
+            |l| l.starts_with("Redis ") && l.contains(" up: primary "),
+            REDIS_UP_DEADLINE,
+        );
+    }
+
+    /// `signal`, to the demo alone.
+    fn signal(&self, signal: i32) {
+        // SAFETY: a signal to the child this test started (not yet reaped: `wait` takes
+        // `&mut self`, and the guard reaps it only when dropped).
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+
+    /// Waits for it to exit, within [`EXIT_DEADLINE`]: its status and stderr.
+    fn exit(&mut self) -> (std::process::ExitStatus, String) {
+        let until = Instant::now() + EXIT_DEADLINE;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("the demo's status") {
+                break status;
+            }
+            assert!(
+                Instant::now() < until,
+                "the demo did not exit within {} s:\n{}",
+                EXIT_DEADLINE.as_secs(),
+                self.seen
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        // Its pipe closes with it (what it started writes to log files).
+        let stderr = self.stderr.take().expect("once").join().unwrap_or_default();
+        (status, stderr)
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.signal(libc::SIGTERM);
+            let until = Instant::now() + EXIT_DEADLINE;
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// The processes whose command line names the demo's pair directory: its supervisor (`pair
+/// up --dir OUT/pair`), its engines (`--data-dir OUT/pair/...`) and the watchdog that stops
+/// them if the demo dies (`pair down --dir OUT/pair`); zombies are not running.
+fn pair_processes(out: &Path) -> Vec<u32> {
+    let dir = out.join("pair");
+    let dir = dir.to_string_lossy();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let names_dir = cmdline
+                .split(|&b| b == 0)
+                .any(|a| a.starts_with(dir.as_bytes()));
+            names_dir && !zombie(*pid)
+        })
+        .collect()
+}
+
+fn zombie(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rfind(')')
+        .and_then(|close| stat[close + 1..].trim_start().chars().next())
+        .is_none_or(|state| state == 'Z')
+}
+
+/// Polls until `left()` is empty or `deadline` has passed; what is left then.
+fn gone_within(deadline: Duration, left: impl Fn() -> Vec<u32>) -> Vec<u32> {
+    let until = Instant::now() + deadline;
+    loop {
+        let now_left = left();
+        if now_left.is_empty() || Instant::now() >= until {
+            return now_left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// No redis-server of the demo's running (waited for within [`GONE_DEADLINE`]); the ones left
+/// are killed.
+fn assert_no_redis_left_within(out: &Path) {
+    let pids = redis_pids(out);
+    assert!(
+        pids.len() >= 2,
+        "a primary and a replica were started: {pids:?}"
+    );
+    let left = gone_within(GONE_DEADLINE, || {
+        pids.iter().copied().filter(|&p| redis_running(p)).collect()
+    });
+    for &pid in &left {
+        // SAFETY: a signal to a redis-server this test's demo started.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    }
+    assert!(left.is_empty(), "redis-server left running: {left:?}");
+}
+
+/// The demo's pair stopped, supervisor and engines (waited for within [`GONE_DEADLINE`]).
+fn assert_pair_stopped_within(out: &Path) {
+    let left = gone_within(GONE_DEADLINE, || pair_processes(out));
+    if !left.is_empty() {
+        // What is left is stopped as a user would, for the next tests.
+        let _ = tandem(out.parent().expect("the test directory"))
+            .args(["pair", "down", "--dir"])
+            .arg(out.join("pair"))
+            .output();
+    }
+    assert!(left.is_empty(), "the demo's pair left running: {left:?}");
+}
+
+/// Once Redis serves, `signal` to the demo alone: it stops Redis (the servers are gone when
+/// it exits) and has stopped the pair before, says so, and exits with 1; the tandem run is
+/// whole.
+fn a_signalled_redis_run_stops_everything(name: &str, signal: i32, says: &str) {
+    let _one = DEMO.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = test_dir(name);
+    let out = dir.join("run");
+    let mut demo = Demo::start(&dir, &out);
+    demo.wait_for_redis();
+    demo.signal(signal);
+    let (status, stderr) = demo.exit();
+    assert_eq!(status.code(), Some(1), "{}\n{stderr}", demo.seen);
+    assert!(
+        stderr.contains(&format!("interrupted by {says}: stopping Redis")),
+        "{stderr}"
+    );
     assert_no_redis_left(&out);
+    assert_pair_stopped_within(&out);
     // The tandem run is whole.
     assert_eq!(RunDir::new(&out).read_summary().unwrap().lost_updates, 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_interrupted_redis_run_stops_its_servers() {
+    a_signalled_redis_run_stops_everything("sigint", libc::SIGINT, "SIGINT");
+}
+
+#[test]
+fn a_terminated_redis_run_stops_its_servers() {
+    a_signalled_redis_run_stops_everything("sigterm", libc::SIGTERM, "SIGTERM");
+}
+
+/// SIGKILL, which the demo cannot catch, once Redis serves: its redis-servers die with it
+/// (their parent-death signal), and its watchdog stops the pair.
+#[test]
+fn a_killed_demo_leaves_no_server_behind() {
+    let _one = DEMO.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = test_dir("sigkill");
+    let out = dir.join("run");
+    let mut demo = Demo::start(&dir, &out);
+    demo.wait_for_redis();
+    demo.signal(libc::SIGKILL);
+    let (status, _) = demo.exit();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+    assert_no_redis_left_within(&out);
+    assert_pair_stopped_within(&out);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
