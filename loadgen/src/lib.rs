@@ -73,10 +73,17 @@ use workload::{partition_len, zipfians_for, KeyPicker, OpChooser, Rng, SESSION_U
 /// How often the run checks its stop conditions, finalizes slices and redraws progress.
 const CONTROL_TICK: Duration = Duration::from_millis(100);
 /// A slice is finalized once no connection may add to it any more (see `record`), or at the
-/// latest this many slices after it: a request outstanding longer than that (a reply timeout
-/// of minutes on a hung server) lands in a second record of its slice, merged in
-/// `record::merge_slices`, rather than hold every slice since in memory.
-const OPEN_SLICES_MAX: u64 = 300;
+/// latest this many slices after it: a request outstanding longer than that lands in a
+/// second record of its slice, merged in `record::merge_slices` (counts added, percentiles
+/// weighed by count, the larger maximum), rather than hold every slice since in memory.
+/// Each open (slice, phase) is a ~180 KB histogram, so one stuck connection pins up to this
+/// many times the phases a second overlaps (~22 MB at 60 with two). A request answered at
+/// all is answered well within a minute of its second with the defaults: a reply timeout
+/// of 1 s, then at most 30 s of looking for the active (`connection::FOLLOW_TIMEOUT`, after
+/// which the connection gives up), 2 s of redirect drain, and the re-send's own reply
+/// timeout. Only a reply timeout of tens of seconds, or an open-loop backlog over a minute
+/// deep, makes late records, and those merge.
+const OPEN_SLICES_MAX: u64 = 60;
 const PREFLIGHT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Bounds on the per-connection sizing guesses.
 const PENDING_SAMPLES_MAX: usize = 1 << 16;

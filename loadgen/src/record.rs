@@ -290,7 +290,13 @@ const OPEN_CELLS_PER_CONNECTION: usize = 2;
 
 /// One connection's recording: samples waiting for the timeline, then open cells.
 pub struct Recorder {
+    /// Samples waiting out the grace period, in reply order.
     pending: VecDeque<Sample>,
+    /// The running minimum of `pending`'s intended times: the intended times of the
+    /// samples no later sample undercuts, in queue order (so non-decreasing); its front is
+    /// the minimum. Replies come in send order, but a retried request keeps its early
+    /// intended time, so its reply can wait behind later-intended ones.
+    pending_min: VecDeque<u64>,
     pending_max: usize,
     cells: Vec<(CellKey, Cell)>,
     spare: Vec<Cell>,
@@ -319,6 +325,7 @@ impl Recorder {
         let pending_max = pending_max.max(1);
         Recorder {
             pending: VecDeque::with_capacity(pending_max),
+            pending_min: VecDeque::with_capacity(pending_max),
             pending_max,
             cells: Vec::with_capacity(OPEN_CELLS_PER_CONNECTION + 2),
             spare: (0..OPEN_CELLS_PER_CONNECTION)
@@ -335,11 +342,35 @@ impl Recorder {
 
     pub fn push(&mut self, sample: Sample) {
         if self.pending.len() >= self.pending_max {
-            if let Some(oldest) = self.pending.pop_front() {
+            if let Some(oldest) = self.pop_pending() {
                 self.commit(oldest);
             }
         }
+        // Amortised O(1), and no allocation: both queues hold at most `pending_max`.
+        while self
+            .pending_min
+            .back()
+            .is_some_and(|&low| low > sample.intended_us)
+        {
+            self.pending_min.pop_back();
+        }
+        self.pending_min.push_back(sample.intended_us);
         self.pending.push_back(sample);
+    }
+
+    fn pop_pending(&mut self) -> Option<Sample> {
+        let sample = self.pending.pop_front()?;
+        // If the sample is still a candidate it is the first one; if it is not, a later
+        // sample undercut it and the front is smaller.
+        if self.pending_min.front() == Some(&sample.intended_us) {
+            self.pending_min.pop_front();
+        }
+        Some(sample)
+    }
+
+    /// The earliest intended time among the samples waiting.
+    fn pending_low_us(&self) -> Option<u64> {
+        self.pending_min.front().copied()
     }
 
     /// Attributes the samples older than the grace period, hands over the cells of slices
@@ -348,22 +379,23 @@ impl Recorder {
     /// that may still get a reply: in flight, to retry, or due and not sent yet (`u64::MAX`
     /// when none may).
     ///
-    /// Replies come back in send order and requests are sent in intended order (retries
-    /// first, keeping their intended time), so the oldest waiting sample and the first
-    /// request in flight or to retry bound what is still to come.
+    /// Samples wait in reply order, which is not intended order (a retried request keeps
+    /// its first intended time and is answered after requests intended later), so the
+    /// earliest intended time among them is kept as a running minimum.
     pub fn commit_due(&mut self, now_us: u64, outstanding_us: u64) {
         let settled_us = now_us.saturating_sub(GRACE_US);
-        while let Some(&sample) = self.pending.front() {
-            if sample.reply_us > settled_us {
-                break;
-            }
-            self.pending.pop_front();
-            self.commit(sample);
-        }
-        let low_us = self
+        while self
             .pending
             .front()
-            .map_or(outstanding_us, |s| s.intended_us.min(outstanding_us));
+            .is_some_and(|s| s.reply_us <= settled_us)
+        {
+            if let Some(sample) = self.pop_pending() {
+                self.commit(sample);
+            }
+        }
+        let low_us = self
+            .pending_low_us()
+            .map_or(outstanding_us, |low| low.min(outstanding_us));
         let low = if low_us == u64::MAX {
             u64::MAX
         } else {
@@ -375,7 +407,7 @@ impl Recorder {
 
     /// Attributes every sample with the timeline as it now is and hands over every cell.
     pub fn finish(&mut self) {
-        while let Some(sample) = self.pending.pop_front() {
+        while let Some(sample) = self.pop_pending() {
             self.commit(sample);
         }
         self.flush_before(u64::MAX);
@@ -443,6 +475,17 @@ impl Recorder {
     }
 }
 
+/// A recorder that goes away says it will add nothing more, whatever became of its
+/// connection: a task that panicked (or a run that dropped it without [`Recorder::finish`])
+/// must not hold its slices open for the rest of the run. Only the watermark is published
+/// here (an atomic store, which cannot fail while unwinding); what was still waiting or
+/// open is lost with the task.
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.publish(u64::MAX);
+    }
+}
+
 /// The run's recording, merged from every connection. Two locks: connections only ever
 /// take `open` (a map insert or a histogram merge, once per slice), so that the controller,
 /// which finalizes slices under `done` (merging, serializing), never holds up a connection
@@ -457,9 +500,15 @@ pub struct Aggregate {
 
 struct OpenCells {
     cells: BTreeMap<CellKey, Cell>,
-    /// Empty cells to hand to connections in exchange for full ones.
+    /// Empty cells to hand to connections in exchange for full ones; at most
+    /// [`POOL_MAX`].
     pool: Vec<Cell>,
 }
+
+/// Empty cells the aggregate keeps for reuse. A running aggregate needs a few (the slices
+/// the watermarks hold open, times the phases they overlap); after a stall released many
+/// at once, the rest are freed rather than kept for the run (each is ~180 KB).
+const POOL_MAX: usize = 16;
 
 struct Finalized {
     phase_totals: BTreeMap<PhaseId, Cell>,
@@ -613,8 +662,12 @@ impl Aggregate {
             }
         }
         if !emptied.is_empty() {
-            lock(&self.open).pool.extend(emptied);
+            let mut open = lock(&self.open);
+            let room = POOL_MAX.saturating_sub(open.pool.len());
+            open.pool.extend(emptied.drain(..room.min(emptied.len())));
         }
+        // The cells beyond the pool's bound are freed here, outside the lock.
+        drop(emptied);
     }
 
     /// After the final [`Aggregate::finalize_below`]: empty slices up to `last_slice`
@@ -750,26 +803,68 @@ fn write_interval(
 
 /// Merges records of the same slice (a slice finalized while a request intended in it was
 /// still outstanding, past the bound on open slices, gets a second record when its reply
-/// comes): counts add up, each percentile is the larger of the two.
+/// comes): counts add up, the maximum is the larger of the two, and each percentile is
+/// weighed by the records' successes (see [`merge_latency`]), so that one late reply does
+/// not make a second's p50 its latency.
 pub fn merge_slices(mut slices: Vec<SliceRecord>) -> Vec<SliceRecord> {
+    // Stable: a slice's first record stays first.
     slices.sort_by_key(|s| s.slice);
     let mut out: Vec<SliceRecord> = Vec::with_capacity(slices.len());
     for s in slices {
         match out.last_mut() {
             Some(last) if last.slice == s.slice => {
+                last.latency = merge_latency(
+                    &last.latency,
+                    last.ops.saturating_sub(last.errors),
+                    &s.latency,
+                    s.ops.saturating_sub(s.errors),
+                );
                 last.ops += s.ops;
                 last.errors += s.errors;
-                let (a, b) = (&mut last.latency, s.latency);
-                a.p50 = a.p50.max(b.p50);
-                a.p90 = a.p90.max(b.p90);
-                a.p99 = a.p99.max(b.p99);
-                a.p999 = a.p999.max(b.p999);
-                a.max = a.max.max(b.max);
             }
             _ => out.push(s),
         }
     }
     out
+}
+
+/// The percentiles of `a` (of `a_n` successes) and `b` (of `b_n`) together, from their
+/// summaries alone (the histograms are gone once a slice is written). The q-quantile of
+/// the `n = a_n + b_n` samples is the one of rank `ceil(q·n)`: a record can hold it only
+/// if it has more samples than the `n − ceil(q·n)` above it, whatever the other record
+/// holds. So a record's percentile counts only where its successes exceed that, roughly
+/// `(1 − q)·n`: a single late reply in a second of 2,000 moves none of p50..p99.9, only
+/// the maximum; a late record holding most of the second's replies sets them. Where both
+/// records may hold the quantile, the larger of their percentiles is taken (an upper
+/// bound). The maximum is exact.
+pub fn merge_latency(a: &Latency, a_n: u64, b: &Latency, b_n: u64) -> Latency {
+    let n = a_n + b_n;
+    if n == 0 {
+        return Latency::default();
+    }
+    let pick = |q: f64, pa: u64, pb: u64| -> u64 {
+        let rank = ((q * n as f64).ceil() as u64).clamp(1, n);
+        let above = n - rank;
+        match (a_n > above, b_n > above) {
+            (true, false) => pa,
+            (false, true) => pb,
+            // Both may hold it, or (for a median of two equal halves) neither alone does.
+            _ => pa.max(pb),
+        }
+    };
+    let mut merged = Latency {
+        p50: pick(0.50, a.p50, b.p50),
+        p90: pick(0.90, a.p90, b.p90),
+        p99: pick(0.99, a.p99, b.p99),
+        p999: pick(0.999, a.p999, b.p999),
+        max: a.max.max(b.max),
+    };
+    // Non-decreasing in that order, as every latency of the schema.
+    merged.p90 = merged.p90.max(merged.p50);
+    merged.p99 = merged.p99.max(merged.p90);
+    merged.p999 = merged.p999.max(merged.p99);
+    merged.max = merged.max.max(merged.p999);
+    merged
 }
 #[cfg(test)]
 mod tests {
@@ -1023,6 +1118,102 @@ mod tests {
     }
 
     #[test]
+    fn a_retried_reply_behind_a_later_one_holds_its_slice_open() {
+        let (_, aggregate, mut recorders, _) = setup(1, 1024);
+        let map = PhaseMap::default();
+        let r = &mut recorders[0];
+        // Intended at 1.5 s, answered at 2.0 s; then a retried request intended at 0.9 s
+        // (slice 0), answered at 2.05 s, behind it in the queue.
+        r.push(ok(1_500_000, 2_000_000));
+        r.push(ok(900_000, 2_050_000));
+        r.commit_due(2_100_000, 2_100_000);
+        assert_eq!(
+            aggregate.settled_slice(),
+            0,
+            "slice 0 has a sample waiting, behind one of slice 1"
+        );
+        aggregate.finalize_below(aggregate.settled_slice(), &map);
+        assert!(aggregate.last_slice().is_none());
+        r.commit_due(2_300_000, 2_300_000);
+        assert_eq!(aggregate.settled_slice(), 2);
+        aggregate.finalize_below(aggregate.settled_slice(), &map);
+        let recorded = aggregate.take();
+        let ops: Vec<(u64, u64)> = recorded.slices.iter().map(|s| (s.slice, s.ops)).collect();
+        assert_eq!(ops, [(0, 1), (1, 1)], "one record each: none late");
+    }
+
+    #[test]
+    fn the_pending_minimum_follows_the_queue() {
+        const MAX: usize = 8;
+        let (_, _aggregate, mut recorders, _) = setup(1, MAX);
+        let r = &mut recorders[0];
+        let capacity = r.pending_min.capacity();
+        let mut model: VecDeque<u64> = VecDeque::new();
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for step in 0..20_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if x.is_multiple_of(3) {
+                let popped = r.pop_pending().map(|s| s.intended_us);
+                assert_eq!(popped, model.pop_front());
+            } else {
+                // Few distinct values: duplicates too.
+                let intended_us = (x >> 8) % 40;
+                if model.len() >= MAX {
+                    model.pop_front(); // a full queue commits its oldest
+                }
+                model.push_back(intended_us);
+                r.push(ok(intended_us, 1_000 + step));
+            }
+            assert_eq!(
+                r.pending_low_us(),
+                model.iter().min().copied(),
+                "step {step}"
+            );
+            assert!(r.pending_min.len() <= r.pending.len());
+        }
+        assert_eq!(r.pending_min.capacity(), capacity, "never grew");
+    }
+
+    #[test]
+    fn a_dropped_recorder_holds_no_slice_open() {
+        let (_, aggregate, mut recorders, _) = setup(2, 16);
+        recorders[1].commit_due(5_000_000, 5_000_000);
+        let mut stuck = recorders.remove(0);
+        stuck.push(ok(100, 200));
+        stuck.commit_due(1_000, 100);
+        assert_eq!(aggregate.settled_slice(), 0);
+        // The connection task panics: its recorder is dropped while unwinding.
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _owned = stuck;
+            panic!("a connection task fails");
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(aggregate.settled_slice(), 5, "only connection 1 counts now");
+    }
+
+    #[test]
+    fn the_pool_of_empty_cells_is_bounded() {
+        let (_, aggregate, _, _) = setup(1, 16);
+        // A stall released: 40 slices handed in at once, then finalized.
+        for slice in 0..40 {
+            let mut cell = Cell::new();
+            cell.record(&ok(slice * SLICE_US, slice * SLICE_US + 10));
+            aggregate.absorb(
+                CellKey {
+                    slice,
+                    phase: PhaseId::STEADY,
+                },
+                &mut cell,
+            );
+        }
+        aggregate.finalize_below(40, &PhaseMap::default());
+        assert_eq!(aggregate.take().slices.len(), 40);
+        assert_eq!(lock(&aggregate.open).pool.len(), POOL_MAX);
+    }
+
+    #[test]
     fn the_slowest_of_a_slice_are_kept_and_the_rest_counted() {
         let mut a = SlowTop::new();
         let mut b = SlowTop::new();
@@ -1066,7 +1257,59 @@ mod tests {
             latency: l(p),
         };
         let merged = merge_slices(vec![s(1, 5, 10), s(0, 1, 1), s(1, 2, 30)]);
-        assert_eq!(merged, vec![s(0, 1, 1), s(1, 7, 30)]);
+        // Of 7 samples, the 2 late ones can hold neither the median (rank 4: 3 above it)
+        // nor less than p90 (rank 7: none above).
+        let mut one = s(1, 7, 30);
+        one.latency.p50 = 10;
+        assert_eq!(merged, vec![s(0, 1, 1), one]);
+        // A late record holding most of the second sets its percentiles.
+        let merged = merge_slices(vec![s(3, 1, 5), s(3, 99, 40)]);
+        assert_eq!(merged, vec![s(3, 100, 40)]);
+        // Error replies have no latency: they do not weigh.
+        let mut errors = s(4, 10, 0);
+        errors.errors = 10;
+        let merged = merge_slices(vec![s(4, 1, 7), errors]);
+        assert_eq!(merged[0].latency, l(7));
+        assert_eq!((merged[0].ops, merged[0].errors), (11, 10));
+    }
+
+    #[test]
+    fn one_late_reply_raises_its_seconds_maximum_only() {
+        // Slice 0 has 2,000 replies on connection 0; connection 1's request intended in it
+        // is answered 300 s later, after the slice was force-finalized (the bound on open
+        // slices), so it comes as a second record of slice 0.
+        let (_, aggregate, mut recorders, _) = setup(2, 4096);
+        let map = PhaseMap::default();
+        for i in 0..2000 {
+            let intended_us = i * 400;
+            recorders[0].push(ok(intended_us, intended_us + 100 + i % 500));
+        }
+        recorders[0].commit_due(2_000_000, 2_000_000);
+        recorders[1].commit_due(2_000_000, 500_000);
+        assert_eq!(aggregate.settled_slice(), 0, "connection 1 holds slice 0");
+        aggregate.finalize_below(1, &map); // forced, as the run does past OPEN_SLICES_MAX
+        let first = aggregate.last_slice().unwrap();
+        assert_eq!((first.slice, first.ops), (0, 2000));
+        recorders[1].push(ok(500_000, 300_500_000));
+        recorders[0].finish();
+        recorders[1].finish();
+        aggregate.finalize_below(u64::MAX, &map);
+        let recorded = aggregate.take();
+        let late: Vec<&SliceRecord> = recorded.slices.iter().filter(|s| s.slice == 0).collect();
+        assert_eq!(late.len(), 2, "a second record of slice 0");
+        let merged = merge_slices(recorded.slices.clone());
+        assert_eq!(merged[0].slice, 0);
+        assert_eq!(merged[0].ops, 2001);
+        let (before, after) = (first.latency, merged[0].latency);
+        assert_eq!(after.p50, before.p50);
+        assert_eq!(after.p90, before.p90);
+        assert_eq!(after.p99, before.p99);
+        assert_eq!(after.p999, before.p999);
+        assert!(before.max < 1_000, "{before:?}");
+        assert!(
+            (300_000_000..300_300_000).contains(&after.max),
+            "300 s at 3 significant digits: {after:?}"
+        );
     }
 
     #[test]
