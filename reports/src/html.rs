@@ -764,7 +764,7 @@ fn configuration(body: &mut String, summary: &Summary, origin: u64) {
         env_rows.push((
             "memory".into(),
             if env.memory_mb >= 10_240 {
-                format!("{} GiB", env.memory_mb / 1024)
+                format!("{:.1} GiB", env.memory_mb as f64 / 1024.0)
             } else {
                 format!("{} MiB", format::thousands(env.memory_mb))
             },
@@ -815,7 +815,9 @@ fn configuration(body: &mut String, summary: &Summary, origin: u64) {
     dl(body, "Load", &load_rows, "not recorded in this run");
     dl(
         body,
-        "Build and machine",
+        // The environment is the load generator's host (the servers ran there too in
+        // `tandem demo`, but not necessarily elsewhere).
+        "Load generator's build and machine <span class=\"muted\" style=\"font-weight:400\">· the load generator ran here</span>",
         &env_rows,
         "not recorded (a run written before the environment was)",
     );
@@ -1047,16 +1049,17 @@ fn spectrum_figure(body: &mut String, label: &str, curves: &[Curve]) {
     body.push_str("\n</section>\n");
 }
 
-/// A ratio to a reference, coloured only when both sides are `meaningful` and it moved by
-/// more than `worse_beyond` either way, so that noise stays grey and the eye goes to what
-/// changed.
+/// A ratio to a reference, coloured only when it moved by more than `worse_beyond` either
+/// way and nothing makes it meaningless (`grey_because`: why it is not, which its tooltip
+/// says), so that noise stays grey and the eye goes to what changed.
 fn ratio_cell(
     r: Option<f64>,
     higher_is_worse: bool,
     worse_beyond: f64,
-    meaningful: bool,
+    grey_because: Option<&str>,
     extra_class: &str,
 ) -> String {
+    let meaningful = grey_because.is_none();
     match r {
         None => format!("<td class=\"muted{extra_class}\">–</td>"),
         Some(r) => {
@@ -1076,11 +1079,9 @@ fn ratio_cell(
                 (true, _, true) => "better",
                 _ => "muted",
             };
-            let title = if meaningful {
-                ""
-            } else {
-                " title=\"not coloured: one side has too few samples\""
-            };
+            let title = grey_because.map_or(String::new(), |why| {
+                format!(" title=\"not coloured: {}\"", esc(why))
+            });
             format!(
                 "<td class=\"{class}{extra_class}\"{title}>{}</td>",
                 format::times(r)
@@ -1092,6 +1093,9 @@ fn ratio_cell(
 /// Phases short enough that their throughput is a handful of requests over a few
 /// milliseconds: their rate is not compared.
 const RATE_MEANINGFUL_MS: u64 = 1000;
+
+/// Why a throughput ratio of such a phase is grey.
+const SHORT_FOR_A_RATE: &str = "a phase lasted under a second, too short for its rate to compare";
 
 fn latency_cells(out: &mut String, p: &PhaseSummary) {
     let l = &p.latency_us;
@@ -1150,7 +1154,7 @@ fn phase_table(body: &mut String, summary: &Summary, origin: u64) {
                     format::ratio(p.throughput_ops_s, b.throughput_ops_s),
                     false,
                     1.25,
-                    long(p) && long(b),
+                    (!long(p) || !long(b)).then_some(SHORT_FOR_A_RATE),
                     " sep",
                 );
                 let p99 = if p99_supported(p) {
@@ -1158,7 +1162,7 @@ fn phase_table(body: &mut String, summary: &Summary, origin: u64) {
                         format::ratio(p.latency_us.p99 as f64, b.latency_us.p99 as f64),
                         true,
                         2.0,
-                        p99_supported(b),
+                        (!p99_supported(b)).then_some("the baseline has too few samples for a p99"),
                         "",
                     )
                 } else {
@@ -1302,14 +1306,30 @@ fn zoom_figure(
         esc(&z.kind),
         format::offset_seconds(z.at_ms, origin)
     );
-    w!(
-        body,
-        "step-up <b>{} ms</b>",
-        format::ms(match s {
-            Some(s) => s.stepup_ms,
-            None => z.end_ms.saturating_sub(z.at_ms) as f64,
-        })
-    );
+    match s {
+        Some(s) => {
+            w!(body, "step-up <b>{} ms</b>", format::ms(s.stepup_ms));
+        }
+        // Not in the summary: its end is when the last client the switchover affected got
+        // its first success, not an acknowledged step-up.
+        None => {
+            w!(
+                body,
+                "<b>{} ms</b> until the clients found the new active",
+                format::ms(z.end_ms.saturating_sub(z.at_ms) as f64)
+            );
+        }
+    }
+    if !zoom::drawable(z) {
+        w!(
+            body,
+            "</p><p class=\"note\">Zoom not drawn: detail.json gives this switchover buckets of {} ms, \
+             where a zoom needs buckets of 1 ms to {} ms.</p></div>\n",
+            format::thousands(z.bucket_ms),
+            format::thousands(zoom::BUCKET_MS_MAX)
+        );
+        return;
+    }
     if let Some(s) = s {
         w!(
             body,
@@ -1323,7 +1343,7 @@ fn zoom_figure(
         w!(
             body,
             " · no reply for <b>{} ms</b>",
-            format::thousands(len as u64 * z.bucket_ms.max(1))
+            format::thousands((len as u64).saturating_mul(z.bucket_ms))
         );
     }
     let phases: Vec<zoom::ZoomPhase> = phases
@@ -1338,8 +1358,11 @@ fn zoom_figure(
         .collect();
     let range = zoom::window(z, s.map_or(f64::NAN, |s| s.client_gap_ms), &phases);
     if range.len() < z.buckets.len() {
-        let bucket = z.bucket_ms.max(1) as i64;
-        let edge = |i: usize| (z.from_ms as i64 + i as i64 * bucket).saturating_sub(z.at_ms as i64);
+        let bucket = z.bucket_ms as i128;
+        let edge = |i: usize| {
+            let t = i128::from(z.from_ms) + i as i128 * bucket - i128::from(z.at_ms);
+            t.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+        };
         w!(
             body,
             " · shown {} to +{} ms of the recorded {} to +{} ms",
@@ -1356,6 +1379,7 @@ fn zoom_figure(
         z,
         range,
         &phases,
+        if s.is_some() { "acked" } else { "found" },
     ));
     body.push_str("</div>\n");
 }

@@ -9,6 +9,9 @@ use crate::summary::{
 };
 use crate::timeline::{phase, Event, EventKind, SwitchoverKind, Timeline};
 
+/// The load outside every phase of the timeline, as the load generator names it.
+const STEADY: &str = "steady";
+
 /// 2024-12-24 09:26:40 UTC.
 pub const STARTED_MS: u64 = 1_735_032_400_000;
 
@@ -169,10 +172,15 @@ fn build(
         ..Event::new(STARTED_MS, EventKind::UpgradeStart)
     });
     for (p, &(start_ms, end_ms)) in plans.iter().zip(&bounds) {
-        push(Event {
-            phase: Some(p.name.into()),
-            ..Event::new(start_ms, EventKind::PhaseStart)
-        });
+        // `steady` is the load generator's name for the load outside every phase of the
+        // timeline: no events of its own.
+        let timed = p.name != STEADY;
+        if timed {
+            push(Event {
+                phase: Some(p.name.into()),
+                ..Event::new(start_ms, EventKind::PhaseStart)
+            });
+        }
         if serves_alone(p.name) {
             push(Event::new(start_ms, EventKind::SimplexStart));
         }
@@ -198,10 +206,12 @@ fn build(
         if serves_alone(p.name) {
             push(Event::new(end_ms, EventKind::SimplexEnd));
         }
-        push(Event {
-            phase: Some(p.name.into()),
-            ..Event::new(end_ms, EventKind::PhaseEnd)
-        });
+        if timed {
+            push(Event {
+                phase: Some(p.name.into()),
+                ..Event::new(end_ms, EventKind::PhaseEnd)
+            });
+        }
     }
     push(Event {
         outcome: Some(outcome.into()),
@@ -423,7 +433,7 @@ pub fn quick_run() -> (Summary, Vec<Slice>, Timeline) {
 
 /// The same load against a Redis primary and replica: one steady phase, no switchover.
 pub fn redis_run() -> (Summary, Vec<Slice>, Timeline) {
-    let plans = [plan("steady", 30_000, 5_000.0, 140.0, 520.0)];
+    let plans = [plan(STEADY, 30_000, 5_000.0, 140.0, 520.0)];
     let (mut summary, slices, _) = build("completed", &plans, &[]);
     summary.target = "redis".into();
     summary.simplex_ms = 0;
@@ -493,4 +503,29 @@ pub fn rolled_back_run() -> (Summary, Vec<Slice>, Timeline) {
         },
     ];
     build("rolled_back", &plans, &switchovers)
+}
+
+/// A completed upgrade with the load on before and after it: a `steady` warm-up and a
+/// `steady` tail, the one phase name the run goes through twice (the tail a little slower,
+/// so that the two are told apart).
+pub fn warmed_upgrade_run() -> (Summary, Vec<Slice>, Timeline) {
+    let plans = [
+        plan(STEADY, 5_000, 20_000.0, 175.0, 860.0),
+        plan(phase::BASELINE, 15_000, 20_000.0, 182.0, 910.0),
+        plan(phase::B_OUT_OF_SERVICE, 3_200, 20_000.0, 96.0, 420.0),
+        plan(phase::B_CATCH_UP, 5_800, 19_400.0, 240.0, 2_450.0),
+        plan(phase::SWITCHOVER_TO_B, 600, 16_800.0, 230.0, 9_500.0),
+        plan(phase::EVALUATION, 14_400, 20_000.0, 188.0, 940.0),
+        plan(phase::A_OUT_OF_SERVICE, 3_000, 20_000.0, 98.0, 430.0),
+        plan(phase::A_CATCH_UP, 6_000, 19_300.0, 245.0, 2_600.0),
+        plan(phase::FEATURES_ENABLED, 14_000, 20_000.0, 190.0, 950.0),
+        plan(STEADY, 6_000, 20_000.0, 260.0, 1_900.0),
+    ];
+    let switchover = PlannedSwitchover {
+        kind: SwitchoverKind::Planned,
+        offset_ms: 29_130,
+        stepup_ms: 3.8,
+        client_gap_ms: 11.6,
+    };
+    build("completed", &plans, &[switchover])
 }

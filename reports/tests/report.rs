@@ -253,7 +253,7 @@ fn two_runs_compare_on_shared_axes() {
             "{what}: B's curves"
         );
         assert!(html.contains("0 lost"));
-        if sb.phases.len() == 1 {
+        if reports::run::is_steady_only(&sb) {
             assert!(
                 html.contains(&format!("vs B {}", sb.phases[0].name)),
                 "{what}: the steady run is the reference of every phase"
@@ -430,4 +430,34 @@ fn text_from_the_run_files_is_escaped() {
             "{name}: raw markup from summary.json"
         );
     }
+}
+
+/// detail.json from a load generator that got its bucket length wrong: no bucket at all, or
+/// one as long as the clock. The report renders, and says the zoom is not drawn.
+#[test]
+fn odd_zoom_buckets_render_without_panic() {
+    let (summary, slices, timeline) = reports::sample::rolled_back_run();
+    let mut detail = reports::sample::detail(&summary, &slices);
+    assert_eq!(detail.zooms.len(), 2);
+    detail.zooms[0].bucket_ms = 0;
+    detail.zooms[1].bucket_ms = u64::MAX;
+    // And a zoom the summary does not list, at the end of the clock.
+    let mut late = detail.zooms[1].clone();
+    late.at_ms = u64::MAX - 10;
+    late.end_ms = u64::MAX;
+    late.from_ms = u64::MAX - 100;
+    late.bucket_ms = u64::MAX;
+    detail.zooms.push(late);
+    let root = TempDir::new("odd-zoom");
+    let run = RunDir::new(root.path().join("odd"));
+    run.write_summary(&summary).unwrap();
+    run.write_slices(&slices).unwrap();
+    run.write_timeline(&timeline).unwrap();
+    run.write_detail(&detail).unwrap();
+    let html = std::fs::read_to_string(run.render_report().unwrap()).unwrap();
+    assert_self_contained("odd zoom buckets", &html);
+    assert_eq!(html.matches("Zoom not drawn").count(), 3);
+    assert!(html.contains("buckets of 0 ms"));
+    assert!(html.contains(&format!("buckets of {} ms", thousands(u64::MAX))));
+    assert!(!html.contains("id=\"zoom-"), "no zoom drawn");
 }

@@ -10,10 +10,55 @@ use super::format::{self, esc};
 use super::spectrum::Curve;
 use super::*;
 
-/// A run without an upgrade is one steady phase: it is the reference for every phase of the
-/// other run (an upgrade measured against the peer's steady state under the same load).
+/// A run without an upgrade (all its phases `steady`, as [`crate::run::is_steady_only`] has
+/// it everywhere) is the reference for every phase of the other run: an upgrade measured
+/// against the peer's steady state under the same load.
 fn steady_only(r: &Summary) -> bool {
-    r.phases.len() == 1
+    crate::run::is_steady_only(r)
+}
+
+/// A phase of a run as it is paired with the other run's: its name and which time the run
+/// went through a phase of that name (1 the first), so that a run's second `steady` meets
+/// the other run's second, not its first.
+#[derive(Clone, Copy, PartialEq)]
+struct Key<'a> {
+    name: &'a str,
+    nth: usize,
+}
+
+impl Key<'_> {
+    /// The name, and for a phase gone through again, which time: `steady (2)`.
+    fn label(&self) -> String {
+        if self.nth == 1 {
+            self.name.to_string()
+        } else {
+            format!("{} ({})", self.name, self.nth)
+        }
+    }
+}
+
+/// A run's phases in order, each with its [`Key`].
+fn keyed(r: &Summary) -> Vec<(Key<'_>, &PhaseSummary)> {
+    let mut out: Vec<(Key, &PhaseSummary)> = Vec::with_capacity(r.phases.len());
+    for p in &r.phases {
+        let nth = 1 + out.iter().filter(|(k, _)| k.name == p.name).count();
+        out.push((Key { name: &p.name, nth }, p));
+    }
+    out
+}
+
+/// The phase of `phases` with `key`, or for a reference run its first phase (its steady
+/// state, which every phase of the other run is measured against).
+fn find<'a>(
+    phases: &[(Key<'a>, &'a PhaseSummary)],
+    key: Key,
+    is_ref: bool,
+) -> Option<(Key<'a>, &'a PhaseSummary)> {
+    phases
+        .iter()
+        .find(|(k, _)| *k == key)
+        .or(if is_ref { phases.first() } else { None })
+        .copied()
 }
 
 fn card(body: &mut String, who: &str, label: &str, run: &Run) {
@@ -103,7 +148,7 @@ fn percentile_pair(
             format::ratio(pick(b) as f64, pick(a) as f64),
             true,
             1.1,
-            true,
+            None,
             "",
         )),
         (Some(_), None) | (None, Some(_)) => out.push_str(
@@ -306,10 +351,10 @@ fn compare_spectrum(body: &mut String, sa: &Summary, sb: &Summary) {
         } else {
             (sb, sa, "B", "A")
         };
-        for (i, p) in upgrade.phases.iter().enumerate() {
+        for (i, (k, p)) in keyed(upgrade).into_iter().enumerate() {
             curves.push(Curve::of_phase(
                 p,
-                format!("{up_who} {}", p.name),
+                format!("{up_who} {}", k.label()),
                 phase_color(&p.name, i),
                 up_who == "B",
             ));
@@ -324,11 +369,12 @@ fn compare_spectrum(body: &mut String, sa: &Summary, sb: &Summary) {
             ));
         }
     } else {
-        for (i, p) in sa.phases.iter().enumerate() {
-            if let Some(q) = sb.phases.iter().find(|q| q.name == p.name) {
+        let phases_b = keyed(sb);
+        for (i, (k, p)) in keyed(sa).into_iter().enumerate() {
+            if let Some((_, q)) = find(&phases_b, k, false) {
                 let color = phase_color(&p.name, i);
-                curves.push(Curve::of_phase(p, format!("A {}", p.name), color, false));
-                curves.push(Curve::of_phase(q, format!("B {}", q.name), color, true));
+                curves.push(Curve::of_phase(p, format!("A {}", k.label()), color, false));
+                curves.push(Curve::of_phase(q, format!("B {}", k.label()), color, true));
             }
         }
     }
@@ -350,25 +396,21 @@ fn compare_spectrum(body: &mut String, sa: &Summary, sb: &Summary) {
 
 fn phases_table(body: &mut String, run_a: &Summary, run_b: &Summary) {
     let (ref_a, ref_b) = (steady_only(run_a), steady_only(run_b));
-    let mut names: Vec<&str> = Vec::new();
-    for p in run_a
-        .phases
+    let (phases_a, phases_b) = (keyed(run_a), keyed(run_b));
+    // Every phase of both runs, a phase gone through twice once per time; only the other
+    // run's when one is the reference of every phase.
+    let mut keys: Vec<Key> = Vec::new();
+    for (k, _) in phases_a
         .iter()
         .filter(|_| !ref_a || ref_b)
-        .chain(run_b.phases.iter().filter(|_| !ref_b || ref_a))
+        .chain(phases_b.iter().filter(|_| !ref_b || ref_a))
     {
-        if !names.contains(&p.name.as_str()) {
-            names.push(&p.name);
+        if !keys.contains(k) {
+            keys.push(*k);
         }
     }
-    if names.is_empty() {
-        names.extend(
-            run_a
-                .phases
-                .iter()
-                .chain(&run_b.phases)
-                .map(|p| p.name.as_str()),
-        );
+    if keys.is_empty() {
+        keys.extend(phases_a.iter().chain(&phases_b).map(|(k, _)| *k));
     }
     body.push_str("<section class=\"table\">\n<h2>Phases</h2>\n<div class=\"scroll\"><table id=\"phases\">\n<thead>\n");
     body.push_str(
@@ -379,27 +421,21 @@ fn phases_table(body: &mut String, run_a: &Summary, run_b: &Summary) {
         body.push_str("<th class=\"sep\">A</th><th>B</th><th>B/A</th>");
     }
     body.push_str("</tr>\n</thead>\n<tbody>\n");
-    for name in &names {
-        let pick_phase = |r: &'_ Summary, is_ref: bool| {
-            r.phases
-                .iter()
-                .position(|p| p.name == *name)
-                .or(if is_ref { Some(0) } else { None })
+    for &key in &keys {
+        let a = find(&phases_a, key, ref_a && !ref_b);
+        let b = find(&phases_b, key, ref_b && !ref_a);
+        let (pa, pb) = (a.map(|(_, p)| p), b.map(|(_, p)| p));
+        let name = esc(&key.label());
+        let vs = |who: &str, side: Option<(Key, &PhaseSummary)>| {
+            format!(
+                "{name} <span class=\"meta\">vs {who} {}</span>",
+                esc(&side.map_or(String::new(), |(k, _)| k.label()))
+            )
         };
-        let pa = pick_phase(run_a, ref_a && !ref_b).and_then(|i| run_a.phases.get(i));
-        let pb = pick_phase(run_b, ref_b && !ref_a).and_then(|i| run_b.phases.get(i));
         let shown = match (ref_a && !ref_b, ref_b && !ref_a) {
-            (true, _) => format!(
-                "{} <span class=\"meta\">vs A {}</span>",
-                esc(name),
-                esc(pa.map_or("", |p| p.name.as_str()))
-            ),
-            (_, true) => format!(
-                "{} <span class=\"meta\">vs B {}</span>",
-                esc(name),
-                esc(pb.map_or("", |p| p.name.as_str()))
-            ),
-            _ => esc(name).to_string(),
+            (true, _) => vs("A", a),
+            (_, true) => vs("B", b),
+            _ => name,
         };
         w!(body, "<tr><td class=\"l name\">{}</td>", shown);
         let cell = |p: Option<&PhaseSummary>| {
@@ -418,13 +454,14 @@ fn phases_table(body: &mut String, run_a: &Summary, run_b: &Summary) {
             (Some(a), Some(b)) => format::ratio(b.throughput_ops_s, a.throughput_ops_s),
             _ => None,
         };
-        body.push_str(&ratio_cell(r, false, 1.1, long(pa) && long(pb), ""));
+        let grey = (!long(pa) || !long(pb)).then_some(SHORT_FOR_A_RATE);
+        body.push_str(&ratio_cell(r, false, 1.1, grey, ""));
         percentile_pair(body, pa, pb, 0.5, |p| p.latency_us.p50);
         percentile_pair(body, pa, pb, 0.99, |p| p.latency_us.p99);
         percentile_pair(body, pa, pb, 0.999, |p| p.latency_us.p999);
         body.push_str("</tr>\n");
     }
-    if names.is_empty() {
+    if keys.is_empty() {
         body.push_str(
             "<tr><td class=\"none\" colspan=\"13\">no phases recorded in either run</td></tr>\n",
         );
@@ -476,7 +513,7 @@ fn switchovers_table(body: &mut String, run_a: &Summary, run_b: &Summary) {
                 (Some(a), Some(b)) => format::ratio(b, a),
                 _ => None,
             };
-            body.push_str(&ratio_cell(r, true, 1.1, true, ""));
+            body.push_str(&ratio_cell(r, true, 1.1, None, ""));
         }
         for pick in [|s: &Switchover| s.retried, |s: &Switchover| s.redirected] {
             let cell = |s: Option<&Switchover>| {

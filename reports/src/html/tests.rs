@@ -313,3 +313,126 @@ fn sample_report_for_a_human() {
     }
     eprintln!("sample reports written under {}", root.display());
 }
+
+/// The `<tr>` of the comparison's phase table whose first cell starts with `label`.
+fn compare_row<'a>(html: &'a str, label: &str) -> &'a str {
+    let cell = format!("<tr><td class=\"l name\">{label}");
+    let start = html
+        .find(&cell)
+        .unwrap_or_else(|| panic!("no row {label:?}"));
+    let end = start + html[start..].find("</tr>").unwrap();
+    &html[start..end]
+}
+
+#[test]
+fn the_comparison_pairs_a_phase_gone_through_twice_by_its_turn() {
+    let (a, _, _) = sample::warmed_upgrade_run();
+    let steady: Vec<usize> = (0..a.phases.len())
+        .filter(|&i| a.phases[i].name == STEADY)
+        .collect();
+    assert_eq!(steady.len(), 2, "the sample goes through steady twice");
+    // B: the same run, its tail three times slower at p99 and with its own count.
+    let mut b = a.clone();
+    let tail = &mut b.phases[steady[1]];
+    tail.latency_us.p99 = a.phases[steady[1]].latency_us.p99 * 3;
+    tail.ops += 7;
+    let html = render_compare(("a", &a), ("b", &b));
+    assert_well_formed(&html);
+    assert_self_contained("warm vs warm", &html);
+
+    let first = compare_row(&html, "steady</td>");
+    let second = compare_row(&html, "steady (2)</td>");
+    let p99 = |s: &Summary, i: usize| format::latency_us(s.phases[i].latency_us.p99);
+    // The tail is paired with the tail: both p99s, and their ratio 3×.
+    assert!(second.contains(&p99(&a, steady[1])), "{second}");
+    assert!(second.contains(&p99(&b, steady[1])), "{second}");
+    assert!(second.contains(&format::times(3.0)), "{second}");
+    // The warm-up with the warm-up, and not with the tail.
+    assert!(first.contains(&p99(&a, steady[0])), "{first}");
+    assert!(!first.contains(&p99(&b, steady[1])), "{first}");
+    assert_eq!(html.matches("<td class=\"l name\">steady").count(), 2);
+
+    // In the spectrum each occurrence has its curve, B's second with B's tail.
+    let legend = |label: &str, p: &PhaseSummary| {
+        format!("<code>{label}</code> n={}", format::thousands(successes(p)))
+    };
+    for (label, p) in [
+        ("A steady", &a.phases[steady[0]]),
+        ("B steady", &b.phases[steady[0]]),
+        ("A steady (2)", &a.phases[steady[1]]),
+        ("B steady (2)", &b.phases[steady[1]]),
+    ] {
+        assert!(html.contains(&legend(label, p)), "{label} in the legend");
+    }
+}
+
+#[test]
+fn a_one_phase_upgrade_run_is_not_a_reference() {
+    let (a, _, _) = sample::upgrade_run();
+    // An upgrade that got no further than its baseline.
+    let mut b = a.clone();
+    b.phases.truncate(1);
+    assert_eq!(b.phases[0].name, phase::BASELINE);
+    let html = render_compare(("a", &a), ("b", &b));
+    assert_well_formed(&html);
+    assert!(
+        !html.contains("vs B "),
+        "B's baseline is not B's steady state"
+    );
+    // Each phase of A against B's phase of that name: only the baselines meet.
+    let evaluation = compare_row(&html, "evaluation</td>");
+    assert!(
+        evaluation.contains("<td>–</td>"),
+        "B has no evaluation: {evaluation}"
+    );
+    assert!(html.contains("<code>B baseline</code>"));
+    assert!(!html.contains("<code>A evaluation</code>"));
+
+    // A run that is all steady is still the reference of every phase.
+    let (redis, _, _) = sample::redis_run();
+    let html = render_compare(("a", &a), ("redis", &redis));
+    assert!(compare_row(&html, "evaluation").contains("vs B steady"));
+}
+
+#[test]
+fn a_grey_ratio_says_why() {
+    let (summary, slices, timeline) = sample::quick_run();
+    let html = render(&summary, &slices, Some(&timeline));
+    assert!(
+        html.contains("title=\"not coloured: a phase lasted under a second"),
+        "the short phases' throughput ratios"
+    );
+    assert!(!html.contains("one side has too few samples"));
+}
+
+#[test]
+fn the_environment_is_the_load_generators_and_its_memory_is_rounded() {
+    let (mut summary, slices, timeline) = sample::upgrade_run();
+    summary.environment.as_mut().unwrap().memory_mb = 24_105;
+    let html = render(&summary, &slices, Some(&timeline));
+    assert!(html.contains("23.5 GiB"), "24,105 MB");
+    assert!(html.contains("Load generator's build and machine"));
+    assert!(html.contains("the load generator ran here"));
+}
+
+#[test]
+fn a_zoom_the_summary_does_not_list_says_what_its_end_is() {
+    let (mut summary, slices, timeline) = sample::upgrade_run();
+    let detail = sample::detail(&summary, &slices);
+    let z = &detail.zooms[0];
+    summary.switchovers.clear();
+    let html = super::render(&Run {
+        summary: &summary,
+        slices: &slices,
+        timeline: Some(&timeline),
+        detail: Some(&detail),
+    });
+    assert_well_formed(&html);
+    let caption = format!(
+        "<b>{} ms</b> until the clients found the new active",
+        format::ms(z.end_ms.saturating_sub(z.at_ms) as f64)
+    );
+    assert!(html.contains(&caption), "{caption}");
+    assert!(!html.contains("step-up <b>"), "not a step-up");
+    assert!(html.contains(">found</text>"));
+}

@@ -23,6 +23,15 @@ const LATENCY_HEIGHT: f64 = 100.0;
 const AXIS_HEIGHT: f64 = 30.0;
 const LANE_ROW_HEIGHT: f64 = 17.0;
 
+/// The longest bucket a zoom is drawn with: detail.json's buckets are a millisecond, and a
+/// bucket longer than a minute (or of no length) is a file that does not say what it means.
+pub const BUCKET_MS_MAX: u64 = 60_000;
+
+/// Whether `zoom`'s bucket length can be drawn (see [`BUCKET_MS_MAX`]).
+pub fn drawable(zoom: &Zoom) -> bool {
+    (1..=BUCKET_MS_MAX).contains(&zoom.bucket_ms)
+}
+
 /// The run of buckets without a reply nearest the step-up (the longest among those that
 /// touch it), as (first bucket, count): the gap the clients saw, as the buckets show it.
 /// At a low rate replies come in bursts and short silences are everywhere; the one that
@@ -99,27 +108,32 @@ pub fn window(zoom: &Zoom, gap_ms: f64, phases: &[ZoomPhase]) -> std::ops::Range
     from.min(zoom.buckets.len())..to.min(zoom.buckets.len())
 }
 
-/// The zoom chart of `zoom`'s buckets in `range` (see [`window`]).
+/// The zoom chart of `zoom`'s buckets in `range` (see [`window`]); `end_label` marks
+/// `end_ms` (`acked` for a step-up the timeline recorded). Arithmetic saturates: a zoom's
+/// times come from a file.
 pub fn svg(
     id: &str,
     label: &str,
     zoom: &Zoom,
     range: std::ops::Range<usize>,
     phases: &[ZoomPhase],
+    end_label: &str,
 ) -> String {
-    let bucket_ms = zoom.bucket_ms.max(1);
+    let bucket_ms = zoom.bucket_ms.clamp(1, BUCKET_MS_MAX);
     let silent = silence(zoom).and_then(|(s, n)| {
         let (s, e) = (s.max(range.start), (s + n).min(range.end));
         (e > s).then(|| (s - range.start, e - s))
     });
     let shown = Zoom {
-        from_ms: zoom.from_ms + range.start as u64 * bucket_ms,
+        from_ms: zoom
+            .from_ms
+            .saturating_add((range.start as u64).saturating_mul(bucket_ms)),
         buckets: zoom.buckets[range].to_vec(),
         ..zoom.clone()
     };
     let zoom = &shown;
     let n = zoom.buckets.len() as u64;
-    let span_ms = (n * bucket_ms).max(1) as f64;
+    let span_ms = n.saturating_mul(bucket_ms).max(1) as f64;
     let plot_w = WIDTH - LEFT - RIGHT;
     // Relative to the switchover's start, in ms (may be negative: the buckets begin before).
     let rel = |t_ms: u64| t_ms as f64 - zoom.at_ms as f64;
@@ -200,14 +214,14 @@ pub fn svg(
     // The step-up, shaded across both panels, and the silence the buckets show.
     let (s0, s1) = (x(0.0), x(rel(zoom.end_ms.max(zoom.at_ms))));
     if let Some((first, len)) = silent {
-        let g0 = x(from_rel + (first as u64 * bucket_ms) as f64);
-        let g1 = x(from_rel + ((first + len) as u64 * bucket_ms) as f64);
+        let g0 = x(from_rel + first as f64 * bucket_ms as f64);
+        let g1 = x(from_rel + (first + len) as f64 * bucket_ms as f64);
         w!(
             out,
             r#"<rect class="silence" x="{g0:.1}" y="{count_top}" width="{:.1}" height="{:.1}"><title>no replies for {} ms</title></rect>"#,
             (g1 - g0).max(1.0),
             lat_bottom - count_top,
-            len as u64 * bucket_ms
+            (len as u64).saturating_mul(bucket_ms)
         );
     }
     w!(
@@ -245,7 +259,7 @@ pub fn svg(
     let step = |v: &dyn Fn(usize) -> f64| -> Vec<Option<(f64, f64)>> {
         let mut pts = Vec::with_capacity(zoom.buckets.len() * 2);
         for i in 0..zoom.buckets.len() {
-            let r0 = from_rel + (i as u64 * bucket_ms) as f64;
+            let r0 = from_rel + i as f64 * bucket_ms as f64;
             let value = v(i);
             pts.push(Some((x(r0), value)));
             pts.push(Some((x(r0 + bucket_ms as f64), value)));
@@ -262,7 +276,7 @@ pub fn svg(
         .enumerate()
         .filter(|(_, b)| b.errors > 0)
     {
-        let r0 = from_rel + (i as u64 * bucket_ms) as f64;
+        let r0 = from_rel + i as f64 * bucket_ms as f64;
         let top = cy(per_ms(b.errors)).min(count_bottom - 2.0);
         w!(
             out,
@@ -278,7 +292,7 @@ pub fn svg(
         .enumerate()
         .map(|(i, b)| {
             (b.max_us > 0).then(|| {
-                let r = from_rel + (i as u64 * bucket_ms) as f64 + bucket_ms as f64 / 2.0;
+                let r = from_rel + i as f64 * bucket_ms as f64 + bucket_ms as f64 / 2.0;
                 (x(r), ly(b.max_us as f64))
             })
         })
@@ -292,11 +306,12 @@ pub fn svg(
     );
     w!(
         out,
-        r#"<text class="stepuplabel" x="{:.1}" y="{:.1}" text-anchor="end">step-up</text><text class="stepuplabel" x="{:.1}" y="{:.1}" text-anchor="start">acked</text>"#,
+        r#"<text class="stepuplabel" x="{:.1}" y="{:.1}" text-anchor="end">step-up</text><text class="stepuplabel" x="{:.1}" y="{:.1}" text-anchor="start">{}</text>"#,
         s0 - 3.0,
         count_top + 11.0,
         s1 + 3.0,
-        count_top + 11.0
+        count_top + 11.0,
+        esc(end_label)
     );
 
     // Time axis: ms from the switchover's start.
@@ -370,16 +385,26 @@ mod tests {
             end_ms: 999,
             color: "#000",
         }];
-        let html = svg("zoom-1", "t", &zoom, 0..8, &phases);
+        let html = svg("zoom-1", "t", &zoom, 0..8, &phases, "acked");
         assert!(html.contains(">switchover_to_b</text>"));
         assert!(html.contains("no replies for 3 ms"));
         assert!(!html.contains("NaN"));
         let empty = Zoom {
             buckets: Vec::new(),
-            ..zoom
+            ..zoom.clone()
         };
         assert_eq!(silence(&empty), None);
         assert_eq!(window(&empty, 3.0, &phases), 0..0);
-        assert!(svg("zoom-1", "t", &empty, 0..0, &[]).contains("no buckets"));
+        assert!(svg("zoom-1", "t", &empty, 0..0, &[], "acked").contains("no buckets"));
+        // Times at the end of the clock: nothing overflows.
+        let late = Zoom {
+            at_ms: u64::MAX - 2,
+            end_ms: u64::MAX,
+            from_ms: u64::MAX - 6,
+            bucket_ms: BUCKET_MS_MAX,
+            ..zoom
+        };
+        let html = svg("zoom-1", "t", &late, 0..8, &[], "found");
+        assert!(!html.contains("NaN"));
     }
 }

@@ -77,14 +77,16 @@ pub fn copy_run(from: &Path, to: &Path) -> RunDir {
 }
 
 /// The sample runs as run directories under `root`: `quick` (phases of milliseconds),
-/// `completed`, `rolled_back` (each with a timeline and detail.json) and `redis` (one steady
-/// phase, no timeline).
+/// `completed`, `rolled_back` (each with a timeline and detail.json), `redis` (one steady
+/// phase, no timeline) and `warmed` (an upgrade between a steady warm-up and a steady tail: a
+/// phase gone through twice).
 pub fn write_samples(root: &Path) -> Vec<(String, RunDir)> {
     let runs = [
         ("quick", sample::quick_run()),
         ("completed", sample::upgrade_run()),
         ("rolled_back", sample::rolled_back_run()),
         ("redis", sample::redis_run()),
+        ("warmed", sample::warmed_upgrade_run()),
     ];
     runs.into_iter()
         .map(|(name, (summary, slices, timeline))| {
