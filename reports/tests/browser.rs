@@ -3,10 +3,11 @@
 //! drawn in it), and the DOM must hold the title and every chart. Chromium is installed by
 //! `scripts/setup.sh`; without it this test fails and says so.
 //!
-//! Chromium runs in a process group of its own with its own temporary profile and home,
-//! within a deadline; when it is done the group is killed, and so is anything whose command
-//! line names the temporary directory (the crash handler, which leaves the group), so no
-//! process outlives the test.
+//! Chromium runs in a process group of its own (led by a process of the test's, so that the
+//! group's id stays Chromium's until the group is killed) with its own temporary profile
+//! and home, within a deadline; when it is done the group is killed, and so is anything
+//! whose command line names the temporary directory (the crash handler, which leaves the
+//! group), so no process outlives the test.
 
 mod common;
 
@@ -21,6 +22,9 @@ use common::{chart_ids, TempDir};
 /// How long one Chromium run may take before it is killed (a cold start on a loaded CI
 /// machine takes seconds; a hang takes forever).
 const DEADLINE: Duration = Duration::from_secs(120);
+
+/// How often the processes left behind are looked for again while they die.
+const KILL_POLL: Duration = Duration::from_millis(20);
 
 fn chromium() -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -86,7 +90,9 @@ fn kill_ours(pgid: u32, marker: &str) {
             .args(left.iter().map(u32::to_string))
             .stderr(Stdio::null())
             .status();
-        std::thread::yield_now();
+        // A killed process is gone within milliseconds; scan again after a pause rather than
+        // spawn `kill` in a tight loop.
+        std::thread::sleep(KILL_POLL);
     }
 }
 
@@ -120,10 +126,27 @@ fn run_chromium(work: &Path, args: &[String], url: &str, stdout: &Path) -> ExitS
     .env("XDG_CACHE_HOME", home.join(".cache"))
     .stdin(Stdio::null())
     .stdout(File::create(stdout).unwrap())
-    .stderr(File::create(work.join("chromium.log")).unwrap())
-    .process_group(0);
-    let mut child = cmd.spawn().expect("starting chromium");
-    let pgid = child.id();
+    .stderr(File::create(work.join("chromium.log")).unwrap());
+    // The group's leader is a process of ours that waits on its stdin and is reaped only
+    // after the group is killed: while it is unreaped the group's id cannot be reused, so
+    // the kill below reaches Chromium's group and no other, even when Chromium itself has
+    // already been reaped.
+    let mut leader = Command::new("cat")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("starting the process group's leader");
+    let pgid = leader.id();
+    cmd.process_group(i32::try_from(pgid).expect("a pid"));
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            kill_ours(pgid, &work.display().to_string());
+            let _ = leader.wait();
+            panic!("starting chromium: {e}");
+        }
+    };
     let (tx, rx) = mpsc::channel();
     let waiter = std::thread::spawn(move || {
         let status = child.wait();
@@ -131,8 +154,10 @@ fn run_chromium(work: &Path, args: &[String], url: &str, stdout: &Path) -> ExitS
         status
     });
     let in_time = rx.recv_timeout(DEADLINE).is_ok();
-    // Whether it finished or hangs: the group goes, helpers included.
+    // Whether it finished or hangs: the group goes, helpers and leader included, and only
+    // then is the leader reaped.
     kill_ours(pgid, &work.display().to_string());
+    let _ = leader.wait();
     let status = waiter.join().unwrap().expect("waiting for chromium");
     let log = std::fs::read_to_string(work.join("chromium.log")).unwrap_or_default();
     assert!(
