@@ -248,8 +248,11 @@ struct Connection {
     redirect: Option<Redirecting>,
     follow: Follow,
     last_marked_bucket: u64,
-    /// This connection's counts for the millisecond it is recording.
+    /// This connection's counts for the millisecond it is recording (it adds them to the
+    /// shared counters itself when the millisecond or second changes; the rest at the end).
     tally: Tally,
+    /// The millisecond (of the run's clock) the progress counters were last published in.
+    published_ms: u64,
     /// The entry in `shared.redirects` of the episode being followed, until a success.
     episode: Option<usize>,
     ops_unpublished: u64,
@@ -297,6 +300,7 @@ pub async fn run(shared: Arc<Shared>, setup: Setup) -> Report {
         follow: Follow::default(),
         last_marked_bucket: u64::MAX,
         tally: Tally::default(),
+        published_ms: u64::MAX,
         episode: None,
         ops_unpublished: 0,
         errors_unpublished: 0,
@@ -305,6 +309,8 @@ pub async fn run(shared: Arc<Shared>, setup: Setup) -> Report {
         shared,
     };
     let error = c.drive().await.err();
+    // The counters of `detail.json` are read once every connection has ended.
+    c.tally.flush(&c.shared.millis);
     c.publish_counters();
     if error.is_some() {
         // Given up mid-run: hand in what was measured once the timeline had its grace
@@ -341,7 +347,13 @@ impl Connection {
             let stop_ns = *self.stop.borrow();
             let outstanding_us = self.outstanding_us(now_ns, stop_ns);
             self.recorder.commit_due(now_ns / 1000, outstanding_us);
-            self.publish_counters();
+            // The progress line reads these every 100 ms: once per millisecond is plenty,
+            // and keeps the shared cache lines cold.
+            let now_ms = now_ns / 1_000_000;
+            if now_ms != self.published_ms {
+                self.published_ms = now_ms;
+                self.publish_counters();
+            }
             if self.finished(now_ns, stop_ns) {
                 return Ok(());
             }
@@ -894,8 +906,9 @@ impl Connection {
         wake.max(now_ns)
     }
 
+    /// Adds the replies and errors counted since the last call to the run's progress
+    /// counters.
     fn publish_counters(&mut self) {
-        self.tally.flush(&self.shared.millis);
         if self.ops_unpublished > 0 {
             self.shared
                 .ops

@@ -5,9 +5,10 @@
 //!
 //! [`Millis`] is preallocated for the run (atomic counters per millisecond, bounded by
 //! [`MILLIS_SPAN_MAX_MS`]); each connection keeps a [`Tally`] of the millisecond it is
-//! recording and adds it to the shared counters when the millisecond changes, so the hot
-//! path takes no lock, allocates nothing, and touches a shared cache line about once per
-//! millisecond rather than once per reply.
+//! recording and adds it to the shared counters when the millisecond (or the second)
+//! changes, and once more when the connection ends ([`Tally::flush`]), so the hot path
+//! takes no lock, allocates nothing, and touches a shared cache line about once per
+//! millisecond rather than once per reply. The counters are read at the end of the run.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -146,7 +147,8 @@ impl Tally {
         self.replied_in_slice += 1;
     }
 
-    /// Adds what is counted to the shared counters.
+    /// Adds what is counted to the shared counters: once, when the connection ends (a
+    /// change of millisecond or second flushes by itself).
     pub fn flush(&mut self, millis: &Millis) {
         self.flush_intended(millis);
         self.flush_replied(millis);
@@ -226,6 +228,40 @@ pub fn slow_requests(slow: &[Slow], clock: &Clock) -> Vec<SlowRequest> {
 mod tests {
     use super::*;
     use reports::timeline::SwitchoverKind;
+
+    #[test]
+    fn a_tally_flushes_itself_when_its_millisecond_changes() {
+        let clock = Clock::start_now();
+        let millis = Millis::new(&clock, 10 * SLICE_US);
+        let ms0 = 1000 - clock.start_wall_us() % 1000;
+        let at = |ms: u64| ms0 + ms * 1000;
+        let base_ms = clock.wall_ms_at_us(at(0));
+        let ops = |ms: u64| millis.buckets(base_ms + ms, base_ms + ms + 1)[0].ops;
+        let replied = |ms: u64| millis.buckets(base_ms + ms, base_ms + ms + 1)[0].replied;
+        let mut t = Tally::default();
+        t.record(&millis, &clock, at(2), at(5), 3000, true);
+        t.record(&millis, &clock, at(2) + 10, at(5) + 10, 3000, true);
+        assert_eq!(
+            (ops(2), replied(5)),
+            (0, 0),
+            "held while the millisecond lasts"
+        );
+        // The next millisecond, intended and replied: the previous one is added.
+        t.record(&millis, &clock, at(3), at(6), 3000, true);
+        assert_eq!((ops(2), replied(5)), (2, 2));
+        assert_eq!(
+            millis.replied_per_slice().iter().sum::<u64>(),
+            0,
+            "same second"
+        );
+        // The next second: its replies so far are added; the last millisecond at the end.
+        t.record(&millis, &clock, at(1003), at(1006), 3000, true);
+        assert_eq!(millis.replied_per_slice().iter().sum::<u64>(), 3);
+        assert_eq!((ops(3), ops(1003)), (1, 0));
+        t.flush(&millis);
+        assert_eq!((ops(1003), replied(1006)), (1, 1));
+        assert_eq!(millis.replied_per_slice().iter().sum::<u64>(), 4);
+    }
 
     #[test]
     fn tallies_add_up_per_millisecond_and_zooms_cut_them_out() {
