@@ -15,6 +15,7 @@ const STEADY: &str = "steady";
 /// 2024-12-24 09:26:40 UTC.
 pub const STARTED_MS: u64 = 1_735_032_400_000;
 
+#[derive(Clone, Copy)]
 struct Plan {
     name: &'static str,
     duration_ms: u64,
@@ -451,25 +452,31 @@ fn serves_alone(name: &str) -> bool {
         || name == phase::B_RELOAD_PREVIOUS
 }
 
-/// The eight phases of a completed upgrade over 62 s, one planned switchover.
-pub fn upgrade_run() -> (Summary, Vec<Slice>, Timeline) {
-    let plans = [
-        plan(phase::BASELINE, 15_000, 20_000.0, 182.0, 910.0),
-        plan(phase::B_OUT_OF_SERVICE, 3_200, 20_000.0, 96.0, 420.0),
-        plan(phase::B_CATCH_UP, 5_800, 19_400.0, 240.0, 2_450.0),
-        plan(phase::SWITCHOVER_TO_B, 600, 16_800.0, 230.0, 9_500.0),
-        plan(phase::EVALUATION, 14_400, 20_000.0, 188.0, 940.0),
-        plan(phase::A_OUT_OF_SERVICE, 3_000, 20_000.0, 98.0, 430.0),
-        plan(phase::A_CATCH_UP, 6_000, 19_300.0, 245.0, 2_600.0),
-        plan(phase::FEATURES_ENABLED, 14_000, 20_000.0, 190.0, 950.0),
-    ];
-    let switchover = PlannedSwitchover {
+/// The eight phases of a completed upgrade, 62 s.
+const UPGRADE_PLANS: [Plan; 8] = [
+    plan(phase::BASELINE, 15_000, 20_000.0, 182.0, 910.0),
+    plan(phase::B_OUT_OF_SERVICE, 3_200, 20_000.0, 96.0, 420.0),
+    plan(phase::B_CATCH_UP, 5_800, 19_400.0, 240.0, 2_450.0),
+    plan(phase::SWITCHOVER_TO_B, 600, 16_800.0, 230.0, 9_500.0),
+    plan(phase::EVALUATION, 14_400, 20_000.0, 188.0, 940.0),
+    plan(phase::A_OUT_OF_SERVICE, 3_000, 20_000.0, 98.0, 430.0),
+    plan(phase::A_CATCH_UP, 6_000, 19_300.0, 245.0, 2_600.0),
+    plan(phase::FEATURES_ENABLED, 14_000, 20_000.0, 190.0, 950.0),
+];
+
+/// The planned switchover of [`UPGRADE_PLANS`], `offset_ms` after the upgrade's start.
+fn upgrade_switchover(offset_ms: u64) -> PlannedSwitchover {
+    PlannedSwitchover {
         kind: SwitchoverKind::Planned,
-        offset_ms: 24_130,
+        offset_ms: offset_ms + 24_130,
         stepup_ms: 3.8,
         client_gap_ms: 11.6,
-    };
-    build("completed", &plans, &[switchover])
+    }
+}
+
+/// The eight phases of a completed upgrade over 62 s, one planned switchover.
+pub fn upgrade_run() -> (Summary, Vec<Slice>, Timeline) {
+    build("completed", &UPGRADE_PLANS, &[upgrade_switchover(0)])
 }
 
 /// An upgrade to a faulty 2.0 that evaluation rejects: back to 1.0 with nothing lost.
@@ -509,23 +516,9 @@ pub fn rolled_back_run() -> (Summary, Vec<Slice>, Timeline) {
 /// `steady` tail, the one phase name the run goes through twice (the tail a little slower,
 /// so that the two are told apart).
 pub fn warmed_upgrade_run() -> (Summary, Vec<Slice>, Timeline) {
-    let plans = [
-        plan(STEADY, 5_000, 20_000.0, 175.0, 860.0),
-        plan(phase::BASELINE, 15_000, 20_000.0, 182.0, 910.0),
-        plan(phase::B_OUT_OF_SERVICE, 3_200, 20_000.0, 96.0, 420.0),
-        plan(phase::B_CATCH_UP, 5_800, 19_400.0, 240.0, 2_450.0),
-        plan(phase::SWITCHOVER_TO_B, 600, 16_800.0, 230.0, 9_500.0),
-        plan(phase::EVALUATION, 14_400, 20_000.0, 188.0, 940.0),
-        plan(phase::A_OUT_OF_SERVICE, 3_000, 20_000.0, 98.0, 430.0),
-        plan(phase::A_CATCH_UP, 6_000, 19_300.0, 245.0, 2_600.0),
-        plan(phase::FEATURES_ENABLED, 14_000, 20_000.0, 190.0, 950.0),
-        plan(STEADY, 6_000, 20_000.0, 260.0, 1_900.0),
-    ];
-    let switchover = PlannedSwitchover {
-        kind: SwitchoverKind::Planned,
-        offset_ms: 29_130,
-        stepup_ms: 3.8,
-        client_gap_ms: 11.6,
-    };
-    build("completed", &plans, &[switchover])
+    const WARM_UP_MS: u64 = 5_000;
+    let mut plans = vec![plan(STEADY, WARM_UP_MS, 20_000.0, 175.0, 860.0)];
+    plans.extend(UPGRADE_PLANS);
+    plans.push(plan(STEADY, 6_000, 20_000.0, 260.0, 1_900.0));
+    build("completed", &plans, &[upgrade_switchover(WARM_UP_MS)])
 }
