@@ -78,7 +78,7 @@ pub struct Shared {
     /// Connections that had to find the active (one entry per episode, its `found_us` set
     /// at its first success after it).
     pub redirects: Mutex<Vec<Redirect>>,
-    /// Requests sent again, as they went out.
+    /// Requests sent again, as they went out: each request once, at its first re-send.
     pub retried: Mutex<Vec<Retried>>,
     /// The run per millisecond, for `detail.json`, and replies per second by arrival.
     pub millis: Millis,
@@ -175,6 +175,9 @@ struct Request {
     /// Replies still expected: 1, or 2 for a write followed by `WAIT`.
     replies_left: u8,
     first: First,
+    /// Sent again at least once: `retried` counts a request once, however often it is
+    /// re-sent.
+    resent: bool,
 }
 
 /// Intended send times of an open-loop connection.
@@ -482,9 +485,12 @@ impl Connection {
     fn fill(&mut self, now_ns: u64, stop_ns: u64) {
         let mut retried = 0;
         while self.in_flight.len() < self.shared.pipeline {
-            if let Some(request) = self.retry.pop_front() {
+            if let Some(mut request) = self.retry.pop_front() {
+                if !request.resent {
+                    request.resent = true;
+                    retried += 1;
+                }
                 self.send(request);
-                retried += 1;
                 continue;
             }
             let intended_ns = match &mut self.schedule {
@@ -536,6 +542,7 @@ impl Connection {
             sent_ns: 0,
             replies_left: 0,
             first: First::Pending,
+            resent: false,
         }
     }
 

@@ -141,7 +141,8 @@ impl Redirect {
 }
 
 /// Requests a connection sent again (refused by an engine that was not the active, or in
-/// flight on a connection that was lost), at one moment.
+/// flight on a connection that was lost), at one moment: each request counted once, at
+/// its first re-send (one refused twice counts 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Retried {
     /// Microseconds since the run's start.

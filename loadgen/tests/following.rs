@@ -74,6 +74,56 @@ async fn a_refusal_naming_the_active_is_followed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_refused_twice_counts_once_as_retried() {
+    // Engine 0 hands over to engine 1 at its 20th request, which it refuses; engine 1 hands
+    // back at its first, the re-sent one, which it refuses too: that request goes out three
+    // times, the third to engine 0. One connection, one request in flight.
+    let pair = start_pair(vec![
+        Box::new(|engine: &Engine, n, _: &resp::Command| {
+            if n == 20 {
+                engine.make_active(1);
+            }
+            Action::Normal
+        }),
+        Box::new(|engine: &Engine, n, _: &resp::Command| {
+            if n == 1 {
+                engine.make_active(0);
+            }
+            Action::Normal
+        }),
+    ])
+    .await;
+    let result = loadgen::run(Config {
+        mode: Mode::Open { rate_ops_s: 200 },
+        connections: 1,
+        pipeline: 1,
+        duration: Duration::from_millis(500),
+        mix: Mix {
+            set: 1,
+            get: 1,
+            session: 0,
+        },
+        ..config(vec![pair[0].addr()])
+    })
+    .await
+    .unwrap();
+    assert!(result.warnings.is_empty(), "{:?}", result.warnings);
+    assert_eq!(result.summary.lost_updates, 0, "{:?}", result.lost_examples);
+    assert_eq!(
+        pair[1].requests.load(Ordering::SeqCst),
+        1,
+        "engine 1 got (and refused) only the re-sent request"
+    );
+    let switchovers = &result.summary.switchovers;
+    assert_eq!(switchovers.len(), 1, "{switchovers:?}");
+    assert_eq!(switchovers[0].redirected, 1, "{switchovers:?}");
+    assert_eq!(
+        switchovers[0].retried, 1,
+        "one request, re-sent twice: {switchovers:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dead_active_is_replaced_by_the_other_target() {
     let pair = start_pair(vec![
         Box::new(|engine: &Engine, n, _: &resp::Command| {
