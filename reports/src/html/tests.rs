@@ -272,8 +272,8 @@ fn the_comparison_puts_both_runs_and_their_ratios_side_by_side() {
 
 /// `TANDEM_SAMPLE_REPORT=/tmp/sample cargo test -p reports sample_report` writes whole run
 /// directories of the sample runs under that directory (`quick/`, `completed/`,
-/// `rolled_back/`, `redis/`), each with its `report.html`, and the comparisons of
-/// `quick` against the others, for a human to open; `=1` writes to the temp directory.
+/// `rolled_back/`, `redis/`, `warmed/`), each with its `report.html`, and the comparisons of
+/// `quick` and `warmed` against others, for a human to open; `=1` writes to the temp directory.
 #[test]
 fn sample_report_for_a_human() {
     // `TANDEM_RENDER_RUN=DIR` renders DIR's report.html again with this build (a real run
@@ -294,6 +294,7 @@ fn sample_report_for_a_human() {
         ("completed", sample::upgrade_run()),
         ("rolled_back", sample::rolled_back_run()),
         ("redis", sample::redis_run()),
+        ("warmed", sample::warmed_upgrade_run()),
     ];
     for (name, (summary, slices, timeline)) in &runs {
         let run = crate::run::RunDir::new(root.join(name));
@@ -309,6 +310,13 @@ fn sample_report_for_a_human() {
     for other in ["redis", "rolled_back"] {
         quick
             .render_compare(&crate::run::RunDir::new(root.join(other)), "quick", other)
+            .unwrap();
+    }
+    // A run that goes through `steady` twice, against one that does not and one that does.
+    let warmed = crate::run::RunDir::new(root.join("warmed"));
+    for other in ["completed", "warmed"] {
+        warmed
+            .render_compare(&crate::run::RunDir::new(root.join(other)), "warmed", other)
             .unwrap();
     }
     eprintln!("sample reports written under {}", root.display());
