@@ -522,3 +522,18 @@ pub fn warmed_upgrade_run() -> (Summary, Vec<Slice>, Timeline) {
     plans.push(plan(STEADY, 6_000, 20_000.0, 260.0, 1_900.0));
     build("completed", &plans, &[upgrade_switchover(WARM_UP_MS)])
 }
+
+/// A sample run's files: its summary, slices and timeline.
+pub type SampleRun = (Summary, Vec<Slice>, Timeline);
+
+/// Every sample run by name: `quick`, `completed`, `rolled_back`, `redis` (no timeline of
+/// its own: written without one) and `warmed`.
+pub fn all() -> Vec<(&'static str, SampleRun)> {
+    vec![
+        ("quick", quick_run()),
+        ("completed", upgrade_run()),
+        ("rolled_back", rolled_back_run()),
+        ("redis", redis_run()),
+        ("warmed", warmed_upgrade_run()),
+    ]
+}

@@ -289,13 +289,7 @@ fn sample_report_for_a_human() {
         Some("1") | Some("") => std::env::temp_dir().join("tandem-sample-reports"),
         _ => std::path::PathBuf::from(target),
     };
-    let runs = [
-        ("quick", sample::quick_run()),
-        ("completed", sample::upgrade_run()),
-        ("rolled_back", sample::rolled_back_run()),
-        ("redis", sample::redis_run()),
-        ("warmed", sample::warmed_upgrade_run()),
-    ];
+    let runs = sample::all();
     for (name, (summary, slices, timeline)) in &runs {
         let run = crate::run::RunDir::new(root.join(name));
         run.write_summary(summary).unwrap();

@@ -81,13 +81,7 @@ pub fn copy_run(from: &Path, to: &Path) -> RunDir {
 /// phase, no timeline) and `warmed` (an upgrade between a steady warm-up and a steady tail: a
 /// phase gone through twice).
 pub fn write_samples(root: &Path) -> Vec<(String, RunDir)> {
-    let runs = [
-        ("quick", sample::quick_run()),
-        ("completed", sample::upgrade_run()),
-        ("rolled_back", sample::rolled_back_run()),
-        ("redis", sample::redis_run()),
-        ("warmed", sample::warmed_upgrade_run()),
-    ];
+    let runs = sample::all();
     runs.into_iter()
         .map(|(name, (summary, slices, timeline))| {
             let run = RunDir::new(root.join(format!("sample-{name}")));
