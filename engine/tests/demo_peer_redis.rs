@@ -3,7 +3,8 @@
 //! installed by scripts/setup.sh; the test fails if it is missing, it never skips) that the
 //! demo starts and stops, two run directories, their reports and the comparison page; no
 //! redis-server and no pair left behind, also when the demo gets SIGINT, SIGTERM or SIGKILL
-//! while Redis serves; and bad input said before anything starts.
+//! while Redis serves, or SIGHUP or SIGKILL during the tandem run; and bad input said before
+//! anything starts.
 //!
 //! The two demos go one after the other (they measure latency, and side by side on a small
 //! machine they would measure each other).
@@ -183,7 +184,19 @@ struct Demo {
 
 impl Demo {
     fn start(dir: &Path, out: &Path) -> Demo {
-        let mut child = tandem(dir)
+        Demo::start_with(tandem(dir), out)
+    }
+
+    /// In a process group of its own, as a shell starts a job: what a terminal's Ctrl-C
+    /// reaches.
+    fn start_as_job(dir: &Path, out: &Path) -> Demo {
+        let mut cmd = tandem(dir);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        Demo::start_with(cmd, out)
+    }
+
+    fn start_with(mut cmd: Command, out: &Path) -> Demo {
+        let mut child = cmd
             .args(["demo", "--quick", "--peer", "redis", "--out"])
             .arg(out)
             .stdout(Stdio::piped())
@@ -397,7 +410,7 @@ fn a_terminated_redis_run_stops_its_servers() {
 }
 
 /// SIGKILL, which the demo cannot catch, once Redis serves: its redis-servers die with it
-/// (their parent-death signal), and its watchdog stops the pair.
+/// (their parent-death signal). (Its pair was stopped before Redis started.)
 #[test]
 fn a_killed_demo_leaves_no_server_behind() {
     let _one = DEMO.lock().unwrap_or_else(|e| e.into_inner());
@@ -413,6 +426,84 @@ fn a_killed_demo_leaves_no_server_behind() {
     );
     assert_no_redis_left_within(&out);
     assert_pair_stopped_within(&out);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Once the pair is up (the demo says so), during the tandem run.
+fn wait_for_pair(demo: &mut Demo) {
+    demo.wait_for_line(|l| l.starts_with("pair up: admin "), REDIS_UP_DEADLINE);
+}
+
+/// SIGHUP (the terminal closed) during the tandem run: the demo stops the pair, says so and
+/// exits with 1, as on Ctrl-C.
+#[test]
+fn a_hung_up_demo_stops_its_pair() {
+    let _one = DEMO.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = test_dir("sighup");
+    let out = dir.join("run");
+    let mut demo = Demo::start(&dir, &out);
+    wait_for_pair(&mut demo);
+    demo.signal(libc::SIGHUP);
+    let (status, stderr) = demo.exit();
+    assert_eq!(status.code(), Some(1), "{}\n{stderr}", demo.seen);
+    assert!(
+        stderr.contains("interrupted by SIGHUP: stopping the pair"),
+        "{stderr}"
+    );
+    assert_pair_stopped_within(&out);
+    assert!(
+        !out.join("peer-redis").exists(),
+        "no Redis run after an interrupted tandem run"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Ctrl-C at the terminal during the tandem run: SIGINT to the demo's whole process group.
+/// Its supervisor, in a group of its own, does not get it (it would exit and leave its
+/// engines serving): the demo stops the pair, engines included.
+#[test]
+fn ctrl_c_at_the_terminal_stops_the_pair() {
+    let _one = DEMO.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = test_dir("terminal");
+    let out = dir.join("run");
+    let mut demo = Demo::start_as_job(&dir, &out);
+    wait_for_pair(&mut demo);
+    // SAFETY: a signal to the process group of the child this test started (its own).
+    unsafe {
+        libc::kill(-(demo.child.id() as i32), libc::SIGINT);
+    }
+    let (status, stderr) = demo.exit();
+    assert_eq!(status.code(), Some(1), "{}\n{stderr}", demo.seen);
+    assert!(
+        stderr.contains("interrupted by SIGINT: stopping the pair"),
+        "{stderr}"
+    );
+    assert_pair_stopped_within(&out);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// SIGKILL during the tandem run: the demo's watchdog stops its pair, supervisor and engines.
+#[test]
+fn a_killed_demo_stops_its_pair() {
+    let _one = DEMO.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = test_dir("sigkill-pair");
+    let out = dir.join("run");
+    let mut demo = Demo::start(&dir, &out);
+    wait_for_pair(&mut demo);
+    assert!(
+        !pair_processes(&out).is_empty(),
+        "the pair runs: {}",
+        demo.seen
+    );
+    demo.signal(libc::SIGKILL);
+    let (status, _) = demo.exit();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+    assert_pair_stopped_within(&out);
+    let log = std::fs::read_to_string(out.join("pair").join("watchdog.log")).unwrap_or_default();
+    assert!(log.contains("OK pair in"), "the watchdog said: {log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
