@@ -7,7 +7,8 @@
 //! rule, [`server`] the RESP client server, [`replication`] the two ends of the link,
 //! [`control`] the supervisor's commands, [`contract`] what the processes say to each other, [`link_io`] the link's driver, [`run`] starts an engine process, and
 //! [`supervisor`] runs a pair.
-// One `unsafe` block, in `process.rs` (registering a pidfd with the runtime).
+// Two `unsafe` blocks: `process.rs` (registering a pidfd with the runtime) and `demo.rs` (a
+// parent-death signal for the redis-servers of `--peer redis`, set between fork and exec).
 #![deny(unsafe_code)]
 
 pub mod admin;
