@@ -913,7 +913,14 @@ mod tests {
                 LogEntry::Interval(h) => {
                     let mut d = Deserializer::new();
                     let hist: Histogram<u64> = d
-                        .deserialize(&mut base64_decode(h.encoded_histogram()).as_slice())
+                        .deserialize(
+                            &mut base64::Engine::decode(
+                                &base64::engine::general_purpose::STANDARD,
+                                h.encoded_histogram(),
+                            )
+                            .expect("base64")
+                            .as_slice(),
+                        )
                         .unwrap();
                     (
                         h.tag().map(|t| t.as_str().to_string()),
@@ -924,23 +931,6 @@ mod tests {
                 other => panic!("unexpected {other:?}"),
             })
             .collect()
-    }
-
-    fn base64_decode(text: &str) -> Vec<u8> {
-        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut out = Vec::new();
-        let (mut acc, mut bits) = (0u32, 0);
-        for &c in text.as_bytes().iter().filter(|&&c| c != b'=') {
-            let v = ALPHABET.iter().position(|&a| a == c).unwrap() as u32;
-            acc = (acc << 6) | v;
-            bits += 6;
-            if bits >= 8 {
-                bits -= 8;
-                out.push((acc >> bits) as u8);
-                acc &= (1 << bits) - 1;
-            }
-        }
-        out
     }
 
     #[test]

@@ -422,7 +422,11 @@ pub fn hlog_intervals(log: &[u8]) -> Vec<(Option<String>, f64, u64)> {
     IntervalLogIterator::new(log)
         .filter_map(|entry| match entry.expect("a well-formed interval log") {
             LogEntry::Interval(h) => {
-                let bytes = base64_decode(h.encoded_histogram());
+                let bytes = base64::Engine::decode(
+                    &base64::engine::general_purpose::STANDARD,
+                    h.encoded_histogram(),
+                )
+                .expect("base64");
                 let histogram: hdrhistogram::Histogram<u64> = deserializer
                     .deserialize(&mut bytes.as_slice())
                     .expect("a histogram");
@@ -435,22 +439,4 @@ pub fn hlog_intervals(log: &[u8]) -> Vec<(Option<String>, f64, u64)> {
             _ => None,
         })
         .collect()
-}
-
-/// Standard base64 (the interval log's encoding of a histogram).
-fn base64_decode(text: &str) -> Vec<u8> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0);
-    for c in text.bytes().filter(|&c| c != b'=') {
-        let v = ALPHABET.iter().position(|&a| a == c).expect("base64") as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    out
 }
