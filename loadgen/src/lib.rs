@@ -369,13 +369,11 @@ pub async fn run(config: Config) -> Result<RunResult, Error> {
         lost_updates: verification.lost,
         simplex_ms: simplex_windows.iter().map(|[s, e]| e - s).sum(),
         simplex_windows,
-        environment: Some(reports::environment::capture(
-            config
-                .target_version
-                .as_deref()
-                .or(server_version.as_deref())
-                .unwrap_or("unknown"),
-        )),
+        environment: Some(reports::environment::capture(&target_version(
+            config.target_version.as_deref(),
+            server_version.as_deref(),
+            &timeline,
+        ))),
     };
     let slices = summary::slices(recorded.slices, &map, &clock, &replied);
     let detail = Detail {
@@ -480,6 +478,27 @@ async fn order_targets(config: &Config, warnings: &mut Vec<String>) -> Result<Ve
 
 /// What the server at `addr` says it is (`INFO server`): `redis 7.0.15`; tandem adds its
 /// application (`tandem 0.1.0, sessions 2.0`). `None` if it does not say.
+/// What was driven: what the caller said, else what the server said before the run, and
+/// the upgrade the timeline saw during it (`tandem 0.1.0, sessions 1.0; upgrade 1.0 -> 2.0`),
+/// so that a run across an upgrade does not pass for a run of the version it started on.
+fn target_version(given: Option<&str>, server: Option<&str>, timeline: &Timeline) -> String {
+    if let Some(given) = given {
+        return given.to_string();
+    }
+    let upgrade = timeline
+        .events
+        .iter()
+        .find(|e| e.kind == reports::timeline::EventKind::UpgradeStart)
+        .and_then(|e| e.message.as_deref())
+        .filter(|m| !m.is_empty());
+    match (server, upgrade) {
+        (Some(s), Some(u)) => format!("{s}; {u}"),
+        (None, Some(u)) => u.to_string(),
+        (Some(s), None) => s.to_string(),
+        (None, None) => "unknown".to_string(),
+    }
+}
+
 async fn server_version(addr: &str) -> Option<String> {
     let mut client = Client::connect_timeout(addr, PREFLIGHT_TIMEOUT)
         .await
@@ -584,5 +603,30 @@ mod tests {
         assert_eq!(info_field(redis, "tandem_version"), None);
         let tandem = "# Tandem\r\nengine:a\r\napp:sessions 2.0\r\n";
         assert_eq!(info_field(tandem, "app").as_deref(), Some("sessions 2.0"));
+    }
+
+    #[test]
+    fn a_run_across_an_upgrade_names_it() {
+        use reports::timeline::{Event, EventKind};
+        let mut timeline = Timeline::new();
+        let server = Some("tandem 0.1.0, sessions 1.0");
+        assert_eq!(
+            target_version(None, server, &timeline),
+            "tandem 0.1.0, sessions 1.0"
+        );
+        timeline.events.push(Event {
+            message: Some("upgrade 1.0 -> 2.0".into()),
+            ..Event::new(5, EventKind::UpgradeStart)
+        });
+        assert_eq!(
+            target_version(None, server, &timeline),
+            "tandem 0.1.0, sessions 1.0; upgrade 1.0 -> 2.0"
+        );
+        assert_eq!(target_version(None, None, &timeline), "upgrade 1.0 -> 2.0");
+        assert_eq!(
+            target_version(Some("1.0 -> 2.0"), server, &timeline),
+            "1.0 -> 2.0"
+        );
+        assert_eq!(target_version(None, None, &Timeline::new()), "unknown");
     }
 }
