@@ -281,7 +281,7 @@ impl Demo {
                 EXIT_DEADLINE.as_secs(),
                 self.seen
             );
-            std::thread::sleep(Duration::from_millis(50));
+            wait_any_exit(&[self.child.id()], until);
         };
         // Its pipe closes with it (what it started writes to log files).
         let stderr = self.stderr.take().expect("once").join().unwrap_or_default();
@@ -295,7 +295,7 @@ impl Drop for Demo {
             self.signal(libc::SIGTERM);
             let until = Instant::now() + EXIT_DEADLINE;
             while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < until {
-                std::thread::sleep(Duration::from_millis(50));
+                wait_any_exit(&[self.child.id()], until);
             }
             let _ = self.child.kill();
         }
@@ -331,7 +331,28 @@ fn zombie(pid: u32) -> bool {
         .is_none_or(|state| state == 'Z')
 }
 
-/// Polls until `left()` is empty or `deadline` has passed; what is left then.
+/// Blocks until one of `pids` has exited (its pidfd turns readable, for a child or not) or
+/// `until` has passed; at once when one is already gone.
+fn wait_any_exit(pids: &[u32], until: Instant) {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    use rustix::process::{pidfd_open, Pid, PidfdFlags};
+    let Some(fds) = pids
+        .iter()
+        .map(|&p| pidfd_open(Pid::from_raw(p as i32)?, PidfdFlags::empty()).ok())
+        .collect::<Option<Vec<_>>>()
+    else {
+        return;
+    };
+    let mut polled: Vec<PollFd> = fds
+        .iter()
+        .map(|fd| PollFd::new(fd, PollFlags::IN))
+        .collect();
+    let left = Timespec::try_from(until.saturating_duration_since(Instant::now())).ok();
+    let _ = poll(&mut polled, left.as_ref());
+}
+
+/// Waits until `left()` is empty (looking again each time one of its processes exits) or
+/// `deadline` has passed; what is left then.
 fn gone_within(deadline: Duration, left: impl Fn() -> Vec<u32>) -> Vec<u32> {
     let until = Instant::now() + deadline;
     loop {
@@ -339,7 +360,7 @@ fn gone_within(deadline: Duration, left: impl Fn() -> Vec<u32>) -> Vec<u32> {
         if now_left.is_empty() || Instant::now() >= until {
             return now_left;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        wait_any_exit(&now_left, until);
     }
 }
 
