@@ -23,9 +23,6 @@ use common::{chart_ids, TempDir};
 /// machine takes seconds; a hang takes forever).
 const DEADLINE: Duration = Duration::from_secs(120);
 
-/// How often the processes left behind are looked for again while they die.
-const KILL_POLL: Duration = Duration::from_millis(20);
-
 fn chromium() -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
@@ -90,10 +87,29 @@ fn kill_ours(pgid: u32, marker: &str) {
             .args(left.iter().map(u32::to_string))
             .stderr(Stdio::null())
             .status();
-        // A killed process is gone within milliseconds; scan again after a pause rather than
-        // spawn `kill` in a tight loop.
-        std::thread::sleep(KILL_POLL);
+        // Scan again once one of them has exited (its pidfd turns readable), not on a timer.
+        wait_any_exit(&left, deadline);
     }
+}
+
+/// Blocks until one of `pids` has exited or `until` has passed; at once when one is
+/// already gone.
+fn wait_any_exit(pids: &[u32], until: std::time::Instant) {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    use rustix::process::{pidfd_open, Pid, PidfdFlags};
+    let Some(fds) = pids
+        .iter()
+        .map(|&p| pidfd_open(Pid::from_raw(p as i32)?, PidfdFlags::empty()).ok())
+        .collect::<Option<Vec<_>>>()
+    else {
+        return;
+    };
+    let mut polled: Vec<PollFd> = fds
+        .iter()
+        .map(|fd| PollFd::new(fd, PollFlags::IN))
+        .collect();
+    let left = Timespec::try_from(until.saturating_duration_since(std::time::Instant::now())).ok();
+    let _ = poll(&mut polled, left.as_ref());
 }
 
 /// Runs headless Chromium on `url` with `args`, stdout to `stdout`, in its own process group
