@@ -249,6 +249,8 @@ fn charts(body: &mut String, run_a: &Run, run_b: &Run) {
             (s.ops > 0).then_some(pick(s) as f64)
         })
     };
+    let p50 = |s: &Slice| s.latency_us.p50;
+    let p99 = |s: &Slice| s.latency_us.p99;
     let latency = Chart {
         id: "latency",
         label: "Latency over time of both runs, each from its own start: p99 and p50 per second",
@@ -258,28 +260,23 @@ fn charts(body: &mut String, run_a: &Run, run_b: &Run) {
         markers: &markers,
         scale: Scale::Log,
         format_y: format::latency_tick_us,
-        lines: vec![
-            Series {
-                class: "p50",
-                points: lat(&fa, &same, |s| s.latency_us.p50),
-                area: false,
-            },
-            Series {
-                class: "bp50",
-                points: lat(&fb, &shift_b, |s| s.latency_us.p50),
-                area: false,
-            },
-            Series {
-                class: "p99",
-                points: lat(&fa, &same, |s| s.latency_us.p99),
-                area: false,
-            },
-            Series {
-                class: "bp99",
-                points: lat(&fb, &shift_b, |s| s.latency_us.p99),
-                area: false,
-            },
-        ],
+        lines: [
+            ("p50", "bp50", p50 as fn(&Slice) -> u64),
+            ("p99", "bp99", p99),
+        ]
+        .into_iter()
+        .flat_map(|(class_a, class_b, pick)| {
+            [
+                (class_a, lat(&fa, &same, pick)),
+                (class_b, lat(&fb, &shift_b, pick)),
+            ]
+        })
+        .map(|(class, points)| Series {
+            class,
+            points,
+            area: false,
+        })
+        .collect(),
         dots: Vec::new(),
         bars: None,
         bar_width_ms: fa.step_ms,
