@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian machine: redis-server (the peer in
 # benchmarks and `tandem demo --peer redis`), redis-tools (redis-cli, redis-benchmark),
-# chromium (the report is opened in a real browser) and redis-py (the client tests).
+# chromium (the report is opened in a real browser), etcd-server (the fleet's witness and
+# campaign memory) and redis-py (the client tests).
 set -euo pipefail
 need=()
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v redis-benchmark >/dev/null 2>&1 || need+=(redis-tools)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
