@@ -108,6 +108,11 @@ pub(crate) fn print_event(ev: &Event, started_ms: u64) {
         EventKind::SimplexEnd => format!("  duplex again{msg}"),
         EventKind::Unavailable => format!("  PAIR UNAVAILABLE{msg}"),
         EventKind::SupervisorStart => format!("  supervisor started{msg}"),
+        EventKind::WitnessLost => format!("  etcd witness lost{msg}"),
+        EventKind::WitnessBack => format!("  etcd witness back{msg}"),
+        EventKind::LeaderElected => format!("  supervisor leads{msg}"),
+        EventKind::TookOver => format!("  spare supervisor took over{msg}"),
+        EventKind::SteppedDown => format!("  supervisor stepped down{msg}"),
         EventKind::UpgradeEnd => format!(
             "upgrade ended: {}{msg}",
             ev.outcome.as_deref().unwrap_or("?")

@@ -58,6 +58,18 @@ pub enum EventKind {
     Unavailable,
     /// A supervisor started on a pair whose engines were running, and took them back.
     SupervisorStart,
+    /// The pair's etcd witness stopped answering: no new epoch can be granted meanwhile
+    /// (the pair keeps serving at the one it holds).
+    WitnessLost,
+    /// The etcd witness answers again.
+    WitnessBack,
+    /// A supervisor took the pair's leader key in etcd (`--etcd`): it leads the pair.
+    LeaderElected,
+    /// A hot spare supervisor took the pair over from a leader that is gone.
+    TookOver,
+    /// A supervisor found it no longer leads the pair (its etcd lease expired, another one
+    /// leads): it stopped acting and left the engines to the leader.
+    SteppedDown,
 }
 
 impl SwitchoverKind {
