@@ -2,6 +2,7 @@
 //! the memory of upgrade campaigns. `etcd` is the client, `keys` what lives where, `local`
 //! a one-member etcd for tests and the demo.
 
+pub mod campaign;
 pub mod etcd;
 pub mod keys;
 pub mod local;
