@@ -111,6 +111,9 @@ pub enum Code {
     NotReady,
     /// Not the active (the rest of the error names the active's client address if known).
     NotActive,
+    /// A new epoch that the pair's etcd witness does not hold (or etcd could not be read):
+    /// the supervisor that offered it does not lead the pair, or lags behind it.
+    NotGranted,
     /// Anything else the engine refused: a usage error, a state that does not allow it.
     Err,
 }
@@ -121,6 +124,7 @@ impl Code {
             Code::StaleEpoch => "STALEEPOCH",
             Code::NotReady => "NOTREADY",
             Code::NotActive => "NOTACTIVE",
+            Code::NotGranted => "NOTGRANTED",
             Code::Err => "ERR",
         }
     }
@@ -131,6 +135,7 @@ impl Code {
             "STALEEPOCH" => Code::StaleEpoch,
             "NOTREADY" => Code::NotReady,
             "NOTACTIVE" => Code::NotActive,
+            "NOTGRANTED" => Code::NotGranted,
             _ => Code::Err,
         }
     }
@@ -183,6 +188,31 @@ pub struct PairStatus {
     pub failover_pending: Option<PendingFailover>,
     pub failovers: u64,
     pub engines: Vec<PairEngine>,
+    /// The pair's etcd witness (`--etcd`), none without one.
+    pub witness: Option<WitnessStatus>,
+}
+
+/// The pair's etcd witness as its supervisor sees it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WitnessStatus {
+    /// etcd's endpoints.
+    pub url: String,
+    /// The pair's record (`P/pair/NAME`).
+    pub key: String,
+    /// This supervisor's id (`host/pid/start_ms`).
+    pub supervisor: String,
+    /// `leader`, or `spare` (waiting for the leader key to go).
+    pub role: String,
+    /// The leader's id as last seen.
+    pub leader: Option<String>,
+    /// `ok`, `unreachable` (etcd does not answer: no new epoch), or `doubtful` (this
+    /// supervisor's lease may have expired: it makes no engine call until etcd tells).
+    pub state: String,
+    /// Since when etcd has not answered (ms since the Unix epoch).
+    pub unreachable_since_ms: Option<u64>,
+    pub error: Option<String>,
+    /// The epoch the record in etcd holds, as last written by this supervisor.
+    pub published_epoch: Option<u64>,
 }
 
 impl Message for PairStatus {
@@ -325,7 +355,7 @@ mod tests {
 
     #[test]
     fn codes_are_the_first_word_only() {
-        for code in [Code::StaleEpoch, Code::NotReady, Code::NotActive, Code::Err] {
+        for code in [Code::StaleEpoch, Code::NotReady, Code::NotActive, Code::NotGranted, Code::Err] {
             assert_eq!(Code::of(&code.refuse("because")), code);
         }
         assert_eq!(Code::of("NOTREADYISH no"), Code::Err);

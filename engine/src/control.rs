@@ -27,6 +27,18 @@ fn arg_str(cmd: &Command, i: usize) -> Option<String> {
     String::from_utf8(cmd.arg(i)?.to_vec()).ok()
 }
 
+/// The epoch a control command would give this engine, if it is above the engine's own
+/// (PROMOTE, FOLLOW, SWITCHOVER, a LEASE): with an etcd witness, it is taken only if etcd's
+/// record of the pair holds it (checked before dispatch, see `server.rs`).
+pub fn offered_epoch(eng: &Engine, upper: &[u8], cmd: &Command) -> Option<u64> {
+    let epoch = match upper {
+        b"TANDEM.PROMOTE" | b"TANDEM.SWITCHOVER" | b"TANDEM.LEASE" => arg_u64(cmd, 1)?,
+        b"TANDEM.FOLLOW" => arg_u64(cmd, 2)?,
+        _ => return None,
+    };
+    (epoch > eng.epoch).then_some(epoch)
+}
+
 pub fn dispatch(
     eng: &mut Engine,
     upper: &[u8],

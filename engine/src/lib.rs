@@ -40,3 +40,4 @@ pub mod supervisor;
 pub mod upgrade;
 pub mod upgrade_cli;
 pub mod waiting_room;
+pub mod witness;

@@ -209,6 +209,17 @@ enum PairCmd {
         /// Linux 5.11+; refused at start where the kernel or a sandbox refuses io_uring).
         #[arg(long, value_enum, default_value_t = LinkIo::Tokio)]
         io: LinkIo,
+        /// etcd as the pair's witness (http://host:port, comma-separated): epochs are granted
+        /// only through etcd, and a second supervisor with the same --name waits as a hot
+        /// spare and takes over when this one dies.
+        #[arg(long, value_name = "URLS")]
+        etcd: Option<String>,
+        /// The prefix of tandem's keys in etcd.
+        #[arg(long, value_name = "PREFIX", default_value = fleet::keys::DEFAULT_PREFIX, requires = "etcd")]
+        etcd_prefix: String,
+        /// The supervisor's etcd lease: a spare takes over this long after the leader died.
+        #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration, requires = "etcd")]
+        witness_ttl: Duration,
     },
     /// Stop a pair and its engines: through its supervisor (--admin), or, with --dir, also
     /// when its supervisor is gone.
@@ -416,6 +427,12 @@ struct EngineCli {
     /// The replication link's driver.
     #[arg(long, value_enum, default_value_t = LinkIo::Tokio)]
     io: LinkIo,
+    /// The pair's etcd witness: a new epoch is taken only if --etcd-key holds it.
+    #[arg(long, value_name = "URLS", requires = "etcd_key")]
+    etcd: Option<String>,
+    /// The pair's record in etcd (`P/pair/NAME`).
+    #[arg(long, value_name = "KEY", requires = "etcd")]
+    etcd_key: Option<String>,
 }
 
 /// With a password here the client port takes Redis's `AUTH` first (not a flag: it would
@@ -497,6 +514,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .map(|p| p.into_encoded_bytes()),
                 ..Default::default()
             },
+            witness: e.etcd.zip(e.etcd_key),
         }),
         Cmd::Pair {
             command:
@@ -516,6 +534,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     clients_max,
                     fresh,
                     io,
+                    etcd,
+                    etcd_prefix,
+                    witness_ttl,
                 },
         } => {
             // Every engine would refuse to start: say so once, before starting any.
@@ -547,6 +568,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 journal: simplex_durability == Durability::Journal,
                 fresh,
                 engine_args,
+                witness: etcd.map(|urls| engine::witness::WitnessArgs {
+                    urls,
+                    prefix: etcd_prefix,
+                    ttl: witness_ttl,
+                }),
             };
             if detach {
                 return detach_pair(&std::env::args().collect::<Vec<_>>(), &args.dir);
@@ -659,6 +685,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 p99_slack_ms: u.p99_slack_ms.as_secs_f64() * 1e3,
                 hold_phase: u.hold_phase.map(|h| h.as_str().to_string()),
                 hold_ms: millis(u.hold_ms),
+                tag: u.tag,
             };
             engine::upgrade_cli::run(&secret(secret_file)?, &u.admin, &u.to, &options)
         }
@@ -855,6 +882,13 @@ fn report(run_dir: &std::path::Path, compare: Option<&std::path::Path>) -> anyho
             // Both runs' summaries, slices, timelines and detail, charts on shared axes.
             let path = run.render_compare(&RunDir::new(other), &label(run_dir), &label(other))?;
             println!("{}", path.display());
+        }
+        if let Some(rest) = line.strip_prefix("SPARE admin=") {
+            println!(
+                "hot spare supervisor up (pid {}), admin {rest}; it takes the pair over when its leader goes",
+                child.id()
+            );
+            return Ok(());
         }
     }
     Ok(())

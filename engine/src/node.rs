@@ -852,6 +852,7 @@ pub(crate) mod tests {
             failover_pending: None,
             failovers: 0,
             engines: vec![PairEngine::Up(Box::new(up)), PairEngine::Down(down)],
+            witness: None,
         };
         let back: PairStatus =
             contract::decode("the supervisor", contract::encode(&pair).as_bytes()).unwrap();

@@ -18,7 +18,7 @@ use crate::upgrade::Options;
 
 pub const STATE_FILE: &str = "supervisor.json";
 const LOCK_FILE: &str = "supervisor.lock";
-const SCHEMA: &str = "tandem.supervisor/1";
+pub const SCHEMA: &str = "tandem.supervisor/1";
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PairState {
@@ -41,6 +41,17 @@ pub struct PairState {
     pub sentinel: Option<String>,
     pub engines: Vec<EngineState>,
     pub upgrade: Option<UpgradeState>,
+    /// The directory holding the engines' data directories (`a/`, `b/`: their journals):
+    /// the pair's first directory. A spare supervisor that took the pair over runs from a
+    /// directory of its own and keeps the engines' data where it is.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// The last upgrade as published to etcd (`PairRecord.upgrade`), with its outcome.
+    #[serde(default)]
+    pub upgrade_record: Option<fleet::keys::UpgradeRecord>,
+    /// Tags of the upgrades this pair ran (a campaign's `id/pair`): one is never run twice.
+    #[serde(default)]
+    pub ran_tags: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -81,6 +92,9 @@ impl PairState {
             sentinel: None,
             engines: Vec::new(),
             upgrade: None,
+            data_dir: None,
+            upgrade_record: None,
+            ran_tags: Vec::new(),
         }
     }
 

@@ -43,6 +43,9 @@ pub struct EngineArgs {
     /// The link's driver.
     pub io: LinkIo,
     pub limits: crate::server::ServerLimits,
+    /// The pair's etcd witness (its endpoints, the pair's key): a new epoch offered on the
+    /// control port is taken only if etcd's record holds it.
+    pub witness: Option<(String, String)>,
 }
 
 pub fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
@@ -53,6 +56,11 @@ pub fn run_engine(args: EngineArgs) -> anyhow::Result<()> {
         .map(Fault::parse)
         .transpose()
         .map_err(anyhow::Error::msg)?;
+    if let Some((urls, key)) = &args.witness {
+        crate::witness::set_engine_witness(
+            crate::witness::EngineWitness::new(urls, key).map_err(anyhow::Error::msg)?,
+        );
+    }
     // Refused here, before the ports are bound, rather than on every link later.
     args.io
         .check()

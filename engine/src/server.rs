@@ -27,6 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::app::{Access, CommandError};
 use crate::conn::{self, Conn};
+use crate::contract::Code;
 use crate::control;
 use crate::keyspace::{self, Spec};
 use crate::node::{Engine, Role, Shared};
@@ -348,6 +349,8 @@ async fn connection(
             let mut quit = false;
             let mut need_more = false;
             let mut delay = None;
+            // A control command offering a new epoch, held until etcd's record is read.
+            let mut witnessed: Option<(Command, u64)> = None;
             let epoch_seen;
             let commands;
             let round_start = Instant::now();
@@ -392,6 +395,12 @@ async fn connection(
                             break;
                         }
                     }
+                    if port == Port::Control && crate::witness::engine_witness().is_some() {
+                        if let Some(epoch) = offered_epoch(&eng, &cmd) {
+                            witnessed = Some((cmd, epoch));
+                            break;
+                        }
+                    }
                     match dispatch(&mut eng, port, &mut conn, &cmd, &mut out, now) {
                         Outcome::Done { seq } => {
                             wait_seq = wait_seq.max(seq);
@@ -424,6 +433,24 @@ async fn connection(
                     eng.after_writes(now);
                 }
                 commands = std::mem::take(&mut eng.stats.unrecorded_commands);
+            }
+            if let Some((cmd, epoch)) = witnessed.take() {
+                // Read etcd without holding the engine: the thread serves on meanwhile.
+                let witness = crate::witness::engine_witness().expect("checked above");
+                let verdict = witness.check(epoch).await;
+                let mut eng = engine.borrow_mut();
+                match verdict {
+                    Ok(()) => match dispatch(&mut eng, port, &mut conn, &cmd, &mut out, Instant::now()) {
+                        Outcome::Done { seq } => wait_seq = wait_seq.max(seq),
+                        Outcome::Later(rx) => later = Some(rx),
+                        Outcome::Quit => quit = true,
+                    },
+                    Err(why) => {
+                        tracing::warn!(engine = %eng.config.name, "refused epoch {epoch}: {why}");
+                        reply::error(&mut out, &Code::NotGranted.refuse(why));
+                    }
+                }
+                need_more = false; // what follows in the buffer is parsed next round
             }
             if !wait_until_released(&engine, &mut progress, wait_seq, epoch_seen).await {
                 break 'conn; // fenced or stepped down: the outcome of these writes is unknown
@@ -501,6 +528,16 @@ pub(crate) async fn wait_until_released(
         }
         let _ = tokio::time::timeout(RELEASE_RECHECK, progress.changed()).await;
     }
+}
+
+/// The new epoch a control command offers this engine (see `control::offered_epoch`).
+fn offered_epoch(eng: &Engine, cmd: &Command) -> Option<u64> {
+    let name = cmd.arg(0)?;
+    let mut upper = [0u8; 32];
+    let n = name.len().min(upper.len());
+    upper[..n].copy_from_slice(&name[..n]);
+    upper[..n].make_ascii_uppercase();
+    control::offered_epoch(eng, &upper[..n], cmd)
 }
 
 /// Executes one command that came in on `port`: on the control port only `TANDEM.*` (and

@@ -49,6 +49,7 @@ use crate::rules::{
     AdoptStandby, Adoption, AfterLease, Lost, NoPromotable, OnExit, PromoteAnswer, Rules, Said,
 };
 use crate::rules::{StandbyCheck, StandbyVerdict, SwitchoverUnanswered};
+use crate::witness::{Standing, Witness};
 
 const TICK: Duration = Duration::from_millis(50);
 /// Control calls other than the lease: status, follow, promote.
@@ -107,6 +108,8 @@ pub struct PairArgs {
     pub fresh: bool,
     /// More `tandem engine` flags for every engine (link and client limits).
     pub engine_args: Vec<String>,
+    /// etcd as the pair's witness (`--etcd`): see `witness.rs`.
+    pub witness: Option<crate::witness::WitnessArgs>,
 }
 
 pub(crate) struct Slot {
@@ -206,7 +209,30 @@ pub(crate) struct Supervisor {
     pub upgrade_state: Option<UpgradeState>,
     /// The last reply said so that did not fit the contract (said once, not every tick).
     contract_error: Option<String>,
+    /// The pair's etcd witness, if it has one (`witness.rs`).
+    pub witness: Option<Witness>,
+    /// The supervisor's state changed since the witness's record was written.
+    witness_dirty: std::cell::Cell<bool>,
+    /// etcd has been said to be unreachable (a `witness_lost` event), not yet back.
+    witness_lost_said: bool,
+    /// Said once that the lease may have expired (no engine call meanwhile).
+    witness_doubt_said: bool,
+    /// Where the engines' data directories are: this directory, or the pair's first one
+    /// when this supervisor took the pair over from another directory.
+    pub engine_dir: PathBuf,
+    /// The last upgrade as published in etcd (`PairRecord.upgrade`).
+    pub upgrade_record: Option<fleet::keys::UpgradeRecord>,
+    /// Tags of the upgrades this pair ran (never one twice).
+    pub ran_tags: Vec<String>,
     _lock: DirLock,
+}
+
+/// What the witness lets a tick do.
+enum TickMode {
+    Full,
+    /// etcd unreachable: the active's (sync) lease only.
+    LeasesOnly,
+    Nothing,
 }
 
 fn addr_for(base: u16, offset: u16) -> String {
@@ -238,9 +264,13 @@ pub fn run_pair(args: PairArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(&args.dir)
             .with_context(|| format!("creating the pair's directory {}", args.dir.display()))?;
         let lock = DirLock::take(&args.dir).map_err(anyhow::Error::msg)?;
-        let previous = match args.fresh {
+        let mut previous = match args.fresh {
             true => None,
             false => PairState::load(&args.dir).map_err(anyhow::Error::msg)?,
+        };
+        let mut witness = match &args.witness {
+            Some(w) => Some(Witness::connect(w, &args.name).await?),
+            None => None,
         };
         // A restarted supervisor keeps its predecessor's admin address when it can.
         let listener = match previous.as_ref().map(|p| p.admin.clone()) {
@@ -253,6 +283,39 @@ pub fn run_pair(args: PairArgs) -> anyhow::Result<()> {
             _ => TcpListener::bind(addr_for(args.base_port, 0)).await?,
         };
         let admin_addr = listener.local_addr()?.to_string();
+        let secret = replicator::Secret::load(&args.secret_file)?;
+        let (events_tx, mut events) = mpsc::channel(EVENTS_QUEUE);
+        let mut listener = Some(listener);
+        // With a witness: lead the pair only once this supervisor holds its leader key; until
+        // then it is a hot spare. Its state comes from etcd's record (the last leader's).
+        let mut took_over_from = None;
+        let mut fresh_epoch = None;
+        if let Some(w) = witness.as_mut() {
+            let listener = listener.take().expect("bound above");
+            tokio::spawn(admin::serve(listener, events_tx.clone(), secret.clone()));
+            match lead_or_wait(w, &admin_addr, &mut events).await? {
+                None => return Ok(()), // told to stop while a spare
+                Some(from) => took_over_from = from,
+            }
+            let record = w.read_record().await.map_err(anyhow::Error::msg)?;
+            match record {
+                Some(r) if args.fresh => fresh_epoch = Some(r.epoch + 1),
+                Some(r) if !r.state.is_null() => {
+                    let state: PairState = serde_json::from_value(r.state.clone()).map_err(|e| {
+                        anyhow::anyhow!("the pair's state in etcd ({}) is unreadable: {e}", w.pair_key())
+                    })?;
+                    if state.schema != crate::pair_state::SCHEMA {
+                        bail!("the pair's state in etcd has schema {}, this tandem reads {}", state.schema, crate::pair_state::SCHEMA);
+                    }
+                    previous = Some(state);
+                }
+                _ => {}
+            }
+        }
+        let engine_dir = previous
+            .as_ref()
+            .and_then(|p| p.data_dir.clone())
+            .unwrap_or_else(|| args.dir.clone());
         let sentinel = match previous.as_ref().and_then(|p| p.sentinel.clone()) {
             Some(addr) => match TcpListener::bind(&addr).await {
                 Ok(l) => l,
@@ -262,8 +325,6 @@ pub fn run_pair(args: PairArgs) -> anyhow::Result<()> {
         };
         let sentinel_addr = sentinel.local_addr()?.to_string();
         let (discovery, discovery_rx) = tokio::sync::watch::channel(Default::default());
-        let secret = replicator::Secret::load(&args.secret_file)?;
-        let (events_tx, events) = mpsc::channel(EVENTS_QUEUE);
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let base = args.base_port;
@@ -289,13 +350,43 @@ pub fn run_pair(args: PairArgs) -> anyhow::Result<()> {
             secret: secret.clone(),
             upgrade_state: None,
             contract_error: None,
+            witness,
+            witness_dirty: std::cell::Cell::new(true),
+            witness_lost_said: false,
+            witness_doubt_said: false,
+            engine_dir,
+            upgrade_record: previous.as_ref().and_then(|p| p.upgrade_record.clone()),
+            ran_tags: previous.as_ref().map(|p| p.ran_tags.clone()).unwrap_or_default(),
             _lock: lock,
         };
+        if let Some(epoch) = fresh_epoch {
+            sup.rules.epoch = epoch; // above any the pair's name held before
+        }
+        if let Some(w) = &sup.witness {
+            let (kind, message) = match &took_over_from {
+                Some(old) => (
+                    EventKind::TookOver,
+                    format!("{} took pair {} over from {old}", w.id, args.name),
+                ),
+                None => (
+                    EventKind::LeaderElected,
+                    format!("{} leads pair {}", w.id, args.name),
+                ),
+            };
+            tracing::info!("{message} (etcd {})", w.client.endpoints());
+            sup.emit(TimelineEvent {
+                message: Some(message),
+                ..TimelineEvent::new(timeline::now_ms(), kind)
+            });
+        }
         match previous {
             None => sup.start_fresh().await?,
             Some(state) => sup.adopt(state).await?,
         }
-        tokio::spawn(admin::serve(listener, events_tx, secret));
+        sup.flush_witness().await;
+        if let Some(listener) = listener.take() {
+            tokio::spawn(admin::serve(listener, events_tx, secret));
+        }
         tokio::spawn(crate::sentinel::serve(
             sentinel,
             args.name.clone(),
@@ -340,9 +431,122 @@ pub fn run_pair(args: PairArgs) -> anyhow::Result<()> {
         sup.stop_all().await;
         PairState::remove(&sup.args.dir);
         let _ = std::fs::remove_file(sup.args.dir.join("pair.json"));
+        if let Some(w) = &sup.witness {
+            // The pair is gone: its record and leader key go too.
+            let _ = w.client.delete(&w.pair_key()).await;
+            w.resign().await;
+        }
         tracing::info!("pair down");
         Ok(())
     })
+}
+
+/// Takes the pair's leader key, or waits as a hot spare until it goes (answering `STATUS`
+/// meanwhile). None: told to stop while waiting; Some(None): leads at once; Some(Some(id)):
+/// took the pair over from that leader.
+async fn lead_or_wait(
+    w: &mut Witness,
+    admin_addr: &str,
+    events: &mut mpsc::Receiver<Event>,
+) -> anyhow::Result<Option<Option<String>>> {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut waited_for: Option<String> = None;
+    let mut unreachable_said = false;
+    loop {
+        match w.campaign().await {
+            Ok(None) => {
+                if let Some(old) = &waited_for {
+                    tracing::info!("the leader {old} is gone: taking pair {} over", w.name);
+                }
+                return Ok(Some(waited_for));
+            }
+            Ok(Some(holder)) => {
+                unreachable_said = false;
+                if waited_for.as_deref() != Some(holder.as_str()) {
+                    tracing::info!(
+                        "pair {} is led by {holder}: this supervisor ({}) is a hot spare, waiting for it to go",
+                        w.name,
+                        w.id
+                    );
+                    if waited_for.is_none() {
+                        println!("SPARE admin={admin_addr} leader={holder}");
+                    }
+                    waited_for = Some(holder);
+                }
+            }
+            Err(e) if waited_for.is_none() && !unreachable_said => {
+                tracing::warn!("etcd: {e}; trying again");
+                unreachable_said = true;
+            }
+            Err(_) => {}
+        }
+        let pause = tokio::time::sleep(crate::witness::SPARE_POLL);
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                _ = &mut pause => break,
+                ev = events.recv() => match ev {
+                    Some(Event::Admin { cmd, reply }) => {
+                        let verb = cmd.first().map(|c| c.to_ascii_uppercase()).unwrap_or_default();
+                        let answer = match verb.as_str() {
+                            "PING" => Ok("PONG".into()),
+                            "STATUS" => Ok(contract::encode(&spare_status(w, admin_addr).await)),
+                            _ => Err(format!(
+                                "SPARE this supervisor is a hot spare of pair {}; it is led by {}",
+                                w.name,
+                                waited_for.as_deref().unwrap_or("?")
+                            )),
+                        };
+                        let _ = reply.send(answer);
+                    }
+                    Some(_) => {}
+                    None => return Ok(None),
+                },
+                _ = tokio::signal::ctrl_c() => return Ok(None),
+                _ = terminate.recv() => return Ok(None),
+            }
+        }
+    }
+}
+
+/// A spare's `STATUS`: the pair as etcd's record has it, and who leads.
+async fn spare_status(w: &Witness, admin_addr: &str) -> PairStatus {
+    let record = w.read_record().await;
+    let (epoch, active, error) = match &record {
+        Ok(Some(r)) => (r.epoch, r.active.clone(), None),
+        Ok(None) => (0, String::new(), None),
+        Err(e) => (0, String::new(), Some(e.clone())),
+    };
+    let health = w.health();
+    PairStatus {
+        admin: admin_addr.to_string(),
+        supervisor_pid: std::process::id(),
+        epoch,
+        active,
+        standby_promotable: false,
+        simplex: false,
+        upgrade_in_progress: false,
+        unavailable: None,
+        failover_pending: None,
+        failovers: 0,
+        engines: Vec::new(),
+        witness: Some(contract::WitnessStatus {
+            url: w.client.endpoints(),
+            key: w.pair_key(),
+            supervisor: w.id.clone(),
+            role: "spare".into(),
+            leader: w.leader.clone(),
+            state: if error.is_some() || health.unreachable_since.is_some() {
+                "unreachable".into()
+            } else {
+                "ok".into()
+            },
+            unreachable_since_ms: health.unreachable_since.map(|(_, ms, _)| ms),
+            error,
+            published_epoch: None,
+        }),
+    }
 }
 
 fn load_timeline(dir: &std::path::Path) -> Timeline {
@@ -433,22 +637,254 @@ impl Supervisor {
         s.sentinel = Some(self.sentinel_addr.clone());
         s.engines = self.slots.iter().map(Slot::state).collect();
         s.upgrade = self.upgrade_state.clone();
+        s.data_dir = Some(self.engine_dir.clone());
+        s.upgrade_record = self.upgrade_record.clone();
+        s.ran_tags = self.ran_tags.clone();
         s
     }
 
-    /// Writes the supervisor's state to disk; called before acting on a change.
+    /// Writes the supervisor's state to disk; called before acting on a change. With a
+    /// witness, the record in etcd is written before the next engine call (`witness_gate`).
     pub fn persist(&self) {
         if let Err(e) = self.pair_state().save(&self.args.dir) {
             tracing::error!("could not save the supervisor's state: {e}");
         }
+        self.witness_dirty.set(true);
+    }
+
+    /// The pair as etcd's record holds it (`P/pair/NAME`).
+    pub fn pair_record(&self) -> fleet::keys::PairRecord {
+        let phase = match (&self.upgrade_state, &self.rules.unavailable) {
+            (Some(u), _) => u.step.clone(),
+            (None, Some(_)) => "unavailable".into(),
+            (None, None) if !self.rules.promotable => "simplex".into(),
+            _ => "serving".into(),
+        };
+        // Both engines on one version and no upgrade under way: its features are enabled
+        // (an upgrade enables them as its last step, a rollback ends on the old version).
+        let version = (self.slots[0].app_version == self.slots[1].app_version
+            && self.upgrade_state.is_none())
+        .then(|| self.slots[0].app_version.clone());
+        fleet::keys::PairRecord {
+            name: self.args.name.clone(),
+            epoch: self.rules.epoch,
+            supervisor: self.witness.as_ref().map(|w| w.id.clone()).unwrap_or_default(),
+            admin: self.admin_addr.clone(),
+            sentinel: Some(self.sentinel_addr.clone()),
+            active: self.slots[self.rules.active].name.into(),
+            engines: self
+                .slots
+                .iter()
+                .map(|s| fleet::keys::EngineRecord {
+                    name: s.name.into(),
+                    client_addr: s.client_addr.clone(),
+                    app_version: s.app_version.clone(),
+                })
+                .collect(),
+            version,
+            phase,
+            upgrade: self.upgrade_record.clone(),
+            updated_ms: timeline::now_ms(),
+            state: serde_json::to_value(self.pair_state()).expect("state serializes"),
+        }
+    }
+
+    /// Writes the pair's record to etcd if it changed. A supervisor that finds another one
+    /// leading steps down. False if the record in etcd is not the current one.
+    pub async fn flush_witness(&mut self) -> bool {
+        if self.witness.is_none() || !self.witness_dirty.get() {
+            return true;
+        }
+        let record = self.pair_record();
+        let w = self.witness.as_mut().expect("checked");
+        // etcd just failed to answer: not tried again at every call (each try costs a
+        // timeout when etcd is out of reach rather than down).
+        if w
+            .last_failed_publish
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(500))
+        {
+            return false;
+        }
+        match w.publish(&record).await {
+            Ok(()) => {
+                self.witness_dirty.set(false);
+                true
+            }
+            Err(crate::witness::PublishError::NotLeader(holder)) => self.step_down(format!(
+                "the pair's leader key is no longer this supervisor's (held by {})",
+                holder.as_deref().unwrap_or("nobody")
+            )),
+            Err(e) => {
+                tracing::debug!("writing the pair's record: {e}");
+                false
+            }
+        }
+    }
+
+    /// This supervisor does not lead the pair any more: it stops acting at once (no engine
+    /// call, no signal to an engine), says so and exits, leaving the engines to the leader.
+    pub fn step_down(&mut self, why: String) -> ! {
+        let message = format!(
+            "stepping down: {why}; the engines are left to the pair's leader (exit 3)"
+        );
+        tracing::error!("{message}");
+        self.emit(TimelineEvent {
+            message: Some(message),
+            ..TimelineEvent::new(timeline::now_ms(), EventKind::SteppedDown)
+        });
+        std::process::exit(3)
+    }
+
+    /// What the witness allows before an engine call (`args`): nothing while this
+    /// supervisor's lease may have expired; only what etcd already holds otherwise (a new
+    /// epoch must be in etcd first, so must the standby's not being promotable before a
+    /// simplex lease); with etcd unreachable, only the active's sync lease and statuses.
+    async fn witness_gate(&mut self, args: &[&str]) -> Result<(), CallError> {
+        let Some(w) = &self.witness else {
+            return Ok(());
+        };
+        let standing = w.standing();
+        match &standing {
+            Standing::Lost(why) => self.step_down(why.clone()),
+            Standing::Doubtful => {
+                w.poke();
+                return Err(CallError::NoAnswer(
+                    "this supervisor's etcd lease may have expired (no keep-alive answered in time): no engine call until etcd confirms it".into(),
+                ));
+            }
+            Standing::Sure | Standing::EtcdDown => {}
+        }
+        let verb = args.first().copied().unwrap_or("");
+        if matches!(verb, "TANDEM.STATUS" | "TANDEM.STATS") {
+            return Ok(());
+        }
+        self.flush_witness().await;
+        let w = self.witness.as_ref().expect("checked");
+        let (epoch, promotable) = w.published.unwrap_or((0, true));
+        let sync_lease = verb == "TANDEM.LEASE" && args.get(4) == Some(&"sync");
+        if self.rules.epoch > epoch {
+            return Err(CallError::NoAnswer(format!(
+                "epoch {} is not in etcd yet (it holds {epoch}; etcd unreachable?): {verb} waits",
+                self.rules.epoch
+            )));
+        }
+        if verb == "TANDEM.LEASE" && !sync_lease && promotable {
+            return Err(CallError::NoAnswer(
+                "the standby's not being promotable is not in etcd yet: no simplex lease".into(),
+            ));
+        }
+        if standing == Standing::EtcdDown && !sync_lease {
+            return Err(CallError::NoAnswer(format!(
+                "etcd is unreachable: only the active's lease is renewed, {verb} waits"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether the witness lets this supervisor grant a new epoch now (a switchover, an
+    /// upgrade): its lease sure and the record in etcd written just now.
+    pub async fn witness_can_grant(&mut self) -> Result<(), String> {
+        let Some(w) = &self.witness else {
+            return Ok(());
+        };
+        match w.standing() {
+            Standing::Lost(why) => self.step_down(why),
+            Standing::Sure => {}
+            Standing::EtcdDown | Standing::Doubtful => {
+                return Err("NOWITNESS etcd is unreachable: no new epoch can be granted until it answers".into())
+            }
+        }
+        self.witness_dirty.set(true); // written now: etcd answers, and this supervisor leads
+        match self.flush_witness().await {
+            true => Ok(()),
+            false => Err("NOWITNESS etcd did not take the pair's record: no new epoch can be granted until it does".into()),
+        }
+    }
+
+    /// Before a tick: what the witness lets it do, and the witness's ups and downs told.
+    async fn witness_tick(&mut self) -> TickMode {
+        let Some(w) = &self.witness else {
+            return TickMode::Full;
+        };
+        let standing = w.standing();
+        match standing {
+            Standing::Lost(why) => self.step_down(why),
+            Standing::Doubtful => {
+                w.poke();
+                if !std::mem::replace(&mut self.witness_doubt_said, true) {
+                    tracing::warn!("no etcd keep-alive answered in time: this supervisor's lease may have expired; no engine call until etcd confirms it");
+                }
+                TickMode::Nothing
+            }
+            Standing::EtcdDown => {
+                let health = w.health();
+                self.witness_doubt_said = false;
+                if !std::mem::replace(&mut self.witness_lost_said, true) {
+                    let why = health.unreachable_since.map(|(_, _, e)| e).unwrap_or_default();
+                    let message = format!("etcd unreachable ({why}): the pair keeps serving at epoch {}; no new epoch until etcd answers", self.rules.epoch);
+                    tracing::warn!("{message}");
+                    self.emit(TimelineEvent {
+                        message: Some(message),
+                        ..TimelineEvent::new(timeline::now_ms(), EventKind::WitnessLost)
+                    });
+                }
+                TickMode::LeasesOnly
+            }
+            Standing::Sure => {
+                self.witness_doubt_said = false;
+                if self.witness_lost_said && self.flush_witness().await {
+                    self.witness_lost_said = false;
+                    let message = format!("etcd answers again; the pair is at epoch {}", self.rules.epoch);
+                    tracing::info!("{message}");
+                    self.emit(TimelineEvent {
+                        message: Some(message),
+                        ..TimelineEvent::new(timeline::now_ms(), EventKind::WitnessBack)
+                    });
+                } else {
+                    self.flush_witness().await;
+                }
+                TickMode::Full
+            }
+        }
+    }
+
+    /// The witness as `STATUS` shows it.
+    fn witness_status(&self) -> Option<contract::WitnessStatus> {
+        let w = self.witness.as_ref()?;
+        let health = w.health();
+        let state = match w.standing() {
+            Standing::Sure => "ok",
+            Standing::EtcdDown => "unreachable",
+            Standing::Doubtful | Standing::Lost(_) => "doubtful",
+        };
+        Some(contract::WitnessStatus {
+            url: w.client.endpoints(),
+            key: w.pair_key(),
+            supervisor: w.id.clone(),
+            role: "leader".into(),
+            leader: w.leader.clone(),
+            state: state.into(),
+            unreachable_since_ms: health.unreachable_since.as_ref().map(|(_, ms, _)| *ms),
+            error: health.unreachable_since.map(|(_, _, e)| e),
+            published_epoch: w.published.map(|(e, _)| e),
+        })
     }
 
     /// Starts an engine process of this executable, in a process group of its own.
     async fn start(&mut self, i: usize, how: Start) -> anyhow::Result<()> {
+        self.heed();
+        if self.witness.is_some() {
+            // The engine starts at the supervisor's epoch: etcd holds it first (and holds
+            // that the standby is not promotable, before a new one starts empty).
+            let args = ["TANDEM.START"];
+            self.witness_gate(&args)
+                .await
+                .map_err(|e| anyhow::anyhow!("engine {} not started: {e}", self.slots[i].name))?;
+        }
         let exe = std::env::current_exe().context("finding the tandem executable")?;
         let slot = &self.slots[i];
         let log_path = self.args.dir.join(format!("{}.log", slot.name));
-        let data_dir = self.args.dir.join(slot.name);
+        let data_dir = self.engine_dir.join(slot.name);
         let mut cmd = Command::new(exe);
         cmd.arg("engine")
             .args(["--name", slot.name])
@@ -469,6 +905,10 @@ impl Supervisor {
         }
         if let Some(pass) = &self.args.requirepass {
             cmd.env("TANDEM_REQUIREPASS", pass);
+        }
+        if let Some(w) = &self.witness {
+            cmd.args(["--etcd", &w.client.endpoints()])
+                .args(["--etcd-key", &w.pair_key()]);
         }
         match &how {
             Start::Active => cmd.args(["--active-epoch", &self.rules.epoch.to_string()]),
@@ -554,6 +994,15 @@ impl Supervisor {
 
     /// Kills an engine process (SIGKILL through its pidfd).
     fn kill(&mut self, i: usize) {
+        if let Some(w) = &self.witness {
+            if w.standing() != Standing::Sure {
+                tracing::warn!(
+                    "not killing engine {}: this supervisor's etcd lease is not sure",
+                    self.slots[i].name
+                );
+                return;
+            }
+        }
         if let Some(p) = &self.slots[i].process {
             p.kill();
         }
@@ -571,6 +1020,7 @@ impl Supervisor {
         timeout: Duration,
     ) -> Result<Reply, CallError> {
         self.heed(); // what the rules said is durable before any engine hears of it
+        self.witness_gate(args).await?; // ...and in etcd, with a witness
         let secret = self.secret.clone();
         let slot = &mut self.slots[i];
         if slot.pid.is_none() {
@@ -710,6 +1160,16 @@ impl Supervisor {
     /// One tick: a pending promotion first, then the lease, the failure detector, the standby.
     async fn on_tick(&mut self) {
         self.ticks += 1;
+        match self.witness_tick().await {
+            TickMode::Full => {}
+            TickMode::LeasesOnly => {
+                if self.rules.promotion.is_none() && self.rules.unavailable.is_none() {
+                    self.renew_lease().await;
+                }
+                return;
+            }
+            TickMode::Nothing => return,
+        }
         if self.rules.promotion.is_some() {
             self.try_promotion().await;
             return;
@@ -742,7 +1202,16 @@ impl Supervisor {
         if !self.slots[active].alive() || self.rules.promotion.is_some() {
             return AfterLease::Fine;
         }
-        let mode = self.rules.lease_mode();
+        self.heed();
+        self.flush_witness().await;
+        let mut mode = self.rules.lease_mode();
+        if let Some(w) = &self.witness {
+            if mode != "sync" && w.published.is_none_or(|(_, promotable)| promotable) {
+                // Not promotable is not in etcd yet: the active keeps waiting for its standby
+                // (a successor reading etcd must never promote a stale standby).
+                mode = "sync";
+            }
+        }
         let stamp = monotonic_ns().to_string();
         let (epoch, ttl) = (
             self.rules.epoch.to_string(),
@@ -1059,7 +1528,7 @@ impl Supervisor {
     /// The active is lost and no standby is known to hold every acknowledged write: recover the
     /// lost engine from its journal if it has one, else refuse writes and say why.
     async fn no_promotable(&mut self, dead: usize, cause: String, exited: bool) {
-        let journal = crate::journal::exists(&self.args.dir.join(self.slots[dead].name));
+        let journal = crate::journal::exists(&self.engine_dir.join(self.slots[dead].name));
         let other = 1 - dead;
         let other_running = self.slots[other].alive();
         let now = monotonic_ns();
@@ -1167,7 +1636,7 @@ impl Supervisor {
         }
         if self.slots[i].pid.is_none() {
             // Its journal if it has one, else empty: the operator accepted the loss.
-            let has_journal = crate::journal::exists(&self.args.dir.join(name));
+            let has_journal = crate::journal::exists(&self.engine_dir.join(name));
             let how = if has_journal {
                 Start::Recover
             } else {
@@ -1280,7 +1749,7 @@ impl Supervisor {
         match adoption {
             Adoption::NoEngine => {
                 let journals: Vec<usize> = (0..2)
-                    .filter(|&i| crate::journal::exists(&self.args.dir.join(self.slots[i].name)))
+                    .filter(|&i| crate::journal::exists(&self.engine_dir.join(self.slots[i].name)))
                     .collect();
                 let Some(&i) = journals
                     .iter()
@@ -1336,6 +1805,7 @@ impl Supervisor {
     /// A planned switchover to the standby; returns the step-up time in milliseconds.
     pub async fn switchover(&mut self, kind: SwitchoverKind) -> Result<f64, String> {
         let (from, to) = (self.rules.active, self.rules.standby());
+        self.witness_can_grant().await?;
         let epoch = self.rules.begin_switchover()?;
         self.heed(); // granted once, whatever happens next
         self.emit(TimelineEvent {
@@ -1682,6 +2152,7 @@ impl Supervisor {
             }),
             failovers: self.rules.failovers,
             engines,
+            witness: self.witness_status(),
         }
     }
 

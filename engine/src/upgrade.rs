@@ -53,6 +53,10 @@ pub struct Options {
     pub hold_phase: Option<String>,
     #[serde(default)]
     pub hold_ms: u64,
+    /// Who asked (a campaign passes `CAMPAIGN_ID/PAIR`): published in etcd before the
+    /// upgrade starts, and an upgrade whose tag this pair ran already is refused.
+    #[serde(default)]
+    pub tag: Option<String>,
 }
 
 impl Options {
@@ -93,6 +97,7 @@ impl Default for Options {
             p99_slack_ms: 2.0,
             hold_phase: None,
             hold_ms: 0,
+            tag: None,
         }
     }
 }
@@ -119,6 +124,7 @@ impl Options {
                 "p99_slack_ms" => o.p99_slack_ms = num(value)?,
                 "hold_phase" => o.hold_phase = Some(value.to_string()),
                 "hold_ms" => o.hold_ms = num(value)? as u64,
+                "tag" => o.tag = Some(value.to_string()),
                 _ => return Err(format!("ERR unknown upgrade option {key}")),
             }
         }
@@ -142,6 +148,9 @@ impl Options {
         if let Some(h) = &self.hold_phase {
             v.push(("hold_phase", h.clone()));
             v.push(("hold_ms", self.hold_ms.to_string()));
+        }
+        if let Some(t) = &self.tag {
+            v.push(("tag", t.clone()));
         }
         v.into_iter()
             .flat_map(|(k, v)| [k.to_string(), v])
@@ -240,6 +249,9 @@ impl Supervisor {
         run.open_phase = Some((name.to_string(), now));
         if let Some(u) = self.upgrade_state.as_mut() {
             u.step = name.to_string();
+        }
+        if let Some(r) = self.upgrade_record.as_mut().filter(|r| r.outcome.is_none()) {
+            r.phase = Some(name.to_string()); // in etcd at the next write (`flush_witness`)
         }
         self.persist();
     }
@@ -410,6 +422,19 @@ impl Supervisor {
                 self.slots[0].app_version, self.slots[1].app_version
             ));
         }
+        if let Some(tag) = &options.tag {
+            if self.ran_tags.iter().any(|t| t == tag) {
+                let outcome = self
+                    .upgrade_record
+                    .as_ref()
+                    .filter(|r| r.tag.as_deref() == Some(tag.as_str()))
+                    .and_then(|r| r.outcome.clone())
+                    .unwrap_or_else(|| "ran".into());
+                return Err(format!(
+                    "ALREADY the upgrade tagged {tag} ran on this pair already ({outcome}): it is not run twice"
+                ));
+            }
+        }
         if from == to && options.fault.is_none() {
             return Err(format!("ERR the pair already runs {to}"));
         }
@@ -419,6 +444,33 @@ impl Supervisor {
             .await
         {
             return Err("ERR the standby is not in sync: an upgrade needs a healthy pair".into());
+        }
+        // The upgrade is in etcd (with its tag) before anything of it happens.
+        let previous_record = self.upgrade_record.replace(fleet::keys::UpgradeRecord {
+            to: to.clone(),
+            tag: options.tag.clone(),
+            phase: Some("start".into()),
+            outcome: None,
+            message: None,
+            started_ms: timeline::now_ms(),
+            ended_ms: None,
+        });
+        if let Some(tag) = &options.tag {
+            self.ran_tags.push(tag.clone());
+            if self.ran_tags.len() > 64 {
+                self.ran_tags.remove(0);
+            }
+        }
+        self.persist();
+        if self.witness.is_some() {
+            if let Err(e) = self.witness_can_grant().await {
+                self.upgrade_record = previous_record;
+                if let Some(tag) = &options.tag {
+                    self.ran_tags.retain(|t| t != tag);
+                }
+                self.persist();
+                return Err(format!("{e} (the upgrade was not started)"));
+            }
         }
         let mut run = Run::new(&from, &to, options.clone(), self.rules.failovers);
         self.upgrade_state = Some(UpgradeState {
@@ -436,6 +488,7 @@ impl Supervisor {
         let result = self.upgrade_steps(&mut run).await;
         let (outcome, reason) = self.settle(&mut run, result).await;
         self.end_upgrade(&mut run, outcome, &reason);
+        self.flush_witness().await; // the outcome in etcd before the answer, when it answers
         Ok(Report {
             outcome: outcome.into(),
             from,
@@ -529,7 +582,20 @@ impl Supervisor {
             ..Event::new(timeline::now_ms(), EventKind::UpgradeEnd)
         });
         self.upgrade_state = None;
-        self.persist();
+        let now = timeline::now_ms();
+        let record = self
+            .upgrade_record
+            .get_or_insert_with(|| fleet::keys::UpgradeRecord {
+                to: run.to.clone(),
+                tag: run.options.tag.clone(),
+                started_ms: now,
+                ..Default::default()
+            });
+        record.phase = None;
+        record.outcome = Some(outcome.to_string());
+        record.message = reason.clone();
+        record.ended_ms = Some(now);
+        self.persist(); // in etcd at the next write: now if it answers, else when it does
         tracing::info!(
             "upgrade: {outcome}{}",
             reason
@@ -552,6 +618,7 @@ impl Supervisor {
         );
         let (outcome, reason) = self.settle(&mut run, Err(failure)).await;
         self.end_upgrade(&mut run, outcome, &reason);
+        self.flush_witness().await;
     }
 
     /// The steps; Ok(None) completed, Ok(Some(verdict)) fell back, Err aborted.
