@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod campaign;
 pub mod catch_up;
 pub mod conn;
 pub mod contract;

@@ -20,7 +20,9 @@ Exit codes:
   1  an error, said on stderr as `error: ...`; `tandem demo`: an acknowledged update was
      lost; `tandem sim`: a seed broke an invariant
   2  bad usage: an unknown flag, a missing or malformed value
-  3  `tandem upgrade`: the upgrade did not complete (it rolled back or was aborted)
+  3  `tandem upgrade`: the upgrade did not complete (it rolled back or was aborted);
+     `tandem campaign`: not every pair was upgraded (it stopped at a rollback or failure,
+     or went on past one with --continue-on-rollback)
 
 Durations: a number and a unit (us, ms, s, m, h), e.g. 30s, 500ms, 2m, 1.5s; a bare number
 is milliseconds for the --*-ms flags, seconds for the others.
@@ -106,6 +108,11 @@ enum Cmd {
     },
     /// Rolling upgrade of the pair's application, one engine at a time, while it serves.
     Upgrade(UpgradeCli),
+    /// Upgrade every pair registered in etcd (`pair up --etcd`), in waves: a canary, then
+    /// growing waves, each pair through its full rolling upgrade; stops at the first
+    /// rollback. The campaign's state is in etcd: run the same command again (or --resume)
+    /// to go on after its process died. `tandem campaign status`: the fleet at a glance.
+    Campaign(engine::campaign::CampaignCli),
     /// Enable the new features of the application on both engines (every engine must run
     /// the new version).
     Features {
@@ -671,6 +678,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             command: FeaturesCmd::Enable { admin },
         } => {
             println!("{}", admin_call(secret_file, &admin, &["FEATURES.ENABLE"])?);
+            Ok(())
+        }
+        Cmd::Campaign(c) => {
+            let code = engine::campaign::main(c, secret_file)?;
+            if code != 0 {
+                std::process::exit(code);
+            }
             Ok(())
         }
         Cmd::Upgrade(u) => {
