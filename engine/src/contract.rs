@@ -355,7 +355,13 @@ mod tests {
 
     #[test]
     fn codes_are_the_first_word_only() {
-        for code in [Code::StaleEpoch, Code::NotReady, Code::NotActive, Code::NotGranted, Code::Err] {
+        for code in [
+            Code::StaleEpoch,
+            Code::NotReady,
+            Code::NotActive,
+            Code::NotGranted,
+            Code::Err,
+        ] {
             assert_eq!(Code::of(&code.refuse("because")), code);
         }
         assert_eq!(Code::of("NOTREADYISH no"), Code::Err);

@@ -378,6 +378,10 @@ struct UpgradeCli {
     /// With --hold-phase: how long (e.g. 5s, or 5000 ms).
     #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_duration_ms)]
     hold_ms: Duration,
+    /// A name for this upgrade (a campaign's `ID/PAIR`): published in etcd with its outcome;
+    /// the pair refuses to run an upgrade whose tag it ran already.
+    #[arg(long, value_name = "TAG")]
+    tag: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -749,6 +753,26 @@ fn print_status(text: &str) -> anyhow::Result<()> {
     if let Some(why) = &pair.unavailable {
         println!("UNAVAILABLE (writes refused): {why}");
     }
+    if let Some(w) = &pair.witness {
+        let state = match (&w.state[..], w.unreachable_since_ms) {
+            ("unreachable", Some(since)) => format!(
+                "UNREACHABLE for {:.1} s (no new epoch until it answers; {})",
+                reports::timeline::now_ms().saturating_sub(since) as f64 / 1e3,
+                w.error.as_deref().unwrap_or("")
+            ),
+            (state, _) => state.to_string(),
+        };
+        println!(
+            "witness: etcd {} ({}), this supervisor is the {}{}, etcd {state}",
+            w.url,
+            w.key,
+            w.role,
+            match (&w.role[..], &w.leader) {
+                ("spare", Some(leader)) => format!(" (leader: {leader})"),
+                _ => String::new(),
+            }
+        );
+    }
     if let Some(p) = &pair.failover_pending {
         println!(
             "failover in progress: promoting {} at epoch {} (attempt {}{})",
@@ -861,6 +885,13 @@ fn detach_pair(argv: &[String], dir: &std::path::Path) -> anyhow::Result<()> {
             );
             return Ok(());
         }
+        if let Some(rest) = line.strip_prefix("SPARE admin=") {
+            println!(
+                "hot spare supervisor up (pid {}), admin {rest}; it takes the pair over when its leader goes",
+                child.id()
+            );
+            return Ok(());
+        }
     }
     bail!(
         "the supervisor exited before the pair was ready; see {}",
@@ -896,13 +927,6 @@ fn report(run_dir: &std::path::Path, compare: Option<&std::path::Path>) -> anyho
             // Both runs' summaries, slices, timelines and detail, charts on shared axes.
             let path = run.render_compare(&RunDir::new(other), &label(run_dir), &label(other))?;
             println!("{}", path.display());
-        }
-        if let Some(rest) = line.strip_prefix("SPARE admin=") {
-            println!(
-                "hot spare supervisor up (pid {}), admin {rest}; it takes the pair over when its leader goes",
-                child.id()
-            );
-            return Ok(());
         }
     }
     Ok(())

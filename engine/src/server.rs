@@ -440,11 +440,13 @@ async fn connection(
                 let verdict = witness.check(epoch).await;
                 let mut eng = engine.borrow_mut();
                 match verdict {
-                    Ok(()) => match dispatch(&mut eng, port, &mut conn, &cmd, &mut out, Instant::now()) {
-                        Outcome::Done { seq } => wait_seq = wait_seq.max(seq),
-                        Outcome::Later(rx) => later = Some(rx),
-                        Outcome::Quit => quit = true,
-                    },
+                    Ok(()) => {
+                        match dispatch(&mut eng, port, &mut conn, &cmd, &mut out, Instant::now()) {
+                            Outcome::Done { seq } => wait_seq = wait_seq.max(seq),
+                            Outcome::Later(rx) => later = Some(rx),
+                            Outcome::Quit => quit = true,
+                        }
+                    }
                     Err(why) => {
                         tracing::warn!(engine = %eng.config.name, "refused epoch {epoch}: {why}");
                         reply::error(&mut out, &Code::NotGranted.refuse(why));

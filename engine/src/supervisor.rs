@@ -282,7 +282,7 @@ pub fn run_pair(args: PairArgs) -> anyhow::Result<()> {
             }
             _ => TcpListener::bind(addr_for(args.base_port, 0)).await?,
         };
-        let admin_addr = listener.local_addr()?.to_string();
+        let mut admin_addr = listener.local_addr()?.to_string();
         let secret = replicator::Secret::load(&args.secret_file)?;
         let (events_tx, mut events) = mpsc::channel(EVENTS_QUEUE);
         let mut listener = Some(listener);
@@ -298,6 +298,17 @@ pub fn run_pair(args: PairArgs) -> anyhow::Result<()> {
                 Some(from) => took_over_from = from,
             }
             let record = w.read_record().await.map_err(anyhow::Error::msg)?;
+            // The pair's admin address, if its last leader's is free (same host): clients of
+            // the admin endpoint keep theirs. This supervisor's own stays served too.
+            if let Some(old) = record.as_ref().map(|r| r.admin.clone()) {
+                if old != admin_addr && !args.fresh {
+                    if let Ok(l) = TcpListener::bind(&old).await {
+                        tokio::spawn(admin::serve(l, events_tx.clone(), secret.clone()));
+                        tracing::info!("serving the pair's admin address {old} too");
+                        admin_addr = old;
+                    }
+                }
+            }
             match record {
                 Some(r) if args.fresh => fresh_epoch = Some(r.epoch + 1),
                 Some(r) if !r.state.is_null() => {
@@ -449,8 +460,7 @@ async fn lead_or_wait(
     admin_addr: &str,
     events: &mut mpsc::Receiver<Event>,
 ) -> anyhow::Result<Option<Option<String>>> {
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut waited_for: Option<String> = None;
     let mut unreachable_said = false;
     loop {
@@ -668,7 +678,11 @@ impl Supervisor {
         fleet::keys::PairRecord {
             name: self.args.name.clone(),
             epoch: self.rules.epoch,
-            supervisor: self.witness.as_ref().map(|w| w.id.clone()).unwrap_or_default(),
+            supervisor: self
+                .witness
+                .as_ref()
+                .map(|w| w.id.clone())
+                .unwrap_or_default(),
             admin: self.admin_addr.clone(),
             sentinel: Some(self.sentinel_addr.clone()),
             active: self.slots[self.rules.active].name.into(),
@@ -699,8 +713,7 @@ impl Supervisor {
         let w = self.witness.as_mut().expect("checked");
         // etcd just failed to answer: not tried again at every call (each try costs a
         // timeout when etcd is out of reach rather than down).
-        if w
-            .last_failed_publish
+        if w.last_failed_publish
             .is_some_and(|t| t.elapsed() < Duration::from_millis(500))
         {
             return false;
@@ -724,9 +737,8 @@ impl Supervisor {
     /// This supervisor does not lead the pair any more: it stops acting at once (no engine
     /// call, no signal to an engine), says so and exits, leaving the engines to the leader.
     pub fn step_down(&mut self, why: String) -> ! {
-        let message = format!(
-            "stepping down: {why}; the engines are left to the pair's leader (exit 3)"
-        );
+        let message =
+            format!("stepping down: {why}; the engines are left to the pair's leader (exit 3)");
         tracing::error!("{message}");
         self.emit(TimelineEvent {
             message: Some(message),
@@ -791,7 +803,10 @@ impl Supervisor {
             Standing::Lost(why) => self.step_down(why),
             Standing::Sure => {}
             Standing::EtcdDown | Standing::Doubtful => {
-                return Err("NOWITNESS etcd is unreachable: no new epoch can be granted until it answers".into())
+                return Err(
+                    "NOWITNESS etcd is unreachable: no new epoch can be granted until it answers"
+                        .into(),
+                )
             }
         }
         self.witness_dirty.set(true); // written now: etcd answers, and this supervisor leads
@@ -820,7 +835,10 @@ impl Supervisor {
                 let health = w.health();
                 self.witness_doubt_said = false;
                 if !std::mem::replace(&mut self.witness_lost_said, true) {
-                    let why = health.unreachable_since.map(|(_, _, e)| e).unwrap_or_default();
+                    let why = health
+                        .unreachable_since
+                        .map(|(_, _, e)| e)
+                        .unwrap_or_default();
                     let message = format!("etcd unreachable ({why}): the pair keeps serving at epoch {}; no new epoch until etcd answers", self.rules.epoch);
                     tracing::warn!("{message}");
                     self.emit(TimelineEvent {
@@ -834,7 +852,10 @@ impl Supervisor {
                 self.witness_doubt_said = false;
                 if self.witness_lost_said && self.flush_witness().await {
                     self.witness_lost_said = false;
-                    let message = format!("etcd answers again; the pair is at epoch {}", self.rules.epoch);
+                    let message = format!(
+                        "etcd answers again; the pair is at epoch {}",
+                        self.rules.epoch
+                    );
                     tracing::info!("{message}");
                     self.emit(TimelineEvent {
                         message: Some(message),

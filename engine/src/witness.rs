@@ -193,7 +193,9 @@ impl Witness {
         }
         let now = Instant::now();
         let sure_for = self.ttl.saturating_sub(self.margin());
-        if h.last_ok_sent.is_some_and(|t| now.duration_since(t) < sure_for) {
+        if h.last_ok_sent
+            .is_some_and(|t| now.duration_since(t) < sure_for)
+        {
             return Standing::Sure;
         }
         // etcd down, not this process frozen: keep-alives were tried on time and failed.
