@@ -224,6 +224,8 @@ pub(crate) struct Supervisor {
     pub upgrade_record: Option<fleet::keys::UpgradeRecord>,
     /// Tags of the upgrades this pair ran (never one twice).
     pub ran_tags: Vec<String>,
+    /// A standby whose restart failed (etcd out of reach): tried again at a full tick.
+    standby_restart_pending: Option<usize>,
     _lock: DirLock,
 }
 
@@ -368,6 +370,7 @@ pub fn run_pair(args: PairArgs) -> anyhow::Result<()> {
             engine_dir,
             upgrade_record: previous.as_ref().and_then(|p| p.upgrade_record.clone()),
             ran_tags: previous.as_ref().map(|p| p.ran_tags.clone()).unwrap_or_default(),
+            standby_restart_pending: None,
             _lock: lock,
         };
         if let Some(epoch) = fresh_epoch {
@@ -433,6 +436,10 @@ pub fn run_pair(args: PairArgs) -> anyhow::Result<()> {
             sup.shutdown |= sup.leave;
         }
         if sup.leave {
+            if let Some(w) = &sup.witness {
+                // The leader key goes now: a spare takes the engines over at once.
+                w.resign().await;
+            }
             tracing::info!(
                 "supervisor stopping; the engines keep serving. `tandem pair up --dir {0}` takes them back, `tandem pair down --dir {0}` stops them",
                 sup.args.dir.display()
@@ -1191,6 +1198,16 @@ impl Supervisor {
             }
             TickMode::Nothing => return,
         }
+        if let Some(i) = self.standby_restart_pending {
+            if self.slots[i].pid.is_none()
+                && i != self.rules.active
+                && self.rules.promotion.is_none()
+            {
+                self.restart_standby(i).await;
+            } else {
+                self.standby_restart_pending = None;
+            }
+        }
         if self.rules.promotion.is_some() {
             self.try_promotion().await;
             return;
@@ -1412,8 +1429,15 @@ impl Supervisor {
         // A new process holds nothing until it has caught up.
         self.set_promotable(false, &format!("{} restarts empty", self.slots[i].name));
         let follow = self.slots[self.rules.active].replication_addr.clone();
-        if let Err(e) = self.start(i, Start::Follow(follow)).await {
-            tracing::error!("restarting {} failed: {e:#}", self.slots[i].name);
+        match self.start(i, Start::Follow(follow)).await {
+            Ok(()) => self.standby_restart_pending = None,
+            Err(e) => {
+                tracing::error!("restarting {} failed: {e:#}", self.slots[i].name);
+                if self.witness.is_some() {
+                    // Refused for want of etcd, most likely: tried again once it answers.
+                    self.standby_restart_pending = Some(i);
+                }
+            }
         }
         self.write_pair_file();
     }

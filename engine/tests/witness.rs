@@ -496,3 +496,79 @@ async fn next_event(
         }
     }
 }
+
+/// Short windows, and an acceptance check that judges errors only (as faults.rs).
+const QUICK: [&str; 10] = [
+    "baseline_ms",
+    "300",
+    "evaluate_ms",
+    "1000",
+    "settle_ms",
+    "100",
+    "catch_up_timeout_ms",
+    "60000",
+    "p99_slack_ms",
+    "60000",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_is_in_etcd_before_it_starts_with_its_outcome_after_and_a_tag_runs_once() {
+    if !fleet::local::available() {
+        eprintln!("skipped: no etcd here (install Debian's etcd-server)");
+        return;
+    }
+    let etcd = Etcd::start("upgrade");
+    let pair = witnessed_pair(&etcd, "up");
+    pair.wait_in_sync().await;
+    let mut events = pair.subscribe().await;
+    let writer = Writer::start(&pair, "w");
+    writer.wait_for_more(500).await;
+    let mut cmd = vec!["UPGRADE", "2.0"];
+    cmd.extend(QUICK);
+    cmd.extend(["tag", "c1/up"]);
+    let (admin, secret) = (pair.admin.clone(), pair.secret.clone());
+    let args: Vec<String> = cmd.iter().map(|a| a.to_string()).collect();
+    let upgrade = tokio::spawn(async move {
+        let mut c = Client::connect_authenticated(&admin, Duration::from_secs(5), &secret, "admin")
+            .await
+            .unwrap();
+        c.set_timeout(Some(Duration::from_secs(120)));
+        let parts: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        c.call(&parts).await.unwrap()
+    });
+    // By the time the upgrade starts, etcd holds it, with its tag, and no outcome yet.
+    next_event(&mut events, EventKind::UpgradeStart).await;
+    let running = etcd
+        .record("up")
+        .await
+        .upgrade
+        .expect("the upgrade is in etcd");
+    assert_eq!(running.to, "2.0");
+    assert_eq!(running.tag.as_deref(), Some("c1/up"));
+    assert_eq!(running.outcome, None);
+    let reply = upgrade.await.unwrap();
+    assert!(!reply.is_error(), "{reply}");
+    let record = etcd.record("up").await;
+    let done = record.upgrade.expect("the upgrade is in etcd");
+    assert_eq!(done.outcome.as_deref(), Some("completed"), "{done:?}");
+    assert_eq!(done.tag.as_deref(), Some("c1/up"));
+    assert!(done.ended_ms.is_some_and(|end| end >= done.started_ms));
+    assert_eq!(record.version.as_deref(), Some("2.0"));
+    assert_eq!(record.phase, "serving");
+    assert_eq!(
+        assert_epochs_are_etcds(&pair, &etcd, "up").await,
+        record.epoch
+    );
+    // The same tag again (a resumed campaign asking twice): refused, nothing runs.
+    let mut again = vec!["UPGRADE", "1.0"];
+    again.extend(QUICK);
+    again.extend(["tag", "c1/up"]);
+    let reply = pair.admin(&again).await;
+    assert!(
+        matches!(&reply, Reply::Error(e) if e.starts_with("ALREADY")),
+        "{reply}"
+    );
+    assert_eq!(etcd.record("up").await.epoch, record.epoch);
+    writer.wait_for_more(500).await;
+    check_nothing_lost(&pair, writer).await;
+}
