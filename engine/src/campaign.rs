@@ -188,7 +188,11 @@ struct Owner {
 impl Owner {
     /// Takes `P/campaign-owner`, waiting for a dead owner's lease to expire; refuses while
     /// another owner lives (keeps its key alive past its TTL).
-    async fn acquire(client: &fleet::Client, layout: &Layout, ttl: Duration) -> anyhow::Result<Owner> {
+    async fn acquire(
+        client: &fleet::Client,
+        layout: &Layout,
+        ttl: Duration,
+    ) -> anyhow::Result<Owner> {
         let id = process_id();
         let key = layout.campaign_owner();
         let ttl_s = ttl.as_secs().max(2) as i64;
@@ -223,17 +227,19 @@ impl Owner {
             let who = String::from_utf8_lossy(&holder.value).into_owned();
             match waited_for {
                 Some((rev, since)) if rev == holder.create_revision => {
-                    // Still the same holder's key: alive if it outlived any lease it could have.
-                    if since.elapsed() > Duration::from_secs(60).max(ttl * 3) {
+                    // Still the same holder's key: it kept its lease (of the same TTL as
+                    // ours, --owner-ttl) alive, so it lives.
+                    if since.elapsed() > ttl + Duration::from_secs(2) {
                         bail!(
-                            "another campaign process ({who}) owns the campaign and is alive (it keeps {} on its lease); stop it first, or wait for it",
-                            key
+                            "another campaign process ({who}) drives the campaign and is alive (it kept {key} on its lease for {:.0} s); stop it first, or follow it with `tandem campaign status`",
+                            since.elapsed().as_secs_f64()
                         );
                     }
                 }
                 _ => {
                     println!(
-                        "the campaign is owned by {who}: waiting for its lease to expire (a live owner keeps it)"
+                        "the campaign is owned by {who}: waiting up to {} s for its lease to expire (a live owner keeps it)",
+                        (ttl + Duration::from_secs(2)).as_secs()
                     );
                     waited_for = Some((holder.create_revision, Instant::now()));
                 }
@@ -374,7 +380,10 @@ async fn write_record(
     }
 }
 
-async fn read_pairs(client: &fleet::Client, layout: &Layout) -> Result<Vec<PairRecord>, fleet::Error> {
+async fn read_pairs(
+    client: &fleet::Client,
+    layout: &Layout,
+) -> Result<Vec<PairRecord>, fleet::Error> {
     let mut out = Vec::new();
     for kv in client.get_prefix(&layout.pairs()).await? {
         let key = kv.key_str();
@@ -389,7 +398,11 @@ async fn read_pairs(client: &fleet::Client, layout: &Layout) -> Result<Vec<PairR
     Ok(out)
 }
 
-async fn read_pair(client: &fleet::Client, layout: &Layout, name: &str) -> Result<Option<PairRecord>, fleet::Error> {
+async fn read_pair(
+    client: &fleet::Client,
+    layout: &Layout,
+    name: &str,
+) -> Result<Option<PairRecord>, fleet::Error> {
     Ok(client
         .get(&layout.pair(name))
         .await?
@@ -467,12 +480,22 @@ fn secs(ms: u64) -> String {
 }
 
 /// Prints what became durable since the last record printed.
-fn print_progress(before: &CampaignRecord, after: &CampaignRecord, reports: &BTreeMap<String, Report>) {
+fn print_progress(
+    before: &CampaignRecord,
+    after: &CampaignRecord,
+    reports: &BTreeMap<String, Report>,
+) {
     let n = after.waves.len();
     for (k, wave) in after.waves.iter().enumerate() {
-        let started = |r: &CampaignRecord| wave.iter().any(|p| r.pairs[p].outcome != Outcome::Pending);
+        let started =
+            |r: &CampaignRecord| wave.iter().any(|p| r.pairs[p].outcome != Outcome::Pending);
         if started(after) && !started(before) {
-            println!("wave {}/{n}{}: {}", k + 1, if k == 0 { " (canary)" } else { "" }, wave.join(", "));
+            println!(
+                "wave {}/{n}{}: {}",
+                k + 1,
+                if k == 0 { " (canary)" } else { "" },
+                wave.join(", ")
+            );
         }
         for p in wave {
             let (old, new) = (&before.pairs[p], &after.pairs[p]);
@@ -491,12 +514,20 @@ fn print_progress(before: &CampaignRecord, after: &CampaignRecord, reports: &BTr
                         Outcome::RolledBack => "ROLLED BACK",
                         _ => "FAILED",
                     };
-                    let why = new.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
+                    let why = new
+                        .message
+                        .as_deref()
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default();
                     let extra = reports
                         .get(p)
                         .filter(|r| !r.switchovers_ms.is_empty())
                         .map(|r| {
-                            let s: Vec<String> = r.switchovers_ms.iter().map(|x| format!("{x:.1} ms")).collect();
+                            let s: Vec<String> = r
+                                .switchovers_ms
+                                .iter()
+                                .map(|x| format!("{x:.1} ms"))
+                                .collect();
                             format!(" (switchovers {})", s.join(", "))
                         })
                         .unwrap_or_default();
@@ -527,7 +558,10 @@ fn print_summary(r: &CampaignRecord) {
         r.pairs.len(),
         r.waves.len()
     );
-    println!("{:<16} {:>4}  {:<12} {:>9}  message", "pair", "wave", "outcome", "duration");
+    println!(
+        "{:<16} {:>4}  {:<12} {:>9}  message",
+        "pair", "wave", "outcome", "duration"
+    );
     for (k, wave) in r.waves.iter().enumerate() {
         for p in wave {
             let c = &r.pairs[p];
@@ -568,12 +602,35 @@ fn exit_code(r: &CampaignRecord) -> i32 {
 async fn run(urls: &str, args: RunArgs, secret: Secret) -> anyhow::Result<i32> {
     let client = fleet::Client::new(urls).map_err(anyhow::Error::msg)?;
     let layout = Layout::new(&args.etcd_prefix);
+    // Refused at once, before waiting for the campaign's owner: a campaign to another
+    // version while one is unfinished (checked again once owned).
+    if let (Some(to), Some(kv)) = (
+        &args.to,
+        client.get(&layout.campaign()).await.context("etcd")?,
+    ) {
+        if let Ok(r) = serde_json::from_slice::<CampaignRecord>(&kv.value) {
+            refuse_another(&r, to)?;
+        }
+    }
     let mut owner = Owner::acquire(&client, &layout, args.owner_ttl).await?;
     owner.keep_alive(client.clone());
     let result = campaign(&client, &layout, &mut owner, args, secret).await;
     // Let a successor in at once (a process that dies leaves it to the lease's expiry).
     let _ = client.lease_revoke(owner.lease).await;
     result
+}
+
+/// Refuses a campaign to `to` while `r`, to another version, is unfinished.
+fn refuse_another(r: &CampaignRecord, to: &str) -> anyhow::Result<()> {
+    if r.state == CampaignState::Running && r.to != to {
+        bail!(
+            "campaign {} (to {}) is unfinished ({}): it is not replaced by one to {to}; resume it with `tandem campaign --resume`",
+            r.id,
+            r.to,
+            state_text(r)
+        );
+    }
+    Ok(())
 }
 
 /// Creates or resumes the campaign and drives it to its end.
@@ -612,12 +669,10 @@ async fn campaign(
             core.took_over(now_ms());
             core
         }
-        (Some(r), Some(to)) => bail!(
-            "campaign {} (to {}) is unfinished ({}): it is not replaced by one to {to}; resume it with `tandem campaign --resume`",
-            r.id,
-            r.to,
-            state_text(r)
-        ),
+        (Some(r), Some(to)) => {
+            refuse_another(r, to)?;
+            unreachable!("a campaign to another version")
+        }
         (Some(_), None) => unreachable!("--resume or --to"),
         (None, None) => match existing_record {
             Some(r) => {

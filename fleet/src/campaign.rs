@@ -222,6 +222,8 @@ struct Memo {
 }
 
 /// What the driver observed.
+// `Found` carries a whole pair record: events are few (a handful per pair and campaign).
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Event {
     /// The `UPGRADE` call answered with the upgrade's report.

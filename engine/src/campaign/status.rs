@@ -110,10 +110,12 @@ pub fn render(s: &FleetStatus) -> String {
             .map(|p| p.version.clone().unwrap_or_else(|| mixed(p)))
             .unwrap_or_else(|| "-".into());
         let phase = pair
-            .map(|p| match p.upgrade.as_ref().filter(|u| u.outcome.is_none()) {
-                Some(u) => format!("upgrade:{}", u.phase.as_deref().unwrap_or("start")),
-                None => p.phase.clone(),
-            })
+            .map(
+                |p| match p.upgrade.as_ref().filter(|u| u.outcome.is_none()) {
+                    Some(u) => format!("upgrade:{}", u.phase.as_deref().unwrap_or("start")),
+                    None => p.phase.clone(),
+                },
+            )
             .unwrap_or_else(|| "not registered".into());
         let took = in_campaign
             .and_then(|c| match (c.started_ms, c.ended_ms) {
@@ -136,9 +138,7 @@ pub fn render(s: &FleetStatus) -> String {
             in_campaign.map_or("-", |c| c.outcome.as_str()),
             in_campaign.map_or("-".into(), |c| (c.wave + 1).to_string()),
             took,
-            in_campaign
-                .and_then(|c| c.message.as_deref())
-                .unwrap_or("")
+            in_campaign.and_then(|c| c.message.as_deref()).unwrap_or("")
         );
     }
     out

@@ -65,6 +65,16 @@ impl Pair {
 
     /// A pair with more `tandem pair up` flags.
     pub fn up_with(flags: &[&str]) -> Pair {
+        Pair::up_in(flags, None)
+    }
+
+    /// A pair of a fleet: it takes the secret in `secret_file` (a copy in its directory), so
+    /// that one secret reaches every supervisor of the fleet (as `tandem campaign` needs).
+    pub fn up_sharing(secret_file: &std::path::Path, flags: &[&str]) -> Pair {
+        Pair::up_in(flags, Some(secret_file))
+    }
+
+    fn up_in(flags: &[&str], shared_secret: Option<&std::path::Path>) -> Pair {
         let dir = std::env::temp_dir().join(format!(
             "tandem-test-{}-{}",
             std::process::id(),
@@ -73,6 +83,9 @@ impl Pair {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("test directory");
         let secret_file = dir.join("secret");
+        if let Some(shared) = shared_secret {
+            std::fs::copy(shared, &secret_file).expect("the fleet's secret");
+        }
         let secret = replicator::Secret::load_or_create(&secret_file).expect("secret");
         let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
         let (supervisor, admin) = start_supervisor(&dir, &flags);
