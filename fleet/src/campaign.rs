@@ -511,5 +511,6 @@ impl Campaign {
     }
 }
 
+pub mod model;
 #[cfg(test)]
 mod tests;

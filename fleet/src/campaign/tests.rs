@@ -1,5 +1,3 @@
-use std::collections::{BTreeMap, BTreeSet};
-
 use proptest::prelude::*;
 
 use super::*;
@@ -338,365 +336,7 @@ fn a_refusal_because_our_upgrade_runs_already_is_followed() {
     assert_eq!(c.record().state, CampaignState::Completed);
 }
 
-// ---- The model: supervisors, a network, etcd, and a campaign process that crashes. ----
-
-/// One pair's supervisor, as far as the campaign sees it.
-#[derive(Debug)]
-struct Sup {
-    record: PairRecord,
-    tags_run: BTreeSet<String>,
-    /// The upgrade it runs, and the campaign process generation whose call waits on it.
-    running: Option<(String, Option<u32>)>,
-    /// Upgrades it started.
-    starts: u32,
-    faulty: bool,
-}
-
-struct World {
-    to: String,
-    sups: BTreeMap<String, Sup>,
-    /// `UPGRADE` requests on their way: (pair, tag, generation of the asking process).
-    net: Vec<(String, String, u32)>,
-    /// Answers on their way back: (generation, event).
-    replies: Vec<(u32, Event)>,
-    etcd: CampaignRecord,
-    etcd_up: bool,
-    process: Option<Campaign>,
-    generation: u32,
-    now: u64,
-    /// Invariant broken, if any.
-    broken: Option<String>,
-}
-
-impl World {
-    fn new(n: usize, spec: &WaveSpec, parallel: usize, cont: bool, faulty: &[bool]) -> World {
-        let names = names(n);
-        let sups = names
-            .iter()
-            .enumerate()
-            .map(|(i, name)| {
-                (
-                    name.clone(),
-                    Sup {
-                        record: PairRecord {
-                            name: name.clone(),
-                            version: Some("1.0".into()),
-                            ..Default::default()
-                        },
-                        tags_run: BTreeSet::new(),
-                        running: None,
-                        starts: 0,
-                        faulty: faulty.get(i).copied().unwrap_or(false),
-                    },
-                )
-            })
-            .collect();
-        let record = plan(&names, spec, settings(parallel, cont));
-        World {
-            to: "2.0".into(),
-            sups,
-            net: Vec::new(),
-            replies: Vec::new(),
-            etcd: record.clone(),
-            etcd_up: true,
-            process: Some(Campaign::resume(record)),
-            generation: 0,
-            now: 1000,
-            broken: None,
-        }
-    }
-
-    fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
-        if !ok && self.broken.is_none() {
-            self.broken = Some(what());
-        }
-    }
-
-    /// One turn of the campaign process's driver.
-    fn step(&mut self) {
-        self.now += 1;
-        let now = self.now;
-        if self.process.is_none() {
-            if !self.etcd_up {
-                return;
-            }
-            let mut c = Campaign::resume(self.etcd.clone());
-            c.took_over(now);
-            self.process = Some(c);
-        }
-        let mut c = self.process.take().expect("running");
-        let next = loop {
-            let next = c.next(now);
-            if !next.persist {
-                break Some(next);
-            }
-            if !self.etcd_up {
-                break None; // paused
-            }
-            self.etcd = c.record().clone();
-            c.persisted();
-        };
-        if let Some(next) = next {
-            for pair in next.upgrade {
-                let wave = self.etcd.pairs[&pair].wave;
-                let earlier_final = self.etcd.waves[..wave]
-                    .iter()
-                    .flatten()
-                    .all(|p| self.etcd.pairs[p].outcome.is_final());
-                let durable = self.etcd.pairs[&pair].outcome == Outcome::Running;
-                self.check(earlier_final && durable, || {
-                    format!("{pair} asked: earlier waves final {earlier_final}, Running durable {durable}")
-                });
-                let tag = tag(&self.etcd.id, &pair);
-                self.net.push((pair, tag, self.generation));
-            }
-            if self.etcd_up {
-                for pair in next.look.into_iter().chain(next.watch) {
-                    let record = Some(self.sups[&pair].record.clone());
-                    c.observe(Event::Found { pair, record }, now);
-                }
-            }
-        }
-        self.process = Some(c);
-    }
-
-    fn deliver_request(&mut self, i: usize) {
-        if self.net.is_empty() {
-            return;
-        }
-        let (pair, tag, generation) = self.net.remove(i % self.net.len());
-        let etcd_up = self.etcd_up;
-        let to = self.to.clone();
-        let sup = self.sups.get_mut(&pair).expect("pair");
-        let refusal = if !etcd_up {
-            Some("etcd unreachable: cannot record the tag")
-        } else if sup.running.is_some() {
-            Some("busy")
-        } else if sup.tags_run.contains(&tag) {
-            Some("tag already run")
-        } else if sup.record.version.as_deref() == Some(to.as_str()) {
-            Some("already on the version")
-        } else {
-            None
-        };
-        match refusal {
-            Some(why) => self.replies.push((
-                generation,
-                Event::Refused {
-                    pair,
-                    message: why.into(),
-                },
-            )),
-            None => {
-                sup.tags_run.insert(tag.clone());
-                sup.starts += 1;
-                sup.record.upgrade = Some(UpgradeRecord {
-                    to,
-                    tag: Some(tag.clone()),
-                    started_ms: self.now,
-                    ..Default::default()
-                });
-                sup.running = Some((tag, Some(generation)));
-            }
-        }
-    }
-
-    fn lose_request(&mut self, i: usize) {
-        if self.net.is_empty() {
-            return;
-        }
-        let (pair, _, generation) = self.net.remove(i % self.net.len());
-        self.replies.push((
-            generation,
-            Event::NoAnswer {
-                pair,
-                message: "connection refused".into(),
-            },
-        ));
-    }
-
-    fn running(&self) -> Vec<String> {
-        self.sups
-            .iter()
-            .filter(|(_, s)| s.running.is_some())
-            .map(|(n, _)| n.clone())
-            .collect()
-    }
-
-    /// The upgrade of one running pair ends (the supervisor records it in etcd, so not
-    /// while etcd is down).
-    fn finish_upgrade(&mut self, i: usize) {
-        let running = self.running();
-        if running.is_empty() || !self.etcd_up {
-            return;
-        }
-        let pair = running[i % running.len()].clone();
-        let to = self.to.clone();
-        let now = self.now;
-        let sup = self.sups.get_mut(&pair).expect("pair");
-        let (_, caller) = sup.running.take().expect("running");
-        let outcome = if sup.faulty {
-            "rolled_back"
-        } else {
-            "completed"
-        };
-        if !sup.faulty {
-            sup.record.version = Some(to);
-        }
-        let u = sup.record.upgrade.as_mut().expect("recorded");
-        u.outcome = Some(outcome.into());
-        u.message = Some(format!("{pair} {outcome}"));
-        u.ended_ms = Some(now);
-        if let Some(generation) = caller {
-            self.replies.push((
-                generation,
-                Event::Ended {
-                    pair: pair.clone(),
-                    outcome: outcome_of(outcome),
-                    message: Some(format!("{pair} {outcome}")),
-                },
-            ));
-        }
-    }
-
-    /// The call waiting on a running upgrade loses its connection (the upgrade goes on).
-    fn break_call(&mut self, i: usize) {
-        let running = self.running();
-        if running.is_empty() {
-            return;
-        }
-        let pair = running[i % running.len()].clone();
-        let sup = self.sups.get_mut(&pair).expect("pair");
-        if let Some((_, caller)) = sup.running.as_mut() {
-            if let Some(generation) = caller.take() {
-                self.replies.push((
-                    generation,
-                    Event::NoAnswer {
-                        pair,
-                        message: "connection reset".into(),
-                    },
-                ));
-            }
-        }
-    }
-
-    fn deliver_reply(&mut self, i: usize) {
-        if self.replies.is_empty() {
-            return;
-        }
-        let (generation, event) = self.replies.remove(i % self.replies.len());
-        if generation == self.generation {
-            if let Some(c) = self.process.as_mut() {
-                c.observe(event, self.now);
-            }
-        }
-    }
-
-    /// The campaign process dies. What it sent is read by the supervisors or lost before a
-    /// successor takes over (a successor first waits for the dead one's lease to expire);
-    /// the answers for it go nowhere.
-    fn crash(&mut self, deliver: bool) {
-        self.process = None;
-        let dead = self.generation;
-        self.generation += 1;
-        let mut i = 0;
-        while i < self.net.len() {
-            if self.net[i].2 == dead {
-                if deliver {
-                    self.deliver_request(i);
-                } else {
-                    self.net.remove(i);
-                }
-            } else {
-                i += 1;
-            }
-        }
-        for sup in self.sups.values_mut() {
-            if let Some((_, caller)) = sup.running.as_mut() {
-                if *caller == Some(dead) {
-                    *caller = None;
-                }
-            }
-        }
-        self.replies.retain(|(g, _)| *g != dead);
-    }
-
-    fn invariants_always(&mut self) {
-        let running = self.running().len();
-        let parallel = self.etcd.parallel;
-        self.check(running <= parallel, || {
-            format!("{running} upgrades at once, parallel {parallel}")
-        });
-        let twice: Vec<String> = self
-            .sups
-            .iter()
-            .filter(|(_, s)| s.starts > 1)
-            .map(|(n, _)| n.clone())
-            .collect();
-        self.check(twice.is_empty(), || format!("upgraded twice: {twice:?}"));
-    }
-
-    /// Everything delivered, etcd up, no more crashes: the campaign must end.
-    fn drain(&mut self) {
-        self.etcd_up = true;
-        for _ in 0..10_000 {
-            self.step();
-            while !self.net.is_empty() {
-                self.deliver_request(0);
-            }
-            while !self.running().is_empty() {
-                self.finish_upgrade(0);
-            }
-            while !self.replies.is_empty() {
-                self.deliver_reply(0);
-            }
-            self.invariants_always();
-            if self.etcd.state != CampaignState::Running
-                && !self.process.as_ref().expect("running").dirty()
-            {
-                return;
-            }
-        }
-        let record = format!("{:?}", self.etcd);
-        self.check(false, || format!("the campaign did not end: {record}"));
-    }
-
-    fn invariants_at_the_end(&mut self) {
-        let record = self.etcd.clone();
-        for (name, p) in &record.pairs {
-            let sup = &self.sups[name];
-            let upgraded = sup.record.version.as_deref() == Some("2.0");
-            let ok = match p.outcome {
-                Outcome::Upgraded => upgraded && sup.starts == 1,
-                Outcome::RolledBack => sup.faulty && sup.starts == 1,
-                Outcome::Failed => sup.starts == 0,
-                Outcome::Pending => sup.starts == 0 && record.state != CampaignState::Completed,
-                Outcome::Running => false,
-            };
-            let (starts, faulty) = (sup.starts, sup.faulty);
-            self.check(ok, || {
-                format!("{name}: {p:?} but the pair: upgraded {upgraded}, starts {starts}, faulty {faulty}")
-            });
-        }
-        match &record.state {
-            CampaignState::Completed => {
-                let skipped = record.pairs.values().any(|p| !p.outcome.is_final());
-                self.check(!skipped, || "completed with a pair not final".into());
-                let all_upgraded = record.continue_on_rollback
-                    || record
-                        .pairs
-                        .values()
-                        .all(|p| p.outcome == Outcome::Upgraded);
-                self.check(all_upgraded, || "completed past a rollback".into());
-            }
-            CampaignState::Stopped(_) => {
-                let why = stop_reason(&record).is_some();
-                self.check(why, || "stopped without a rollback or failure".into());
-            }
-            CampaignState::Running => self.check(false, || "still running".into()),
-        }
-    }
-}
+// ---- Under faults: the model shared with the fleet simulator (`model.rs`). ----
 
 fn wave_spec() -> impl Strategy<Value = WaveSpec> {
     prop_oneof![
@@ -706,13 +346,20 @@ fn wave_spec() -> impl Strategy<Value = WaveSpec> {
     ]
 }
 
+/// The `i`-th of `items` (none if there are none).
+fn pick<T: Copy>(items: impl IntoIterator<Item = T>, i: usize) -> Option<T> {
+    let items: Vec<T> = items.into_iter().collect();
+    (!items.is_empty()).then(|| items[i % items.len()])
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
-    /// Under arbitrary interleavings of asks, answers, lost calls, upgrades ending, etcd
-    /// going away and the campaign process crashing and resuming: no pair is upgraded twice,
-    /// none skipped, no wave starts before the one before ended, at most `parallel` at once,
-    /// and the record's outcomes are what happened to the pairs.
+    /// Under arbitrary interleavings of asks, answers, lost calls, upgrades ending, active
+    /// engines dying, etcd going away, the campaign process crashing or stalling and another
+    /// taking over: no pair is upgraded twice, none skipped, no wave starts before the one
+    /// before ended, at most `parallel` at once, and the record's outcomes are what happened
+    /// to the pairs.
     #[test]
     fn no_pair_is_upgraded_twice_or_skipped(
         n in 1usize..9,
@@ -720,25 +367,55 @@ proptest! {
         parallel in 1usize..4,
         cont in any::<bool>(),
         faulty in proptest::collection::vec(prop::bool::weighted(0.15), 9),
-        ops in proptest::collection::vec((0u8..12, any::<u8>()), 0..300),
+        ops in proptest::collection::vec((0u8..16, any::<u8>()), 0..300),
     ) {
-        let mut w = World::new(n, &spec, parallel, cont, &faulty);
+        use model::{Config, World};
+        let mut w = World::new(
+            Config {
+                names: names(n),
+                waves: spec,
+                parallel,
+                continue_on_rollback: cont,
+                faulty,
+                owner_ttl_ms: 3000,
+                plant: None,
+            },
+            1000,
+        );
         for (op, i) in ops {
             let i = i as usize;
+            w.effects.clear();
+            let busy = |w: &World| pick(w.sups.iter().enumerate().filter(|(_, s)| s.busy.is_some()).map(|(k, _)| k), i);
             match op {
-                0..=3 => w.step(),
-                4 => w.deliver_request(i),
-                5 => w.lose_request(i),
-                6 => w.finish_upgrade(i),
-                7 | 8 => w.deliver_reply(i),
-                9 => w.break_call(i),
-                10 => w.crash(i % 2 == 0),
-                _ => w.etcd_up = !w.etcd_up,
+                0..=3 => {
+                    if let Some(id) = pick(w.procs.iter().map(|p| p.id), i) {
+                        w.now += 1;
+                        w.drive(id, i.is_multiple_of(7));
+                    }
+                }
+                4 => if let Some(&id) = pick(w.requests.keys(), i) { w.deliver_request(id) },
+                5 => if let Some(&id) = pick(w.requests.keys(), i) { w.lose_request(id) },
+                6 => if let Some(k) = busy(&w) { w.sup_step(k, None) },
+                7 | 8 => if let Some(&id) = pick(w.answers.keys(), i) { w.deliver_answer(id) },
+                9 => if let Some(k) = busy(&w) { w.break_call(k) },
+                10 => if let Some(id) = pick(w.procs.iter().map(|p| p.id), i) { w.crash(id, 0) },
+                11 => { let up = !w.etcd.up; w.set_etcd(up, 0) },
+                12 => { w.start_process(); },
+                13 => { let to = w.now + 100 * i as u64; w.advance(to) },
+                14 => w.active_dies(i % n, 100 * (i as u64 % 40)),
+                _ => {
+                    if let Some(p) = pick(0..w.procs.len(), i) {
+                        let (id, stalled) = (w.procs[p].id, w.procs[p].stalled);
+                        w.stall(id, !stalled, 0);
+                    }
+                }
             }
-            w.invariants_always();
         }
-        w.drain();
-        w.invariants_at_the_end();
-        prop_assert!(w.broken.is_none(), "{}", w.broken.unwrap());
+        let ended = w.settle();
+        w.check_end();
+        prop_assert!(ended || w.broken.is_some(), "did not settle");
+        if let Some((name, what)) = &w.broken {
+            prop_assert!(false, "{name}: {what}\n{}", w.trace.join("\n"));
+        }
     }
 }
