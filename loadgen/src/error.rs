@@ -32,6 +32,9 @@ pub enum Error {
     Io { path: PathBuf, source: io::Error },
     #[error("cannot start the runtime: {0}")]
     Runtime(io::Error),
+    /// A fleet run's own problem (`--pair`, etcd), or one pair's, named.
+    #[error("{0}")]
+    Fleet(String),
 }
 
 /// An i/o error as a short lower-case phrase: "connection refused", "timed out".

@@ -32,6 +32,7 @@ pub mod config;
 pub mod connection;
 pub mod detail;
 pub mod error;
+pub mod fleet_run;
 pub mod output;
 pub mod pacer;
 pub mod phase;
@@ -133,6 +134,63 @@ pub fn run_blocking(config: Config) -> Result<RunResult, Error> {
 /// one: each connection is a task) and returns what it measured; writes the run directory
 /// if `config.out` is set.
 pub async fn run(config: Config) -> Result<RunResult, Error> {
+    let prepared = prepare(config).await?;
+    let clock = Clock::start_now();
+    let pacer = match prepared.config.mode {
+        Mode::Open { rate_ops_s } => Some(
+            pacer::Pacer::start(clock, rate_ops_s, prepared.connections).map_err(Error::Runtime)?,
+        ),
+        Mode::Closed { .. } => None,
+    };
+    drive(
+        prepared,
+        clock,
+        Hooks {
+            own_pacer: pacer,
+            ..Hooks::default()
+        },
+    )
+    .await
+}
+
+/// A run whose targets are reached, timeline subscribed and connections open: what
+/// [`drive`] starts from. A fleet run prepares every pair before it starts one clock for
+/// all of them.
+pub(crate) struct Prepared {
+    pub(crate) config: Config,
+    dialect: Dialect,
+    pub(crate) connections: usize,
+    warnings: Vec<String>,
+    targets: Vec<String>,
+    server_version: Option<String>,
+    phase_source: Arc<PhaseSource>,
+    feed: Arc<Feed>,
+    subscription: Option<tokio::task::JoinHandle<()>>,
+    streams: Vec<TcpStream>,
+}
+
+impl Prepared {
+    /// The pair's timeline as received so far.
+    pub(crate) fn feed(&self) -> Arc<Feed> {
+        self.feed.clone()
+    }
+}
+
+/// What a fleet run shares with each of its pairs' runs; a lone run has its own pacer.
+#[derive(Default)]
+pub(crate) struct Hooks {
+    /// Stopped when the run stops.
+    pub(crate) own_pacer: Option<pacer::Pacer>,
+    /// A fleet's pacer: what this run's connections wait on, by index.
+    pub(crate) wakers: Option<Vec<Arc<tokio::sync::Notify>>>,
+    /// The fleet's stop time (ns on the shared clock; `RUNNING` until decided).
+    pub(crate) stop: Option<watch::Receiver<u64>>,
+    /// Where each finalized second's histogram also goes, and this run's index there.
+    pub(crate) sink: Option<(Arc<fleet_run::sink::FleetSink>, usize)>,
+}
+
+/// Reaches the targets, subscribes to the timeline and opens the connections.
+pub(crate) async fn prepare(config: Config) -> Result<Prepared, Error> {
     config.validate()?;
     let dialect = if config.redis {
         Dialect::Redis
@@ -156,9 +214,56 @@ pub async fn run(config: Config) -> Result<RunResult, Error> {
         None => None,
     };
     let streams = connect_all(&targets[0], connections, unreachable_hint(&config)).await?;
+    Ok(Prepared {
+        config,
+        dialect,
+        connections,
+        warnings,
+        targets,
+        server_version,
+        phase_source,
+        feed,
+        subscription,
+        streams,
+    })
+}
 
-    let clock = Clock::start_now();
-    let aggregate = Arc::new(Aggregate::new(clock, connections));
+/// Waits for the next change of an optional watch; never, without one (or once closed).
+async fn changed(rx: &mut Option<watch::Receiver<u64>>) {
+    match rx {
+        Some(r) => {
+            if r.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// Runs a prepared load from `clock`'s start until it stops, reads everything back and
+/// writes the run directory.
+pub(crate) async fn drive(
+    prepared: Prepared,
+    clock: Clock,
+    mut hooks: Hooks,
+) -> Result<RunResult, Error> {
+    let Prepared {
+        config,
+        dialect,
+        connections,
+        mut warnings,
+        targets,
+        server_version,
+        phase_source,
+        feed,
+        subscription,
+        streams,
+    } = prepared;
+    let mut aggregate = Aggregate::new(clock, connections);
+    if let Some((sink, member)) = &hooks.sink {
+        aggregate = aggregate.with_sink(sink.clone(), *member);
+    }
+    let aggregate = Arc::new(aggregate);
     let run_span_us = (config.duration.as_micros() as u64) + DRAIN_NS / 1000 + 60_000_000;
     let shared = Arc::new(Shared {
         clock,
@@ -186,11 +291,11 @@ pub async fn run(config: Config) -> Result<RunResult, Error> {
     let (pending_max, sessions_hint) = sizing(&config);
     // Session ids and writer sequence numbers are unique to this run (see `verify`).
     let run_id = clock.start_wall_ms();
-    let mut pacer = match config.mode {
-        Mode::Open { rate_ops_s } => {
-            Some(pacer::Pacer::start(clock, rate_ops_s, connections).map_err(Error::Runtime)?)
-        }
-        Mode::Closed { .. } => None,
+    let mut pacer = hooks.own_pacer.take();
+    let wakers = match (&hooks.wakers, &pacer) {
+        (Some(w), _) => Some(w.clone()),
+        (None, Some(p)) => Some(p.group_wakers(0)),
+        (None, None) => None,
     };
     let mut tasks = Vec::with_capacity(connections);
     for (index, stream) in streams.into_iter().enumerate() {
@@ -213,7 +318,7 @@ pub async fn run(config: Config) -> Result<RunResult, Error> {
                 config.slow_threshold.as_micros() as u64,
             ),
             stop: stop_rx.clone(),
-            pacer: pacer.as_ref().map(|p| p.waker(index)),
+            pacer: wakers.as_ref().map(|w| w[index].clone()),
             seq_first: verify::first_seq(run_id),
         };
         tasks.push(tokio::spawn(connection::run(shared.clone(), setup)));
@@ -232,6 +337,9 @@ pub async fn run(config: Config) -> Result<RunResult, Error> {
                 let at_ns = at.saturating_duration_since(clock.start()).as_nanos() as u64;
                 stop_ns = stop_ns.min(at_ns + config.tail.as_nanos() as u64);
             }
+        }
+        if let Some(fleet_stop) = &hooks.stop {
+            stop_ns = stop_ns.min(*fleet_stop.borrow());
         }
         if now_ns >= stop_ns || tasks.iter().all(|t| t.is_finished()) {
             // Nothing falls due after the stop time, even if this wake-up came late.
@@ -258,6 +366,7 @@ pub async fn run(config: Config) -> Result<RunResult, Error> {
         tokio::select! {
             () = wake => {}
             () = feed.changed(), if config.until_upgrade_end => {}
+            () = changed(&mut hooks.stop) => {}
         }
     }
     let _ = stop_tx.send(stop_ns);
@@ -299,6 +408,9 @@ pub async fn run(config: Config) -> Result<RunResult, Error> {
         slice_of(stop_ns.saturating_sub(1) / 1000).max(last_replied),
         &map,
     );
+    if let Some((sink, member)) = &hooks.sink {
+        sink.member_done(*member);
+    }
     let recorded = aggregate.take();
     warnings.extend(recorded.problems);
 
@@ -374,6 +486,7 @@ pub async fn run(config: Config) -> Result<RunResult, Error> {
             server_version.as_deref(),
             &timeline,
         ))),
+        fleet: None,
     };
     let slices = summary::slices(recorded.slices, &map, &clock, &replied);
     let detail = Detail {

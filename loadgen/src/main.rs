@@ -41,18 +41,46 @@ struct Args {
         long,
         value_name = "ADDR[,ADDR]",
         value_delimiter = ',',
-        required = true
+        required_unless_present_any = ["pair", "etcd"],
+        conflicts_with_all = ["pair", "etcd"]
     )]
     target: Vec<String>,
 
+    /// Fleet: drive this pair too (repeat the flag, one per pair); its client
+    /// address(es) as --target takes them, and its supervisor's admin address after
+    /// `admin=`. The run directory gets one run per pair (pairs/NAME/) and the fleet's
+    /// at the top. --rate is the fleet's, split evenly; --connections is per pair.
+    #[arg(long, value_name = "NAME=ADDR[,ADDR][,admin=ADDR]", value_parser = parse_pair, conflicts_with = "etcd")]
+    pair: Vec<loadgen::fleet_run::PairTarget>,
+
+    /// Fleet: find the pairs registered in etcd (each P/pair/NAME record: its engines and
+    /// admin address), and read the campaign (P/campaign) for its waves; one or more
+    /// http://host:port, comma-separated.
+    #[arg(long, value_name = "URLS")]
+    etcd: Option<String>,
+
+    /// With --etcd: the key prefix P the pairs and the campaign live under.
+    #[arg(long, value_name = "P", default_value = fleet::keys::DEFAULT_PREFIX, requires = "etcd")]
+    etcd_prefix: String,
+
+    /// With --etcd: only the pairs whose name matches (`*` any run, `?` one character).
+    #[arg(long, value_name = "GLOB", default_value = "*", requires = "etcd")]
+    pairs: String,
+
+    /// Fleet: stop when the campaign ended (plus --tail), if before --duration. With --etcd:
+    /// P/campaign completed or stopped after the run started; with --pair: every pair's
+    /// timeline saw its upgrade end.
+    #[arg(long)]
+    until_campaign_end: bool,
+
     /// The tandem supervisor's admin address: subscribe to its timeline, attribute every
     /// sample to the upgrade phase it fell in, and measure its switchovers.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["pair", "etcd"])]
     admin: Option<String>,
 
-    /// With --admin: the pair's secret (default: $TANDEM_SECRET_FILE, else
+    /// With --admin (or a fleet's admin addresses): the pairs' secret (default: $TANDEM_SECRET_FILE, else
     /// ~/.config/tandem/secret, as every tandem command finds it).
-    #[arg(long, value_name = "FILE", requires = "admin")]
+    #[arg(long, value_name = "FILE")]
     secret_file: Option<PathBuf>,
 
     /// Drive Redis (primary/replica) instead of a tandem pair.
@@ -144,6 +172,10 @@ struct Args {
     json: bool,
 }
 
+fn parse_pair(text: &str) -> Result<loadgen::fleet_run::PairTarget, String> {
+    loadgen::fleet_run::PairTarget::parse(text)
+}
+
 fn parse_rate(text: &str) -> Result<u64, String> {
     match text.trim().parse::<u64>() {
         Ok(0) => Err("the rate must be at least 1 op/s".into()),
@@ -161,21 +193,33 @@ fn parse_positive<T: std::str::FromStr + PartialOrd + From<u8>>(text: &str) -> R
     }
 }
 
+/// What the command line asks for: one pair's run, or a fleet's.
+enum Job {
+    One(Config),
+    Fleet(loadgen::fleet_run::FleetConfig),
+}
+
 impl Args {
-    fn into_config(self) -> anyhow::Result<(Config, bool)> {
+    fn into_job(self) -> anyhow::Result<(Job, bool)> {
         let mode = match (self.rate, self.closed) {
             (Some(rate_ops_s), _) => Mode::Open { rate_ops_s },
             (None, Some(connections)) => Mode::Closed { connections },
             (None, None) => unreachable!("clap requires --rate or --closed"),
         };
-        let admin_secret = match &self.admin {
-            Some(_) => Some(auth::Secret::resolve(self.secret_file.as_deref())?.1),
-            None => None,
+        let fleet = !self.pair.is_empty() || self.etcd.is_some();
+        if self.until_campaign_end && !fleet {
+            anyhow::bail!("--until-campaign-end is for a fleet: give --pair (repeated) or --etcd");
+        }
+        let fleet_admin = self.pair.iter().any(|p| p.admin.is_some()) || self.etcd.is_some();
+        let admin_secret = if self.admin.is_some() || fleet_admin {
+            Some(auth::Secret::resolve(self.secret_file.as_deref())?.1)
+        } else {
+            None
         };
         let config = Config {
             targets: self.target,
             admin: self.admin,
-            admin_secret,
+            admin_secret: admin_secret.clone(),
             redis: self.redis,
             redis_wait: self.wait,
             reply_timeout: self.reply_timeout,
@@ -195,17 +239,68 @@ impl Args {
             slow_threshold: self.slow,
             ..Config::default()
         };
-        Ok((config, self.json))
+        if !fleet {
+            return Ok((Job::One(config), self.json));
+        }
+        if self.redis || self.until_upgrade_end {
+            anyhow::bail!(
+                "a fleet run drives tandem pairs and stops with --until-campaign-end (not --redis, --until-upgrade-end)"
+            );
+        }
+        let etcd = match &self.etcd {
+            Some(urls) => Some(loadgen::fleet_run::EtcdSource {
+                client: fleet::Client::new(urls).map_err(|e| anyhow::anyhow!("--etcd: {e}"))?,
+                layout: fleet::Layout::new(&self.etcd_prefix),
+            }),
+            None => None,
+        };
+        let mut pairs = self.pair;
+        if let Some(source) = &etcd {
+            let mut warnings = Vec::new();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            pairs = runtime
+                .block_on(loadgen::fleet_run::discover::pairs(
+                    source,
+                    &self.pairs,
+                    &mut warnings,
+                ))
+                .map_err(|e| anyhow::anyhow!(e))?;
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            if pairs.is_empty() {
+                anyhow::bail!(
+                    "no pair registered under {} matches --pairs '{}' in etcd at {}",
+                    source.layout.pairs(),
+                    self.pairs,
+                    source.client.endpoints()
+                );
+            }
+        }
+        for p in &mut pairs {
+            if p.admin.is_some() {
+                p.admin_secret = admin_secret.clone();
+            }
+        }
+        let fleet = loadgen::fleet_run::FleetConfig {
+            pairs,
+            load: config,
+            etcd,
+            until_campaign_end: self.until_campaign_end,
+        };
+        Ok((Job::Fleet(fleet), self.json))
     }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     cli::logging::init();
-    match args
-        .into_config()
-        .and_then(|(config, json)| run(config, json))
-    {
+    match args.into_job().and_then(|(job, json)| match job {
+        Job::One(config) => run(config, json),
+        Job::Fleet(config) => run_fleet(config, json),
+    }) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", cli::exit::one_line(&e));
@@ -236,6 +331,44 @@ fn run(config: Config, json: bool) -> anyhow::Result<ExitCode> {
         );
         for example in &result.lost_examples {
             eprintln!("  {example}");
+        }
+        return Ok(ExitCode::from(EXIT_LOST));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_fleet(config: loadgen::fleet_run::FleetConfig, json: bool) -> anyhow::Result<ExitCode> {
+    let result = loadgen::fleet_run::run_blocking(config)?;
+    for warning in &result.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let write = |w: &mut dyn Write| -> std::io::Result<()> {
+        loadgen::output::write_fleet(w, &result.summary)?;
+        if let Some(dir) = &result.out {
+            writeln!(
+                w,
+                "run directory: {} (each pair's in pairs/NAME/)",
+                dir.display()
+            )?;
+        }
+        Ok(())
+    };
+    if json {
+        write(&mut std::io::stderr().lock())?;
+        let mut v = serde_json::to_value(&result.summary).expect("a summary is JSON");
+        v["run_dir"] = result.out.as_ref().map(|d| d.display().to_string()).into();
+        v["warnings"] = result.warnings.clone().into();
+        println!("{v}");
+    } else {
+        write(&mut std::io::stdout().lock())?;
+    }
+    let lost = result.summary.lost_updates;
+    if lost > 0 {
+        eprintln!("error: {lost} acknowledged updates were lost, e.g.:");
+        for (name, r) in &result.pairs {
+            for example in &r.lost_examples {
+                eprintln!("  {name}: {example}");
+            }
         }
         return Ok(ExitCode::from(EXIT_LOST));
     }

@@ -34,26 +34,50 @@ pub fn write(dir: &Path, files: &RunFiles<'_>, clock: &Clock) -> Result<(), Erro
     if let Some(timeline) = files.timeline {
         run.write_timeline(timeline)?;
     }
-    let path = run.histograms_path();
+    write_hlog(&run.histograms_path(), files.hlog_body, clock, false)
+}
+
+/// `histograms.hlog`: the header, then `body` (the interval lines). `fleet`: the untagged
+/// intervals are the whole fleet's seconds (a fleet run's top level), not one pair's.
+pub fn write_hlog(path: &Path, body: &[u8], clock: &Clock, fleet: bool) -> Result<(), Error> {
     let io = |source| Error::Io {
-        path: path.clone(),
+        path: path.to_path_buf(),
         source,
     };
-    let mut log = Vec::with_capacity(files.hlog_body.len() + 512);
+    let mut log = Vec::with_capacity(body.len() + 512);
     let start = UNIX_EPOCH + Duration::from_micros(clock.start_wall_us());
     let mut serializer = V2DeflateSerializer::new();
+    let what = if fleet {
+        "per second of intended send time: one untagged interval = every pair of the fleet (each pair's own log is in pairs/NAME/)"
+    } else {
+        "per second of intended send time: an untagged interval = the whole run; Tag=<phase> = that phase"
+    };
     IntervalLogWriterBuilder::new()
-        .add_comment("tandem loadgen: values are latencies in microseconds, coordinated-omission corrected")
-        .add_comment("per second of intended send time: an untagged interval = the whole run; Tag=<phase> = that phase")
+        .add_comment(
+            "tandem loadgen: values are latencies in microseconds, coordinated-omission corrected",
+        )
+        .add_comment(what)
         .with_start_time(start)
         .with_base_time(start)
         .begin_log_with(&mut log, &mut serializer)
         .map_err(io)?;
-    log.extend_from_slice(files.hlog_body);
-    let mut tmp = path.clone().into_os_string();
+    log.extend_from_slice(body);
+    write_atomically(path, &log)
+}
+
+/// Writes `bytes` to a temporary name beside `path` and renames it into place.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
-    std::fs::write(&tmp, &log).map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(io)
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
 }
 
 /// The per-phase table, the switchovers and the update counts, as the `loadgen` binary and
@@ -142,6 +166,99 @@ pub fn write_summary(w: &mut impl std::io::Write, s: &Summary) -> std::io::Resul
     writeln!(
         w,
         "updates: {} acknowledged, {} verified, {} lost; outcome {}",
+        s.acknowledged_updates, s.verified_updates, s.lost_updates, s.outcome
+    )
+}
+
+/// A fleet run's end-of-run text: the fleet's periods (the waves and the rest), one line
+/// per pair (wave, outcome, updates, worst gap, worst p99 of its phases), the updates.
+pub fn write_fleet(w: &mut dyn std::io::Write, s: &Summary) -> std::io::Result<()> {
+    writeln!(
+        w,
+        "{:<22} {:>8} {:>10} {:>7} {:>9} {:>9} {:>9}",
+        "fleet period", "time s", "ops/s", "errors", "p50 ms", "p99 ms", "max ms"
+    )?;
+    for p in &s.phases {
+        let samples = p.ops.saturating_sub(p.errors);
+        let cell = |us: u64, q: f64| {
+            if percentile_supported(samples, q) {
+                format!("{:.3}", us as f64 / 1000.0)
+            } else {
+                "-".to_string()
+            }
+        };
+        writeln!(
+            w,
+            "{:<22} {:>8.1} {:>10.0} {:>7} {:>9} {:>9} {:>9}",
+            p.name,
+            p.end_ms.saturating_sub(p.start_ms) as f64 / 1000.0,
+            p.throughput_ops_s,
+            p.errors,
+            cell(p.latency_us.p50, 0.5),
+            cell(p.latency_us.p99, 0.99),
+            cell(p.latency_us.max, 1.0),
+        )?;
+    }
+    if let Some(fleet) = &s.fleet {
+        writeln!(
+            w,
+            "{:<16} {:>4} {:<12} {:>10} {:>5} {:>11} {:>13}",
+            "pair", "wave", "outcome", "acked", "lost", "worst gap", "worst p99 ms"
+        )?;
+        for p in &fleet.pairs {
+            let worst = p
+                .phases
+                .iter()
+                .filter(|ph| percentile_supported(ph.ops.saturating_sub(ph.errors), 0.99))
+                .max_by_key(|ph| ph.latency_us.p99);
+            writeln!(
+                w,
+                "{:<16} {:>4} {:<12} {:>10} {:>5} {:>11} {:>13}",
+                p.name,
+                p.wave.map_or("-".to_string(), |k| k.to_string()),
+                p.outcome,
+                p.acknowledged_updates,
+                p.lost_updates,
+                p.worst_gap_ms
+                    .map_or("-".to_string(), |g| format!("{g:.1} ms")),
+                worst.map_or("-".to_string(), |ph| format!(
+                    "{:.3} {}",
+                    ph.latency_us.p99 as f64 / 1000.0,
+                    ph.name
+                )),
+            )?;
+        }
+        if let Some(state) = &fleet.campaign_state {
+            writeln!(
+                w,
+                "campaign {}: {state}{}",
+                fleet.campaign.as_deref().unwrap_or("?"),
+                fleet
+                    .campaign_reason
+                    .as_ref()
+                    .map_or(String::new(), |r| format!(" ({r})"))
+            )?;
+        }
+        let done = fleet
+            .waves
+            .iter()
+            .filter(|w| w.state == "completed")
+            .count();
+        writeln!(
+            w,
+            "waves: {} of {} completed{}",
+            done,
+            fleet.waves.len(),
+            if fleet.waves_inferred {
+                " (no campaign record: grouped from the pairs' overlapping upgrades)"
+            } else {
+                ""
+            }
+        )?;
+    }
+    writeln!(
+        w,
+        "updates over the fleet: {} acknowledged, {} verified, {} lost; outcome {}",
         s.acknowledged_updates, s.verified_updates, s.lost_updates, s.outcome
     )
 }

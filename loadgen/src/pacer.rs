@@ -8,6 +8,10 @@
 //! 50 µs) rather than spinning: on a small machine a spinning load generator takes a core
 //! from the system it measures. The last [`SPIN_NS`] are spun. The wake-up reaches the
 //! connection's task through a `Notify`, whose stored permit means none is ever missed.
+//!
+//! A fleet run (`fleet`) drives several pairs, each with its own rate and connections: one
+//! thread walks every pair's schedule ([`Pacer::start_groups`]), so that the machine pays
+//! for one pacing thread however many pairs are driven.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -28,7 +32,8 @@ const PARK_MAX: Duration = Duration::from_millis(10);
 
 /// The pacing thread of a run.
 pub struct Pacer {
-    wakers: Vec<Arc<Notify>>,
+    /// Per group (one per pair), per connection.
+    wakers: Vec<Vec<Arc<Notify>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -36,14 +41,24 @@ pub struct Pacer {
 impl Pacer {
     /// Starts pacing `connections` connections at `rate_ops_s` from the clock's start.
     pub fn start(clock: Clock, rate_ops_s: u64, connections: usize) -> std::io::Result<Pacer> {
-        let wakers: Vec<Arc<Notify>> = (0..connections).map(|_| Arc::new(Notify::new())).collect();
+        Pacer::start_groups(clock, &[(rate_ops_s, connections)])
+    }
+
+    /// Starts pacing several groups of connections from the clock's start, each
+    /// `(rate_ops_s, connections)` on its own schedule (a fleet: one group per pair).
+    pub fn start_groups(clock: Clock, groups: &[(u64, usize)]) -> std::io::Result<Pacer> {
+        let wakers: Vec<Vec<Arc<Notify>>> = groups
+            .iter()
+            .map(|&(_, n)| (0..n).map(|_| Arc::new(Notify::new())).collect())
+            .collect();
+        let rates: Vec<u64> = groups.iter().map(|&(rate, _)| rate).collect();
         let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new()
             .name("loadgen-pacer".into())
             .spawn({
                 let wakers = wakers.clone();
                 let stop = stop.clone();
-                move || pace(clock, rate_ops_s, &wakers, &stop)
+                move || pace(clock, &rates, &wakers, &stop)
             })?;
         Ok(Pacer {
             wakers,
@@ -52,9 +67,14 @@ impl Pacer {
         })
     }
 
-    /// What connection `index` waits on.
+    /// What connection `index` (of the first group) waits on.
     pub fn waker(&self, index: usize) -> Arc<Notify> {
-        self.wakers[index].clone()
+        self.wakers[0][index].clone()
+    }
+
+    /// What the connections of group `group` wait on, by index.
+    pub fn group_wakers(&self, group: usize) -> Vec<Arc<Notify>> {
+        self.wakers[group].clone()
     }
 
     /// Stops the thread (nothing is due after the run's stop).
@@ -73,30 +93,63 @@ impl Drop for Pacer {
     }
 }
 
-fn pace(clock: Clock, rate_ops_s: u64, wakers: &[Arc<Notify>], stop: &AtomicBool) {
-    #[cfg(target_os = "linux")]
-    if let Err(e) = nix::sys::prctl::set_timerslack(TIMER_SLACK_NS) {
-        tracing::warn!("could not tighten the pacer's timer slack ({e}); pacing may lag by ~50 us");
+/// One group's walk through its schedule: request `j` is due at `j / rate` and belongs
+/// to connection `j mod n`.
+struct Walk<'w> {
+    per_op_ns: f64,
+    wakers: &'w [Arc<Notify>],
+    j: u64,
+}
+
+impl Walk<'_> {
+    fn due(&self, j: u64) -> u64 {
+        (j as f64 * self.per_op_ns) as u64
     }
-    let per_op_ns = 1e9 / rate_ops_s as f64;
-    let due = |j: u64| (j as f64 * per_op_ns) as u64;
-    let n = wakers.len() as u64;
-    let mut j: u64 = 0;
-    while !stop.load(Ordering::Relaxed) {
-        if !wait_until(&clock, due(j), stop) {
-            return;
-        }
-        let now_ns = clock.now_ns();
+
+    /// Wakes the connections whose requests are due by `now_ns`.
+    fn wake_due(&mut self, now_ns: u64) {
+        let n = self.wakers.len() as u64;
         let mut woken = 0;
-        while due(j) <= now_ns && woken < n {
-            wakers[(j % n) as usize].notify_one();
-            j += 1;
+        while self.due(self.j) <= now_ns && woken < n {
+            self.wakers[(self.j % n) as usize].notify_one();
+            self.j += 1;
             woken += 1;
         }
         if woken == n {
             // Behind by a full round: every connection is awake and takes all that is
             // due; skip to the first request still ahead.
-            j = j.max((now_ns as f64 / per_op_ns).floor() as u64 + 1);
+            self.j = self
+                .j
+                .max((now_ns as f64 / self.per_op_ns).floor() as u64 + 1);
+        }
+    }
+}
+
+fn pace(clock: Clock, rates: &[u64], wakers: &[Vec<Arc<Notify>>], stop: &AtomicBool) {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = nix::sys::prctl::set_timerslack(TIMER_SLACK_NS) {
+        tracing::warn!("could not tighten the pacer's timer slack ({e}); pacing may lag by ~50 us");
+    }
+    let mut walks: Vec<Walk> = rates
+        .iter()
+        .zip(wakers)
+        .filter(|(_, w)| !w.is_empty())
+        .map(|(&rate, w)| Walk {
+            per_op_ns: 1e9 / rate as f64,
+            wakers: w,
+            j: 0,
+        })
+        .collect();
+    while !stop.load(Ordering::Relaxed) {
+        let Some(next_ns) = walks.iter().map(|w| w.due(w.j)).min() else {
+            return;
+        };
+        if !wait_until(&clock, next_ns, stop) {
+            return;
+        }
+        let now_ns = clock.now_ns();
+        for walk in &mut walks {
+            walk.wake_due(now_ns);
         }
     }
 }
@@ -141,5 +194,25 @@ mod tests {
         });
         pacer.stop();
         assert!(pacer.thread.is_none());
+    }
+
+    #[test]
+    fn groups_are_paced_on_their_own_schedules() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let clock = Clock::start_now();
+        let mut pacer = Pacer::start_groups(clock, &[(10_000, 2), (5_000, 3)]).unwrap();
+        runtime.block_on(async {
+            for group in 0..2 {
+                for waker in pacer.group_wakers(group) {
+                    for _ in 0..3 {
+                        waker.notified().await;
+                    }
+                }
+            }
+        });
+        pacer.stop();
     }
 }

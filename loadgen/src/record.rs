@@ -496,6 +496,9 @@ pub struct Aggregate {
     /// Per connection: the first slice it may still add to.
     watermarks: Box<[AtomicU64]>,
     clock: Clock,
+    /// A fleet run: where each finalized second's whole histogram is also added, and this
+    /// run's index among the fleet's pairs.
+    sink: Option<(Arc<crate::fleet_run::sink::FleetSink>, usize)>,
 }
 
 struct OpenCells {
@@ -565,7 +568,19 @@ impl Aggregate {
             }),
             watermarks: (0..connections).map(|_| AtomicU64::new(0)).collect(),
             clock,
+            sink: None,
         }
+    }
+
+    /// A pair of a fleet run: each finalized second's histogram is added to the fleet's
+    /// (one HdrHistogram add per second, nothing per request).
+    pub fn with_sink(
+        mut self,
+        sink: Arc<crate::fleet_run::sink::FleetSink>,
+        member: usize,
+    ) -> Self {
+        self.sink = Some((sink, member));
+        self
     }
 
     fn set_watermark(&self, index: usize, slice: u64) {
@@ -654,11 +669,17 @@ impl Aggregate {
                 *slow_omitted += slow_scratch.omitted;
                 slow_scratch.drain_into(slow);
                 Self::write_whole_interval(done, slice);
+                if let Some((sink, member)) = &self.sink {
+                    sink.add(*member, slice, &done.scratch);
+                }
                 done.slices.push(record);
                 done.next_slice = done.next_slice.max(slice + 1);
             }
             if slice_limit != u64::MAX {
                 self.fill_gaps(done, slice_limit, phases);
+            }
+            if let Some((sink, member)) = &self.sink {
+                sink.advance(*member, done.next_slice);
             }
         }
         if !emptied.is_empty() {
@@ -773,7 +794,7 @@ impl Aggregate {
 }
 
 /// One interval line of the histogram log; the first failure is kept as a problem.
-fn write_interval(
+pub(crate) fn write_interval(
     hlog_body: &mut Vec<u8>,
     serializer: &mut V2DeflateSerializer,
     problems: &mut Vec<String>,

@@ -14,6 +14,7 @@
 
 mod chart;
 mod compare;
+mod fleet;
 mod format;
 mod spectrum;
 mod zoom;
@@ -29,6 +30,7 @@ pub(crate) use w;
 use std::fmt::Write as _;
 
 pub use compare::render_compare;
+pub use fleet::render_fleet;
 
 use crate::run::{Detail, Slice, Zoom};
 use crate::summary::{percentile_supported, PhaseSummary, Summary, Switchover, SAMPLES_BEYOND_MIN};
@@ -81,6 +83,17 @@ h3{font-size:13px;margin:0 0 4px;font-weight:620}
 .badge.ok{background:#dcfce7;color:#166534}
 .badge.warn{background:#fef3c7;color:#92400e}
 .badge.bad{background:#fee2e2;color:#991b1b}
+.badge.idle{background:#f1f5f9;color:#475569}
+td .badge{font-size:12px;padding:1px 8px}
+table.compact th,table.compact td{padding:4px 5px}
+table.compact th{font-size:11px}
+.lanerow{fill:#f8fafc}
+.laneidle{stroke:#cbd5e1;stroke-width:1}
+.lanename{font-size:11px;fill:#1e293b;font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
+.lanename.warn{fill:#b45309;font-weight:600}.lanename.bad{fill:#b91c1c;font-weight:600}
+.lanemark{font-size:10px;font-weight:600;fill:#b45309;paint-order:stroke;stroke:#fff;stroke-width:3px}
+.wavesep{stroke:#94a3b8;stroke-width:1;stroke-dasharray:2 3}
+td.name a{color:inherit}
 .meta{color:var(--muted);margin:6px 0 0}
 .meta b{color:var(--ink);font-weight:600}
 .note{color:var(--muted);font-size:12px;margin:2px 0 8px}
@@ -246,6 +259,17 @@ fn p99_supported(p: &PhaseSummary) -> bool {
 /// A percentile's cell: the value when the phase's samples support it, otherwise "n<N"
 /// with a tooltip that says why, so that nobody reads a phase's maximum as its p99.
 fn percentile_cell(p: &PhaseSummary, quantile: f64, value_us: u64, class: &str) -> String {
+    percentile_cell_as(p, quantile, value_us, class, format::latency_us)
+}
+
+/// [`percentile_cell`] with the value written by `show` (the fleet's pair table: bare ms).
+fn percentile_cell_as(
+    p: &PhaseSummary,
+    quantile: f64,
+    value_us: u64,
+    class: &str,
+    show: fn(u64) -> String,
+) -> String {
     let n = successes(p);
     let class_attr = |extra: &str| {
         let c = format!("{class} {extra}");
@@ -280,11 +304,7 @@ fn percentile_cell(p: &PhaseSummary, quantile: f64, value_us: u64, class: &str) 
             class_attr("few")
         );
     }
-    format!(
-        "<td{}>{}</td>",
-        class_attr(""),
-        format::latency_us(value_us)
-    )
+    format!("<td{}>{}</td>", class_attr(""), show(value_us))
 }
 
 /// Where the time axis starts: the run's start, or the earliest thing recorded when a
@@ -770,10 +790,13 @@ fn configuration(body: &mut String, summary: &Summary, origin: u64) {
             },
         ));
     }
-    let known: [(&str, &str); 12] = [
+    let known: &[(&str, &str)] = &[
+        ("pairs", "pairs"),
         ("mode", "mode"),
         ("rate_ops_s", "rate (req/s)"),
+        ("rate_split", "rate split"),
         ("connections", "connections"),
+        ("connections_per_pair", "connections per pair"),
         ("pipeline", "pipeline"),
         ("mix", "mix"),
         ("state_work_units", "state size (work units)"),
@@ -782,11 +805,12 @@ fn configuration(body: &mut String, summary: &Summary, origin: u64) {
         ("distribution", "distribution"),
         ("duration_ms", "duration (ms)"),
         ("redis_wait", "redis WAIT"),
+        ("until_campaign_end", "until campaign end"),
         ("seed", "seed"),
     ];
     match &summary.workload {
         serde_json::Value::Object(map) => {
-            for (key, label) in known {
+            for &(key, label) in known {
                 if let Some(v) = map.get(key) {
                     load_rows.push((label.into(), workload_value(key, v)));
                 }
@@ -920,11 +944,22 @@ fn latency_section(
                 }
             );
         }
+        None if run.summary.fleet.is_some() => body.push_str(
+            "<span>the fleet's seconds merged from every pair's histograms (each pair's slow requests are in its own report)</span>",
+        ),
         None => body.push_str("<span>no slow requests listed (a run without detail.json)</span>"),
     }
-    body.push_str(
-        "<span><span class=\"key dash\"></span>switchover</span>\
-         <span><span class=\"key box\" style=\"background:#cbd5e1\"></span>phase (lanes above, bands below)</span></div>\n",
+    if !markers.is_empty() {
+        body.push_str("<span><span class=\"key dash\"></span>switchover</span>");
+    }
+    w!(
+        body,
+        "<span><span class=\"key box\" style=\"background:#cbd5e1\"></span>{} (lanes above, bands below)</span></div>\n",
+        if run.summary.fleet.is_some() {
+            "wave: its first pair's upgrade start to its last pair's end"
+        } else {
+            "phase"
+        }
     );
     body.push_str(&chart::svg(&chart));
     body.push_str("\n</section>\n");
@@ -982,9 +1017,12 @@ fn throughput_section(body: &mut String, frame: &Frame, bands: &[Band], markers:
         body.push_str("<span>replies by arrival not recorded in this run</span>");
     }
     body.push_str(
-        "<span><span class=\"key box\" style=\"background:var(--bad)\"></span>errors/s</span>\
-         <span><span class=\"key dash\"></span>switchover</span></div>\n",
+        "<span><span class=\"key box\" style=\"background:var(--bad)\"></span>errors/s</span>",
     );
+    if !markers.is_empty() {
+        body.push_str("<span><span class=\"key dash\"></span>switchover</span>");
+    }
+    body.push_str("</div>\n");
     body.push_str(&chart::svg(&chart));
     body.push_str("\n</section>\n");
 }
@@ -1107,13 +1145,29 @@ fn latency_cells(out: &mut String, p: &PhaseSummary) {
 }
 
 fn phase_table(body: &mut String, summary: &Summary, origin: u64) {
-    body.push_str("<section class=\"table\">\n<h2>Phases</h2>\n<div class=\"scroll\"><table id=\"phases\">\n<thead><tr>");
-    body.push_str(
-        "<th class=\"l\">phase</th><th>start&nbsp;s</th><th>duration</th><th>alone&nbsp;ms</th><th>replies</th><th>throughput ops/s</th><th>errors</th>\
-         <th class=\"sep\">p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th>\
-         <th class=\"sep\">ops/s vs baseline</th><th>p99 vs baseline</th></tr></thead>\n<tbody>\n",
+    w!(
+        body,
+        "<section class=\"table\">\n<h2>{}</h2>\n<div class=\"scroll\"><table id=\"phases\">\n<thead><tr>",
+        if summary.fleet.is_some() {
+            "Fleet periods <span class=\"muted\">(each wave, and the rest of the run as <code>steady</code>; a second belongs to the period its start fell in)</span>"
+        } else {
+            "Phases"
+        }
     );
-    let baseline = summary.phases.iter().find(|p| p.name == phase::BASELINE);
+    // A fleet's periods compare with the fleet outside every wave.
+    let reference = if summary.fleet.is_some() {
+        STEADY
+    } else {
+        phase::BASELINE
+    };
+    w!(
+        body,
+        "<th class=\"l\">{}</th><th>start&nbsp;s</th><th>duration</th><th>alone&nbsp;ms</th><th>replies</th><th>throughput ops/s</th><th>errors</th>\
+         <th class=\"sep\">p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th>\
+         <th class=\"sep\">ops/s vs {reference}</th><th>p99 vs {reference}</th></tr></thead>\n<tbody>\n",
+        if summary.fleet.is_some() { "fleet period" } else { "phase" }
+    );
+    let baseline = summary.phases.iter().find(|p| p.name == reference);
     for p in &summary.phases {
         let fallback = phase::FALLBACK_PATH.contains(&p.name.as_str());
         w!(body, "<tr{}>", if fallback { " class=\"fb\"" } else { "" });
@@ -1123,11 +1177,26 @@ fn phase_table(body: &mut String, summary: &Summary, origin: u64) {
             "<td>{}</td>",
             format::offset_seconds(p.start_ms, origin)
         );
-        w!(
-            body,
-            "<td>{}</td>",
-            format::ms_duration(p.end_ms.saturating_sub(p.start_ms))
-        );
+        if summary.fleet.is_some() && p.name == STEADY {
+            // The fleet outside every wave: its span is the run's, its time the rest.
+            let waves: u64 = summary
+                .phases
+                .iter()
+                .filter(|q| q.name != STEADY)
+                .map(|q| q.end_ms.saturating_sub(q.start_ms))
+                .sum();
+            w!(
+                body,
+                "<td title=\"the run outside every wave\">{}</td>",
+                format::ms_duration(p.end_ms.saturating_sub(p.start_ms).saturating_sub(waves))
+            );
+        } else {
+            w!(
+                body,
+                "<td>{}</td>",
+                format::ms_duration(p.end_ms.saturating_sub(p.start_ms))
+            );
+        }
         match p.simplex_ms {
             0 => body.push_str("<td class=\"muted\">–</td>"),
             ms => {

@@ -262,10 +262,32 @@ impl RunDir {
 
     /// Renders `report.html` from what the directory holds (`tandem report RUN_DIR`): the
     /// summary is required; the slices, the timeline and `detail.json` are drawn when present.
+    /// A fleet run's top level (its summary has a `fleet` section) gets the fleet's report;
+    /// its pairs' directories are runs of their own, rendered on their own.
     pub fn render_report(&self) -> Result<PathBuf, RunError> {
         let files = self.read_for_report()?;
-        self.write_report(&crate::html::render(&files.view()))?;
+        let html = if files.summary.fleet.is_some() {
+            crate::html::render_fleet(&files.view())
+        } else {
+            crate::html::render(&files.view())
+        };
+        self.write_report(&html)?;
         Ok(self.report_path())
+    }
+
+    /// A fleet run's pairs' directories (`pairs/NAME`), as its summary lists them; empty
+    /// for a run of one pair.
+    pub fn fleet_pairs(&self) -> Result<Vec<(String, RunDir)>, RunError> {
+        let summary = self.read_summary()?;
+        Ok(summary
+            .fleet
+            .map(|f| {
+                f.pairs
+                    .into_iter()
+                    .map(|p| (p.name, RunDir::new(self.path.join(&p.dir))))
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 
     /// The path of the comparison page of this run against `label_b`:
@@ -325,8 +347,17 @@ impl RunDir {
         let summary = self.read_summary()?;
         let timeline = self.read_timeline_if_present()?;
         let mut problems = validate(&summary, timeline.as_ref());
-        if timeline.is_none() && !is_steady_only(&summary) {
+        if timeline.is_none() && !is_steady_only(&summary) && summary.fleet.is_none() {
             problems.push("no timeline.json".into());
+        }
+        // A fleet run holds when each of its pairs' runs does.
+        for (name, pair) in self.fleet_pairs()? {
+            match pair.check() {
+                Ok(found) => {
+                    problems.extend(found.into_iter().map(|p| format!("pair {name}: {p}")))
+                }
+                Err(e) => problems.push(format!("pair {name}: {e}")),
+            }
         }
         let report = self.report_path();
         if report.is_file() {
@@ -426,8 +457,11 @@ pub fn validate(summary: &Summary, timeline: Option<&Timeline>) -> Vec<String> {
     };
     // A load run with no upgrade to measure (Redis, or a pair left alone) has one phase,
     // `steady`, and neither upgrade phases nor switchovers to demand.
-    let upgrade = !is_steady_only(summary);
+    // A fleet's top level has the fleet's periods (its waves), not a pair's phases: the
+    // pairs' own summaries are checked in their directories (`RunDir::check`).
+    let upgrade = !is_steady_only(summary) && summary.fleet.is_none();
     match summary.outcome.as_str() {
+        "completed" | "rolled_back" if summary.fleet.is_some() => {}
         "completed" if upgrade => need_phases(&phase::UPGRADE),
         "rolled_back" => need_phases(&[phase::BASELINE, phase::FALLBACK]),
         "completed" => {}

@@ -252,6 +252,7 @@ fn build(
         simplex_ms: simplex_windows.iter().map(|[s, e]| e - s).sum(),
         simplex_windows,
         environment: Some(environment()),
+        fleet: None,
     };
     (summary, slices, timeline)
 }

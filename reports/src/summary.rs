@@ -124,6 +124,78 @@ pub struct Summary {
     /// Versions, machine and build of the run; absent in runs written before it was added.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub environment: Option<Environment>,
+    /// A fleet run's top-level summary only: the pairs driven, how each fared, and the
+    /// campaign's waves (`reports/SCHEMA.md`, "Fleet runs").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<Fleet>,
+}
+
+/// What a fleet run adds to its top-level `summary.json`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Fleet {
+    /// The campaign's id (`P/campaign` in etcd), when etcd was given and held one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<String>,
+    /// The campaign's state at the end of the run: `running`, `completed` or `stopped`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign_state: Option<String>,
+    /// Why it stopped (`stopped` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign_reason: Option<String>,
+    /// No campaign record: the waves are the pairs' upgrades grouped where they overlap.
+    #[serde(default)]
+    pub waves_inferred: bool,
+    pub waves: Vec<Wave>,
+    pub pairs: Vec<FleetPair>,
+}
+
+/// One wave of a campaign.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Wave {
+    /// 1 for the first (the canary).
+    pub wave: usize,
+    pub pairs: Vec<String>,
+    /// Its first pair's upgrade start (ms since the Unix epoch); none if none started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_ms: Option<u64>,
+    /// Its last pair's upgrade end; none while one runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_ms: Option<u64>,
+    /// `completed` (every pair upgraded), `stopped` (a pair rolled back or failed),
+    /// `running` or `not_started`.
+    pub state: String,
+}
+
+/// One pair of a fleet run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FleetPair {
+    pub name: String,
+    /// Its own run directory, relative to the fleet run's: `pairs/NAME`.
+    pub dir: String,
+    /// The wave it belongs to (1-based), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave: Option<usize>,
+    /// `upgraded`, `rolled_back`, `failed`, `running`, `pending` (a campaign's), or
+    /// `not_upgraded` (no upgrade during the run, and no campaign says otherwise).
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade_start_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade_end_ms: Option<u64>,
+    pub acknowledged_updates: u64,
+    pub verified_updates: u64,
+    pub lost_updates: u64,
+    pub switchovers: usize,
+    /// Its worst client-visible gap, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worst_gap_ms: Option<f64>,
+    #[serde(default)]
+    pub simplex_ms: u64,
+    /// Its phases as its own summary has them (without the percentile spectra).
+    pub phases: Vec<PhaseSummary>,
+    /// Why it ended as it did (the upgrade's or the campaign's message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// Milliseconds of `windows` that fall in `start_ms..end_ms`.

@@ -308,6 +308,54 @@ pub fn line_paths(class: &str, points: &[Option<(f64, f64)>], fill_to: Option<f6
     out
 }
 
+/// The bands through a plot, `bars[i]` the x extent of `bands[i]`: alternating shades, the
+/// fallback path's tinted.
+pub fn band_rects(out: &mut String, bands: &[Band], bars: &[(f64, f64)], top: f64, height: f64) {
+    for (i, band) in bands.iter().enumerate() {
+        let (x0, x1) = bars[i];
+        let class = match (band.fallback, i % 2) {
+            (false, 0) => "band0",
+            (false, _) => "band1",
+            (true, 0) => "bandfb0",
+            (true, _) => "bandfb1",
+        };
+        w!(
+            out,
+            r#"<rect class="{class}" x="{x0:.1}" y="{top:.1}" width="{:.1}" height="{height:.1}"><title>{}</title></rect>"#,
+            (x1 - x0).max(1.0),
+            esc(band.name)
+        );
+    }
+}
+
+/// The time axis under a plot whose bottom is at `plot_bottom`: seconds from the origin,
+/// about ten ticks, over `span_ms` from `LEFT` to `WIDTH - RIGHT`.
+pub fn time_axis(out: &mut String, span_ms: f64, plot_bottom: f64) {
+    let plot_w = WIDTH - LEFT - RIGHT;
+    let step_s = time_step_s(span_ms / 1e3);
+    let mut k = 0.0;
+    while k * step_s * 1e3 <= span_ms + 1.0 {
+        let t_s = k * step_s;
+        let tx = LEFT + (t_s * 1e3 / span_ms).min(1.0) * plot_w;
+        w!(
+            out,
+            r#"<line class="axis" x1="{tx:.1}" x2="{tx:.1}" y1="{plot_bottom:.1}" y2="{:.1}"/>"#,
+            plot_bottom + 5.0
+        );
+        w!(
+            out,
+            r#"<text class="tick" x="{tx:.1}" y="{:.1}" text-anchor="middle">{t_s:.0} s</text>"#,
+            plot_bottom + 19.0
+        );
+        k += 1.0;
+    }
+    w!(
+        out,
+        r#"<line class="axis" x1="{LEFT}" x2="{:.1}" y1="{plot_bottom:.1}" y2="{plot_bottom:.1}"/>"#,
+        WIDTH - RIGHT
+    );
+}
+
 pub fn svg(chart: &Chart) -> String {
     let end_ms = chart.end_ms.max(chart.origin_ms.saturating_add(1000));
     let span_ms = (end_ms - chart.origin_ms) as f64;
@@ -371,21 +419,7 @@ pub fn svg(chart: &Chart) -> String {
     w!(out, "<title>{}</title>", esc(chart.label));
 
     // Bands through the plot, then the lanes with their labels above it.
-    for (i, band) in chart.bands.iter().enumerate() {
-        let (x0, x1) = bars[i];
-        let class = match (band.fallback, i % 2) {
-            (false, 0) => "band0",
-            (false, _) => "band1",
-            (true, 0) => "bandfb0",
-            (true, _) => "bandfb1",
-        };
-        w!(
-            out,
-            r#"<rect class="{class}" x="{x0:.1}" y="{plot_top:.1}" width="{:.1}" height="{PLOT_HEIGHT:.1}"><title>{}</title></rect>"#,
-            (x1 - x0).max(1.0),
-            esc(band.name)
-        );
-    }
+    band_rects(&mut out, chart.bands, &bars, plot_top, PLOT_HEIGHT);
     for (i, band) in chart.bands.iter().enumerate() {
         let item = &lane[i];
         let ry = item.row as f64 * LANE_ROW_HEIGHT + 2.0;
@@ -426,28 +460,7 @@ pub fn svg(chart: &Chart) -> String {
         LEFT - 8.0,
         chart.format_y,
     );
-    let step_s = time_step_s(span_ms / 1e3);
-    let mut k = 0.0;
-    while k * step_s * 1e3 <= span_ms + 1.0 {
-        let t_s = k * step_s;
-        let tx = LEFT + (t_s * 1e3 / span_ms).min(1.0) * plot_w;
-        w!(
-            out,
-            r#"<line class="axis" x1="{tx:.1}" x2="{tx:.1}" y1="{plot_bottom:.1}" y2="{:.1}"/>"#,
-            plot_bottom + 5.0
-        );
-        w!(
-            out,
-            r#"<text class="tick" x="{tx:.1}" y="{:.1}" text-anchor="middle">{t_s:.0} s</text>"#,
-            plot_bottom + 19.0
-        );
-        k += 1.0;
-    }
-    w!(
-        out,
-        r#"<line class="axis" x1="{LEFT}" x2="{:.1}" y1="{plot_bottom:.1}" y2="{plot_bottom:.1}"/>"#,
-        WIDTH - RIGHT
-    );
+    time_axis(&mut out, span_ms, plot_bottom);
 
     if let Some((v, label)) = &chart.threshold {
         let ty = y(*v);

@@ -163,6 +163,7 @@ fn thin_runs_render_without_panicking() {
         simplex_ms: 0,
         simplex_windows: Vec::new(),
         environment: None,
+        fleet: None,
     };
     let mut reversed = empty.clone();
     reversed.started_ms = 5_000;

@@ -57,10 +57,34 @@ pub fn fixtures() -> Vec<(String, PathBuf)> {
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.join(SUMMARY_FILE).is_file())
+        // A fleet run is a directory of runs, with a report of its own (`fleet.rs`).
+        .filter(|p| !is_fleet(p))
         .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), p))
         .collect();
     runs.sort();
     runs
+}
+
+/// Whether the run in `dir` is a fleet's (its summary has a `fleet` section).
+pub fn is_fleet(dir: &Path) -> bool {
+    RunDir::new(dir)
+        .read_summary()
+        .is_ok_and(|s| s.fleet.is_some())
+}
+
+/// The recorded fleet run (`tests/fixtures/fleet`, or `TANDEM_REPORT_FIXTURES=DIR`'s
+/// `fleet`), copied into `to` with its pairs' runs.
+pub fn fleet_fixture(to: &Path) -> RunDir {
+    let root = std::env::var_os("TANDEM_REPORT_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"));
+    let from = root.join("fleet");
+    let run = copy_run(&from, to);
+    for (_, pair) in RunDir::new(&from).fleet_pairs().expect("the fleet fixture") {
+        let rel = pair.path().strip_prefix(&from).unwrap().to_path_buf();
+        copy_run(pair.path(), &to.join(rel));
+    }
+    run
 }
 
 /// Copies a run's files (never its report) into `to`: a fixture is rendered in a copy, so

@@ -1,0 +1,186 @@
+//! The load generator's fleet run against real pairs: three pairs on loopback driven at
+//! once while they are upgraded in two waves (the canary, then two pairs together, one of
+//! them to a faulty build that rolls back), written as one run directory: a complete run
+//! per pair under `pairs/NAME/`, and the fleet's summary, slices, histogram log and report
+//! at the top, with nothing acknowledged lost.
+//!
+//! `TANDEM_FLEET_RUN_KEEP=DIR` keeps the run directory there (how the report tests'
+//! `fleet` fixture is recorded).
+
+mod common;
+
+use std::time::Duration;
+
+use common::Pair;
+use loadgen::fleet_run::{FleetConfig, PairTarget};
+use reports::run::RunDir;
+use resp::Reply;
+use serde_json::Value;
+
+/// Short windows, an acceptance check on errors only (as in `upgrade.rs`).
+const QUICK: [&str; 10] = [
+    "baseline_ms",
+    "500",
+    "evaluate_ms",
+    "1000",
+    "settle_ms",
+    "200",
+    "catch_up_timeout_ms",
+    "30000",
+    "p99_slack_ms",
+    "60000",
+];
+
+async fn upgrade(pair: &Pair, extra: &[&str]) -> Value {
+    let mut cmd = vec!["UPGRADE", "2.0"];
+    cmd.extend_from_slice(extra);
+    cmd.extend_from_slice(&QUICK);
+    match pair.admin(&cmd).await {
+        Reply::Simple(s) => serde_json::from_str(&s).expect("upgrade report"),
+        Reply::Bulk(b) => serde_json::from_slice(&b).expect("upgrade report"),
+        other => panic!("upgrade: {other}"),
+    }
+}
+
+fn seq_applied(status: &Value) -> u64 {
+    Pair::engine(status, "active")
+        .and_then(|e| e["seq_applied"].as_u64())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_run_drives_three_pairs_through_two_waves_and_writes_one_run() {
+    let pairs = [Pair::up(), Pair::up(), Pair::up()];
+    let mut targets = Vec::new();
+    let mut before = Vec::new();
+    for (i, pair) in pairs.iter().enumerate() {
+        let status = pair.wait_in_sync().await;
+        before.push(seq_applied(&status));
+        let clients: Vec<String> = status["engines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["client_addr"].as_str().unwrap().to_string())
+            .collect();
+        targets.push(PairTarget {
+            name: format!("p{}", i + 1),
+            targets: clients,
+            admin: Some(pair.admin.clone()),
+            admin_secret: Some(pair.secret.clone()),
+        });
+    }
+    let keep = std::env::var_os("TANDEM_FLEET_RUN_KEEP").map(std::path::PathBuf::from);
+    let out = keep.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("tandem-fleet-run-{}", std::process::id()))
+    });
+    let _ = std::fs::remove_dir_all(&out);
+    let config = FleetConfig {
+        pairs: targets,
+        load: loadgen::Config {
+            mode: loadgen::Mode::Open { rate_ops_s: 3000 },
+            connections: 2,
+            // A bound, not a wait: the run stops half a second after the last upgrade.
+            duration: Duration::from_secs(120),
+            tail: Duration::from_millis(500),
+            keys: 10_000,
+            out: Some(out.clone()),
+            ..loadgen::Config::default()
+        },
+        etcd: None,
+        until_campaign_end: true,
+    };
+    let load = tokio::task::spawn_blocking(move || loadgen::fleet_run::run_blocking(config));
+
+    // The load runs once every pair's active applies writes it did not have before.
+    for (pair, seq) in pairs.iter().zip(&before) {
+        pair.wait_for(|s| seq_applied(s) > *seq + 100).await;
+    }
+    // Wave 1, the canary; wave 2, two pairs at once, one of them to a faulty build.
+    let canary = upgrade(&pairs[0], &[]).await;
+    assert_eq!(canary["outcome"], "completed", "{canary:#}");
+    let (second, faulty) = tokio::join!(
+        upgrade(&pairs[1], &[]),
+        upgrade(&pairs[2], &["fault", "errors"])
+    );
+    assert_eq!(second["outcome"], "completed", "{second:#}");
+    assert_eq!(faulty["outcome"], "rolled_back", "{faulty:#}");
+
+    let result = load.await.expect("load thread").expect("fleet run");
+    let s = &result.summary;
+    assert_eq!(s.lost_updates, 0, "{:?}", result.warnings);
+    assert!(s.acknowledged_updates > 0);
+    assert_eq!(s.outcome, "rolled_back");
+    let fleet = s.fleet.as_ref().expect("a fleet section");
+    assert!(fleet.waves_inferred);
+    let waves: Vec<(Vec<String>, &str)> = fleet
+        .waves
+        .iter()
+        .map(|w| (w.pairs.clone(), w.state.as_str()))
+        .collect();
+    assert_eq!(
+        waves,
+        vec![
+            (vec!["p1".to_string()], "completed"),
+            (vec!["p2".to_string(), "p3".to_string()], "stopped"),
+        ]
+    );
+    let outcomes: Vec<(&str, Option<usize>, &str)> = fleet
+        .pairs
+        .iter()
+        .map(|p| (p.name.as_str(), p.wave, p.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            ("p1", Some(1), "upgraded"),
+            ("p2", Some(2), "upgraded"),
+            ("p3", Some(2), "rolled_back"),
+        ]
+    );
+    for p in &fleet.pairs {
+        assert_eq!(p.lost_updates, 0, "{}", p.name);
+        assert!(p.acknowledged_updates > 0, "{}", p.name);
+        assert!(p.switchovers >= 1, "{}", p.name);
+    }
+    // The fleet's periods: the waves, and the rest of the run.
+    let names: Vec<&str> = s.phases.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, vec!["steady", "wave_1", "wave_2"]);
+    let fleet_ops: u64 = result.slices.iter().map(|x| x.ops).sum();
+    let pair_ops: u64 = result
+        .pairs
+        .iter()
+        .flat_map(|(_, r)| r.slices.iter().map(|x| x.ops))
+        .sum();
+    assert_eq!(fleet_ops, pair_ops, "the fleet's seconds add the pairs' up");
+
+    // One run directory: each pair's a complete run, the fleet's at the top.
+    let run = RunDir::new(&out);
+    assert_eq!(run.check().expect("readable run"), Vec::<String>::new());
+    for name in ["p1", "p2", "p3"] {
+        let dir = out.join("pairs").join(name);
+        for file in [
+            "summary.json",
+            "slices.json",
+            "detail.json",
+            "timeline.json",
+            "histograms.hlog",
+            "report.html",
+        ] {
+            assert!(dir.join(file).is_file(), "{}", dir.join(file).display());
+        }
+    }
+    for file in [
+        "summary.json",
+        "slices.json",
+        "histograms.hlog",
+        "report.html",
+    ] {
+        assert!(out.join(file).is_file(), "{file}");
+    }
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("tandem fleet run"));
+    assert!(html.contains("href=\"pairs/p3/report.html\""));
+    if keep.is_none() {
+        let _ = std::fs::remove_dir_all(&out);
+    }
+}
