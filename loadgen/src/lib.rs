@@ -118,16 +118,21 @@ pub struct RunResult {
 /// [`run`] on a multi-threaded runtime of its own. Call it from a thread that is not
 /// running a tokio runtime (e.g. inside `spawn_blocking` or a plain thread).
 pub fn run_blocking(config: Config) -> Result<RunResult, Error> {
+    runtime(config.connection_count())?.block_on(run(config))
+}
+
+/// A multi-threaded runtime for `connections` connections: a thread each, at most one per
+/// CPU, at least two.
+pub(crate) fn runtime(connections: usize) -> Result<tokio::runtime::Runtime, Error> {
     let threads = std::thread::available_parallelism()
         .map_or(2, usize::from)
-        .min(config.connection_count() + 1)
+        .min(connections + 1)
         .max(2);
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .enable_all()
         .build()
-        .map_err(Error::Runtime)?
-        .block_on(run(config))
+        .map_err(Error::Runtime)
 }
 
 /// Runs the load described by `config` on the current tokio runtime (use a multi-threaded

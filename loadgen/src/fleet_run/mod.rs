@@ -189,17 +189,8 @@ fn check_pairs(pairs: &[PairTarget]) -> Result<(), Error> {
 
 /// [`run`] on a multi-threaded runtime of its own.
 pub fn run_blocking(config: FleetConfig) -> Result<FleetResult, Error> {
-    let connections: usize = config.pairs.len().max(1) * config.load.connection_count();
-    let threads = std::thread::available_parallelism()
-        .map_or(2, usize::from)
-        .min(connections + 1)
-        .max(2);
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-        .map_err(Error::Runtime)?
-        .block_on(run(config))
+    let connections = config.pairs.len().max(1) * config.load.connection_count();
+    crate::runtime(connections)?.block_on(run(config))
 }
 
 /// Reads `P/campaign`, if etcd is given and holds one.
