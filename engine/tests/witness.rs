@@ -330,9 +330,14 @@ async fn a_spare_takes_over_a_dead_leader_under_load_and_the_dead_one_restarted_
     let writer = Writer::start(&pair, "w");
     writer.wait_for_more(1000).await;
     let old_leader = etcd.leader("sp").await.expect("a leader");
+    let killed = Instant::now();
     pair.kill_supervisor();
     // The spare takes the pair over (the leader key goes with the dead one's etcd lease)...
     let admin = spare.wait_line("READY admin=");
+    eprintln!(
+        "the spare took over {:.1} s after the leader's SIGKILL (etcd lease TTL 3 s)",
+        killed.elapsed().as_secs_f64()
+    );
     assert_eq!(
         admin, pair.admin,
         "the spare serves the pair's admin address"
@@ -466,6 +471,24 @@ async fn with_etcd_down_the_pair_serves_grants_no_epoch_and_resumes_when_it_is_b
     let s = pair.wait_in_sync().await;
     assert_eq!(s["epoch"], epoch);
     assert_eq!(engine_epochs(&s), vec![epoch; 2]);
+    // An engine offered a new epoch while etcd is unreachable refuses it.
+    let control = Pair::engine(&s, "standby").unwrap()["control_addr"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut c =
+        Client::connect_authenticated(&control, Duration::from_secs(5), &pair.secret, "control")
+            .await
+            .expect("the pair's secret opens the control port");
+    let offered = (epoch + 1).to_string();
+    let reply = c
+        .call(&[b"TANDEM.PROMOTE", offered.as_bytes()])
+        .await
+        .unwrap();
+    assert!(
+        matches!(&reply, Reply::Error(e) if e.starts_with("NOTGRANTED ")),
+        "{reply}"
+    );
     writer.wait_for_more(1000).await;
 
     etcd.etcd
