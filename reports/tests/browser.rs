@@ -297,4 +297,32 @@ fn the_report_renders_in_chromium() {
     if let Some(keep) = std::env::var_os("TANDEM_KEEP_SCREENSHOT") {
         std::fs::copy(&screenshot, keep).unwrap();
     }
+
+    // A fleet run's report (the recorded fleet fixture): its charts, the lanes of its pairs
+    // and the table linking to each pair's report are in the DOM.
+    let fleet = common::fleet_fixture(&work.path().join("fleet"));
+    let fleet_report = fleet.render_report().unwrap();
+    let fleet_dom = work.path().join("fleet-dom.html");
+    run_chromium(
+        work.path(),
+        &["--dump-dom".to_string()],
+        &format!("file://{}", fleet_report.display()),
+        &fleet_dom,
+    );
+    let dom = std::fs::read_to_string(&fleet_dom).unwrap();
+    assert!(dom.contains("<title>tandem fleet · "), "the fleet report's title");
+    for id in ["verdict", "latency", "throughput", "lanes", "pairs", "spectrum"] {
+        assert!(
+            dom.contains(&format!("id=\"{id}\"")),
+            "{id} missing from the fleet report's DOM"
+        );
+    }
+    let summary = fleet.read_summary().unwrap();
+    for p in &summary.fleet.as_ref().unwrap().pairs {
+        assert!(
+            dom.contains(&format!("href=\"{}/report.html\"", p.dir)),
+            "no link to {}'s report",
+            p.name
+        );
+    }
 }
