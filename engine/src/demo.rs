@@ -111,7 +111,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         let pair_dir = out.join("pair");
         std::fs::create_dir_all(&pair_dir)?;
         let watchdog = PairWatchdog::start(&pair_dir, &args.secret_file)?;
-        let mut pair = start_pair(&out, &args.secret_file, &secret).await?;
+        let mut pair = start_pair(&pair_dir, &[], &args.secret_file, &secret).await?;
         let result = tokio::select! {
             biased;
             signal = interrupts.recv() => Err(anyhow::anyhow!("interrupted by {signal}: stopping the pair")),
@@ -133,14 +133,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 /// terminal closed): each stops what the demo started and ends it with an error, as Ctrl-C
 /// does. Their handlers are installed for good when this is made; a signal that comes while
 /// nobody waits is kept for the next [`Interrupts::recv`].
-struct Interrupts {
+pub(crate) struct Interrupts {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
 }
 
 impl Interrupts {
-    fn catch() -> std::io::Result<Interrupts> {
+    pub(crate) fn catch() -> std::io::Result<Interrupts> {
         use tokio::signal::unix::{signal, SignalKind};
         Ok(Interrupts {
             int: signal(SignalKind::interrupt())?,
@@ -150,7 +150,7 @@ impl Interrupts {
     }
 
     /// The next of them, by name.
-    async fn recv(&mut self) -> &'static str {
+    pub(crate) async fn recv(&mut self) -> &'static str {
         tokio::select! {
             _ = self.int.recv() => "SIGINT",
             _ = self.term.recv() => "SIGTERM",
@@ -169,7 +169,7 @@ impl Interrupts {
 /// Not a parent-death signal for the supervisor: its SIGTERM (and a fortiori SIGKILL) leaves
 /// the engines serving, by design (`tandem pair up --detach` outlives its parent, and a
 /// restarted supervisor takes its engines back).
-struct PairWatchdog {
+pub(crate) struct PairWatchdog {
     child: Child,
     pipe: Option<tokio::process::ChildStdin>,
     log: PathBuf,
@@ -179,7 +179,7 @@ impl PairWatchdog {
     /// What the shell runs: `$0 "$@"` is `tandem --secret-file F pair down --dir D`.
     const SCRIPT: &'static str = r#"read said; [ "$said" = done ] || exec "$0" "$@""#;
 
-    fn start(pair_dir: &Path, secret_file: &Path) -> anyhow::Result<PairWatchdog> {
+    pub(crate) fn start(pair_dir: &Path, secret_file: &Path) -> anyhow::Result<PairWatchdog> {
         let log = pair_dir.join("watchdog.log");
         let file =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
@@ -203,7 +203,7 @@ impl PairWatchdog {
 
     /// Once the demo has tried to stop the pair: nothing more when it did (`stopped`), else
     /// `tandem pair down` now. Either way it waits for the watchdog to exit.
-    async fn finish(mut self, stopped: bool) {
+    pub(crate) async fn finish(mut self, stopped: bool) {
         use tokio::io::AsyncWriteExt;
         let mut pipe = self.pipe.take();
         if stopped {
@@ -236,9 +236,9 @@ fn default_out_dir() -> PathBuf {
     PathBuf::from("tandem-runs").join(format!("demo-{secs}"))
 }
 
-struct PairProcess {
+pub(crate) struct PairProcess {
     child: Child,
-    admin: String,
+    pub(crate) admin: String,
     secret: replicator::Secret,
 }
 
@@ -246,7 +246,7 @@ impl PairProcess {
     /// Admin `SHUTDOWN` (the supervisor stops both engines, then exits), a kill if the
     /// supervisor has not exited 5 s later. Whether the pair stopped: `SHUTDOWN` was
     /// answered and the supervisor exited by itself; otherwise its engines may still run.
-    async fn stop(&mut self) -> bool {
+    pub(crate) async fn stop(&mut self) -> bool {
         let mut asked = false;
         if let Ok(mut c) = crate::admin::connect(&self.admin, &self.secret).await {
             asked = c.call(&[b"SHUTDOWN"]).await.is_ok();
@@ -261,19 +261,21 @@ impl PairProcess {
     }
 }
 
-async fn start_pair(
-    out: &std::path::Path,
+/// `tandem pair up` in `dir`, with `flags` besides; back once the pair is ready.
+pub(crate) async fn start_pair(
+    dir: &std::path::Path,
+    flags: &[String],
     secret_file: &std::path::Path,
     secret: &replicator::Secret,
 ) -> anyhow::Result<PairProcess> {
-    let dir = out.join("pair");
-    std::fs::create_dir_all(&dir)?;
+    std::fs::create_dir_all(dir)?;
     let log = std::fs::File::create(dir.join("supervisor.log"))?;
     let mut child = Command::new(std::env::current_exe()?)
         .arg("--secret-file")
         .arg(secret_file)
         .args(["pair", "up", "--base-port", "0", "--dir"])
-        .arg(&dir)
+        .arg(dir)
+        .args(flags)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log)

@@ -19,6 +19,7 @@ pub mod conn;
 pub mod contract;
 pub mod control;
 pub mod demo;
+pub mod demo_fleet;
 pub mod expiry;
 pub mod journal;
 pub mod keyspace;

@@ -72,8 +72,19 @@ enum Cmd {
         /// After the tandem run, the same load (rate, connections, pipeline, mix, keys, seed,
         /// state, duration) against another system, in OUT/peer-<PEER>, and a comparison page,
         /// OUT/compare-peer-<PEER>.html.
-        #[arg(long, value_enum, value_name = "PEER")]
+        #[arg(long, value_enum, value_name = "PEER", conflicts_with = "fleet")]
         peer: Option<PeerArg>,
+        /// A fleet of N pairs instead of one: a local etcd (Debian's etcd-server), N pairs
+        /// registered in it, the load on all of them, and `tandem campaign --to 2.0`
+        /// upgrading them in waves; the fleet's run and report in OUT.
+        #[arg(long, value_name = "N", conflicts_with = "state")]
+        fleet: Option<usize>,
+        /// With --fleet: the campaign's wave sizes (1,2,4 or 25%; default 1,2,4,...).
+        #[arg(long, value_name = "SPEC", requires = "fleet")]
+        waves: Option<String>,
+        /// With --fleet: pairs upgrading at once, at most.
+        #[arg(long, value_name = "N", default_value_t = 2, requires = "fleet", value_parser = clap::value_parser!(u32).range(1..))]
+        parallel: u32,
     },
     /// Start or stop a pair (engine A active, engine B standby) under a supervisor.
     Pair {
@@ -154,6 +165,11 @@ enum Cmd {
         /// Show the engines' own log lines (discarded by default: thousands of seeds).
         #[arg(long)]
         verbose: bool,
+        /// Simulate an upgrade campaign over this many pairs instead (1000 if no number is
+        /// given): the real campaign logic against models of etcd, the pairs' supervisors,
+        /// the network and crashing campaign processes (see engine/src/sim/fleet.rs).
+        #[arg(long, value_name = "PAIRS", num_args = 0..=1, default_missing_value = "1000", value_parser = at_least_one::<usize>, conflicts_with = "no_supervisor_crashes")]
+        fleet: Option<usize>,
     },
     /// Run one engine process (the supervisor starts these).
     #[command(hide = true)]
@@ -284,6 +300,13 @@ enum Plant {
     PromoteStale,
     /// The active releases a reply before its standby acknowledged it.
     AckBeforeStandby,
+    /// --fleet: the campaign asks for a pair's upgrade before the record marking it Running
+    /// is durable.
+    AskBeforeDurable,
+    /// --fleet: a supervisor runs an upgrade whose tag it ran already.
+    RerunTag,
+    /// --fleet: a supervisor records the upgrade's tag in etcd only when the upgrade ends.
+    TagAtEnd,
 }
 
 /// The out-of-service phases `tandem upgrade --hold-phase` can keep open.
@@ -639,8 +662,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             quick,
             fault,
             rate,
+            fleet: Some(pairs),
+            waves,
+            parallel,
+            ..
+        } => engine::demo_fleet::run(engine::demo_fleet::FleetDemoArgs {
+            out,
+            pairs,
+            quick,
+            fault: fault.map(|f| f.as_str().to_string()),
+            rate_ops_s: rate,
+            waves,
+            parallel,
+            secret_file: replicator::Secret::resolve(secret_file)?.0,
+        }),
+        Cmd::Demo {
+            out,
+            quick,
+            fault,
+            rate,
             state,
             peer,
+            fleet: None,
+            ..
         } => engine::demo::run(engine::demo::DemoArgs {
             out,
             quick,
@@ -660,15 +704,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             trace,
             no_supervisor_crashes,
             verbose,
+            fleet,
         } => {
             if !verbose {
                 silence_stderr();
+            }
+            let plant = plant.map(|p| p.to_possible_value().expect("named").get_name().to_string());
+            if let Some(pairs) = fleet {
+                let args = engine::sim::fleet::Args {
+                    pairs,
+                    seeds,
+                    first_seed,
+                    seed,
+                    plant,
+                    trace,
+                };
+                if !engine::sim::fleet::main(&args).map_err(anyhow::Error::msg)? {
+                    std::process::exit(1);
+                }
+                return Ok(());
             }
             let args = engine::sim::cli::Args {
                 seeds,
                 first_seed,
                 seed,
-                plant: plant.map(|p| p.to_possible_value().expect("named").get_name().to_string()),
+                plant,
                 trace,
                 supervisor_crashes: !no_supervisor_crashes,
             };

@@ -85,3 +85,37 @@ fn quick_demo_completes_and_the_faulty_one_rolls_back_with_nothing_lost() {
     assert!(s.switchovers.iter().any(|w| w.kind == "fallback"));
     let _ = std::fs::remove_dir_all(&base);
 }
+
+/// `tandem demo --fleet 2 --quick`: a local etcd, two pairs registered in it, a campaign over
+/// both under load; the fleet's run and each pair's hold, nothing is lost, and the demo
+/// leaves no process behind (its pairs are in OUT/fleet, its etcd in OUT/etcd).
+#[test]
+fn quick_fleet_demo_upgrades_every_pair_with_nothing_lost_and_stops_everything() {
+    let base = std::env::temp_dir().join(format!("tandem-demo-fleet-{}", std::process::id()));
+    let out = base.join("fleet");
+    let s = demo(&out, &["--fleet", "2", "--waves", "1"]);
+    assert_eq!(s.lost_updates, 0);
+    let fleet = s.fleet.as_ref().expect("a fleet run");
+    assert_eq!(fleet.pairs.len(), 2, "{fleet:?}");
+    assert!(
+        fleet.pairs.iter().all(|p| p.outcome == "upgraded"),
+        "{fleet:?}"
+    );
+    for (name, pair) in RunDir::new(&out).fleet_pairs().unwrap() {
+        let p = pair.read_summary().unwrap();
+        assert_eq!(
+            (p.outcome.as_str(), p.lost_updates),
+            ("completed", 0),
+            "{name}"
+        );
+    }
+    // Nothing of the demo's is left running: no process has its directory in its arguments.
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(out.to_str().unwrap()))
+        .collect();
+    assert!(left.is_empty(), "left running: {left:?}");
+    let _ = std::fs::remove_dir_all(&base);
+}
