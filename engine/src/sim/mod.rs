@@ -25,6 +25,7 @@
 //! alone makes the pair unavailable, as a pair without `--journal` does.
 
 pub mod cli;
+pub mod fleet;
 mod history;
 mod net;
 mod pilot;

@@ -290,6 +290,8 @@ pub struct World {
     /// Recent lines of what happened (for a report); `trace_all` keeps every line.
     pub trace: Vec<String>,
     pub trace_all: bool,
+    /// FNV-1a over every line of the trace: equal on every run of the same choices.
+    pub digest: u64,
     pub stats: Stats,
 }
 
@@ -349,6 +351,7 @@ impl World {
             stop_pending: None,
             trace: Vec::new(),
             trace_all: false,
+            digest: 0xcbf2_9ce4_8422_2325,
             stats: Stats::default(),
         };
         let started = w.start_process();
@@ -365,6 +368,9 @@ impl World {
             self.trace.drain(..100);
         }
         let line = format!("{:>9.3}s {}", self.now as f64 / 1e3, line());
+        for b in line.bytes() {
+            self.digest = (self.digest ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
         self.trace.push(line);
     }
 
