@@ -92,6 +92,7 @@ table.compact th{font-size:11px}
 .lanename{font-size:11px;fill:#1e293b;font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
 .lanename.warn{fill:#b45309;font-weight:600}.lanename.bad{fill:#b91c1c;font-weight:600}
 .lanemark{font-size:10px;font-weight:600;fill:#b45309;paint-order:stroke;stroke:#fff;stroke-width:3px}
+.lanefbmark{fill:#b45309}
 .wavesep{stroke:#94a3b8;stroke-width:1;stroke-dasharray:2 3}
 td.name a{color:inherit}
 .meta{color:var(--muted);margin:6px 0 0}
@@ -259,16 +260,23 @@ fn p99_supported(p: &PhaseSummary) -> bool {
 /// A percentile's cell: the value when the phase's samples support it, otherwise "n<N"
 /// with a tooltip that says why, so that nobody reads a phase's maximum as its p99.
 fn percentile_cell(p: &PhaseSummary, quantile: f64, value_us: u64, class: &str) -> String {
-    percentile_cell_as(p, quantile, value_us, class, format::latency_us)
+    percentile_cell_as(
+        p,
+        quantile,
+        value_us,
+        class,
+        (format::latency_us, format::thousands),
+    )
 }
 
-/// [`percentile_cell`] with the value written by `show` (the fleet's pair table: bare ms).
+/// [`percentile_cell`] with the value written by `show.0` and the samples a percentile
+/// needs by `show.1` (the fleet's narrow pair table: bare ms, `1k`).
 fn percentile_cell_as(
     p: &PhaseSummary,
     quantile: f64,
     value_us: u64,
     class: &str,
-    show: fn(u64) -> String,
+    show: (fn(u64) -> String, fn(u64) -> String),
 ) -> String {
     let n = successes(p);
     let class_attr = |extra: &str| {
@@ -295,7 +303,7 @@ fn percentile_cell_as(
             format::percent(quantile * 100.0),
             format::thousands(need),
             SAMPLES_BEYOND_MIN,
-            format::thousands(need)
+            show.1(need)
         );
     }
     if n == 0 {
@@ -304,7 +312,7 @@ fn percentile_cell_as(
             class_attr("few")
         );
     }
-    format!("<td{}>{}</td>", class_attr(""), show(value_us))
+    format!("<td{}>{}</td>", class_attr(""), show.0(value_us))
 }
 
 /// Where the time axis starts: the run's start, or the earliest thing recorded when a

@@ -310,8 +310,18 @@ fn the_report_renders_in_chromium() {
         &fleet_dom,
     );
     let dom = std::fs::read_to_string(&fleet_dom).unwrap();
-    assert!(dom.contains("<title>tandem fleet · "), "the fleet report's title");
-    for id in ["verdict", "latency", "throughput", "lanes", "pairs", "spectrum"] {
+    assert!(
+        dom.contains("<title>tandem fleet · "),
+        "the fleet report's title"
+    );
+    for id in [
+        "verdict",
+        "latency",
+        "throughput",
+        "lanes",
+        "pairs",
+        "spectrum",
+    ] {
         assert!(
             dom.contains(&format!("id=\"{id}\"")),
             "{id} missing from the fleet report's DOM"

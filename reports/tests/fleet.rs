@@ -179,4 +179,7 @@ fn a_hundred_pairs_stay_readable() {
         .unwrap();
     assert!(height <= 900.0, "the lanes are {height} px tall");
     assert!(html.len() < 2_000_000, "{} bytes", html.len());
+    if let Some(keep) = std::env::var_os("TANDEM_KEEP_FLEET_REPORT") {
+        std::fs::write(keep, &html).unwrap();
+    }
 }

@@ -370,22 +370,32 @@ fn lanes_svg(fleet: &Fleet, frame: &Frame, bands: &[Band]) -> String {
         }
         if matches!(p.outcome.as_str(), "rolled_back" | "failed") {
             if let Some(end) = p.upgrade_end_ms {
-                w!(
-                    out,
-                    r#"<text class="lanemark" x="{:.1}" y="{:.1}">{}</text>"#,
-                    x(end) + 3.0,
-                    mid + 4.0,
-                    if p.outcome == "failed" {
-                        "failed"
-                    } else {
-                        "rolled back"
-                    }
-                );
+                let what = if p.outcome == "failed" {
+                    "failed"
+                } else {
+                    "rolled back"
+                };
+                if named {
+                    w!(
+                        out,
+                        r#"<text class="lanemark" x="{:.1}" y="{:.1}">{what}</text>"#,
+                        x(end) + 3.0,
+                        mid + 4.0
+                    );
+                } else {
+                    // A hundred lanes: a mark, not a word, on each.
+                    w!(
+                        out,
+                        r#"<rect class="lanefbmark" x="{:.1}" y="{ry:.1}" width="4" height="{row_h:.1}"><title>{what}</title></rect>"#,
+                        x(end) + 2.0
+                    );
+                }
             }
         }
         out.push_str("</g>");
     }
     // Wave labels: beside the lanes when the lanes are unnamed, else a hairline between.
+    let mut label_floor = f64::NEG_INFINITY;
     for (k, &(wave, top, bottom)) in groups.iter().enumerate() {
         if k > 0 {
             let ly = top - group_gap / 2.0;
@@ -396,20 +406,32 @@ fn lanes_svg(fleet: &Fleet, frame: &Frame, bands: &[Band]) -> String {
             );
         }
         if !named {
+            // Two lines where the wave's lanes have room, one otherwise, each below the
+            // one before: short waves of a few pairs never print over each other.
             let count = fleet.pairs.iter().filter(|p| p.wave == wave).count();
-            let label = match wave {
+            let name = match wave {
                 Some(w) => format!("wave {w}"),
                 None => "no wave".to_string(),
             };
+            let two = bottom - top >= 24.0;
+            let wanted = (top + bottom) / 2.0 + if two { -2.0 } else { 4.0 };
+            let y = wanted.max(label_floor + 11.0);
             w!(
                 out,
-                r#"<text class="tick" x="{:.1}" y="{:.1}" text-anchor="end">{}</text><text class="tick" x="{:.1}" y="{:.1}" text-anchor="end">{count} pairs</text>"#,
+                r#"<text class="tick" x="{:.1}" y="{y:.1}" text-anchor="end"><title>{count} pairs</title>{}</text>"#,
                 LEFT - 6.0,
-                (top + bottom) / 2.0,
-                esc(&label),
-                LEFT - 6.0,
-                (top + bottom) / 2.0 + 12.0
+                esc(&name)
             );
+            label_floor = y;
+            if two {
+                w!(
+                    out,
+                    r#"<text class="tick" x="{:.1}" y="{:.1}" text-anchor="end">{count} pairs</text>"#,
+                    LEFT - 6.0,
+                    y + 12.0
+                );
+                label_floor = y + 12.0;
+            }
         }
     }
     chart::time_axis(&mut out, span_ms, plot_bottom);
@@ -437,6 +459,13 @@ fn pair_tip(p: &FleetPair, origin: u64) -> String {
     if let Some(g) = p.worst_gap_ms {
         let _ = write!(tip, " · worst gap {} ms", format::ms(g));
     }
+    if p.simplex_ms > 0 {
+        let _ = write!(
+            tip,
+            " · one engine alone {} ms",
+            format::thousands(p.simplex_ms)
+        );
+    }
     tip
 }
 
@@ -452,6 +481,15 @@ fn bare_ms(us: u64) -> String {
         format!("{ms:.1}")
     } else {
         format::thousands(ms.round() as u64)
+    }
+}
+
+/// A count as the narrow table writes it: `1k`, `10k`, `500`.
+fn kilo(n: u64) -> String {
+    if n >= 1000 && n % 1000 == 0 {
+        format!("{}k", n / 1000)
+    } else {
+        format::thousands(n)
     }
 }
 
@@ -481,11 +519,11 @@ fn pair_table(body: &mut String, fleet: &Fleet, origin: u64) {
     if !shown.is_empty() {
         w!(
             body,
-            "<th colspan=\"9\"></th><th class=\"group sep\" colspan=\"{}\">p99 by phase, ms</th></tr>\n<tr>",
+            "<th colspan=\"7\"></th><th class=\"group sep\" colspan=\"{}\">p99 by phase, ms</th></tr>\n<tr>",
             shown.len()
         );
     }
-    body.push_str("<th class=\"l\">pair</th><th>wave</th><th class=\"l\">outcome</th><th>upgrade at&nbsp;s</th><th>acknowledged</th><th>lost</th><th>switch&shy;overs</th><th>worst gap&nbsp;ms</th><th>alone&nbsp;ms</th>");
+    body.push_str("<th class=\"l\">pair</th><th>wave</th><th class=\"l\">outcome</th><th>acknow&shy;ledged</th><th>lost</th><th>switch&shy;overs</th><th>worst gap&nbsp;ms</th>");
     for (i, name) in shown.iter().enumerate() {
         w!(
             body,
@@ -501,7 +539,8 @@ fn pair_table(body: &mut String, fleet: &Fleet, origin: u64) {
         w!(body, "<tr{}>", if fb { " class=\"fb\"" } else { "" });
         w!(
             body,
-            "<td class=\"l name\"><a href=\"{}/report.html\">{}</a></td>",
+            "<td class=\"l name\" title=\"{}\"><a href=\"{}/report.html\">{}</a></td>",
+            esc(&pair_tip(p, origin)),
             esc(&p.dir),
             esc(&p.name)
         );
@@ -518,12 +557,6 @@ fn pair_table(body: &mut String, fleet: &Fleet, origin: u64) {
                 .as_ref()
                 .map_or(String::new(), |m| format!(" title=\"{}\"", esc(m))),
             esc(&p.outcome.replace('_', " "))
-        );
-        w!(
-            body,
-            "<td>{}</td>",
-            p.upgrade_start_ms
-                .map_or("–".to_string(), |t| format::offset_seconds(t, origin))
         );
         w!(
             body,
@@ -545,12 +578,6 @@ fn pair_table(body: &mut String, fleet: &Fleet, origin: u64) {
             "<td>{}</td>",
             p.worst_gap_ms.map_or("–".to_string(), format::ms)
         );
-        match p.simplex_ms {
-            0 => body.push_str("<td class=\"muted\">–</td>"),
-            ms => {
-                w!(body, "<td>{}</td>", format::thousands(ms));
-            }
-        }
         for (i, name) in shown.iter().enumerate() {
             let class = if i == 0 { "sep" } else { "" };
             match p.phases.iter().find(|ph| ph.name == *name) {
@@ -559,7 +586,7 @@ fn pair_table(body: &mut String, fleet: &Fleet, origin: u64) {
                     0.99,
                     ph.latency_us.p99,
                     class,
-                    bare_ms,
+                    (bare_ms, kilo),
                 )),
                 None => {
                     w!(body, "<td class=\"muted {class}\">·</td>");
@@ -569,7 +596,7 @@ fn pair_table(body: &mut String, fleet: &Fleet, origin: u64) {
         body.push_str("</tr>\n");
     }
     if fleet.pairs.is_empty() {
-        body.push_str("<tr><td class=\"none\" colspan=\"9\">no pairs recorded</td></tr>\n");
+        body.push_str("<tr><td class=\"none\" colspan=\"7\">no pairs recorded</td></tr>\n");
     }
     body.push_str("</tbody></table></div>\n");
     statistics_note(body, "");
