@@ -269,6 +269,9 @@ fn percentile_cell(p: &PhaseSummary, quantile: f64, value_us: u64, class: &str) 
     )
 }
 
+/// How a percentile cell writes its value (µs) and the samples it needs.
+type CellFormat = (fn(u64) -> String, fn(u64) -> String);
+
 /// [`percentile_cell`] with the value written by `show.0` and the samples a percentile
 /// needs by `show.1` (the fleet's narrow pair table: bare ms, `1k`).
 fn percentile_cell_as(
@@ -276,7 +279,7 @@ fn percentile_cell_as(
     quantile: f64,
     value_us: u64,
     class: &str,
-    show: (fn(u64) -> String, fn(u64) -> String),
+    show: CellFormat,
 ) -> String {
     let n = successes(p);
     let class_attr = |extra: &str| {

@@ -486,7 +486,7 @@ fn bare_ms(us: u64) -> String {
 
 /// A count as the narrow table writes it: `1k`, `10k`, `500`.
 fn kilo(n: u64) -> String {
-    if n >= 1000 && n % 1000 == 0 {
+    if n >= 1000 && n.is_multiple_of(1000) {
         format!("{}k", n / 1000)
     } else {
         format::thousands(n)
