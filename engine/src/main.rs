@@ -176,6 +176,8 @@ enum Cmd {
     Engine(EngineCli),
 }
 
+// Parsed once per process: the size of `Up`'s flags costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum PairCmd {
     /// Start a pair; the supervisor runs in the foreground unless --detach.

@@ -99,6 +99,9 @@ impl std::fmt::Display for PublishError {
 /// The supervisor's side.
 pub struct Witness {
     pub client: Client,
+    /// The same, with a short deadline: the record is written from the supervisor's loop,
+    /// which must not stop renewing the active's lease for long while etcd is out of reach.
+    fast: Client,
     pub layout: Layout,
     pub name: String,
     pub id: String,
@@ -147,6 +150,7 @@ impl Witness {
             poke.clone(),
         ));
         Ok(Witness {
+            fast: client.clone().with_timeout(PUBLISH_TIMEOUT),
             client,
             layout: Layout::new(&args.prefix),
             name: name.to_string(),
@@ -274,7 +278,7 @@ impl Witness {
         };
         let value = serde_json::to_vec(record).expect("record serializes");
         let outcome = self
-            .client
+            .fast
             .txn(
                 &[
                     Compare::Value(key.clone(), self.id.clone().into_bytes()),
@@ -403,6 +407,11 @@ pub fn set_engine_witness(w: EngineWitness) {
 pub fn engine_witness() -> Option<&'static EngineWitness> {
     ENGINE_WITNESS.get()
 }
+
+/// A write of the pair's record from the supervisor's loop gives up after this long (and is
+/// tried again later): half the default hang timeout, so that the active's lease renewals go
+/// on while etcd is out of reach.
+const PUBLISH_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// Used while no engine is touched: how a spare waits.
 pub const SPARE_POLL: Duration = Duration::from_millis(250);
