@@ -11,25 +11,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::Pair;
+use common::{Pair, UPGRADE_QUICK as QUICK};
 use loadgen::fleet_run::{FleetConfig, PairTarget};
 use reports::run::RunDir;
 use resp::Reply;
 use serde_json::Value;
-
-/// Short windows, an acceptance check on errors only (as in `upgrade.rs`).
-const QUICK: [&str; 10] = [
-    "baseline_ms",
-    "500",
-    "evaluate_ms",
-    "1000",
-    "settle_ms",
-    "200",
-    "catch_up_timeout_ms",
-    "30000",
-    "p99_slack_ms",
-    "60000",
-];
 
 async fn upgrade(pair: &Pair, extra: &[&str]) -> Value {
     let mut cmd = vec!["UPGRADE", "2.0"];
@@ -183,4 +169,124 @@ async fn a_fleet_run_drives_three_pairs_through_two_waves_and_writes_one_run() {
     if keep.is_none() {
         let _ = std::fs::remove_dir_all(&out);
     }
+}
+
+/// The same measured through etcd: three pairs registered with `pair up --etcd`, found by
+/// the load generator in `P/pair/*` (their engines and admin addresses), upgraded by
+/// `tandem campaign` in waves of 1 and 2; the load stops when `P/campaign` says the
+/// campaign completed, and the run has the campaign's waves and record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_found_in_etcd_is_measured_through_its_campaign() {
+    use fleet::keys::{CampaignRecord, Layout};
+    use loadgen::fleet_run::{discover, EtcdSource};
+
+    let dir = std::env::temp_dir().join(format!("tandem-fleet-etcd-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let etcd = fleet::local::LocalEtcd::start(&dir.join("etcd")).expect("etcd starts");
+    let url = etcd.url();
+    let secret_file = dir.join("secret");
+    let secret = replicator::Secret::load_or_create(&secret_file).unwrap();
+    let pairs: Vec<Pair> = (1..=3)
+        .map(|i| Pair::up_sharing(&secret_file, &["--etcd", &url, "--name", &format!("p{i}")]))
+        .collect();
+    let mut before = Vec::new();
+    for pair in &pairs {
+        before.push(seq_applied(&pair.wait_in_sync().await));
+    }
+    // Registered: each record names both engines (polled: etcd's gateway has no watch
+    // here).
+    let source = EtcdSource {
+        client: fleet::Client::new(&url).unwrap(),
+        layout: Layout::default(),
+    };
+    let start = std::time::Instant::now();
+    let mut found = loop {
+        let mut warnings = Vec::new();
+        let found = discover::pairs(&source, "p*", &mut warnings)
+            .await
+            .unwrap_or_default();
+        if found.len() == 3
+            && found
+                .iter()
+                .all(|p| p.targets.len() == 2 && p.admin.is_some())
+        {
+            break found;
+        }
+        assert!(start.elapsed() < common::DEADLINE, "{found:?} {warnings:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for p in &mut found {
+        p.admin_secret = Some(secret.clone());
+    }
+    let out = dir.join("run");
+    let config = FleetConfig {
+        pairs: found,
+        load: loadgen::Config {
+            mode: loadgen::Mode::Open { rate_ops_s: 3000 },
+            connections: 2,
+            duration: Duration::from_secs(120),
+            tail: Duration::from_millis(500),
+            keys: 10_000,
+            out: Some(out.clone()),
+            ..loadgen::Config::default()
+        },
+        etcd: Some(source),
+        until_campaign_end: true,
+    };
+    let load = tokio::task::spawn_blocking(move || loadgen::fleet_run::run_blocking(config));
+    for (pair, seq) in pairs.iter().zip(&before) {
+        pair.wait_for(|s| seq_applied(s) > *seq + 100).await;
+    }
+    let log = std::fs::File::create(dir.join("campaign.log")).unwrap();
+    let mut campaign = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .env("TANDEM_SECRET_FILE", &secret_file)
+        .args(["campaign", "--etcd", &url, "--to", "2.0", "--waves", "1,2"])
+        .args([
+            "--parallel",
+            "2",
+            "--baseline",
+            "400ms",
+            "--evaluate",
+            "800ms",
+        ])
+        .args(["--settle", "200ms", "--p99-slack-ms", "60000"])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("tandem campaign");
+    let status = tokio::task::spawn_blocking(move || campaign.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let campaign_log = std::fs::read_to_string(dir.join("campaign.log")).unwrap_or_default();
+    assert!(status.success(), "{campaign_log}");
+
+    let result = load.await.expect("load thread").expect("fleet run");
+    let s = &result.summary;
+    assert_eq!(s.lost_updates, 0, "{:?}", result.warnings);
+    assert_eq!(s.outcome, "completed");
+    let record = result.campaign.clone().expect("the campaign record");
+    let fleet = s.fleet.as_ref().unwrap();
+    assert!(!fleet.waves_inferred);
+    assert_eq!(fleet.campaign.as_deref(), Some(record.id.as_str()));
+    assert_eq!(fleet.campaign_state.as_deref(), Some("completed"));
+    let waves: Vec<Vec<String>> = fleet.waves.iter().map(|w| w.pairs.clone()).collect();
+    assert_eq!(waves, record.waves);
+    assert_eq!(waves.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 2]);
+    for w in &fleet.waves {
+        assert_eq!(w.state, "completed", "{w:?}");
+        assert!(w.start_ms.is_some() && w.end_ms >= w.start_ms, "{w:?}");
+    }
+    for p in &fleet.pairs {
+        assert_eq!(p.outcome, "upgraded", "{}", p.name);
+        assert!(p.wave.is_some() && p.upgrade_end_ms.is_some(), "{}", p.name);
+    }
+    let written: CampaignRecord =
+        serde_json::from_slice(&std::fs::read(out.join("campaign.json")).unwrap()).unwrap();
+    assert_eq!(written, record);
+    assert_eq!(RunDir::new(&out).check().unwrap(), Vec::<String>::new());
+    drop(pairs);
+    drop(etcd);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{lost, versions, Pair, Writer};
+use common::{lost, versions, Pair, Writer, UPGRADE_QUICK as QUICK};
 use resp::Reply;
 use serde_json::Value;
 
@@ -18,21 +18,6 @@ async fn upgrade(pair: &Pair, args: &[&str]) -> Value {
         other => panic!("upgrade: {other}"),
     }
 }
-
-/// Short windows, and an acceptance check that judges errors only: latency is for the
-/// benchmarks, and a noisy machine must not turn these tests into rollbacks.
-const QUICK: [&str; 10] = [
-    "baseline_ms",
-    "500",
-    "evaluate_ms",
-    "1000",
-    "settle_ms",
-    "200",
-    "catch_up_timeout_ms",
-    "30000",
-    "p99_slack_ms",
-    "60000",
-];
 
 async fn transfer(pair: &Pair, id: &str) -> Reply {
     let mut c = pair.active_client().await;

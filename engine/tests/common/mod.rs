@@ -15,6 +15,22 @@ use serde_json::Value;
 
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
+/// `UPGRADE` options for tests: short windows, and an acceptance check that judges errors
+/// only: latency is for the benchmarks, and a noisy machine must not turn a test's upgrade
+/// into a rollback.
+pub const UPGRADE_QUICK: [&str; 10] = [
+    "baseline_ms",
+    "500",
+    "evaluate_ms",
+    "1000",
+    "settle_ms",
+    "200",
+    "catch_up_timeout_ms",
+    "30000",
+    "p99_slack_ms",
+    "60000",
+];
+
 pub struct Pair {
     supervisor: Child,
     pub admin: String,
