@@ -595,3 +595,35 @@ async fn an_upgrade_is_in_etcd_before_it_starts_with_its_outcome_after_and_a_tag
     writer.wait_for_more(500).await;
     check_nothing_lost(&pair, writer).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_lost_while_etcd_is_down_is_replaced_once_etcd_is_back_and_nothing_is_lost() {
+    if !fleet::local::available() {
+        eprintln!("skipped: no etcd here (install Debian's etcd-server)");
+        return;
+    }
+    let mut etcd = Etcd::start("standby");
+    let pair = witnessed_pair(&etcd, "sb");
+    let s = pair.wait_in_sync().await;
+    let standby = common::pid_of(&s, "standby");
+    let writer = Writer::start(&pair, "w");
+    writer.wait_for_more(1000).await;
+    etcd.etcd.as_mut().unwrap().kill();
+    pair.wait_for(|s| s["witness"]["state"] == "unreachable")
+        .await;
+    // The standby dies: going simplex needs etcd to hold that it is stale first, and a new
+    // standby needs etcd too. Both wait; nothing acknowledged may be lost meanwhile.
+    common::kill9(standby);
+    pair.wait_for(|s| s["standby_promotable"] == false).await;
+    etcd.etcd
+        .as_mut()
+        .unwrap()
+        .restart()
+        .expect("etcd restarts");
+    let s = pair.wait_in_sync().await;
+    assert_ne!(common::pid_of(&s, "standby"), standby);
+    assert_eq!(s["witness"]["state"], "ok");
+    writer.wait_for_more(1000).await;
+    assert_eq!(etcd.record("sb").await.epoch, s["epoch"]);
+    check_nothing_lost(&pair, writer).await;
+}
