@@ -227,9 +227,14 @@ pub struct CampaignRecord {
 impl CampaignRecord {
     /// The wave being worked on: the first with a pair not final.
     pub fn current_wave(&self) -> Option<usize> {
-        self.waves
-            .iter()
-            .position(|w| w.iter().any(|p| !self.pairs[p].outcome.is_final()))
+        // One pass over the pairs (each knows its wave), not a lookup by name for each pair
+        // of the waves done: the campaign asks this at every turn, and the fleet simulator
+        // runs thousands of turns over 1,000 pairs.
+        self.pairs
+            .values()
+            .filter(|p| !p.outcome.is_final())
+            .map(|p| p.wave)
+            .min()
     }
 
     pub fn count(&self, outcome: Outcome) -> usize {

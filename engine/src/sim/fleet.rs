@@ -317,20 +317,27 @@ impl Sim {
                         Some(t) => t,
                         None => self.w.now + self.rng.range(PHASE_MS.0, PHASE_MS.1),
                     };
-                    // An upgrade that just started: will its active die, its call be cut?
+                    // An upgrade that just started: will its active die?
                     let started = matches!(
                         self.w.sups[pair].busy.as_ref().map(|b| &b.stage),
                         Some(Stage::Upgrading { phase: 0, .. })
                     );
-                    if started {
-                        if self.chance(self.s.death_in_upgrade) {
-                            let t = self.rng.range(0, 25_000);
-                            self.after(t, Ev::ActiveDies(pair));
-                        }
-                        if self.chance(self.s.break_call * 10) {
-                            let t = self.rng.range(0, 25_000);
-                            self.after(t, Ev::BreakCall(pair));
-                        }
+                    if started && self.chance(self.s.death_in_upgrade) {
+                        let t = self.rng.range(0, 25_000);
+                        self.after(t, Ev::ActiveDies(pair));
+                    }
+                    // A supervisor that just took an UPGRADE: will the call be cut (while
+                    // it waits for its standby, or during the upgrade)?
+                    let taken = matches!(
+                        self.w.sups[pair].busy.as_ref().map(|b| &b.stage),
+                        Some(Stage::Syncing { .. })
+                    );
+                    if taken && self.chance(self.s.break_call * 10) {
+                        let syncing = self.w.sups[pair].in_sync_at.saturating_sub(self.w.now);
+                        let t = self
+                            .rng
+                            .range(0, if syncing > 0 { syncing } else { 25_000 });
+                        self.after(t, Ev::BreakCall(pair));
                     }
                     self.at(t, Ev::SupStep { pair, timer });
                 }

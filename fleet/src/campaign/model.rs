@@ -673,7 +673,6 @@ impl World {
             match self.write(p, write_answer_lost) {
                 Ok(true) => {
                     self.procs[p].core.persisted();
-                    self.check_durable(p);
                     if self.procs[p].paused.take().is_some() {
                         self.note(|| format!("process {id}: etcd reachable again, goes on"));
                     }
@@ -1322,22 +1321,25 @@ fn transition(
         );
     }
     // Waves in order: no pair of a wave leaves Pending while one of an earlier wave is not
-    // final.
-    let mut unfinished: Option<&String> = None;
-    for (k, wave) in new.waves.iter().enumerate() {
-        if let Some(p) = unfinished {
-            if wave
-                .iter()
-                .any(|q| new.pairs[q].outcome != Outcome::Pending)
-            {
-                return fault(
-                    "waves-out-of-order",
-                    format!("wave {k} started while {p} of an earlier wave is not final"),
-                );
-            }
-        }
-        if unfinished.is_none() {
-            unfinished = wave.iter().find(|q| !new.pairs[*q].outcome.is_final());
+    // final (each pair knows its wave).
+    let unfinished = new
+        .pairs
+        .iter()
+        .filter(|(_, p)| !p.outcome.is_final())
+        .min_by_key(|(_, p)| p.wave);
+    if let Some((u, up)) = unfinished {
+        if let Some((p, pp)) = new
+            .pairs
+            .iter()
+            .find(|(_, p)| p.wave > up.wave && p.outcome != Outcome::Pending)
+        {
+            return fault(
+                "waves-out-of-order",
+                format!(
+                    "{p} of wave {} left Pending while {u} of wave {} is not final",
+                    pp.wave, up.wave
+                ),
+            );
         }
     }
     if let Some(pending) = stop_pending {
