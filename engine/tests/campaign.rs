@@ -27,8 +27,13 @@ const QUICK: [&str; 8] = [
     "60000",
 ];
 
+/// One fleet at a time: three fleets of pairs and their etcds at once on a CI machine of two
+/// cores slow etcd's writes down to where a supervisor's witness gives up on them.
+static ONE_FLEET: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A fleet: a real etcd and `n` pairs registered in it (`p1`...), sharing one secret.
 struct Fleet {
+    _one: std::sync::MutexGuard<'static, ()>,
     pairs: Vec<Pair>,
     etcd: Option<LocalEtcd>,
     dir: PathBuf,
@@ -37,6 +42,7 @@ struct Fleet {
 
 impl Fleet {
     async fn up(what: &str, n: usize) -> Fleet {
+        let one = ONE_FLEET.lock().unwrap_or_else(|e| e.into_inner());
         let dir =
             std::env::temp_dir().join(format!("tandem-campaign-{what}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -62,6 +68,7 @@ impl Fleet {
                 .collect()
         });
         let fleet = Fleet {
+            _one: one,
             pairs,
             etcd: Some(etcd),
             dir,
