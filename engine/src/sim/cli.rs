@@ -56,52 +56,75 @@ pub fn main(args: &Args) -> Result<bool, String> {
         }
         return Ok(report.failure.is_none());
     }
-    let started = Instant::now();
-    let (mut done, mut acked, mut reads) = (0u64, 0u64, 0u64);
+    let (mut acked, mut reads) = (0u64, 0u64);
     let (mut completed, mut rolled_back, mut unavailable) = (0u64, 0u64, 0u64);
-    let end = args.first_seed.saturating_add(args.seeds);
-    let mut next = args.first_seed;
-    while next < end {
-        let wave_end = end.min(next + WAVE);
-        let reports: Vec<Report> = (next..wave_end)
-            .into_par_iter()
-            .map(|seed| run(&options(seed)))
-            .collect();
-        next = wave_end;
-        // The lowest failing seed of the wave: the same answer however the threads ran.
-        if let Some(failed) = reports.iter().find(|r| r.failure.is_some()) {
-            let _ = write!(out, "{}", failed.explain(&args.replay_flags(), 40));
-            let _ = writeln!(
-                out,
-                "{} seeds passed before it ({:.1} s)",
-                done + reports.iter().take_while(|r| r.failure.is_none()).count() as u64,
-                started.elapsed().as_secs_f64()
-            );
-            return Ok(false);
-        }
-        for r in &reports {
+    let flags = args.replay_flags();
+    let passed = side_by_side(
+        out,
+        args.first_seed,
+        args.seeds,
+        |seed| run(&options(seed)),
+        |r| r.failure.as_ref().map(|_| r.explain(&flags, 40)),
+        |r| {
             acked += r.acked_writes;
             reads += r.reads_checked;
             completed += (r.upgrade.as_deref() == Some("completed")) as u64;
             rolled_back += (r.upgrade.as_deref() == Some("rolled_back")) as u64;
             unavailable += r.unavailable.is_some() as u64;
+        },
+    );
+    if let Some((done, secs)) = passed {
+        let _ = writeln!(
+            out,
+            "all {done} seeds passed in {secs:.1} s: {acked} acknowledged writes, {reads} reads checked; upgrades {completed} completed, {rolled_back} rolled back; {unavailable} seeds ended with the pair saying it is unavailable"
+        );
+    }
+    Ok(passed.is_some())
+}
+
+/// Runs `count` seeds from `first` side by side (rayon), [`WAVE`] at a time, printing the
+/// progress; stops at the lowest failing seed of a wave (the same answer however the threads
+/// ran) and prints `failed`'s text for it. Some((seeds, seconds)) if every seed passed.
+pub(crate) fn side_by_side<R: Send>(
+    out: &mut impl std::io::Write,
+    first: u64,
+    count: u64,
+    run: impl Fn(u64) -> R + Sync + Send,
+    failed: impl Fn(&R) -> Option<String>,
+    mut tally: impl FnMut(&R),
+) -> Option<(u64, f64)> {
+    let started = Instant::now();
+    let mut done = 0u64;
+    let end = first.saturating_add(count);
+    let mut next = first;
+    while next < end {
+        let wave_end = end.min(next + WAVE);
+        let reports: Vec<R> = (next..wave_end).into_par_iter().map(&run).collect();
+        next = wave_end;
+        if let Some((i, text)) = reports
+            .iter()
+            .enumerate()
+            .find_map(|(i, r)| failed(r).map(|t| (i, t)))
+        {
+            let _ = write!(out, "{text}");
+            let _ = writeln!(
+                out,
+                "{} seeds passed before it ({:.1} s)",
+                done + i as u64,
+                started.elapsed().as_secs_f64()
+            );
+            return None;
         }
+        reports.iter().for_each(&mut tally);
         done += reports.len() as u64;
         let secs = started.elapsed().as_secs_f64();
         let _ = writeln!(
             out,
-            "{done}/{} seeds passed ({:.1} s, {:.0} seeds/s)",
-            args.seeds,
-            secs,
+            "{done}/{count} seeds passed ({secs:.1} s, {:.1} seeds/s)",
             done as f64 / secs.max(1e-9)
         );
     }
-    let _ = writeln!(
-        out,
-        "all {done} seeds passed in {:.1} s: {acked} acknowledged writes, {reads} reads checked; upgrades {completed} completed, {rolled_back} rolled back; {unavailable} seeds ended with the pair saying it is unavailable",
-        started.elapsed().as_secs_f64()
-    );
-    Ok(true)
+    Some((done, started.elapsed().as_secs_f64()))
 }
 
 fn summary_line(r: &Report) -> String {

@@ -23,14 +23,11 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::time::Instant;
 
+use super::Rng;
 use fleet::campaign::model::{Config, Effect, Plant, Stage, Wake, World, WATCH_MS};
 use fleet::campaign::WaveSpec;
 use fleet::keys::{CampaignState, Outcome};
-use rayon::prelude::*;
-
-use super::Rng;
 
 /// What one seed does.
 #[derive(Clone, Debug)]
@@ -594,9 +591,6 @@ pub struct Args {
     pub trace: bool,
 }
 
-/// Seeds run side by side between two looks at the results.
-const WAVE: u64 = 256;
-
 /// Runs what `args` asks for; true if no invariant was broken.
 pub fn main(args: &Args) -> Result<bool, String> {
     let plant = args.plant.as_deref().map(Plant::parse).transpose()?;
@@ -622,37 +616,22 @@ pub fn main(args: &Args) -> Result<bool, String> {
         }
         return Ok(report.failure.is_none());
     }
-    let started = Instant::now();
-    let (mut done, mut completed, mut stopped) = (0u64, 0u64, 0u64);
+    let (mut completed, mut stopped) = (0u64, 0u64);
     let (mut upgraded, mut processes, mut outages, mut deaths) = (0u64, 0u64, 0u64, 0u64);
     let mut simulated = 0f64;
-    let end = args.first_seed.saturating_add(args.seeds);
-    let mut next = args.first_seed;
-    while next < end {
-        let wave_end = end.min(next + WAVE);
-        let reports: Vec<Report> = (next..wave_end)
-            .into_par_iter()
-            .map(|seed| {
-                let mut r = run(&options(seed));
-                if r.failure.is_none() {
-                    r.trace = Vec::new();
-                }
-                r
-            })
-            .collect();
-        next = wave_end;
-        // The lowest failing seed of the wave: the same answer however the threads ran.
-        if let Some(failed) = reports.iter().find(|r| r.failure.is_some()) {
-            let _ = write!(out, "{}", failed.explain(&flags, 40));
-            let _ = writeln!(
-                out,
-                "{} seeds passed before it ({:.1} s)",
-                done + reports.iter().take_while(|r| r.failure.is_none()).count() as u64,
-                started.elapsed().as_secs_f64()
-            );
-            return Ok(false);
-        }
-        for r in &reports {
+    let passed = super::cli::side_by_side(
+        out,
+        args.first_seed,
+        args.seeds,
+        |seed| {
+            let mut r = run(&options(seed));
+            if r.failure.is_none() {
+                r.trace = Vec::new();
+            }
+            r
+        },
+        |r| r.failure.as_ref().map(|_| r.explain(&flags, 40)),
+        |r| {
             completed += r.state.starts_with("Completed") as u64;
             stopped += r.state.starts_with("Stopped") as u64;
             upgraded += r.upgraded as u64;
@@ -660,29 +639,23 @@ pub fn main(args: &Args) -> Result<bool, String> {
             outages += r.outages as u64;
             deaths += r.failovers;
             simulated += r.simulated_s;
-        }
-        done += reports.len() as u64;
-        let secs = started.elapsed().as_secs_f64();
+        },
+    );
+    if let Some((done, secs)) = passed {
         let _ = writeln!(
             out,
-            "{done}/{} seeds passed ({:.1} s, {:.1} seeds/s)",
-            args.seeds,
-            secs,
-            done as f64 / secs.max(1e-9)
+            "all {done} seeds of {} pairs passed in {secs:.1} s: campaigns {completed} completed, {stopped} stopped; {upgraded} pair upgrades, {processes} campaign processes, {outages} etcd outages, {deaths} active engines died; {:.0} h simulated",
+            args.pairs,
+            simulated / 3600.0
         );
     }
-    let _ = writeln!(
-        out,
-        "all {done} seeds of {} pairs passed in {:.1} s: campaigns {completed} completed, {stopped} stopped; {upgraded} pair upgrades, {processes} campaign processes, {outages} etcd outages, {deaths} active engines died; {:.0} h simulated",
-        args.pairs,
-        started.elapsed().as_secs_f64(),
-        simulated / 3600.0
-    );
-    Ok(true)
+    Ok(passed.is_some())
 }
 
 #[cfg(test)]
 mod tests {
+    use rayon::prelude::*;
+
     use super::*;
 
     fn failing(seeds: std::ops::Range<u64>, pairs: usize, plant: Option<Plant>) -> Option<Report> {
