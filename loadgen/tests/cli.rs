@@ -195,3 +195,71 @@ async fn json_puts_the_summary_alone_on_stdout() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_is_one_run_with_a_run_per_pair() {
+    let (a, b) = (start_one(normal()).await, start_one(normal()).await);
+    let dir = temp_dir("cli-fleet");
+    let pair_a = format!("a={}", a.addr());
+    let pair_b = format!("b={}", b.addr());
+    let out = loadgen(&[
+        "--pair",
+        &pair_a,
+        "--pair",
+        &pair_b,
+        "--rate",
+        "500",
+        "--duration",
+        "300ms",
+        "--out",
+        dir.to_str().unwrap(),
+        "--quiet",
+    ])
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("updates over the fleet"), "{stdout}");
+    assert!(stdout.contains(" 0 lost"), "{stdout}");
+    let run = RunDir::new(&dir);
+    let summary = run.read_summary().unwrap();
+    let fleet = summary.fleet.as_ref().expect("a fleet section");
+    assert_eq!(summary.workload["rate_ops_s"], 500);
+    assert_eq!(summary.workload["pairs"], 2);
+    let names: Vec<&str> = fleet.pairs.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    let mut acknowledged = 0;
+    for (name, pair) in run.fleet_pairs().unwrap() {
+        let s = pair.read_summary().expect("each pair's own summary");
+        assert_eq!(
+            s.workload["rate_ops_s"], 250,
+            "{name}: half the fleet's rate"
+        );
+        assert_eq!(s.workload["fleet_pair"], name.as_str());
+        assert!(pair.report_path().is_file(), "{name}: its report");
+        acknowledged += s.acknowledged_updates;
+    }
+    assert_eq!(summary.acknowledged_updates, acknowledged);
+    assert!(run.report_path().is_file());
+    assert_eq!(run.check().unwrap(), Vec::<String>::new());
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // Fleet flags that do not fit are named.
+    let base = ["--rate", "10", "--duration", "1s", "--out", "/tmp/x"];
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["--pair", "a=127.0.0.1:1", "--pair", "a=127.0.0.1:2"],
+            "pair 'a' given twice",
+        ),
+        (
+            &["--target", "127.0.0.1:1", "--until-campaign-end"],
+            "--until-campaign-end is for a fleet",
+        ),
+        (&["--pair", "a"], "expected NAME=ADDR"),
+    ];
+    for (extra, needle) in cases {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let out = loadgen(&args).await;
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
+    }
+}
