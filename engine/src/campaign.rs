@@ -420,23 +420,31 @@ struct Answer {
 async fn ask(admin: String, secret: Secret, pair: String, to: String, args: Vec<String>) -> Answer {
     let mut parts: Vec<String> = vec!["UPGRADE".into(), to];
     parts.extend(args);
-    let result: Result<Reply, String> = async {
+    // Err(Ok): not sent (never reached the supervisor); Err(Err): sent, no answer.
+    let result: Result<Reply, Result<String, String>> = async {
         let mut c = crate::admin::connect(&admin, &secret)
             .await
-            .map_err(|e| format!("{e:#}"))?;
+            .map_err(|e| Ok(format!("{e:#}")))?;
         c.set_timeout(None);
         let p: Vec<&[u8]> = parts.iter().map(|a| a.as_bytes()).collect();
         c.call(&p)
             .await
-            .map_err(|e| format!("the upgrade call to {admin} got no answer: {e}"))
+            .map_err(|e| Err(format!("the upgrade call to {admin} got no answer: {e}")))
     }
     .await;
     let slow_down = || tokio::time::sleep(Duration::from_secs(1));
     match result {
-        Err(message) => {
+        Err(Ok(message)) => {
             slow_down().await;
             Answer {
                 event: Event::NoAnswer { pair, message },
+                report: None,
+            }
+        }
+        Err(Err(message)) => {
+            slow_down().await;
+            Answer {
+                event: Event::Cut { pair, message },
                 report: None,
             }
         }
@@ -464,7 +472,7 @@ async fn ask(admin: String, secret: Secret, pair: String, to: String, args: Vec<
                 },
                 Err(e) => Answer {
                     // The upgrade ran; what became of it is in the pair's record.
-                    event: Event::NoAnswer {
+                    event: Event::Cut {
                         pair,
                         message: format!("unreadable upgrade report: {e}"),
                     },

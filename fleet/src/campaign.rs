@@ -197,9 +197,15 @@ pub fn stop_reason(r: &CampaignRecord) -> Option<String> {
         })
 }
 
-/// How many times one process asks a pair whose supervisor refused or did not answer (and
-/// shows no upgrade of ours), before the pair counts as failed.
+/// How many times one process asks a pair whose supervisor refused it up front or could not
+/// be reached (and shows no upgrade of ours), before the pair counts as failed. A `BUSY`
+/// refusal or a call cut after it was sent ([`Event::Cut`]) is not counted: the supervisor
+/// may hold that very request, not yet recorded, and the pair is looked at and asked again
+/// (a re-ask meets `BUSY` while it is held, and the tag in etcd once it started).
 pub const MAX_ASKS: u32 = 3;
+
+/// The refusal code of a supervisor busy with an upgrade (the first word of its error).
+pub const BUSY: &str = "BUSY";
 
 /// What this process knows of one Running pair beyond the record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -232,10 +238,14 @@ pub enum Event {
         outcome: Outcome,
         message: Option<String>,
     },
-    /// The supervisor refused the `UPGRADE` (any error reply).
+    /// The supervisor refused the `UPGRADE` (any error reply; its first word is its code).
     Refused { pair: String, message: String },
-    /// The call got no answer: it could not be sent, or the connection was lost.
+    /// The call could not be made (no connection, or the supervisor did not take the
+    /// secret): the request never reached the supervisor.
     NoAnswer { pair: String, message: String },
+    /// The request was sent, and no answer came (the connection was lost, the answer was
+    /// unreadable): whether the supervisor took it is unknown.
+    Cut { pair: String, message: String },
     /// The pair's record as read from etcd (none: the pair is not registered).
     Found {
         pair: String,
@@ -250,7 +260,7 @@ pub struct Next {
     /// [`Campaign::persisted`]. Nothing below is listed while the record is not durable.
     pub persist: bool,
     /// Ask these pairs' supervisors to upgrade (`UPGRADE to ... tag ID/PAIR`), each answer an
-    /// [`Event::Ended`], [`Event::Refused`] or [`Event::NoAnswer`].
+    /// [`Event::Ended`], [`Event::Refused`], [`Event::NoAnswer`] or [`Event::Cut`].
     pub upgrade: Vec<String>,
     /// Read these pairs' records now and report each as [`Event::Found`].
     pub look: Vec<String>,
@@ -347,12 +357,20 @@ impl Campaign {
             Event::Ended { pair, .. }
             | Event::Refused { pair, .. }
             | Event::NoAnswer { pair, .. }
+            | Event::Cut { pair, .. }
             | Event::Found { pair, .. } => pair.clone(),
         };
         // Only a Running pair is waited on; anything else about it is old news.
         if self.record.pairs.get(&pair).map(|p| p.outcome) != Some(Outcome::Running) {
             return;
         }
+        // Whether an answer says the ask did not start the upgrade (counted towards
+        // MAX_ASKS), or leaves it open (BUSY, a cut call: not counted).
+        let not_started = match &event {
+            Event::Refused { message, .. } => message.split_whitespace().next() != Some(BUSY),
+            Event::NoAnswer { .. } => true,
+            _ => false,
+        };
         match event {
             Event::Ended {
                 outcome, message, ..
@@ -364,9 +382,16 @@ impl Campaign {
                 };
                 self.finish(&pair, outcome, message, now_ms);
             }
-            Event::Refused { message, .. } | Event::NoAnswer { message, .. } => {
+            Event::Refused { message, .. }
+            | Event::NoAnswer { message, .. }
+            | Event::Cut { message, .. } => {
                 // Whether the upgrade started all the same is in the pair's record.
                 let asks = self.memo.get(&pair).map_or(0, |m| m.asks);
+                let asks = if not_started {
+                    asks
+                } else {
+                    asks.saturating_sub(1)
+                };
                 self.memo.insert(
                     pair,
                     Memo {

@@ -419,3 +419,54 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_busy_supervisor_or_a_cut_call_is_asked_again_without_counting() {
+    let mut c = Campaign::resume(plan(&names(1), &WaveSpec::Doubling, settings(1, false)));
+    assert_eq!(step(&mut c, 1).upgrade, ["p01"]);
+    // Far more than MAX_ASKS answers that leave it open: the pair is never counted failed.
+    for i in 0..(3 * MAX_ASKS) {
+        let event = if i % 2 == 0 {
+            Event::Refused {
+                pair: "p01".into(),
+                message: format!("{BUSY} an upgrade is in progress"),
+            }
+        } else {
+            Event::Cut {
+                pair: "p01".into(),
+                message: "connection reset".into(),
+            }
+        };
+        c.observe(event, 2);
+        assert_eq!(step(&mut c, 2).look, ["p01"]);
+        c.observe(
+            Event::Found {
+                pair: "p01".into(),
+                record: Some(pair_record("1.0", None)),
+            },
+            3,
+        );
+        assert_eq!(step(&mut c, 3).upgrade, ["p01"], "asked again ({i})");
+    }
+    assert_eq!(c.record().pairs["p01"].outcome, Outcome::Running);
+    // A definitive "not started" answer counts.
+    for _ in 0..MAX_ASKS {
+        c.observe(
+            Event::NoAnswer {
+                pair: "p01".into(),
+                message: "connection refused".into(),
+            },
+            4,
+        );
+        step(&mut c, 4);
+        c.observe(
+            Event::Found {
+                pair: "p01".into(),
+                record: Some(pair_record("1.0", None)),
+            },
+            5,
+        );
+        step(&mut c, 5);
+    }
+    assert_eq!(c.record().pairs["p01"].outcome, Outcome::Failed);
+}
