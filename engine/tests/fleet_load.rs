@@ -28,6 +28,30 @@ async fn upgrade(pair: &Pair, extra: &[&str]) -> Value {
     }
 }
 
+/// The fleet's load, in the background: 3,000 ops/s over the pairs, until the campaign
+/// ended (plus half a second), 2 minutes at most (a bound, not a wait).
+fn start_load(
+    pairs: Vec<PairTarget>,
+    out: &std::path::Path,
+    etcd: Option<loadgen::fleet_run::EtcdSource>,
+) -> tokio::task::JoinHandle<Result<loadgen::fleet_run::FleetResult, loadgen::Error>> {
+    let config = FleetConfig {
+        pairs,
+        load: loadgen::Config {
+            mode: loadgen::Mode::Open { rate_ops_s: 3000 },
+            connections: 2,
+            duration: Duration::from_secs(120),
+            tail: Duration::from_millis(500),
+            keys: 10_000,
+            out: Some(out.to_path_buf()),
+            ..loadgen::Config::default()
+        },
+        etcd,
+        until_campaign_end: true,
+    };
+    tokio::task::spawn_blocking(move || loadgen::fleet_run::run_blocking(config))
+}
+
 fn seq_applied(status: &Value) -> u64 {
     Pair::engine(status, "active")
         .and_then(|e| e["seq_applied"].as_u64())
@@ -60,22 +84,7 @@ async fn a_fleet_run_drives_three_pairs_through_two_waves_and_writes_one_run() {
         std::env::temp_dir().join(format!("tandem-fleet-run-{}", std::process::id()))
     });
     let _ = std::fs::remove_dir_all(&out);
-    let config = FleetConfig {
-        pairs: targets,
-        load: loadgen::Config {
-            mode: loadgen::Mode::Open { rate_ops_s: 3000 },
-            connections: 2,
-            // A bound, not a wait: the run stops half a second after the last upgrade.
-            duration: Duration::from_secs(120),
-            tail: Duration::from_millis(500),
-            keys: 10_000,
-            out: Some(out.clone()),
-            ..loadgen::Config::default()
-        },
-        etcd: None,
-        until_campaign_end: true,
-    };
-    let load = tokio::task::spawn_blocking(move || loadgen::fleet_run::run_blocking(config));
+    let load = start_load(targets, &out, None);
 
     // The load runs once every pair's active applies writes it did not have before.
     for (pair, seq) in pairs.iter().zip(&before) {
@@ -220,21 +229,7 @@ async fn a_fleet_found_in_etcd_is_measured_through_its_campaign() {
         p.admin_secret = Some(secret.clone());
     }
     let out = dir.join("run");
-    let config = FleetConfig {
-        pairs: found,
-        load: loadgen::Config {
-            mode: loadgen::Mode::Open { rate_ops_s: 3000 },
-            connections: 2,
-            duration: Duration::from_secs(120),
-            tail: Duration::from_millis(500),
-            keys: 10_000,
-            out: Some(out.clone()),
-            ..loadgen::Config::default()
-        },
-        etcd: Some(source),
-        until_campaign_end: true,
-    };
-    let load = tokio::task::spawn_blocking(move || loadgen::fleet_run::run_blocking(config));
+    let load = start_load(found, &out, Some(source));
     for (pair, seq) in pairs.iter().zip(&before) {
         pair.wait_for(|s| seq_applied(s) > *seq + 100).await;
     }

@@ -20,6 +20,16 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// Each case's flags after `base` exit 2 with the needle on stderr.
+async fn refused(base: &[&str], cases: &[(&[&str], &str)]) {
+    for &(extra, needle) in cases {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let out = loadgen(&args).await;
+        assert_eq!(out.status.code(), Some(2), "{args:?} should fail");
+        assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
+    }
+}
+
 #[tokio::test]
 async fn bad_flags_are_named() {
     let base = [
@@ -47,12 +57,7 @@ async fn bad_flags_are_named() {
         ),
         (&["--rate", "10", "--closed", "2"], "cannot be used with"),
     ];
-    for (extra, needle) in cases {
-        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
-        let out = loadgen(&args).await;
-        assert!(!out.status.success(), "{args:?} should fail");
-        assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
-    }
+    refused(&base, &cases).await;
     let out = loadgen(&["--target", "127.0.0.1:1", "--rate", "10", "--out", "/tmp/x"]).await;
     assert!(stderr(&out).contains("--duration"), "{}", stderr(&out));
     let out = loadgen(&["--help"]).await;
@@ -256,10 +261,5 @@ async fn a_fleet_is_one_run_with_a_run_per_pair() {
         ),
         (&["--pair", "a"], "expected NAME=ADDR"),
     ];
-    for (extra, needle) in cases {
-        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
-        let out = loadgen(&args).await;
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
-    }
+    refused(&base, &cases).await;
 }
