@@ -713,6 +713,28 @@ impl Supervisor {
     /// Writes the pair's record to etcd if it changed. A supervisor that finds another one
     /// leading steps down. False if the record in etcd is not the current one.
     pub async fn flush_witness(&mut self) -> bool {
+        self.flush_witness_with(false).await
+    }
+
+    /// `flush_witness`, for a grant: with the client's whole deadline, tried twice, unless
+    /// etcd is known to be out of reach.
+    pub async fn flush_witness_patient(&mut self) -> bool {
+        for _ in 0..2 {
+            if self.flush_witness_with(true).await {
+                return true;
+            }
+            if self
+                .witness
+                .as_ref()
+                .is_none_or(|w| w.standing() != Standing::Sure)
+            {
+                return false;
+            }
+        }
+        false
+    }
+
+    async fn flush_witness_with(&mut self, patient: bool) -> bool {
         if self.witness.is_none() || !self.witness_dirty.get() {
             return true;
         }
@@ -720,12 +742,13 @@ impl Supervisor {
         let w = self.witness.as_mut().expect("checked");
         // etcd just failed to answer: not tried again at every call (each try costs a
         // timeout when etcd is out of reach rather than down).
-        if w.last_failed_publish
-            .is_some_and(|t| t.elapsed() < Duration::from_millis(500))
+        if !patient
+            && w.last_failed_publish
+                .is_some_and(|t| t.elapsed() < Duration::from_millis(500))
         {
             return false;
         }
-        match w.publish(&record).await {
+        match w.publish(&record, patient).await {
             Ok(()) => {
                 self.witness_dirty.set(false);
                 true
@@ -777,10 +800,17 @@ impl Supervisor {
         if matches!(verb, "TANDEM.STATUS" | "TANDEM.STATS") {
             return Ok(());
         }
-        self.flush_witness().await;
+        let sync_lease = verb == "TANDEM.LEASE" && args.get(4) == Some(&"sync");
+        let (epoch, promotable) = w.published.unwrap_or((0, true));
+        let needs = self.rules.epoch > epoch || (promotable && !self.rules.promotable);
+        if needs && standing == Standing::Sure {
+            // A grant (or a simplex) waits on this write: worth the client's deadline.
+            self.flush_witness_patient().await;
+        } else {
+            self.flush_witness().await;
+        }
         let w = self.witness.as_ref().expect("checked");
         let (epoch, promotable) = w.published.unwrap_or((0, true));
-        let sync_lease = verb == "TANDEM.LEASE" && args.get(4) == Some(&"sync");
         if self.rules.epoch > epoch {
             return Err(CallError::NoAnswer(format!(
                 "epoch {} is not in etcd yet (it holds {epoch}; etcd unreachable?): {verb} waits",
@@ -817,9 +847,15 @@ impl Supervisor {
             }
         }
         self.witness_dirty.set(true); // written now: etcd answers, and this supervisor leads
-        match self.flush_witness().await {
+        match self.flush_witness_patient().await {
             true => Ok(()),
-            false => Err("NOWITNESS etcd did not take the pair's record: no new epoch can be granted until it does".into()),
+            false => Err(format!(
+                "NOWITNESS etcd did not take the pair's record ({}): no new epoch can be granted until it does",
+                self.witness
+                    .as_ref()
+                    .and_then(|w| w.last_publish_error.clone())
+                    .unwrap_or_default()
+            )),
         }
     }
 
@@ -1050,6 +1086,7 @@ impl Supervisor {
         self.heed(); // what the rules said is durable before any engine hears of it
         self.witness_gate(args).await?; // ...and in etcd, with a witness
         let secret = self.secret.clone();
+        let witness = self.witness.as_ref();
         let slot = &mut self.slots[i];
         if slot.pid.is_none() {
             return Err(CallError::NoAnswer(format!(
@@ -1064,6 +1101,14 @@ impl Supervisor {
                     Client::connect_authenticated(&slot.control_addr, timeout, &secret, "control")
                         .await?;
                 slot.client = Some(c);
+            }
+            // Looked at again right before the bytes go: a supervisor frozen since the gate
+            // (connecting may take a while) must not send what it decided before.
+            if witness.is_some_and(|w| !matches!(w.standing(), Standing::Sure | Standing::EtcdDown))
+            {
+                return Err(ClientError::Io(std::io::Error::other(
+                    "this supervisor's etcd lease may have expired: not sent",
+                )));
             }
             slot.client
                 .as_mut()

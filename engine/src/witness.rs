@@ -120,6 +120,8 @@ pub struct Witness {
     pub dirty: bool,
     /// The last time a write was tried and etcd did not answer.
     pub last_failed_publish: Option<Instant>,
+    /// Why the last write failed.
+    pub last_publish_error: Option<String>,
 }
 
 impl Witness {
@@ -164,6 +166,7 @@ impl Witness {
             published: None,
             dirty: true,
             last_failed_publish: None,
+            last_publish_error: None,
         })
     }
 
@@ -270,15 +273,20 @@ impl Witness {
         }
     }
 
-    /// Writes the pair's record, if this supervisor still leads.
-    pub async fn publish(&mut self, record: &PairRecord) -> Result<(), PublishError> {
+    /// Writes the pair's record, if this supervisor still leads: with a short deadline, or
+    /// (`patient`, for a grant) the client's.
+    pub async fn publish(
+        &mut self,
+        record: &PairRecord,
+        patient: bool,
+    ) -> Result<(), PublishError> {
         let key = self.leader_key();
         let Some(rev) = self.leader_rev else {
             return Err(PublishError::NotLeader(self.leader.clone()));
         };
         let value = serde_json::to_vec(record).expect("record serializes");
-        let outcome = self
-            .fast
+        let client = if patient { &self.client } else { &self.fast };
+        let outcome = client
             .txn(
                 &[
                     Compare::Value(key.clone(), self.id.clone().into_bytes()),
@@ -305,6 +313,7 @@ impl Witness {
             }
             Err(e) => {
                 self.last_failed_publish = Some(Instant::now());
+                self.last_publish_error = Some(e.to_string());
                 Err(PublishError::Unreachable(e.to_string()))
             }
         }
