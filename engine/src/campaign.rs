@@ -488,10 +488,12 @@ fn secs(ms: u64) -> String {
 }
 
 /// Prints what became durable since the last record printed.
+/// (`since_ms`: when this process started; a pair Running from before is an earlier run's.)
 fn print_progress(
     before: &CampaignRecord,
     after: &CampaignRecord,
     reports: &BTreeMap<String, Report>,
+    since_ms: u64,
 ) {
     let n = after.waves.len();
     for (k, wave) in after.waves.iter().enumerate() {
@@ -511,6 +513,10 @@ fn print_progress(
                 continue;
             }
             match new.outcome {
+                Outcome::Running if new.started_ms.is_some_and(|t| t < since_ms) => println!(
+                    "  {p}: upgrading to {} (marked by an earlier run: reconciled from its record in etcd)",
+                    after.to
+                ),
                 Outcome::Running => println!("  {p}: upgrading to {}", after.to),
                 o if o.is_final() => {
                     let took = match (new.started_ms, new.ended_ms) {
@@ -766,6 +772,7 @@ async fn drive(
     }
     shown.state = CampaignState::Running;
     let mut reports: BTreeMap<String, Report> = BTreeMap::new();
+    let since_ms = now_ms();
     let mut to_ask: BTreeSet<String> = BTreeSet::new();
     let mut paused: Option<String> = None;
     let mut last_watch = Instant::now() - Duration::from_secs(60);
@@ -817,7 +824,7 @@ async fn drive(
                     if paused.take().is_some() {
                         println!("etcd reachable again: the campaign goes on");
                     }
-                    print_progress(&shown, core.record(), &reports);
+                    print_progress(&shown, core.record(), &reports, since_ms);
                     shown = core.record().clone();
                     continue;
                 }
