@@ -101,6 +101,8 @@ fn quick_fleet_demo_upgrades_every_pair_with_nothing_lost_and_stops_everything()
         fleet.pairs.iter().all(|p| p.outcome == "upgraded"),
         "{fleet:?}"
     );
+    let mut pair_ops: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut pair_switchovers = Vec::new();
     for (name, pair) in RunDir::new(&out).fleet_pairs().unwrap() {
         let p = pair.read_summary().unwrap();
         assert_eq!(
@@ -108,7 +110,50 @@ fn quick_fleet_demo_upgrades_every_pair_with_nothing_lost_and_stops_everything()
             ("completed", 0),
             "{name}"
         );
+        for ph in &p.phases {
+            *pair_ops.entry(ph.name.clone()).or_default() += ph.ops;
+        }
+        pair_switchovers.extend(p.switchovers.iter().map(|w| (name.clone(), w.at_ms)));
     }
+    // The top level is a run of the upgrade too: its phases are the upgrade's, every pair's
+    // requests while it was in them (the pairs' ops add up), `steady` the fleet outside the
+    // waves; its switchovers are every pair's, named; its timeline every pair's events.
+    assert_eq!(s.outcome, "completed");
+    for name in phase::UPGRADE {
+        let p = s.phases.iter().find(|p| p.name == name).expect(name);
+        assert_eq!(Some(&p.ops), pair_ops.get(name), "{name}");
+        assert!(p.start_ms <= p.end_ms, "{name}");
+    }
+    assert_eq!(s.phases[0].name, phase::STEADY, "{:?}", s.phases);
+    let periods: Vec<&str> = fleet.periods.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(periods, ["steady", "wave_1", "wave_2"]);
+    let mut named: Vec<(String, u64)> = s
+        .switchovers
+        .iter()
+        .map(|w| {
+            (
+                w.pair.clone().expect("a fleet switchover names its pair"),
+                w.at_ms,
+            )
+        })
+        .collect();
+    named.sort();
+    pair_switchovers.sort();
+    assert_eq!(named, pair_switchovers);
+    let timeline = RunDir::new(&out).read_timeline().unwrap();
+    for p in &fleet.pairs {
+        assert!(
+            timeline
+                .events
+                .iter()
+                .any(|e| e.pair.as_deref() == Some(&p.name)
+                    && e.kind == reports::timeline::EventKind::UpgradeEnd),
+            "{}'s upgrade in the fleet's timeline",
+            p.name
+        );
+    }
+    assert!(timeline.events.iter().all(|e| e.pair.is_some()));
+    assert!(timeline.events.windows(2).all(|w| w[0].t_ms <= w[1].t_ms));
     // Nothing of the demo's is left running: no process has its directory in its arguments.
     let left: Vec<String> = std::fs::read_dir("/proc")
         .unwrap()

@@ -138,8 +138,54 @@ async fn a_fleet_run_drives_three_pairs_through_two_waves_and_writes_one_run() {
         assert!(p.switchovers >= 1, "{}", p.name);
     }
     // The fleet's periods: the waves, and the rest of the run.
-    let names: Vec<&str> = s.phases.iter().map(|p| p.name.as_str()).collect();
+    let names: Vec<&str> = fleet.periods.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, vec!["steady", "wave_1", "wave_2"]);
+    // Its phases: `steady` (the period), then the upgrade's phases and p3's fallback over
+    // the pairs: each phase's requests are the pairs' in it.
+    let names: Vec<&str> = s.phases.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        vec![
+            "steady",
+            "baseline",
+            "b_out_of_service",
+            "b_catch_up",
+            "switchover_to_b",
+            "evaluation",
+            "a_out_of_service",
+            "a_catch_up",
+            "features_enabled",
+            "fallback",
+            "b_reload_previous",
+            "b_catch_up_previous",
+            "restored",
+        ]
+    );
+    for p in s.phases.iter().skip(1) {
+        let pairs: Vec<&reports::summary::PhaseSummary> = result
+            .pairs
+            .iter()
+            .flat_map(|(_, r)| r.summary.phases.iter().filter(|q| q.name == p.name))
+            .collect();
+        assert_eq!(
+            p.ops,
+            pairs.iter().map(|q| q.ops).sum::<u64>(),
+            "{}",
+            p.name
+        );
+        assert_eq!(p.start_ms, pairs.iter().map(|q| q.start_ms).min().unwrap());
+        assert_eq!(p.end_ms, pairs.iter().map(|q| q.end_ms).max().unwrap());
+        let worst = pairs.iter().map(|q| q.latency_us.max).max().unwrap();
+        assert!(p.latency_us.max >= worst * 99 / 100, "{}: {p:?}", p.name);
+    }
+    assert_eq!(
+        s.switchovers.len(),
+        fleet.pairs.iter().map(|p| p.switchovers).sum::<usize>()
+    );
+    assert!(s
+        .switchovers
+        .iter()
+        .any(|w| w.pair.as_deref() == Some("p3") && w.kind == "fallback"));
     let fleet_ops: u64 = result.slices.iter().map(|x| x.ops).sum();
     let pair_ops: u64 = result
         .pairs
@@ -167,11 +213,27 @@ async fn a_fleet_run_drives_three_pairs_through_two_waves_and_writes_one_run() {
     for file in [
         "summary.json",
         "slices.json",
+        "timeline.json",
         "histograms.hlog",
         "report.html",
     ] {
         assert!(out.join(file).is_file(), "{file}");
     }
+    // The fleet's timeline: every pair's events, named; p3's fallback among them.
+    let timeline = run.read_timeline().unwrap();
+    for name in ["p1", "p2", "p3"] {
+        assert!(
+            timeline
+                .events
+                .iter()
+                .any(|e| e.pair.as_deref() == Some(name)
+                    && e.kind == reports::timeline::EventKind::UpgradeEnd),
+            "{name}"
+        );
+    }
+    assert!(timeline.events.iter().any(
+        |e| e.pair.as_deref() == Some("p3") && e.kind == reports::timeline::EventKind::Fallback
+    ));
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.contains("tandem fleet run"));
     assert!(html.contains("href=\"pairs/p3/report.html\""));

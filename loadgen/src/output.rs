@@ -170,23 +170,29 @@ pub fn write_summary(w: &mut impl std::io::Write, s: &Summary) -> std::io::Resul
     )
 }
 
-/// A fleet run's end-of-run text: the fleet's periods (the waves and the rest), one line
-/// per pair (wave, outcome, updates, worst gap, worst p99 of its phases), the updates.
+const STEADY_NAME: &str = crate::phase::STEADY;
+
+/// A fleet run's end-of-run text: the fleet's periods (the waves and the rest), the
+/// upgrade's phases over the pairs, one line per pair (wave, outcome, updates, worst gap,
+/// worst p99 of its phases), the updates.
 pub fn write_fleet(w: &mut dyn std::io::Write, s: &Summary) -> std::io::Result<()> {
     writeln!(
         w,
         "{:<22} {:>8} {:>10} {:>7} {:>9} {:>9} {:>9}",
         "fleet period", "time s", "ops/s", "errors", "p50 ms", "p99 ms", "max ms"
     )?;
-    for p in &s.phases {
-        let samples = p.ops.saturating_sub(p.errors);
-        let cell = |us: u64, q: f64| {
-            if percentile_supported(samples, q) {
-                format!("{:.3}", us as f64 / 1000.0)
-            } else {
-                "-".to_string()
-            }
-        };
+    let periods = match &s.fleet {
+        Some(f) if !f.periods.is_empty() => &f.periods,
+        _ => &s.phases,
+    };
+    let cell = |p: &reports::summary::PhaseSummary, us: u64, q: f64| {
+        if percentile_supported(p.ops.saturating_sub(p.errors), q) {
+            format!("{:.3}", us as f64 / 1000.0)
+        } else {
+            "-".to_string()
+        }
+    };
+    for p in periods {
         writeln!(
             w,
             "{:<22} {:>8.1} {:>10.0} {:>7} {:>9} {:>9} {:>9}",
@@ -194,10 +200,36 @@ pub fn write_fleet(w: &mut dyn std::io::Write, s: &Summary) -> std::io::Result<(
             p.end_ms.saturating_sub(p.start_ms) as f64 / 1000.0,
             p.throughput_ops_s,
             p.errors,
-            cell(p.latency_us.p50, 0.5),
-            cell(p.latency_us.p99, 0.99),
-            cell(p.latency_us.max, 1.0),
+            cell(p, p.latency_us.p50, 0.5),
+            cell(p, p.latency_us.p99, 0.99),
+            cell(p, p.latency_us.max, 1.0),
         )?;
+    }
+    if let Some(fleet) = s.fleet.as_ref().filter(|f| !f.periods.is_empty()) {
+        // The summary's phases: every pair's requests while it was in that phase.
+        writeln!(
+            w,
+            "{:<22} {:>8} {:>10} {:>7} {:>9} {:>9} {:>9}",
+            "phase, over the pairs", "pairs", "ops", "errors", "p50 ms", "p99 ms", "max ms"
+        )?;
+        for p in s.phases.iter().filter(|p| p.name != STEADY_NAME) {
+            let pairs = fleet
+                .pairs
+                .iter()
+                .filter(|fp| fp.phases.iter().any(|ph| ph.name == p.name))
+                .count();
+            writeln!(
+                w,
+                "{:<22} {:>8} {:>10} {:>7} {:>9} {:>9} {:>9}",
+                p.name,
+                pairs,
+                p.ops,
+                p.errors,
+                cell(p, p.latency_us.p50, 0.5),
+                cell(p, p.latency_us.p99, 0.99),
+                cell(p, p.latency_us.max, 1.0),
+            )?;
+        }
     }
     if let Some(fleet) = &s.fleet {
         writeln!(

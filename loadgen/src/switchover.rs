@@ -270,6 +270,7 @@ pub fn summarize(windows: &[Window], bits: &ActivityBits, start_wall_us: u64) ->
                 client_gap_ms: bits.gap_ms(from, to).unwrap_or(0.0),
                 retried: 0,
                 redirected: 0,
+                pair: None,
             }
         })
         .collect()

@@ -87,6 +87,7 @@ h3{font-size:13px;margin:0 0 4px;font-weight:620}
 td .badge{font-size:12px;padding:1px 8px}
 table.compact th,table.compact td{padding:4px 5px}
 table.compact th{font-size:11px}
+tfoot td{border-top:2px solid var(--line);font-weight:600}
 .lanerow{fill:#f8fafc}
 .laneidle{stroke:#cbd5e1;stroke-width:1}
 .lanename{font-size:11px;fill:#1e293b;font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}

@@ -347,7 +347,7 @@ impl RunDir {
         let summary = self.read_summary()?;
         let timeline = self.read_timeline_if_present()?;
         let mut problems = validate(&summary, timeline.as_ref());
-        if timeline.is_none() && !is_steady_only(&summary) && summary.fleet.is_none() {
+        if timeline.is_none() && !is_steady_only(&summary) {
             problems.push("no timeline.json".into());
         }
         // A fleet run holds when each of its pairs' runs does.
@@ -457,11 +457,11 @@ pub fn validate(summary: &Summary, timeline: Option<&Timeline>) -> Vec<String> {
     };
     // A load run with no upgrade to measure (Redis, or a pair left alone) has one phase,
     // `steady`, and neither upgrade phases nor switchovers to demand.
-    // A fleet's top level has the fleet's periods (its waves), not a pair's phases: the
-    // pairs' own summaries are checked in their directories (`RunDir::check`).
-    let upgrade = !is_steady_only(summary) && summary.fleet.is_none();
+    // A fleet's top level is held to the same rules: its phases are the upgrade's phases
+    // over the pairs, its switchovers every pair's (its pairs' own summaries are checked in
+    // their directories too, `RunDir::check`).
+    let upgrade = !is_steady_only(summary);
     match summary.outcome.as_str() {
-        "completed" | "rolled_back" if summary.fleet.is_some() => {}
         "completed" if upgrade => need_phases(&phase::UPGRADE),
         "rolled_back" => need_phases(&[phase::BASELINE, phase::FALLBACK]),
         "completed" => {}

@@ -244,6 +244,7 @@ fn build(
                 client_gap_ms: s.client_gap_ms,
                 retried: (s.client_gap_ms * plans[0].rate_ops_s / 1000.0) as u64,
                 redirected: 16,
+                pair: None,
             })
             .collect(),
         acknowledged_updates,

@@ -96,6 +96,10 @@ pub struct Switchover {
     /// lost connection).
     #[serde(default)]
     pub redirected: u64,
+    /// The pair it happened to: set in a fleet run's top-level summary (every pair's
+    /// switchovers), absent in a pair's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -146,6 +150,12 @@ pub struct Fleet {
     #[serde(default)]
     pub waves_inferred: bool,
     pub waves: Vec<Wave>,
+    /// The fleet over time: `wave_K` for each wave that started (its first pair's upgrade
+    /// start to its last pair's end), `steady` for the rest of the run; each with the
+    /// fleet's latency and throughput then (every pair's requests intended in it). Runs
+    /// written before it had these as their `phases`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub periods: Vec<PhaseSummary>,
     pub pairs: Vec<FleetPair>,
 }
 

@@ -108,6 +108,10 @@ pub struct Event {
     pub outcome: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The pair the event happened to, in a fleet run's top-level timeline (each pair's
+    /// events there carry its name); absent in a pair's own timeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair: Option<String>,
 }
 
 impl Event {
@@ -120,6 +124,7 @@ impl Event {
             stepup_ms: None,
             outcome: None,
             message: None,
+            pair: None,
         }
     }
 }
@@ -145,29 +150,27 @@ impl Timeline {
     }
 
     /// The phases as (name, start_ms, end_ms), in order; a phase still open ends at `now_ms`.
+    /// A phase ends by the end event of the same pair (a fleet's timeline interleaves them).
     pub fn phases(&self, now_ms: u64) -> Vec<(String, u64, u64)> {
-        let mut out: Vec<(String, u64, u64)> = Vec::new();
+        let mut out: Vec<(String, u64, u64, Option<&str>)> = Vec::new();
         for e in &self.events {
             match (e.kind, &e.phase) {
-                (EventKind::PhaseStart, Some(p)) => out.push((p.clone(), e.t_ms, u64::MAX)),
+                (EventKind::PhaseStart, Some(p)) => {
+                    out.push((p.clone(), e.t_ms, u64::MAX, e.pair.as_deref()))
+                }
                 (EventKind::PhaseEnd, Some(p)) => {
-                    if let Some(open) = out
-                        .iter_mut()
-                        .rev()
-                        .find(|(n, _, end)| n == p && *end == u64::MAX)
-                    {
+                    if let Some(open) = out.iter_mut().rev().find(|(n, _, end, pair)| {
+                        n == p && *end == u64::MAX && *pair == e.pair.as_deref()
+                    }) {
                         open.2 = e.t_ms;
                     }
                 }
                 _ => {}
             }
         }
-        for p in &mut out {
-            if p.2 == u64::MAX {
-                p.2 = now_ms.max(p.1);
-            }
-        }
-        out
+        out.into_iter()
+            .map(|(n, s, e, _)| (n, s, if e == u64::MAX { now_ms.max(s) } else { e }))
+            .collect()
     }
 
     /// When one engine served alone (between `simplex_start` and `simplex_end` events),

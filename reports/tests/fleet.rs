@@ -123,14 +123,70 @@ fn the_fleet_report_shows_the_verdict_the_waves_and_a_lane_per_pair() {
     for p in &fleet.pairs {
         assert!(table.contains(&format!("href=\"pairs/{}/report.html\"", esc(&p.name))));
     }
-    let rows = &table[table.find("<tbody>").unwrap()..];
+    let rows = &table[table.find("<tbody>").unwrap()..table.find("</tbody>").unwrap()];
     assert_eq!(rows.matches("<tr").count(), fleet.pairs.len());
+    // Its last row: the fleet over the pairs, each upgrade phase's p99 from the summary's
+    // phases (every pair's requests while it was in that phase).
+    let foot = &table[table.find("<tfoot>").expect("the fleet's row")..];
+    assert!(foot.contains(">all pairs</td>"));
+    assert!(foot.contains(&format!(
+        "<td>{}</td>",
+        thousands(summary.acknowledged_updates)
+    )));
+    let baseline = summary
+        .phases
+        .iter()
+        .find(|p| p.name == "baseline")
+        .unwrap();
+    assert!(
+        foot.contains(&format!(
+            ">{:.3}</td>",
+            baseline.latency_us.p99 as f64 / 1000.0
+        )) || foot.contains(&format!(
+            ">{:.2}</td>",
+            baseline.latency_us.p99 as f64 / 1000.0
+        )) || foot.contains("n&lt;1k"),
+        "{foot}"
+    );
+
+    // The fleet's periods (the waves and `steady`) are its charts' and its period table.
+    let periods = &html[html.find("id=\"phases\"").expect("the period table")..];
+    let periods = &periods[..periods.find("</table>").unwrap()];
+    assert!(!fleet.periods.is_empty());
+    for p in &fleet.periods {
+        assert!(periods.contains(&format!(">{}</", p.name)), "{}", p.name);
+    }
+    assert!(!periods.contains(">b_out_of_service</"));
     for id in ["latency", "throughput", "lanes", "spectrum"] {
         assert!(html.contains(&format!("id=\"{id}\"")), "{id}");
     }
 
-    // The fleet run holds: its summary, and each pair's run.
+    // The fleet run holds as a run of its own (the upgrade's phases over the pairs, every
+    // pair's switchovers named, the fleet's timeline), and each pair's run holds.
     assert_eq!(run.check().unwrap(), Vec::<String>::new());
+    let names: Vec<&str> = summary.phases.iter().map(|p| p.name.as_str()).collect();
+    for name in reports::timeline::phase::UPGRADE {
+        assert!(names.contains(&name), "{name}: {names:?}");
+    }
+    assert!(names.contains(&"fallback"), "{names:?}");
+    assert!(summary.switchovers.iter().all(|w| w.pair.is_some()));
+    let timeline = run.read_timeline().unwrap();
+    for p in &fleet.pairs {
+        assert!(
+            timeline
+                .events
+                .iter()
+                .any(|e| e.pair.as_deref() == Some(p.name.as_str())),
+            "{}",
+            p.name
+        );
+    }
+    // Without its timeline, or with a pair's phase missing, the top level does not hold.
+    std::fs::remove_file(run.timeline_path()).unwrap();
+    assert!(run
+        .check()
+        .unwrap()
+        .contains(&"no timeline.json".to_string()));
 }
 
 /// The fixture's pairs copied into `n` pairs over waves of 1, 4, 15 and the rest.

@@ -370,6 +370,20 @@ pub async fn run(config: FleetConfig) -> Result<FleetResult, Error> {
         started_ms,
         ended_ms,
     );
+    let mut fleet = fleet;
+    fleet.periods = phases;
+    // The upgrade's phases over the pairs, and `steady` as the fleet's period outside
+    // every wave (no pair upgrading).
+    let mut phases = upgrade_phases(&results);
+    phases.retain(|p| p.name != crate::phase::STEADY);
+    if let Some(steady) = fleet
+        .periods
+        .iter()
+        .find(|p| p.name == crate::phase::STEADY)
+    {
+        phases.insert(0, steady.clone());
+    }
+    let timeline = fleet_timeline(&results);
     let summary = fleet_summary(&config, &results, fleet, phases, started_ms, ended_ms);
 
     if let Some(dir) = &config.load.out {
@@ -378,6 +392,7 @@ pub async fn run(config: FleetConfig) -> Result<FleetResult, Error> {
             RunDir::new(dir.join(PAIRS_DIR).join(name)).render_report()?;
         }
         run.write_summary(&summary)?;
+        run.write_timeline(&timeline)?;
         run.write_slices(&slices)?;
         crate::output::write_hlog(&run.histograms_path(), &recorded.hlog_body, &clock, true)?;
         if let Some(c) = &campaign {
@@ -734,6 +749,95 @@ fn period_summaries(
     out
 }
 
+/// The fleet's latency by upgrade phase: for each phase name, every pair's requests while
+/// that pair was in it (the pairs' phase histograms added, their ops and errors summed),
+/// from the first pair's start of it to the last pair's end; its throughput the sum of the
+/// pairs' throughputs in it (the fleet's rate were every pair that went through the phase
+/// in it at once); `simplex_ms` the pairs' sum. In the upgrade's order, then the
+/// fallback's, then any other name as first met.
+fn upgrade_phases(results: &[(String, RunResult)]) -> Vec<PhaseSummary> {
+    struct Acc {
+        start_ms: u64,
+        end_ms: u64,
+        ops: u64,
+        errors: u64,
+        throughput: f64,
+        simplex_ms: u64,
+        histogram: Histogram<u64>,
+    }
+    let mut order: Vec<String> = Vec::new();
+    let mut acc: BTreeMap<String, Acc> = BTreeMap::new();
+    for (_, r) in results {
+        for (i, p) in r.summary.phases.iter().enumerate() {
+            let a = acc.entry(p.name.clone()).or_insert_with(|| {
+                order.push(p.name.clone());
+                Acc {
+                    start_ms: p.start_ms,
+                    end_ms: p.end_ms,
+                    ops: 0,
+                    errors: 0,
+                    throughput: 0.0,
+                    simplex_ms: 0,
+                    histogram: new_histogram(),
+                }
+            });
+            a.start_ms = a.start_ms.min(p.start_ms);
+            a.end_ms = a.end_ms.max(p.end_ms);
+            a.ops += p.ops;
+            a.errors += p.errors;
+            a.throughput += p.throughput_ops_s;
+            a.simplex_ms += p.simplex_ms;
+            if let Some((_, h)) = r.phase_histograms.get(i).filter(|(n, _)| *n == p.name) {
+                let _ = a.histogram.add(h);
+            }
+        }
+    }
+    let rank = |name: &str| {
+        std::iter::once(crate::phase::STEADY)
+            .chain(reports::timeline::phase::UPGRADE)
+            .chain(reports::timeline::phase::FALLBACK_PATH)
+            .position(|n| n == name)
+            .unwrap_or(usize::MAX)
+    };
+    let mut names = order;
+    names.sort_by_key(|n| rank(n));
+    names
+        .into_iter()
+        .map(|name| {
+            let a = acc.remove(&name).expect("accumulated");
+            PhaseSummary {
+                name,
+                start_ms: a.start_ms,
+                end_ms: a.end_ms,
+                ops: a.ops,
+                throughput_ops_s: a.throughput,
+                errors: a.errors,
+                latency_us: latency_of(&a.histogram),
+                simplex_ms: a.simplex_ms,
+                percentiles: percentiles_of(&a.histogram),
+            }
+        })
+        .collect()
+}
+
+/// The fleet's timeline: every pair's events, each with its pair's name, in time order.
+fn fleet_timeline(results: &[(String, RunResult)]) -> Timeline {
+    let mut timeline = Timeline::new();
+    for (name, r) in results {
+        if let Some(t) = &r.timeline {
+            timeline
+                .events
+                .extend(t.events.iter().map(|e| reports::timeline::Event {
+                    pair: Some(name.clone()),
+                    ..e.clone()
+                }));
+        }
+    }
+    // Stable: a pair's own events keep their order within a millisecond.
+    timeline.events.sort_by_key(|e| e.t_ms);
+    timeline
+}
+
 /// The fleet's `summary.json`.
 fn fleet_summary(
     config: &FleetConfig,
@@ -746,7 +850,12 @@ fn fleet_summary(
     let sum = |f: fn(&Summary) -> u64| results.iter().map(|(_, r)| f(&r.summary)).sum::<u64>();
     let mut switchovers: Vec<Switchover> = results
         .iter()
-        .flat_map(|(_, r)| r.summary.switchovers.iter().cloned())
+        .flat_map(|(name, r)| {
+            r.summary.switchovers.iter().map(move |s| Switchover {
+                pair: Some(name.clone()),
+                ..s.clone()
+            })
+        })
         .collect();
     switchovers.sort_by_key(|s| s.at_ms);
     let mut simplex_windows: Vec<[u64; 2]> = results

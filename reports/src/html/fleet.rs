@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 use super::chart::{self, label_width, Band, LEFT, RIGHT, WIDTH};
 use super::format::{self, esc};
 use super::*;
-use crate::summary::{Fleet, FleetPair, Wave};
+use crate::summary::{Fleet, FleetPair, PhaseSummary, Wave};
 
 /// Lanes up to this many pairs are labelled one by one; beyond, by wave.
 const NAMED_LANES_MAX: usize = 40;
@@ -66,9 +66,35 @@ fn outcome_class(outcome: &str) -> &'static str {
 
 /// The report of a fleet run; `run.summary.fleet` must be set.
 pub fn render_fleet(run: &Run) -> String {
-    let summary = run.summary;
     let empty = Fleet::default();
-    let fleet = summary.fleet.as_ref().unwrap_or(&empty);
+    let fleet = run.summary.fleet.as_ref().unwrap_or(&empty);
+    // The fleet's charts and tables are over its periods (the waves and `steady`), kept in
+    // `fleet.periods`; the summary's `phases` are the upgrade's phases over the pairs,
+    // which the pair table and the lanes show pair by pair. (Runs written before
+    // `periods` had the periods as their `phases`.) The fleet's `timeline.json` is every
+    // pair's: the lanes draw it, the charts keep to the waves.
+    // The upgrade's phases over the pairs (older runs: none).
+    let over_pairs: &[PhaseSummary] = if fleet.periods.is_empty() {
+        &[]
+    } else {
+        &run.summary.phases
+    };
+    let periods_summary;
+    let summary = if fleet.periods.is_empty() {
+        run.summary
+    } else {
+        periods_summary = Summary {
+            phases: fleet.periods.clone(),
+            ..run.summary.clone()
+        };
+        &periods_summary
+    };
+    let run = &Run {
+        summary,
+        slices: run.slices,
+        timeline: None,
+        detail: run.detail,
+    };
     let frame = Frame::of(run);
     let names: Vec<String> = fleet.waves.iter().map(wave_name).collect();
     let bands = wave_bands(fleet, &names, frame.end);
@@ -79,7 +105,7 @@ pub fn render_fleet(run: &Run) -> String {
     latency_section(&mut body, run, &frame, &bands, &[]);
     throughput_section(&mut body, &frame, &bands, &[]);
     lanes_section(&mut body, fleet, &frame, &bands);
-    pair_table(&mut body, fleet, frame.origin);
+    pair_table(&mut body, fleet, over_pairs, frame.origin);
     phase_table(&mut body, summary, frame.origin);
     spectrum_section(&mut body, summary);
     footer(&mut body, &summary.schema);
@@ -512,10 +538,10 @@ fn short_phase(name: &str) -> String {
     }
 }
 
-fn pair_table(body: &mut String, fleet: &Fleet, origin: u64) {
+fn pair_table(body: &mut String, fleet: &Fleet, over_pairs: &[PhaseSummary], origin: u64) {
     let names = phase_names(fleet);
     let shown: Vec<&str> = names.iter().copied().filter(|n| *n != STEADY).collect();
-    body.push_str("<section class=\"table\">\n<h2>Pairs</h2>\n<p class=\"note\">Right of the line: the p99 of each phase of the pair's upgrade (hover a head for the phase; its own report has the rest). A pair's name opens its report.</p>\n<div class=\"scroll\"><table id=\"pairs\" class=\"compact\">\n<thead><tr>");
+    body.push_str("<section class=\"table\">\n<h2>Pairs</h2>\n<p class=\"note\">Right of the line: the p99 of each phase of the pair's upgrade (hover a head for the phase; its own report has the rest); the last row, every pair's requests while it was in that phase. A pair's name opens its report.</p>\n<div class=\"scroll\"><table id=\"pairs\" class=\"compact\">\n<thead><tr>");
     if !shown.is_empty() {
         w!(
             body,
@@ -598,7 +624,43 @@ fn pair_table(body: &mut String, fleet: &Fleet, origin: u64) {
     if fleet.pairs.is_empty() {
         body.push_str("<tr><td class=\"none\" colspan=\"7\">no pairs recorded</td></tr>\n");
     }
-    body.push_str("</tbody></table></div>\n");
+    body.push_str("</tbody>");
+    if !over_pairs.is_empty() && !fleet.pairs.is_empty() {
+        // The fleet: the pairs' sums, the worst gap, each phase over the pairs.
+        let sum = |f: fn(&FleetPair) -> u64| fleet.pairs.iter().map(f).sum::<u64>();
+        let lost = sum(|p| p.lost_updates);
+        w!(
+            body,
+            "\n<tfoot><tr id=\"over-pairs\"><td class=\"l name\" title=\"every pair's requests while it was in each phase, their histograms added\">all pairs</td><td></td><td></td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td>",
+            format::thousands(sum(|p| p.acknowledged_updates)),
+            if lost > 0 { "bad" } else { "muted" },
+            format::thousands(lost),
+            fleet.pairs.iter().map(|p| p.switchovers).sum::<usize>(),
+            fleet
+                .pairs
+                .iter()
+                .filter_map(|p| p.worst_gap_ms)
+                .max_by(f64::total_cmp)
+                .map_or("–".to_string(), format::ms)
+        );
+        for (i, name) in shown.iter().enumerate() {
+            let class = if i == 0 { "sep" } else { "" };
+            match over_pairs.iter().find(|ph| ph.name == *name) {
+                Some(ph) => body.push_str(&percentile_cell_as(
+                    ph,
+                    0.99,
+                    ph.latency_us.p99,
+                    class,
+                    (bare_ms, kilo),
+                )),
+                None => {
+                    w!(body, "<td class=\"muted {class}\">·</td>");
+                }
+            }
+        }
+        body.push_str("</tr></tfoot>");
+    }
+    body.push_str("</table></div>\n");
     statistics_note(body, "");
     body.push_str("</section>\n");
 }
