@@ -3,14 +3,17 @@
 //! each switchover at the end ([`zooms`]), and replies by arrival per second (the slices'
 //! `replied`).
 //!
-//! [`Millis`] is preallocated for the run (atomic counters per millisecond, bounded by
-//! [`MILLIS_SPAN_MAX_MS`]); each connection keeps a [`Tally`] of the millisecond it is
-//! recording and adds it to the shared counters when the millisecond (or the second)
-//! changes, and once more when the connection ends ([`Tally::flush`]), so the hot path
-//! takes no lock, allocates nothing, and touches a shared cache line about once per
-//! millisecond rather than once per reply. The counters are read at the end of the run.
+//! [`Millis`] covers the run (atomic counters per millisecond, bounded by
+//! [`MILLIS_SPAN_MAX_MS`]) in chunks of [`CHUNK_MS`] allocated as the run reaches them, so
+//! that its memory grows with the run, not with the configured duration; each connection
+//! keeps a [`Tally`] of the millisecond it is recording and adds it to the shared counters
+//! when the millisecond (or the second) changes, and once more when the connection ends
+//! ([`Tally::flush`]), so the hot path takes no lock, allocates nothing (but the first
+//! flush into a chunk, once per [`CHUNK_MS`]), and touches a shared cache line about once
+//! per millisecond rather than once per reply. The counters are read at the end of the run.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use reports::run::{SlowRequest, Zoom, ZoomBucket};
 
@@ -19,8 +22,11 @@ use crate::record::{slice_of, Slow, SLICE_US};
 use crate::switchover::{kind_name, Window};
 
 /// Longest span covered at millisecond resolution (16 bytes per millisecond: 58 MB for an
-/// hour); a zoom beyond it has no buckets past the end of the covered span.
+/// hour, allocated a chunk at a time as the run reaches it); a zoom beyond it has no
+/// buckets past the end of the covered span.
 pub const MILLIS_SPAN_MAX_MS: u64 = 3_600_000;
+/// The milliseconds of one chunk of counters (160 KB), allocated when the run reaches it.
+pub const CHUNK_MS: u64 = 10_000;
 /// A zoom's bucket width.
 pub const ZOOM_BUCKET_MS: u64 = 1;
 /// A zoom starts this long before its switchover and ends this long after its end.
@@ -28,32 +34,68 @@ pub const ZOOM_MARGIN_MS: u64 = 500;
 /// Most buckets in one zoom (a longer switchover is cut at its start plus this).
 pub const ZOOM_BUCKETS_MAX: u64 = 5_000;
 
-/// The run per millisecond (wall clock, from the run's start millisecond) and replies per
-/// second (the slices' seconds).
-pub struct Millis {
-    start_wall_ms: u64,
+/// [`CHUNK_MS`] milliseconds of counters.
+struct Chunk {
     /// Requests by intended millisecond that got a reply: `ops | errors << 32`.
     intended: Box<[AtomicU64]>,
     /// Slowest success by intended millisecond, µs (latency is at most an hour: fits).
     max_us: Box<[AtomicU32]>,
     /// Replies by arrival millisecond.
     replied: Box<[AtomicU32]>,
+}
+
+impl Chunk {
+    fn new() -> Chunk {
+        let n = CHUNK_MS as usize;
+        Chunk {
+            intended: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            max_us: (0..n).map(|_| AtomicU32::new(0)).collect(),
+            replied: (0..n).map(|_| AtomicU32::new(0)).collect(),
+        }
+    }
+}
+
+/// The run per millisecond (wall clock, from the run's start millisecond) and replies per
+/// second (the slices' seconds).
+pub struct Millis {
+    start_wall_ms: u64,
+    /// Milliseconds covered (from the run's start).
+    span_ms: u64,
+    /// One per [`CHUNK_MS`] of the span, allocated by the first flush into it.
+    chunks: Box<[OnceLock<Chunk>]>,
     /// Replies by arrival second (slice).
     replied_per_slice: Box<[AtomicU64]>,
 }
 
 impl Millis {
-    /// Room for `span_us` from the run's start (milliseconds up to [`MILLIS_SPAN_MAX_MS`]).
+    /// Room for `span_us` from the run's start (milliseconds up to [`MILLIS_SPAN_MAX_MS`]);
+    /// the per-millisecond counters are allocated as the run reaches them.
     pub fn new(clock: &Clock, span_us: u64) -> Millis {
-        let ms = span_us.div_ceil(1000).clamp(1, MILLIS_SPAN_MAX_MS) as usize + 1;
+        let ms = span_us.div_ceil(1000).clamp(1, MILLIS_SPAN_MAX_MS) + 1;
         let slices = span_us.div_ceil(SLICE_US).max(1) as usize + 1;
         Millis {
             start_wall_ms: clock.start_wall_ms(),
-            intended: (0..ms).map(|_| AtomicU64::new(0)).collect(),
-            max_us: (0..ms).map(|_| AtomicU32::new(0)).collect(),
-            replied: (0..ms).map(|_| AtomicU32::new(0)).collect(),
+            span_ms: ms,
+            chunks: (0..ms.div_ceil(CHUNK_MS))
+                .map(|_| OnceLock::new())
+                .collect(),
             replied_per_slice: (0..slices).map(|_| AtomicU64::new(0)).collect(),
         }
+    }
+
+    /// Millisecond `i`'s chunk (allocated on first use) and its place in it; none beyond
+    /// the span.
+    fn slot(&self, i: u64) -> Option<(&Chunk, usize)> {
+        if i >= self.span_ms {
+            return None;
+        }
+        let chunk = self.chunks.get((i / CHUNK_MS) as usize)?;
+        Some((chunk.get_or_init(Chunk::new), (i % CHUNK_MS) as usize))
+    }
+
+    /// Chunks allocated so far (for tests and measurements).
+    pub fn chunks_allocated(&self) -> usize {
+        self.chunks.iter().filter(|c| c.get().is_some()).count()
     }
 
     fn index(&self, clock: &Clock, us: u64) -> u64 {
@@ -73,13 +115,21 @@ impl Millis {
     pub fn buckets(&self, from_ms: u64, to_ms: u64) -> Vec<ZoomBucket> {
         (from_ms..to_ms)
             .map_while(|ms| {
-                let i = usize::try_from(ms.checked_sub(self.start_wall_ms)?).ok()?;
-                let intended = self.intended.get(i)?.load(Ordering::Relaxed);
+                let i = ms.checked_sub(self.start_wall_ms)?;
+                if i >= self.span_ms {
+                    return None;
+                }
+                // A chunk the run never reached counts nothing.
+                let Some(c) = self.chunks.get((i / CHUNK_MS) as usize)?.get() else {
+                    return Some(ZoomBucket::default());
+                };
+                let k = (i % CHUNK_MS) as usize;
+                let intended = c.intended[k].load(Ordering::Relaxed);
                 Some(ZoomBucket {
                     ops: intended as u32,
                     errors: (intended >> 32) as u32,
-                    replied: self.replied[i].load(Ordering::Relaxed),
-                    max_us: u64::from(self.max_us[i].load(Ordering::Relaxed)),
+                    replied: c.replied[k].load(Ordering::Relaxed),
+                    max_us: u64::from(c.max_us[k].load(Ordering::Relaxed)),
                 })
             })
             .collect()
@@ -157,9 +207,9 @@ impl Tally {
 
     fn flush_intended(&mut self, millis: &Millis) {
         if self.intended > 0 {
-            if let Some(c) = millis.intended.get(self.intended_ms as usize) {
-                c.fetch_add(self.intended, Ordering::Relaxed);
-                millis.max_us[self.intended_ms as usize].fetch_max(self.max_us, Ordering::Relaxed);
+            if let Some((c, k)) = millis.slot(self.intended_ms) {
+                c.intended[k].fetch_add(self.intended, Ordering::Relaxed);
+                c.max_us[k].fetch_max(self.max_us, Ordering::Relaxed);
             }
         }
         self.intended = 0;
@@ -168,8 +218,8 @@ impl Tally {
 
     fn flush_replied(&mut self, millis: &Millis) {
         if self.replied > 0 {
-            if let Some(c) = millis.replied.get(self.replied_ms as usize) {
-                c.fetch_add(self.replied, Ordering::Relaxed);
+            if let Some((c, k)) = millis.slot(self.replied_ms) {
+                c.replied[k].fetch_add(self.replied, Ordering::Relaxed);
             }
         }
         self.replied = 0;
@@ -261,6 +311,42 @@ mod tests {
         t.flush(&millis);
         assert_eq!((ops(1003), replied(1006)), (1, 1));
         assert_eq!(millis.replied_per_slice().iter().sum::<u64>(), 4);
+    }
+
+    #[test]
+    fn the_counters_grow_with_the_run_a_chunk_at_a_time() {
+        let clock = Clock::start_now();
+        // An hour's room: nothing per millisecond allocated until the run gets there.
+        let millis = Millis::new(&clock, 3_600 * SLICE_US);
+        assert_eq!(millis.chunks_allocated(), 0);
+        let ms0 = 1000 - clock.start_wall_us() % 1000;
+        let at = |ms: u64| ms0 + ms * 1000;
+        let mut t = Tally::default();
+        t.record(&millis, &clock, at(2), at(3), 1000, true);
+        t.record(&millis, &clock, at(2_500), at(2_501), 1000, true);
+        t.flush(&millis);
+        assert_eq!(millis.chunks_allocated(), 1, "both in the first chunk");
+        let far = CHUNK_MS * 7 + 5;
+        t.record(&millis, &clock, at(far), at(far + 1), 1000, true);
+        t.flush(&millis);
+        assert_eq!(millis.chunks_allocated(), 2);
+        let base_ms = clock.wall_ms_at_us(at(0));
+        // Across a chunk never reached: zeros, and the counts on either side.
+        let buckets = millis.buckets(base_ms, base_ms + far + 2);
+        assert_eq!(buckets.len() as u64, far + 2);
+        assert_eq!(buckets[2].ops + buckets[2_500].ops, 2);
+        assert_eq!(buckets[(CHUNK_MS * 3) as usize], ZoomBucket::default());
+        assert_eq!(
+            (buckets[far as usize].ops, buckets[far as usize + 1].replied),
+            (1, 1)
+        );
+        // Nothing beyond the span.
+        let small = Millis::new(&clock, 2 * SLICE_US);
+        let mut t = Tally::default();
+        t.record(&small, &clock, at(50_000), at(50_001), 1000, true);
+        t.flush(&small);
+        assert_eq!(small.chunks_allocated(), 0);
+        assert!(small.buckets(base_ms + 50_000, base_ms + 50_002).is_empty());
     }
 
     #[test]
