@@ -740,6 +740,9 @@ impl Supervisor {
         }
         let record = self.pair_record();
         let w = self.witness.as_mut().expect("checked");
+        if w.in_flight {
+            return false; // a grant's write runs in the background (`await_witness`)
+        }
         // etcd just failed to answer: not tried again at every call (each try costs a
         // timeout when etcd is out of reach rather than down).
         if !patient
@@ -787,8 +790,8 @@ impl Supervisor {
         };
         let standing = w.standing();
         match &standing {
-            Standing::Lost(why) => self.step_down(why.clone()),
-            Standing::Doubtful => {
+            // Lost: taken again or stepped down at the next tick (`witness_tick`).
+            Standing::Doubtful | Standing::Lost(_) => {
                 w.poke();
                 return Err(CallError::NoAnswer(
                     "this supervisor's etcd lease may have expired (no keep-alive answered in time): no engine call until etcd confirms it".into(),
@@ -830,32 +833,116 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Whether the witness lets this supervisor grant a new epoch now (a switchover, an
-    /// upgrade): its lease sure and the record in etcd written just now.
+    /// Whether the witness lets this supervisor grant a new epoch now (an upgrade's start):
+    /// its lease sure and the record in etcd written just now (`await_witness`).
     pub async fn witness_can_grant(&mut self) -> Result<(), String> {
-        let Some(w) = &self.witness else {
+        let limit = self.witness_wait();
+        self.await_witness(false, limit, true).await
+    }
+
+    /// How long a grant waits for etcd: `WITNESS_WAIT`, or during an upgrade its catch-up
+    /// timeout if that is longer.
+    pub fn witness_wait(&self) -> Duration {
+        let catch_up = self
+            .upgrade_state
+            .as_ref()
+            .map(|u| Duration::from_millis(u.options.catch_up_timeout_ms))
+            .unwrap_or_default();
+        crate::witness::WITNESS_WAIT.max(catch_up)
+    }
+
+    /// Waits until etcd holds the pair's record as of now (with `next_epoch`, holding the
+    /// epoch the next grant takes, so that the grant needs no further write), for at most
+    /// `limit`: the write runs in the background, retried until etcd takes it, while `pump`
+    /// keeps the pair served and the leases renewed. With `wait_for_etcd` false, etcd known
+    /// to be out of reach refuses at once (an operator's SWITCHOVER); otherwise that waits
+    /// too (an upgrade). Err (NOWITNESS) says why etcd did not take it.
+    pub async fn await_witness(
+        &mut self,
+        next_epoch: bool,
+        limit: Duration,
+        wait_for_etcd: bool,
+    ) -> Result<(), String> {
+        if self.witness.is_none() {
             return Ok(());
-        };
-        match w.standing() {
-            Standing::Lost(why) => self.step_down(why),
-            Standing::Sure => {}
-            Standing::EtcdDown | Standing::Doubtful => {
+        }
+        let deadline = Instant::now() + limit;
+        let mut said = false;
+        let mut why = String::from("etcd is unreachable");
+        loop {
+            let standing = self.witness.as_ref().expect("checked").standing();
+            if standing == Standing::Sure {
+                let mut record = self.pair_record();
+                if next_epoch {
+                    record.epoch = self.rules.epoch + 1;
+                }
+                let w = self.witness.as_mut().expect("checked");
+                let write = match w.spawn_publish(&record, crate::witness::WAIT_WRITE_TIMEOUT) {
+                    Ok(write) => write,
+                    Err(e) => self.step_down(e.to_string()),
+                };
+                w.in_flight = true;
+                let left = deadline.saturating_duration_since(Instant::now());
+                self.pump(left, |_| write.is_finished()).await;
+                let outcome = if write.is_finished() {
+                    write.await.unwrap_or_else(|e| {
+                        Err(fleet::Error::Unreachable(format!("the write failed: {e}")))
+                    })
+                } else {
+                    write.abort();
+                    Err(fleet::Error::Unreachable("no answer in time".into()))
+                };
+                let w = self.witness.as_mut().expect("checked");
+                w.in_flight = false;
+                match w.published_with(&record, outcome) {
+                    Ok(()) => {
+                        // The record as of now (or the next epoch's) is in etcd; the loop
+                        // writes any change since as usual. The grant also needs the
+                        // lease sure (etcd answered the write, the keep-alive says so soon).
+                        w.poke();
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        let sure = |s: &Supervisor| {
+                            s.witness
+                                .as_ref()
+                                .is_some_and(|w| w.standing() == Standing::Sure)
+                        };
+                        if !self.pump(left, sure).await {
+                            return Err(format!(
+                                "NOWITNESS etcd took the pair's record but this supervisor's lease is not confirmed: no new epoch (waited {:.1} s)",
+                                limit.as_secs_f64()
+                            ));
+                        }
+                        if said {
+                            tracing::info!("etcd took the pair's record: the grant goes on");
+                        }
+                        return Ok(());
+                    }
+                    Err(crate::witness::PublishError::NotLeader(holder)) => {
+                        self.step_down(format!(
+                            "the pair's leader key is no longer this supervisor's (held by {})",
+                            holder.as_deref().unwrap_or("nobody")
+                        ))
+                    }
+                    Err(e) => why = format!("etcd did not take the pair's record ({e})"),
+                }
+            } else if !wait_for_etcd {
                 return Err(
                     "NOWITNESS etcd is unreachable: no new epoch can be granted until it answers"
                         .into(),
-                )
+                );
             }
-        }
-        self.witness_dirty.set(true); // written now: etcd answers, and this supervisor leads
-        match self.flush_witness_patient().await {
-            true => Ok(()),
-            false => Err(format!(
-                "NOWITNESS etcd did not take the pair's record ({}): no new epoch can be granted until it does",
-                self.witness
-                    .as_ref()
-                    .and_then(|w| w.last_publish_error.clone())
-                    .unwrap_or_default()
-            )),
+            if Instant::now() >= deadline || self.shutdown {
+                return Err(format!(
+                    "NOWITNESS {why}: no new epoch can be granted until it does (waited {:.1} s)",
+                    limit.as_secs_f64()
+                ));
+            }
+            if !std::mem::replace(&mut said, true) {
+                tracing::warn!("waiting for etcd to take the pair's record before a grant (up to {:.0} s): {why}", limit.as_secs_f64());
+            }
+            let pause =
+                Duration::from_millis(250).min(deadline.saturating_duration_since(Instant::now()));
+            self.pump_for(pause).await;
         }
     }
 
@@ -866,7 +953,7 @@ impl Supervisor {
         };
         let standing = w.standing();
         match standing {
-            Standing::Lost(why) => self.step_down(why),
+            Standing::Lost(why) => self.witness_retake(why).await,
             Standing::Doubtful => {
                 w.poke();
                 if !std::mem::replace(&mut self.witness_doubt_said, true) {
@@ -908,6 +995,48 @@ impl Supervisor {
                     self.flush_witness().await;
                 }
                 TickMode::Full
+            }
+        }
+    }
+
+    /// etcd said this supervisor's lease expired: it leads on if nobody took the pair over
+    /// meanwhile (`Witness::retake`), else steps down; no engine call until then.
+    async fn witness_retake(&mut self, why: String) -> TickMode {
+        let w = self.witness.as_mut().expect("a witness");
+        if w.last_retake
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(250))
+        {
+            return TickMode::Nothing;
+        }
+        match w.retake().await {
+            Ok(true) => {
+                self.witness_dirty.set(true);
+                self.witness_doubt_said = false;
+                let message = format!(
+                    "{why}; nobody took the pair over meanwhile: this supervisor took a new lease and the leader key again and leads on at epoch {}",
+                    self.rules.epoch
+                );
+                tracing::warn!("{message}");
+                self.flush_witness().await;
+                self.witness_lost_said = false;
+                self.emit(TimelineEvent {
+                    message: Some(message),
+                    ..TimelineEvent::new(timeline::now_ms(), EventKind::WitnessBack)
+                });
+                TickMode::Nothing
+            }
+            Ok(false) => self.step_down(format!(
+                "{why}, and another supervisor took the pair over meanwhile (leader {})",
+                self.witness
+                    .as_ref()
+                    .and_then(|w| w.leader.clone())
+                    .unwrap_or_else(|| "none, but the pair's record is not this one's".into())
+            )),
+            Err(e) => {
+                if !std::mem::replace(&mut self.witness_doubt_said, true) {
+                    tracing::warn!("{why}: taking the leader key again when etcd answers ({e}); no engine call meanwhile");
+                }
+                TickMode::Nothing
             }
         }
     }
@@ -1894,8 +2023,12 @@ impl Supervisor {
 
     /// A planned switchover to the standby; returns the step-up time in milliseconds.
     pub async fn switchover(&mut self, kind: SwitchoverKind) -> Result<f64, String> {
+        // etcd holds the epoch this switchover grants before it is granted: a slow write
+        // waits (the pair served meanwhile) rather than fail the switchover.
+        let limit = self.witness_wait();
+        let in_upgrade = self.upgrade_state.is_some();
+        self.await_witness(true, limit, in_upgrade).await?;
         let (from, to) = (self.rules.active, self.rules.standby());
-        self.witness_can_grant().await?;
         let epoch = self.rules.begin_switchover()?;
         self.heed(); // granted once, whatever happens next
         self.emit(TimelineEvent {

@@ -488,7 +488,7 @@ impl Supervisor {
         let result = self.upgrade_steps(&mut run).await;
         let (outcome, reason) = self.settle(&mut run, result).await;
         self.end_upgrade(&mut run, outcome, &reason);
-        self.flush_witness().await; // the outcome in etcd before the answer, when it answers
+        self.await_outcome_in_etcd().await;
         Ok(Report {
             outcome: outcome.into(),
             from,
@@ -536,7 +536,10 @@ impl Supervisor {
             {
                 Ok(()) => {
                     self.phase(run, phase::FEATURES_ENABLED);
-                    let enabled = self.enable_features().await.map(|_| ());
+                    let enabled = match self.witness_ready().await {
+                        Ok(()) => self.enable_features().await.map(|_| ()),
+                        Err(e) => Err(e),
+                    };
                     self.pump_for(settle).await;
                     enabled
                 }
@@ -618,7 +621,37 @@ impl Supervisor {
         );
         let (outcome, reason) = self.settle(&mut run, Err(failure)).await;
         self.end_upgrade(&mut run, outcome, &reason);
-        self.flush_witness().await;
+        self.await_outcome_in_etcd().await;
+    }
+
+    /// A step of an upgrade that calls the engines waits for etcd first if it is out of reach
+    /// (only the active's lease is renewed meanwhile), up to `witness_wait`: an etcd outage
+    /// or a busy etcd delays the upgrade rather than rolls it back.
+    async fn witness_ready(&mut self) -> Result<(), String> {
+        let sure = self
+            .witness
+            .as_ref()
+            .is_none_or(|w| w.standing() == crate::witness::Standing::Sure);
+        if sure {
+            return Ok(());
+        }
+        let limit = self.witness_wait();
+        self.await_witness(false, limit, true).await
+    }
+
+    /// The upgrade's outcome in etcd before the answer: waited for (`await_witness`, the pair
+    /// served meanwhile); if etcd is still out of reach after that, the record stays to be
+    /// written (`persist` marked it) and the supervisor's loop writes it when etcd answers.
+    async fn await_outcome_in_etcd(&mut self) {
+        if self.witness.is_none() {
+            return;
+        }
+        let limit = self.witness_wait();
+        if let Err(e) = self.await_witness(false, limit, true).await {
+            tracing::warn!(
+                "the upgrade's outcome is not in etcd yet ({e}): written when etcd answers"
+            );
+        }
     }
 
     /// The steps; Ok(None) completed, Ok(Some(verdict)) fell back, Err aborted.
@@ -627,6 +660,7 @@ impl Supervisor {
         let to = run.to.clone();
 
         self.phase(run, phase::BASELINE);
+        self.witness_ready().await?;
         let a = self.rules.active;
         self.call(a, &["TANDEM.STATS", "RESET"]).await?;
         self.pump_for(Duration::from_millis(run.options.baseline_ms))
@@ -685,6 +719,7 @@ impl Supervisor {
         self.wait_caught_up(run, "the second engine").await?;
 
         self.phase(run, phase::FEATURES_ENABLED);
+        self.witness_ready().await?;
         self.enable_features().await?;
         self.pump_for(Duration::from_millis(run.options.settle_ms))
             .await;
@@ -702,6 +737,7 @@ impl Supervisor {
         fault: Option<String>,
         phase: &str,
     ) -> Result<(), String> {
+        self.witness_ready().await?;
         self.stop_engine(i).await?;
         self.hold(run, phase).await;
         self.check_failover(run)?;
@@ -712,6 +748,7 @@ impl Supervisor {
     /// Measures the new version while it is active and returns why it is not acceptable,
     /// if it is not.
     async fn evaluate(&mut self, run: &mut Run) -> Result<Option<String>, String> {
+        self.witness_ready().await?;
         let active = self.rules.active;
         self.call(active, &["TANDEM.STATS", "RESET"]).await?;
         let exits_before = self.slots.iter().filter_map(|s| s.pid).collect::<Vec<_>>();
@@ -754,6 +791,7 @@ impl Supervisor {
 
     /// Puts a sync point into the stream and compares both engines' digests there.
     async fn compare_at_sync_point(&mut self) -> Result<u64, String> {
+        self.witness_ready().await?;
         let (active, standby) = (self.rules.active, self.standby());
         let point: SyncPointReply = self
             .call_message(active, &["TANDEM.SYNCPOINT"], CALL_TIMEOUT)

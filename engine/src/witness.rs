@@ -17,11 +17,16 @@
 //! Failure behaviour, in short:
 //! - a leader whose last successful keep-alive was sent more than `ttl - margin` ago may have
 //!   lost its lease (frozen, SIGSTOPped): it makes no engine call until a keep-alive
-//!   succeeds again; one that etcd tells its lease expired steps down (exits) at once;
+//!   succeeds again; one that etcd tells its lease expired takes a new lease and the leader
+//!   key again if nobody took them and the pair's record is still the one it last wrote
+//!   (`Witness::retake`), and steps down (exits 3) otherwise; meanwhile, no engine call;
 //! - etcd unreachable (keep-alives tried on time, none answered): the leader keeps the pair
 //!   serving at its epoch with sync leases only (they need nothing new from etcd), grants no
 //!   epoch and does not let the active run simplex (the standby's being stale must be in etcd
-//!   before then); what waits is retried when etcd answers again.
+//!   before then); what waits is retried when etcd answers again;
+//! - a write of the record is slow (etcd busy): a grant that needs it (a switchover, an
+//!   upgrade's start) waits for it up to `WITNESS_WAIT`, with the write in the background
+//!   and the pair served meanwhile (`Supervisor::await_witness`).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -122,6 +127,14 @@ pub struct Witness {
     pub last_failed_publish: Option<Instant>,
     /// Why the last write failed.
     pub last_publish_error: Option<String>,
+    /// The mod revision of `P/pair/NAME` this supervisor last wrote: a lease that expired
+    /// during an etcd outage is taken again only if the record is still this one.
+    pub record_rev: Option<i64>,
+    /// A write of the record runs in the background (`spawn_publish`): the loop's own writes
+    /// wait, so that an older record does not land after it.
+    pub in_flight: bool,
+    /// The last time the leader key was tried again after the lease expired (`retake`).
+    pub last_retake: Option<Instant>,
 }
 
 impl Witness {
@@ -167,6 +180,9 @@ impl Witness {
             dirty: true,
             last_failed_publish: None,
             last_publish_error: None,
+            record_rev: None,
+            in_flight: false,
+            last_retake: None,
         })
     }
 
@@ -280,25 +296,63 @@ impl Witness {
         record: &PairRecord,
         patient: bool,
     ) -> Result<(), PublishError> {
+        let client = if patient { &self.client } else { &self.fast };
+        let write = self.write(client.clone(), record)?;
+        let outcome = write.await;
+        self.published_with(record, outcome)
+    }
+
+    /// The write of `record` as a future of its own (to run in the background while the
+    /// supervisor's loop keeps the pair served), with `timeout` as its deadline; then
+    /// `published_with` its outcome.
+    pub fn spawn_publish(
+        &self,
+        record: &PairRecord,
+        timeout: Duration,
+    ) -> Result<tokio::task::JoinHandle<fleet::etcd::Result<fleet::etcd::TxnOutcome>>, PublishError>
+    {
+        let write = self.write(self.client.clone().with_timeout(timeout), record)?;
+        Ok(tokio::spawn(write))
+    }
+
+    fn write(
+        &self,
+        client: Client,
+        record: &PairRecord,
+    ) -> Result<
+        impl std::future::Future<Output = fleet::etcd::Result<fleet::etcd::TxnOutcome>> + Send + 'static,
+        PublishError,
+    > {
         let key = self.leader_key();
         let Some(rev) = self.leader_rev else {
             return Err(PublishError::NotLeader(self.leader.clone()));
         };
         let value = serde_json::to_vec(record).expect("record serializes");
-        let client = if patient { &self.client } else { &self.fast };
-        let outcome = client
-            .txn(
-                &[
-                    Compare::Value(key.clone(), self.id.clone().into_bytes()),
-                    Compare::CreateRevision(key.clone(), rev),
-                ],
-                &[Op::put(self.pair_key(), value)],
-                &[Op::Get(key)],
-            )
-            .await;
+        let (id, pair_key) = (self.id.clone(), self.pair_key());
+        Ok(async move {
+            client
+                .txn(
+                    &[
+                        Compare::Value(key.clone(), id.into_bytes()),
+                        Compare::CreateRevision(key.clone(), rev),
+                    ],
+                    &[Op::put(pair_key, value)],
+                    &[Op::Get(key)],
+                )
+                .await
+        })
+    }
+
+    /// What came of writing `record`.
+    pub fn published_with(
+        &mut self,
+        record: &PairRecord,
+        outcome: fleet::etcd::Result<fleet::etcd::TxnOutcome>,
+    ) -> Result<(), PublishError> {
         match outcome {
             Ok(o) if o.succeeded => {
                 self.published = Some((record.epoch, promotable_of(record)));
+                self.record_rev = Some(o.revision);
                 self.last_failed_publish = None;
                 Ok(())
             }
@@ -316,6 +370,88 @@ impl Witness {
                 self.last_publish_error = Some(e.to_string());
                 Err(PublishError::Unreachable(e.to_string()))
             }
+        }
+    }
+
+    /// etcd said this supervisor's lease expired (an etcd outage longer than the TTL, or
+    /// this process frozen): takes a new lease and the leader key again, but only if nobody
+    /// holds the key and `P/pair/NAME` is still the record this supervisor last wrote (its
+    /// mod revision, or its own id and epoch): then nothing happened meanwhile and it goes
+    /// on leading. Ok(true) leads again; Ok(false) another supervisor took the pair over (or
+    /// wrote its record): step down; Err: etcd did not answer, try again later.
+    pub async fn retake(&mut self) -> Result<bool, String> {
+        self.last_retake = Some(Instant::now());
+        let ttl_s = self.ttl.as_secs_f64().ceil() as i64;
+        let lease = self
+            .client
+            .lease_grant(ttl_s)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (key, pair_key) = (self.leader_key(), self.pair_key());
+        let mut compares = vec![Compare::Version(key.clone(), 0)];
+        if let Some(rev) = self.record_rev {
+            compares.push(Compare::ModRevision(pair_key.clone(), rev));
+        }
+        let outcome = self
+            .client
+            .txn(
+                &compares,
+                &[
+                    Op::Put {
+                        key: key.clone(),
+                        value: self.id.clone().into_bytes(),
+                        lease,
+                    },
+                    Op::Get(key.clone()),
+                ],
+                &[Op::Get(key.clone()), Op::Get(pair_key.clone())],
+            )
+            .await;
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                let _ = self.client.lease_revoke(lease).await;
+                return Err(e.to_string());
+            }
+        };
+        if outcome.succeeded {
+            let kv = outcome.gets.first().and_then(|g| g.first());
+            self.leader_rev = Some(kv.map_or(outcome.revision, |kv| kv.create_revision));
+            self.leader = Some(self.id.clone());
+            self.lease = lease;
+            *self.health.lock().expect("health lock") = Health {
+                last_ok_sent: Some(Instant::now()),
+                ..Health::default()
+            };
+            tokio::spawn(keep_alive(
+                self.client.clone(),
+                lease,
+                self.ttl,
+                self.health.clone(),
+                self.poke.clone(),
+            ));
+            return Ok(true);
+        }
+        let _ = self.client.lease_revoke(lease).await;
+        let gets = |i: usize| outcome.gets.get(i).and_then(|g| g.first());
+        if let Some(holder) = gets(0) {
+            self.leader = Some(String::from_utf8_lossy(&holder.value).into_owned());
+            return Ok(false);
+        }
+        // The key is free but the record moved: this supervisor's own write (one whose
+        // answer it never got) is still its; anyone else's is not.
+        let Some(kv) = gets(1) else {
+            return Ok(false);
+        };
+        match serde_json::from_slice::<PairRecord>(&kv.value) {
+            Ok(r)
+                if r.supervisor == self.id
+                    && self.published.is_some_and(|(epoch, _)| epoch == r.epoch) =>
+            {
+                self.record_rev = Some(kv.mod_revision);
+                Err("the pair's record is this supervisor's own last write: trying again".into())
+            }
+            _ => Ok(false),
         }
     }
 
@@ -421,6 +557,13 @@ pub fn engine_witness() -> Option<&'static EngineWitness> {
 /// tried again later): half the default hang timeout, so that the active's lease renewals go
 /// on while etcd is out of reach.
 const PUBLISH_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// How long an upgrade (and a planned switchover) waits for etcd to take the pair's record
+/// before a grant: etcd busy (3.4 fsyncs every write) or out of reach for a while.
+pub const WITNESS_WAIT: Duration = Duration::from_secs(30);
+
+/// The deadline of one background write of the record while a grant waits for it.
+pub const WAIT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Used while no engine is touched: how a spare waits.
 pub const SPARE_POLL: Duration = Duration::from_millis(250);

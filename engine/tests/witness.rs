@@ -4,7 +4,8 @@
 //! engine refuses an epoch etcd does not hold; a hot spare takes over a dead leader under
 //! load, and the dead one restarted cannot grant; a frozen leader that was overtaken steps
 //! down when it wakes; with etcd down the pair serves on but grants no epoch until etcd is
-//! back. Every wait is on a line, a status, an exit or etcd's record, with a deadline.
+//! back; an upgrade waits for a stalled etcd rather than roll back, and its outcome is in
+//! etcd after; a leader whose lease expired during an outage leads on when nobody took over. Every wait is on a line, a status, an exit or etcd's record, with a deadline.
 
 mod common;
 
@@ -626,4 +627,168 @@ async fn a_standby_lost_while_etcd_is_down_is_replaced_once_etcd_is_back_and_not
     writer.wait_for_more(1000).await;
     assert_eq!(etcd.record("sb").await.epoch, s["epoch"]);
     check_nothing_lost(&pair, writer).await;
+}
+
+/// Waits for the timeline's start of `phase`.
+async fn phase_starts(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<common::TimelineEvent>,
+    phase: &str,
+) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(ev))
+                if ev.kind == EventKind::PhaseStart && ev.phase.as_deref() == Some(phase) =>
+            {
+                return
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the timeline subscription ended"),
+            Err(_) => panic!("no start of {phase} within {DEADLINE:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_waits_for_a_stalled_etcd_completes_and_its_outcome_is_in_etcd() {
+    if !fleet::local::available() {
+        eprintln!("skipped: no etcd here (install Debian's etcd-server)");
+        return;
+    }
+    let started = Instant::now();
+    let etcd = Etcd::start("stall");
+    let pair = witnessed_pair(&etcd, "st");
+    pair.wait_in_sync().await;
+    let mut events = pair.subscribe().await;
+    let writer = Writer::start(&pair, "w");
+    writer.wait_for_more(500).await;
+    let mut cmd = vec!["UPGRADE", "2.0"];
+    cmd.extend(QUICK);
+    cmd.extend(["tag", "c2/st"]);
+    let (admin, secret) = (pair.admin.clone(), pair.secret.clone());
+    let args: Vec<String> = cmd.iter().map(|a| a.to_string()).collect();
+    let upgrade = tokio::spawn(async move {
+        let mut c = Client::connect_authenticated(&admin, Duration::from_secs(5), &secret, "admin")
+            .await
+            .unwrap();
+        c.set_timeout(Some(Duration::from_secs(180)));
+        let parts: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        c.call(&parts).await.unwrap()
+    });
+    // etcd frozen (as a busy etcd 3.4 fsyncing on two loaded cores, only longer) while the
+    // new standby catches up: the switchover that follows needs a new epoch in etcd.
+    phase_starts(&mut events, "b_catch_up").await;
+    let pid = etcd.etcd.as_ref().unwrap().pid().unwrap() as u64;
+    signal(pid, "-STOP");
+    let stalled = Instant::now();
+    pair.wait_for(|s| s["witness"]["state"] == "unreachable")
+        .await;
+    let stopped_for = stalled.elapsed();
+    signal(pid, "-CONT");
+    let reply = upgrade.await.unwrap();
+    assert!(!reply.is_error(), "{reply}");
+    let report: Value = match &reply {
+        Reply::Bulk(b) => serde_json::from_slice(b).expect("report json"),
+        Reply::Simple(s) => serde_json::from_str(s).expect("report json"),
+        other => panic!("upgrade: {other}"),
+    };
+    assert_eq!(report["outcome"], "completed", "{report:#}");
+    // Its outcome is in etcd (the record written once etcd answered again).
+    let record = etcd.record("st").await;
+    let done = record.upgrade.expect("the upgrade is in etcd");
+    assert_eq!(done.outcome.as_deref(), Some("completed"), "{done:?}");
+    assert_eq!(done.tag.as_deref(), Some("c2/st"));
+    assert_eq!(record.version.as_deref(), Some("2.0"));
+    assert_eq!(
+        assert_epochs_are_etcds(&pair, &etcd, "st").await,
+        record.epoch
+    );
+    writer.wait_for_more(500).await;
+    check_nothing_lost(&pair, writer).await;
+    eprintln!(
+        "etcd stopped for {:.1} s during the upgrade; test took {:.1} s",
+        stopped_for.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_lease_expired_in_an_etcd_outage_takes_it_again_and_leads_on() {
+    if !fleet::local::available() {
+        eprintln!("skipped: no etcd here (install Debian's etcd-server)");
+        return;
+    }
+    let started = Instant::now();
+    let mut etcd = Etcd::start("expired");
+    let pair = Pair::up_with(&["--etcd", &etcd.url(), "--name", "ex", "--witness-ttl", "1s"]);
+    pair.wait_in_sync().await;
+    let epoch = assert_epochs_are_etcds(&pair, &etcd, "ex").await;
+    let supervisor = pair.wait_in_sync().await["supervisor_pid"].as_u64();
+    let leader = etcd
+        .client()
+        .get(&Layout::default().leader("ex"))
+        .await
+        .unwrap()
+        .expect("the pair has a leader");
+    let writer = Writer::start(&pair, "w");
+    writer.wait_for_more(1000).await;
+    etcd.etcd.as_mut().unwrap().kill();
+    pair.wait_for(|s| s["witness"]["state"] == "unreachable")
+        .await;
+    // Down for longer than the TTL: the pair serves on at its epoch meanwhile.
+    let down = Instant::now();
+    writer.wait_for_more(2000).await;
+    while down.elapsed() < Duration::from_secs(2) {
+        writer.wait_for_more(200).await;
+    }
+    let outage = down.elapsed();
+    etcd.etcd
+        .as_mut()
+        .unwrap()
+        .restart()
+        .expect("etcd restarts");
+    // etcd back: the lease is gone (a restarted etcd may renew a lease's TTL, so it is
+    // revoked here as its expiry would have ended it).
+    let _ = etcd.client().lease_revoke(leader.lease).await;
+    // The supervisor takes the leader key again, on a new lease (etcd polled: no event).
+    let until = Instant::now() + DEADLINE;
+    let now = loop {
+        let kv = etcd
+            .client()
+            .get(&Layout::default().leader("ex"))
+            .await
+            .unwrap();
+        match kv {
+            Some(kv) if kv.lease != leader.lease => break kv,
+            _ if Instant::now() > until => panic!("the leader key was not taken again"),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    assert_eq!(now.value, leader.value, "the same supervisor leads");
+    let s = pair
+        .wait_for(|s| {
+            s["witness"]["state"] == "ok"
+                && s["witness"]["role"] == "leader"
+                && s["standby_promotable"] == true
+        })
+        .await;
+    if let Some(pid) = supervisor {
+        assert_eq!(s["supervisor_pid"].as_u64(), Some(pid), "{s:#}");
+    }
+    let reply = pair.admin(&["SWITCHOVER"]).await;
+    assert!(!reply.is_error(), "{reply}");
+    assert_eq!(assert_epochs_are_etcds(&pair, &etcd, "ex").await, epoch + 1);
+    assert!(
+        !timeline_of(&pair.dir)
+            .iter()
+            .any(|e| e.kind == EventKind::SteppedDown),
+        "the supervisor stepped down"
+    );
+    writer.wait_for_more(1000).await;
+    check_nothing_lost(&pair, writer).await;
+    eprintln!(
+        "etcd down for {:.1} s (from unreachable) with a 1 s TTL; test took {:.1} s",
+        outage.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
 }
