@@ -866,7 +866,8 @@ impl Supervisor {
         if self.witness.is_none() {
             return Ok(());
         }
-        let deadline = Instant::now() + limit;
+        let began = Instant::now();
+        let deadline = began + limit;
         let mut said = false;
         let mut why = String::from("etcd is unreachable");
         loop {
@@ -912,8 +913,11 @@ impl Supervisor {
                                 limit.as_secs_f64()
                             ));
                         }
-                        if said {
-                            tracing::info!("etcd took the pair's record: the grant goes on");
+                        if said || began.elapsed() > Duration::from_millis(500) {
+                            tracing::info!(
+                                "etcd took the pair's record after {:.1} s: the grant goes on",
+                                began.elapsed().as_secs_f64()
+                            );
                         }
                         return Ok(());
                     }

@@ -705,6 +705,13 @@ async fn an_upgrade_waits_for_a_stalled_etcd_completes_and_its_outcome_is_in_etc
     );
     writer.wait_for_more(500).await;
     check_nothing_lost(&pair, writer).await;
+    let log = std::fs::read_to_string(pair.dir.join("supervisor.log")).unwrap_or_default();
+    for line in log
+        .lines()
+        .filter(|l| l.contains("etcd took") || l.contains("waiting for etcd"))
+    {
+        eprintln!("{line}");
+    }
     eprintln!(
         "etcd stopped for {:.1} s during the upgrade; test took {:.1} s",
         stopped_for.as_secs_f64(),
