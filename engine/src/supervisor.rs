@@ -756,10 +756,17 @@ impl Supervisor {
                 self.witness_dirty.set(false);
                 true
             }
-            Err(crate::witness::PublishError::NotLeader(holder)) => self.step_down(format!(
-                "the pair's leader key is no longer this supervisor's (held by {})",
-                holder.as_deref().unwrap_or("nobody")
-            )),
+            Err(crate::witness::PublishError::NotLeader(holder)) if w.overtaken_by(&holder) => self
+                .step_down(format!(
+                    "the pair's leader key is no longer this supervisor's (held by {})",
+                    holder.as_deref().unwrap_or("nobody")
+                )),
+            Err(crate::witness::PublishError::NotLeader(_)) => {
+                w.mark_lost(
+                    "the pair's leader key is gone (this supervisor's lease expired)".into(),
+                );
+                false
+            }
             Err(e) => {
                 tracing::debug!("writing the pair's record: {e}");
                 false
@@ -921,11 +928,17 @@ impl Supervisor {
                         }
                         return Ok(());
                     }
-                    Err(crate::witness::PublishError::NotLeader(holder)) => {
+                    Err(crate::witness::PublishError::NotLeader(holder))
+                        if w.overtaken_by(&holder) =>
+                    {
                         self.step_down(format!(
                             "the pair's leader key is no longer this supervisor's (held by {})",
                             holder.as_deref().unwrap_or("nobody")
                         ))
+                    }
+                    Err(crate::witness::PublishError::NotLeader(_)) => {
+                        why = "this supervisor's lease expired: taking the leader key again".into();
+                        w.mark_lost(why.clone());
                     }
                     Err(e) => why = format!("etcd did not take the pair's record ({e})"),
                 }

@@ -135,6 +135,8 @@ pub struct Witness {
     pub in_flight: bool,
     /// The last time the leader key was tried again after the lease expired (`retake`).
     pub last_retake: Option<Instant>,
+    /// The keep-alive task of the current lease (ended when a new lease replaces it).
+    keeper: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Witness {
@@ -157,7 +159,7 @@ impl Witness {
             ..Health::default()
         }));
         let poke = Arc::new(tokio::sync::Notify::new());
-        tokio::spawn(keep_alive(
+        let keeper = tokio::spawn(keep_alive(
             client.clone(),
             lease,
             ttl,
@@ -183,6 +185,7 @@ impl Witness {
             record_rev: None,
             in_flight: false,
             last_retake: None,
+            keeper: Some(keeper),
         })
     }
 
@@ -423,13 +426,16 @@ impl Witness {
                 last_ok_sent: Some(Instant::now()),
                 ..Health::default()
             };
-            tokio::spawn(keep_alive(
+            if let Some(old) = self.keeper.take() {
+                old.abort();
+            }
+            self.keeper = Some(tokio::spawn(keep_alive(
                 self.client.clone(),
                 lease,
                 self.ttl,
                 self.health.clone(),
                 self.poke.clone(),
-            ));
+            )));
             return Ok(true);
         }
         let _ = self.client.lease_revoke(lease).await;
@@ -453,6 +459,21 @@ impl Witness {
             }
             _ => Ok(false),
         }
+    }
+
+    /// A write found the leader key gone (the lease expired, etcd has not told the
+    /// keep-alive yet): as if it had, the key is taken again or the supervisor steps down
+    /// at the next tick (`retake`), no engine call meanwhile.
+    pub fn mark_lost(&self, why: String) {
+        let mut h = self.health.lock().expect("health lock");
+        if h.lost.is_none() {
+            h.lost = Some(why);
+        }
+    }
+
+    /// Whether a refusal names another supervisor as the leader (else the key is gone).
+    pub fn overtaken_by(&self, holder: &Option<String>) -> bool {
+        holder.as_deref().is_some_and(|h| h != self.id)
     }
 
     /// Ends the lease (the leader key goes with it): a spare may take over at once.

@@ -799,3 +799,83 @@ async fn a_leader_whose_lease_expired_in_an_etcd_outage_takes_it_again_and_leads
         started.elapsed().as_secs_f64()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_through_an_etcd_outage_longer_than_the_ttl_ends_with_its_outcome_in_etcd() {
+    if !fleet::local::available() {
+        eprintln!("skipped: no etcd here (install Debian's etcd-server)");
+        return;
+    }
+    let started = Instant::now();
+    let mut etcd = Etcd::start("outage");
+    let pair = Pair::up_with(&["--etcd", &etcd.url(), "--name", "ou", "--witness-ttl", "1s"]);
+    pair.wait_in_sync().await;
+    let leader = etcd
+        .client()
+        .get(&Layout::default().leader("ou"))
+        .await
+        .unwrap()
+        .expect("the pair has a leader");
+    let mut events = pair.subscribe().await;
+    let writer = Writer::start(&pair, "w");
+    writer.wait_for_more(500).await;
+    let mut cmd = vec!["UPGRADE", "2.0"];
+    cmd.extend(QUICK);
+    cmd.extend(["tag", "c3/ou"]);
+    let (admin, secret) = (pair.admin.clone(), pair.secret.clone());
+    let args: Vec<String> = cmd.iter().map(|a| a.to_string()).collect();
+    let upgrade = tokio::spawn(async move {
+        let mut c = Client::connect_authenticated(&admin, Duration::from_secs(5), &secret, "admin")
+            .await
+            .unwrap();
+        c.set_timeout(Some(Duration::from_secs(180)));
+        let parts: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        c.call(&parts).await.unwrap()
+    });
+    phase_starts(&mut events, "b_catch_up").await;
+    etcd.etcd.as_mut().unwrap().kill();
+    let down = Instant::now();
+    pair.wait_for(|s| s["witness"]["state"] == "unreachable")
+        .await;
+    // Down for longer than the TTL, the pair serving meanwhile.
+    while down.elapsed() < Duration::from_secs(3) {
+        writer.wait_for_more(200).await;
+    }
+    let outage = down.elapsed();
+    etcd.etcd
+        .as_mut()
+        .unwrap()
+        .restart()
+        .expect("etcd restarts");
+    // The lease ended as its expiry would have (a restarted etcd may renew its TTL).
+    let _ = etcd.client().lease_revoke(leader.lease).await;
+    let reply = upgrade.await.unwrap();
+    assert!(!reply.is_error(), "{reply}");
+    let report: Value = match &reply {
+        Reply::Bulk(b) => serde_json::from_slice(b).expect("report json"),
+        Reply::Simple(s) => serde_json::from_str(s).expect("report json"),
+        other => panic!("upgrade: {other}"),
+    };
+    assert_eq!(report["outcome"], "completed", "{report:#}");
+    let record = etcd.record("ou").await;
+    let done = record.upgrade.expect("the upgrade is in etcd");
+    assert_eq!(done.outcome.as_deref(), Some("completed"), "{done:?}");
+    assert_eq!(done.tag.as_deref(), Some("c3/ou"));
+    assert_eq!(record.version.as_deref(), Some("2.0"));
+    assert_eq!(
+        etcd.leader("ou").await.as_deref(),
+        Some(String::from_utf8_lossy(&leader.value).as_ref()),
+        "the same supervisor leads"
+    );
+    assert_eq!(
+        assert_epochs_are_etcds(&pair, &etcd, "ou").await,
+        record.epoch
+    );
+    writer.wait_for_more(500).await;
+    check_nothing_lost(&pair, writer).await;
+    eprintln!(
+        "etcd down for {:.1} s during the upgrade (TTL 1 s); test took {:.1} s",
+        outage.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+}
