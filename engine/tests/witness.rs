@@ -15,7 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{lost, signal, EventKind, Pair, Writer, DEADLINE};
+use common::{lost, signal, EventKind, Pair, Writer, DEADLINE, UPGRADE_QUICK_PATIENT as QUICK};
 use fleet::keys::{Layout, PairRecord};
 use fleet::local::LocalEtcd;
 use resp::{Client, Reply};
@@ -46,6 +46,29 @@ impl Etcd {
             etcd: Some(etcd),
             dir,
         }
+    }
+
+    /// Kills etcd (SIGKILL): the pair's witness is gone until `restart`.
+    fn kill(&mut self) {
+        self.etcd.as_mut().unwrap().kill();
+    }
+
+    /// Starts etcd again on its data and ports.
+    fn restart(&mut self) {
+        self.etcd
+            .as_mut()
+            .unwrap()
+            .restart()
+            .expect("etcd restarts");
+    }
+
+    /// The leader key of pair `name` (its value the supervisor's id, on its lease).
+    async fn leader_key(&self, name: &str) -> fleet::Kv {
+        self.client()
+            .get(&Layout::default().leader(name))
+            .await
+            .unwrap()
+            .expect("the pair has a leader")
     }
 
     fn url(&self) -> String {
@@ -82,10 +105,31 @@ impl Drop for Etcd {
     }
 }
 
+/// True (and says the test is skipped) where no etcd is installed.
+fn no_etcd() -> bool {
+    if fleet::local::available() {
+        return false;
+    }
+    eprintln!("skipped: no etcd here (install Debian's etcd-server)");
+    true
+}
+
 /// A pair up with a witness, named `name`.
 fn witnessed_pair(etcd: &Etcd, name: &str) -> Pair {
     let url = etcd.url();
     Pair::up_with(&["--etcd", &url, "--name", name])
+}
+
+/// A new etcd (`what`) and a pair up with it as its witness, named `name`, on a 1 s etcd
+/// lease, in sync; None (the test skipped) where no etcd is installed.
+async fn short_ttl_pair(what: &str, name: &str) -> Option<(Etcd, Pair)> {
+    if no_etcd() {
+        return None;
+    }
+    let etcd = Etcd::start(what);
+    let pair = Pair::up_with(&["--etcd", &etcd.url(), "--name", name, "--witness-ttl", "1s"]);
+    pair.wait_in_sync().await;
+    Some((etcd, pair))
 }
 
 /// Another supervisor of the pair (`tandem pair up --etcd ... --name NAME --dir DIR`) with
@@ -194,6 +238,17 @@ async fn status_at(pair: &Pair, admin: &str) -> Value {
     }
 }
 
+/// A client of the standby's control port (in status `s`), with the pair's secret.
+async fn standby_control(pair: &Pair, s: &Value) -> Client {
+    let control = Pair::engine(s, "standby").unwrap()["control_addr"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    Client::connect_authenticated(&control, Duration::from_secs(5), &pair.secret, "control")
+        .await
+        .expect("the pair's secret opens the control port")
+}
+
 /// Every engine's epoch in a status.
 fn engine_epochs(s: &Value) -> Vec<u64> {
     s["engines"]
@@ -221,15 +276,7 @@ async fn assert_epochs_are_etcds(pair: &Pair, etcd: &Etcd, name: &str) -> u64 {
 async fn check_nothing_lost(pair: &Pair, writer: Writer) {
     let report = writer.finish().await;
     assert!(!report.acked.is_empty(), "nothing acknowledged");
-    let mut client = pair.active_client().await;
-    let missing = lost(&mut client, &report.acked).await;
-    assert!(
-        missing.is_empty(),
-        "{} of {} acknowledged writes lost, e.g. {:?}",
-        missing.len(),
-        report.acked.len(),
-        &missing[..missing.len().min(5)]
-    );
+    common::assert_none_lost(pair, &report.acked).await;
 }
 
 /// Blocks until `pid` has exited (its pidfd turns readable) or the deadline passed.
@@ -253,8 +300,7 @@ fn timeline_of(dir: &Path) -> Vec<common::TimelineEvent> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pair_registers_its_engines_take_only_etcds_epoch() {
-    if !fleet::local::available() {
-        eprintln!("skipped: no etcd here (install Debian's etcd-server)");
+    if no_etcd() {
         return;
     }
     let etcd = Etcd::start("registers");
@@ -283,14 +329,7 @@ async fn a_pair_registers_its_engines_take_only_etcds_epoch() {
     assert_eq!(etcd.record("reg").await.active, "b");
 
     // Someone with the pair's secret offers the standby an epoch etcd does not hold.
-    let control = Pair::engine(&s, "standby").unwrap()["control_addr"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let mut c =
-        Client::connect_authenticated(&control, Duration::from_secs(5), &pair.secret, "control")
-            .await
-            .expect("the pair's secret opens the control port");
+    let mut c = standby_control(&pair, &s).await;
     let offered = (after + 5).to_string();
     for cmd in [
         vec!["TANDEM.PROMOTE", &offered[..]],
@@ -310,8 +349,7 @@ async fn a_pair_registers_its_engines_take_only_etcds_epoch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spare_takes_over_a_dead_leader_under_load_and_the_dead_one_restarted_cannot_grant() {
-    if !fleet::local::available() {
-        eprintln!("skipped: no etcd here (install Debian's etcd-server)");
+    if no_etcd() {
         return;
     }
     let etcd = Etcd::start("spare");
@@ -385,8 +423,7 @@ async fn a_spare_takes_over_a_dead_leader_under_load_and_the_dead_one_restarted_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_leader_that_was_overtaken_steps_down_when_it_wakes() {
-    if !fleet::local::available() {
-        eprintln!("skipped: no etcd here (install Debian's etcd-server)");
+    if no_etcd() {
         return;
     }
     let etcd = Etcd::start("frozen");
@@ -440,8 +477,7 @@ async fn a_frozen_leader_that_was_overtaken_steps_down_when_it_wakes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_etcd_down_the_pair_serves_grants_no_epoch_and_resumes_when_it_is_back() {
-    if !fleet::local::available() {
-        eprintln!("skipped: no etcd here (install Debian's etcd-server)");
+    if no_etcd() {
         return;
     }
     let mut etcd = Etcd::start("down");
@@ -452,10 +488,7 @@ async fn with_etcd_down_the_pair_serves_grants_no_epoch_and_resumes_when_it_is_b
     let writer = Writer::start(&pair, "w");
     writer.wait_for_more(1000).await;
 
-    etcd.etcd.as_mut().unwrap().kill();
-    let s = pair
-        .wait_for(|s| s["witness"]["state"] == "unreachable")
-        .await;
+    let s = etcd_down(&mut etcd, &pair).await;
     assert!(
         s["witness"]["unreachable_since_ms"].as_u64().is_some(),
         "{s:#}"
@@ -473,14 +506,7 @@ async fn with_etcd_down_the_pair_serves_grants_no_epoch_and_resumes_when_it_is_b
     assert_eq!(s["epoch"], epoch);
     assert_eq!(engine_epochs(&s), vec![epoch; 2]);
     // An engine offered a new epoch while etcd is unreachable refuses it.
-    let control = Pair::engine(&s, "standby").unwrap()["control_addr"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let mut c =
-        Client::connect_authenticated(&control, Duration::from_secs(5), &pair.secret, "control")
-            .await
-            .expect("the pair's secret opens the control port");
+    let mut c = standby_control(&pair, &s).await;
     let offered = (epoch + 1).to_string();
     let reply = c
         .call(&[b"TANDEM.PROMOTE", offered.as_bytes()])
@@ -492,11 +518,7 @@ async fn with_etcd_down_the_pair_serves_grants_no_epoch_and_resumes_when_it_is_b
     );
     writer.wait_for_more(1000).await;
 
-    etcd.etcd
-        .as_mut()
-        .unwrap()
-        .restart()
-        .expect("etcd restarts");
+    etcd.restart();
     pair.wait_for(|s| s["witness"]["state"] == "ok").await;
     next_event(&mut events, EventKind::WitnessBack).await;
     let reply = pair.admin(&["SWITCHOVER"]).await;
@@ -521,24 +543,76 @@ async fn next_event(
     }
 }
 
-/// Short windows, and an acceptance check that judges errors only (as faults.rs).
-const QUICK: [&str; 10] = [
-    "baseline_ms",
-    "300",
-    "evaluate_ms",
-    "1000",
-    "settle_ms",
-    "100",
-    "catch_up_timeout_ms",
-    "60000",
-    "p99_slack_ms",
-    "60000",
-];
+/// Starts `UPGRADE 2.0` (QUICK, tagged `tag`) on the pair's admin endpoint in a task that
+/// waits up to `wait` for its reply.
+fn start_upgrade(pair: &Pair, tag: &str, wait: Duration) -> tokio::task::JoinHandle<Reply> {
+    let mut cmd = vec!["UPGRADE", "2.0"];
+    cmd.extend(QUICK);
+    cmd.extend(["tag", tag]);
+    let (admin, secret) = (pair.admin.clone(), pair.secret.clone());
+    let args: Vec<String> = cmd.iter().map(|a| a.to_string()).collect();
+    tokio::spawn(async move {
+        let mut c = Client::connect_authenticated(&admin, Duration::from_secs(5), &secret, "admin")
+            .await
+            .unwrap();
+        c.set_timeout(Some(wait));
+        let parts: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        c.call(&parts).await.unwrap()
+    })
+}
+
+/// The upgrade's reply is a report of a completed upgrade.
+fn assert_completed(reply: &Reply) {
+    assert!(!reply.is_error(), "{reply}");
+    let report: Value = match reply {
+        Reply::Bulk(b) => serde_json::from_slice(b).expect("report json"),
+        Reply::Simple(s) => serde_json::from_str(s).expect("report json"),
+        other => panic!("upgrade: {other}"),
+    };
+    assert_eq!(report["outcome"], "completed", "{report:#}");
+}
+
+/// etcd's record of pair `name` after its upgrade tagged `tag`: completed, to 2.0, and the
+/// engines at its epoch.
+async fn completed_in_etcd(pair: &Pair, etcd: &Etcd, name: &str, tag: &str) -> PairRecord {
+    let record = etcd.record(name).await;
+    let done = record.upgrade.as_ref().expect("the upgrade is in etcd");
+    assert_eq!(done.outcome.as_deref(), Some("completed"), "{done:?}");
+    assert_eq!(done.tag.as_deref(), Some(tag));
+    assert_eq!(record.version.as_deref(), Some("2.0"));
+    assert_eq!(
+        assert_epochs_are_etcds(pair, etcd, name).await,
+        record.epoch
+    );
+    record
+}
+
+/// Kills etcd and waits for the pair to say its witness is unreachable; that status.
+async fn etcd_down(etcd: &mut Etcd, pair: &Pair) -> Value {
+    etcd.kill();
+    pair.wait_for(|s| s["witness"]["state"] == "unreachable")
+        .await
+}
+
+/// Says how long etcd was `how` (stopped, down) and how long the test took.
+fn say_outage(how: &str, outage: Duration, when: &str, started: Instant) {
+    eprintln!(
+        "etcd {how} for {:.1} s {when}; test took {:.1} s",
+        outage.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Keeps the writer writing (the pair serving) until `since` is `long` ago.
+async fn serve_until(writer: &Writer, since: Instant, long: Duration) {
+    while since.elapsed() < long {
+        writer.wait_for_more(200).await;
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_is_in_etcd_before_it_starts_with_its_outcome_after_and_a_tag_runs_once() {
-    if !fleet::local::available() {
-        eprintln!("skipped: no etcd here (install Debian's etcd-server)");
+    if no_etcd() {
         return;
     }
     let etcd = Etcd::start("upgrade");
@@ -547,19 +621,7 @@ async fn an_upgrade_is_in_etcd_before_it_starts_with_its_outcome_after_and_a_tag
     let mut events = pair.subscribe().await;
     let writer = Writer::start(&pair, "w");
     writer.wait_for_more(500).await;
-    let mut cmd = vec!["UPGRADE", "2.0"];
-    cmd.extend(QUICK);
-    cmd.extend(["tag", "c1/up"]);
-    let (admin, secret) = (pair.admin.clone(), pair.secret.clone());
-    let args: Vec<String> = cmd.iter().map(|a| a.to_string()).collect();
-    let upgrade = tokio::spawn(async move {
-        let mut c = Client::connect_authenticated(&admin, Duration::from_secs(5), &secret, "admin")
-            .await
-            .unwrap();
-        c.set_timeout(Some(Duration::from_secs(120)));
-        let parts: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-        c.call(&parts).await.unwrap()
-    });
+    let upgrade = start_upgrade(&pair, "c1/up", Duration::from_secs(120));
     // By the time the upgrade starts, etcd holds it, with its tag, and no outcome yet.
     next_event(&mut events, EventKind::UpgradeStart).await;
     let running = etcd
@@ -570,19 +632,11 @@ async fn an_upgrade_is_in_etcd_before_it_starts_with_its_outcome_after_and_a_tag
     assert_eq!(running.to, "2.0");
     assert_eq!(running.tag.as_deref(), Some("c1/up"));
     assert_eq!(running.outcome, None);
-    let reply = upgrade.await.unwrap();
-    assert!(!reply.is_error(), "{reply}");
-    let record = etcd.record("up").await;
-    let done = record.upgrade.expect("the upgrade is in etcd");
-    assert_eq!(done.outcome.as_deref(), Some("completed"), "{done:?}");
-    assert_eq!(done.tag.as_deref(), Some("c1/up"));
+    assert_completed(&upgrade.await.unwrap());
+    let record = completed_in_etcd(&pair, &etcd, "up", "c1/up").await;
+    let done = record.upgrade.as_ref().unwrap();
     assert!(done.ended_ms.is_some_and(|end| end >= done.started_ms));
-    assert_eq!(record.version.as_deref(), Some("2.0"));
     assert_eq!(record.phase, "serving");
-    assert_eq!(
-        assert_epochs_are_etcds(&pair, &etcd, "up").await,
-        record.epoch
-    );
     // The same tag again (a resumed campaign asking twice): refused, nothing runs.
     let mut again = vec!["UPGRADE", "1.0"];
     again.extend(QUICK);
@@ -599,8 +653,7 @@ async fn an_upgrade_is_in_etcd_before_it_starts_with_its_outcome_after_and_a_tag
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_lost_while_etcd_is_down_is_replaced_once_etcd_is_back_and_nothing_is_lost() {
-    if !fleet::local::available() {
-        eprintln!("skipped: no etcd here (install Debian's etcd-server)");
+    if no_etcd() {
         return;
     }
     let mut etcd = Etcd::start("standby");
@@ -609,18 +662,12 @@ async fn a_standby_lost_while_etcd_is_down_is_replaced_once_etcd_is_back_and_not
     let standby = common::pid_of(&s, "standby");
     let writer = Writer::start(&pair, "w");
     writer.wait_for_more(1000).await;
-    etcd.etcd.as_mut().unwrap().kill();
-    pair.wait_for(|s| s["witness"]["state"] == "unreachable")
-        .await;
+    etcd_down(&mut etcd, &pair).await;
     // The standby dies: going simplex needs etcd to hold that it is stale first, and a new
     // standby needs etcd too. Both wait; nothing acknowledged may be lost meanwhile.
     common::kill9(standby);
     pair.wait_for(|s| s["standby_promotable"] == false).await;
-    etcd.etcd
-        .as_mut()
-        .unwrap()
-        .restart()
-        .expect("etcd restarts");
+    etcd.restart();
     let s = pair.wait_in_sync().await;
     assert_ne!(common::pid_of(&s, "standby"), standby);
     assert_eq!(s["witness"]["state"], "ok");
@@ -651,8 +698,7 @@ async fn phase_starts(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_waits_for_a_stalled_etcd_completes_and_its_outcome_is_in_etcd() {
-    if !fleet::local::available() {
-        eprintln!("skipped: no etcd here (install Debian's etcd-server)");
+    if no_etcd() {
         return;
     }
     let started = Instant::now();
@@ -662,19 +708,7 @@ async fn an_upgrade_waits_for_a_stalled_etcd_completes_and_its_outcome_is_in_etc
     let mut events = pair.subscribe().await;
     let writer = Writer::start(&pair, "w");
     writer.wait_for_more(500).await;
-    let mut cmd = vec!["UPGRADE", "2.0"];
-    cmd.extend(QUICK);
-    cmd.extend(["tag", "c2/st"]);
-    let (admin, secret) = (pair.admin.clone(), pair.secret.clone());
-    let args: Vec<String> = cmd.iter().map(|a| a.to_string()).collect();
-    let upgrade = tokio::spawn(async move {
-        let mut c = Client::connect_authenticated(&admin, Duration::from_secs(5), &secret, "admin")
-            .await
-            .unwrap();
-        c.set_timeout(Some(Duration::from_secs(180)));
-        let parts: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-        c.call(&parts).await.unwrap()
-    });
+    let upgrade = start_upgrade(&pair, "c2/st", Duration::from_secs(180));
     // etcd frozen (as a busy etcd 3.4 fsyncing on two loaded cores, only longer) while the
     // new standby catches up: the switchover that follows needs a new epoch in etcd.
     phase_starts(&mut events, "b_catch_up").await;
@@ -685,24 +719,9 @@ async fn an_upgrade_waits_for_a_stalled_etcd_completes_and_its_outcome_is_in_etc
         .await;
     let stopped_for = stalled.elapsed();
     signal(pid, "-CONT");
-    let reply = upgrade.await.unwrap();
-    assert!(!reply.is_error(), "{reply}");
-    let report: Value = match &reply {
-        Reply::Bulk(b) => serde_json::from_slice(b).expect("report json"),
-        Reply::Simple(s) => serde_json::from_str(s).expect("report json"),
-        other => panic!("upgrade: {other}"),
-    };
-    assert_eq!(report["outcome"], "completed", "{report:#}");
+    assert_completed(&upgrade.await.unwrap());
     // Its outcome is in etcd (the record written once etcd answered again).
-    let record = etcd.record("st").await;
-    let done = record.upgrade.expect("the upgrade is in etcd");
-    assert_eq!(done.outcome.as_deref(), Some("completed"), "{done:?}");
-    assert_eq!(done.tag.as_deref(), Some("c2/st"));
-    assert_eq!(record.version.as_deref(), Some("2.0"));
-    assert_eq!(
-        assert_epochs_are_etcds(&pair, &etcd, "st").await,
-        record.epoch
-    );
+    completed_in_etcd(&pair, &etcd, "st", "c2/st").await;
     writer.wait_for_more(500).await;
     check_nothing_lost(&pair, writer).await;
     let log = std::fs::read_to_string(pair.dir.join("supervisor.log")).unwrap_or_default();
@@ -712,48 +731,27 @@ async fn an_upgrade_waits_for_a_stalled_etcd_completes_and_its_outcome_is_in_etc
     {
         eprintln!("{line}");
     }
-    eprintln!(
-        "etcd stopped for {:.1} s during the upgrade; test took {:.1} s",
-        stopped_for.as_secs_f64(),
-        started.elapsed().as_secs_f64()
-    );
+    say_outage("stopped", stopped_for, "during the upgrade", started);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_whose_lease_expired_in_an_etcd_outage_takes_it_again_and_leads_on() {
-    if !fleet::local::available() {
-        eprintln!("skipped: no etcd here (install Debian's etcd-server)");
-        return;
-    }
     let started = Instant::now();
-    let mut etcd = Etcd::start("expired");
-    let pair = Pair::up_with(&["--etcd", &etcd.url(), "--name", "ex", "--witness-ttl", "1s"]);
-    pair.wait_in_sync().await;
+    let Some((mut etcd, pair)) = short_ttl_pair("expired", "ex").await else {
+        return;
+    };
     let epoch = assert_epochs_are_etcds(&pair, &etcd, "ex").await;
     let supervisor = pair.wait_in_sync().await["supervisor_pid"].as_u64();
-    let leader = etcd
-        .client()
-        .get(&Layout::default().leader("ex"))
-        .await
-        .unwrap()
-        .expect("the pair has a leader");
+    let leader = etcd.leader_key("ex").await;
     let writer = Writer::start(&pair, "w");
     writer.wait_for_more(1000).await;
-    etcd.etcd.as_mut().unwrap().kill();
-    pair.wait_for(|s| s["witness"]["state"] == "unreachable")
-        .await;
+    etcd_down(&mut etcd, &pair).await;
     // Down for longer than the TTL: the pair serves on at its epoch meanwhile.
     let down = Instant::now();
     writer.wait_for_more(2000).await;
-    while down.elapsed() < Duration::from_secs(2) {
-        writer.wait_for_more(200).await;
-    }
+    serve_until(&writer, down, Duration::from_secs(2)).await;
     let outage = down.elapsed();
-    etcd.etcd
-        .as_mut()
-        .unwrap()
-        .restart()
-        .expect("etcd restarts");
+    etcd.restart();
     // etcd back: the lease is gone (a restarted etcd may renew a lease's TTL, so it is
     // revoked here as its expiry would have ended it).
     let _ = etcd.client().lease_revoke(leader.lease).await;
@@ -793,89 +791,37 @@ async fn a_leader_whose_lease_expired_in_an_etcd_outage_takes_it_again_and_leads
     );
     writer.wait_for_more(1000).await;
     check_nothing_lost(&pair, writer).await;
-    eprintln!(
-        "etcd down for {:.1} s (from unreachable) with a 1 s TTL; test took {:.1} s",
-        outage.as_secs_f64(),
-        started.elapsed().as_secs_f64()
-    );
+    say_outage("down", outage, "(from unreachable) with a 1 s TTL", started);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_through_an_etcd_outage_longer_than_the_ttl_ends_with_its_outcome_in_etcd() {
-    if !fleet::local::available() {
-        eprintln!("skipped: no etcd here (install Debian's etcd-server)");
-        return;
-    }
     let started = Instant::now();
-    let mut etcd = Etcd::start("outage");
-    let pair = Pair::up_with(&["--etcd", &etcd.url(), "--name", "ou", "--witness-ttl", "1s"]);
-    pair.wait_in_sync().await;
-    let leader = etcd
-        .client()
-        .get(&Layout::default().leader("ou"))
-        .await
-        .unwrap()
-        .expect("the pair has a leader");
+    let Some((mut etcd, pair)) = short_ttl_pair("outage", "ou").await else {
+        return;
+    };
+    let leader = etcd.leader_key("ou").await;
     let mut events = pair.subscribe().await;
     let writer = Writer::start(&pair, "w");
     writer.wait_for_more(500).await;
-    let mut cmd = vec!["UPGRADE", "2.0"];
-    cmd.extend(QUICK);
-    cmd.extend(["tag", "c3/ou"]);
-    let (admin, secret) = (pair.admin.clone(), pair.secret.clone());
-    let args: Vec<String> = cmd.iter().map(|a| a.to_string()).collect();
-    let upgrade = tokio::spawn(async move {
-        let mut c = Client::connect_authenticated(&admin, Duration::from_secs(5), &secret, "admin")
-            .await
-            .unwrap();
-        c.set_timeout(Some(Duration::from_secs(180)));
-        let parts: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-        c.call(&parts).await.unwrap()
-    });
+    let upgrade = start_upgrade(&pair, "c3/ou", Duration::from_secs(180));
     phase_starts(&mut events, "b_catch_up").await;
-    etcd.etcd.as_mut().unwrap().kill();
     let down = Instant::now();
-    pair.wait_for(|s| s["witness"]["state"] == "unreachable")
-        .await;
+    etcd_down(&mut etcd, &pair).await;
     // Down for longer than the TTL, the pair serving meanwhile.
-    while down.elapsed() < Duration::from_secs(3) {
-        writer.wait_for_more(200).await;
-    }
+    serve_until(&writer, down, Duration::from_secs(3)).await;
     let outage = down.elapsed();
-    etcd.etcd
-        .as_mut()
-        .unwrap()
-        .restart()
-        .expect("etcd restarts");
+    etcd.restart();
     // The lease ended as its expiry would have (a restarted etcd may renew its TTL).
     let _ = etcd.client().lease_revoke(leader.lease).await;
-    let reply = upgrade.await.unwrap();
-    assert!(!reply.is_error(), "{reply}");
-    let report: Value = match &reply {
-        Reply::Bulk(b) => serde_json::from_slice(b).expect("report json"),
-        Reply::Simple(s) => serde_json::from_str(s).expect("report json"),
-        other => panic!("upgrade: {other}"),
-    };
-    assert_eq!(report["outcome"], "completed", "{report:#}");
-    let record = etcd.record("ou").await;
-    let done = record.upgrade.expect("the upgrade is in etcd");
-    assert_eq!(done.outcome.as_deref(), Some("completed"), "{done:?}");
-    assert_eq!(done.tag.as_deref(), Some("c3/ou"));
-    assert_eq!(record.version.as_deref(), Some("2.0"));
+    assert_completed(&upgrade.await.unwrap());
+    completed_in_etcd(&pair, &etcd, "ou", "c3/ou").await;
     assert_eq!(
         etcd.leader("ou").await.as_deref(),
         Some(String::from_utf8_lossy(&leader.value).as_ref()),
         "the same supervisor leads"
     );
-    assert_eq!(
-        assert_epochs_are_etcds(&pair, &etcd, "ou").await,
-        record.epoch
-    );
     writer.wait_for_more(500).await;
     check_nothing_lost(&pair, writer).await;
-    eprintln!(
-        "etcd down for {:.1} s during the upgrade (TTL 1 s); test took {:.1} s",
-        outage.as_secs_f64(),
-        started.elapsed().as_secs_f64()
-    );
+    say_outage("down", outage, "during the upgrade (TTL 1 s)", started);
 }

@@ -31,6 +31,21 @@ pub const UPGRADE_QUICK: [&str; 10] = [
     "60000",
 ];
 
+/// `UPGRADE_QUICK` with shorter baseline and settle windows and a minute for the catch-up:
+/// for tests whose upgrade goes on through a fault (a killed engine, etcd stalled or down).
+pub const UPGRADE_QUICK_PATIENT: [&str; 10] = [
+    "baseline_ms",
+    "300",
+    "evaluate_ms",
+    "1000",
+    "settle_ms",
+    "100",
+    "catch_up_timeout_ms",
+    "60000",
+    "p99_slack_ms",
+    "60000",
+];
+
 pub struct Pair {
     supervisor: Child,
     pub admin: String,
