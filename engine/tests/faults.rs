@@ -10,8 +10,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+// QUICK: short windows, and an acceptance check that judges errors only (latency is for the
+// benchmarks, and a noisy machine must not turn these tests into rollbacks).
 use common::{
     lost, pid_of, preload, signal, versions, EventKind, Pair, TimelineEvent, Writer, DEADLINE,
+    UPGRADE_QUICK_PATIENT as QUICK,
 };
 use resp::{Client, Reply};
 use serde_json::Value;
@@ -70,21 +73,6 @@ fn start_upgrade(pair: &Pair, args: &[&str]) -> tokio::task::JoinHandle<Result<V
         }
     })
 }
-
-/// Short windows, and an acceptance check that judges errors only: latency is for the
-/// benchmarks, and a noisy machine must not turn these tests into rollbacks.
-const QUICK: [&str; 10] = [
-    "baseline_ms",
-    "300",
-    "evaluate_ms",
-    "1000",
-    "settle_ms",
-    "100",
-    "catch_up_timeout_ms",
-    "60000",
-    "p99_slack_ms",
-    "60000",
-];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_the_supervisor_loses_nothing_and_a_new_one_adopts_the_engines() {
