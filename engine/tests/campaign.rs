@@ -9,9 +9,9 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{following_client, lost, versions, Pair, Writer, DEADLINE};
+use common::{following_client, lost, versions, Pair, Writer};
 use fleet::keys::{CampaignRecord, CampaignState, Layout, Outcome, PairRecord};
 use fleet::local::LocalEtcd;
 
@@ -111,17 +111,14 @@ impl Fleet {
         serde_json::from_slice(&kv.value).expect("a pair record")
     }
 
-    /// Polls `P/pair/NAME` until `cond` holds (no event to wait on in etcd's JSON gateway).
+    /// Waits, on an etcd watch of `P/pair/NAME`, until `cond` holds.
     async fn wait_pair(&self, name: &str, cond: impl Fn(&PairRecord) -> bool) -> PairRecord {
-        let start = Instant::now();
-        loop {
+        let key = Layout::default().pair(name);
+        common::etcd_wait(&self.client(), &key, false, name, || async {
             let r = self.pair_record(name).await;
-            if cond(&r) {
-                return r;
-            }
-            assert!(start.elapsed() < DEADLINE, "{name}: {r:#?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            cond(&r).then_some(r)
+        })
+        .await
     }
 
     /// `tandem campaign ARGS --etcd URL` with the fleet's secret; output to a file.
@@ -321,26 +318,25 @@ async fn a_campaign_killed_mid_wave_is_resumed_by_the_same_command() {
     let fleet = Fleet::up("resume", 4).await;
     let mut args = vec!["--to", "2.0", "--owner-ttl", "2s"];
     args.extend(QUICK);
-    let mut first = fleet.campaign(&args, "first.log");
+    let first = fleet.campaign(&args, "first.log");
     // Wait until a pair of the second wave is Running in etcd, then SIGKILL the process.
-    let start = Instant::now();
-    loop {
-        if let Some(r) = fleet.record().await {
-            if r.pairs
+    let key = Layout::default().campaign();
+    let first = std::cell::RefCell::new(first);
+    common::etcd_wait(&fleet.client(), &key, false, "no second wave", || async {
+        let running = fleet.record().await.is_some_and(|r| {
+            r.pairs
                 .values()
                 .any(|p| p.wave == 1 && p.outcome == Outcome::Running)
-            {
-                break;
-            }
-        }
+        });
         assert!(
-            first.try_wait().unwrap().is_none(),
+            running || first.borrow_mut().try_wait().unwrap().is_none(),
             "the campaign ended before its second wave: {}",
             std::fs::read_to_string(fleet.dir.join("first.log")).unwrap_or_default()
         );
-        assert!(start.elapsed() < DEADLINE, "no second wave");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        running.then_some(())
+    })
+    .await;
+    let mut first = first.into_inner();
     first.kill().unwrap();
     first.wait().unwrap();
     let killed = fleet.record().await.unwrap();

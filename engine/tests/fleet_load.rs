@@ -271,22 +271,25 @@ async fn a_fleet_found_in_etcd_is_measured_through_its_campaign() {
         client: fleet::Client::new(&url).unwrap(),
         layout: Layout::default(),
     };
-    let start = std::time::Instant::now();
-    let mut found = loop {
-        let mut warnings = Vec::new();
-        let found = discover::pairs(&source, "p*", &mut warnings)
-            .await
-            .unwrap_or_default();
-        if found.len() == 3
-            && found
-                .iter()
-                .all(|p| p.targets.len() == 2 && p.admin.is_some())
-        {
-            break found;
-        }
-        assert!(start.elapsed() < common::DEADLINE, "{found:?} {warnings:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let pairs_key = Layout::default().pairs();
+    let mut found = common::etcd_wait(
+        &source.client,
+        &pairs_key,
+        true,
+        "three pairs registered",
+        || async {
+            let mut warnings = Vec::new();
+            let found = discover::pairs(&source, "p*", &mut warnings)
+                .await
+                .unwrap_or_default();
+            (found.len() == 3
+                && found
+                    .iter()
+                    .all(|p| p.targets.len() == 2 && p.admin.is_some()))
+            .then_some(found)
+        },
+    )
+    .await;
     for p in &mut found {
         p.admin_secret = Some(secret.clone());
     }

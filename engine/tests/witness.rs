@@ -755,20 +755,20 @@ async fn a_leader_whose_lease_expired_in_an_etcd_outage_takes_it_again_and_leads
     // etcd back: the lease is gone (a restarted etcd may renew a lease's TTL, so it is
     // revoked here as its expiry would have ended it).
     let _ = etcd.client().lease_revoke(leader.lease).await;
-    // The supervisor takes the leader key again, on a new lease (etcd polled: no event).
-    let until = Instant::now() + DEADLINE;
-    let now = loop {
-        let kv = etcd
-            .client()
-            .get(&Layout::default().leader("ex"))
-            .await
-            .unwrap();
-        match kv {
-            Some(kv) if kv.lease != leader.lease => break kv,
-            _ if Instant::now() > until => panic!("the leader key was not taken again"),
-            _ => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
+    // The supervisor takes the leader key again, on a new lease.
+    let key = Layout::default().leader("ex");
+    let client = etcd.client();
+    let now = common::etcd_wait(
+        &client,
+        &key,
+        false,
+        "the leader key taken again",
+        || async {
+            let kv = client.get(&key).await.unwrap();
+            kv.filter(|kv| kv.lease != leader.lease)
+        },
+    )
+    .await;
     assert_eq!(now.value, leader.value, "the same supervisor leads");
     let s = pair
         .wait_for(|s| {

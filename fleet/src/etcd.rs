@@ -238,6 +238,44 @@ impl Client {
         Ok(())
     }
 
+    /// A watch on `key` (or every key under it, with `prefix`), registered when this
+    /// returns: every change after it is an event [`Watch::changed`] returns for. Read the
+    /// state after opening it, and wait on it while the state is not what you wait for.
+    pub async fn watch(&self, key: &str, prefix: bool) -> Result<Watch> {
+        let mut create = json!({ "key": b64(key) });
+        if prefix {
+            create["range_end"] = json!(b64_bytes(&prefix_end(key)));
+        }
+        let body = json!({ "create_request": create }).to_string();
+        let mut last = String::new();
+        for endpoint in &self.endpoints {
+            let opened = tokio::time::timeout(self.timeout, async {
+                let mut stream = TcpStream::connect(endpoint.as_str()).await?;
+                let request = format!(
+                    "POST /v3/watch HTTP/1.1\r\nHost: {endpoint}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                stream.write_all(request.as_bytes()).await?;
+                let mut watch = Watch {
+                    stream,
+                    raw: Vec::new(),
+                    head_done: false,
+                    json: Vec::new(),
+                };
+                // The first message says the watch is created.
+                watch.next_message().await?;
+                Ok::<_, std::io::Error>(watch)
+            })
+            .await;
+            match opened {
+                Ok(Ok(watch)) => return Ok(watch),
+                Ok(Err(e)) => last = format!("{endpoint}: {e}"),
+                Err(_) => last = format!("{endpoint}: no answer in {:?}", self.timeout),
+            }
+        }
+        Err(Error::Unreachable(last))
+    }
+
     /// One JSON call, on the first endpoint that answers.
     async fn call(&self, path: &str, body: &Value) -> Result<Value> {
         let body = body.to_string();
@@ -264,6 +302,87 @@ impl Client {
             }
         }
         Err(Error::Unreachable(last))
+    }
+}
+
+/// An open watch (etcd's streaming `POST /v3/watch`: chunked, one JSON message per change).
+pub struct Watch {
+    stream: TcpStream,
+    /// Bytes read and not yet taken out of their chunks.
+    raw: Vec<u8>,
+    head_done: bool,
+    /// Chunk payloads not yet parsed into a whole message.
+    json: Vec<u8>,
+}
+
+impl Watch {
+    /// Waits for the next change of the watched keys.
+    pub async fn changed(&mut self) -> std::io::Result<()> {
+        loop {
+            let message = self.next_message().await?;
+            let result = message.get("result").unwrap_or(&message);
+            if result.get("events").is_some() {
+                return Ok(());
+            }
+            if result.get("canceled").and_then(Value::as_bool) == Some(true) {
+                return Err(std::io::Error::other(format!("watch canceled: {message}")));
+            }
+        }
+    }
+
+    /// The next whole JSON message of the stream.
+    async fn next_message(&mut self) -> std::io::Result<Value> {
+        let invalid = |e: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string());
+        loop {
+            if !self.head_done {
+                if let Some(end) = self.raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&self.raw[..end]).to_ascii_lowercase();
+                    if !head.starts_with("http/1.1 200") || !head.contains("chunked") {
+                        return Err(invalid(&format!("watch refused: {head}")));
+                    }
+                    self.raw.drain(..end + 4);
+                    self.head_done = true;
+                }
+            }
+            if self.head_done {
+                // Move whole chunks' payloads over to `json`.
+                while let Some(line_end) = self.raw.windows(2).position(|w| w == b"\r\n") {
+                    let size_text = String::from_utf8_lossy(&self.raw[..line_end]).to_string();
+                    let size =
+                        usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+                            .map_err(|_| invalid("bad chunk size"))?;
+                    if size == 0 {
+                        return Err(invalid("the watch stream ended"));
+                    }
+                    if self.raw.len() < line_end + 2 + size + 2 {
+                        break;
+                    }
+                    self.json
+                        .extend_from_slice(&self.raw[line_end + 2..line_end + 2 + size]);
+                    self.raw.drain(..line_end + 2 + size + 2);
+                }
+                let mut values =
+                    serde_json::Deserializer::from_slice(&self.json).into_iter::<Value>();
+                match values.next() {
+                    Some(Ok(v)) => {
+                        let used = values.byte_offset();
+                        self.json.drain(..used);
+                        return Ok(v);
+                    }
+                    Some(Err(e)) if !e.is_eof() => return Err(invalid(&e.to_string())),
+                    _ => {}
+                }
+            }
+            let mut buf = [0u8; 4096];
+            let n = self.stream.read(&mut buf).await?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "etcd closed the watch",
+                ));
+            }
+            self.raw.extend_from_slice(&buf[..n]);
+        }
     }
 }
 

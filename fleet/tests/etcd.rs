@@ -69,6 +69,13 @@ fn keys_transactions_and_leases_against_a_real_etcd() {
         client.delete("/u").await.unwrap();
         assert_eq!(client.get("/u").await.unwrap(), None);
 
+        // A watch registered before a change hears of it, a put or a delete under a prefix.
+        let mut watch = client.watch("/w/", true).await.unwrap();
+        client.put("/w/x", b"1", 0).await.unwrap();
+        watch.changed().await.unwrap();
+        client.delete("/w/x").await.unwrap();
+        watch.changed().await.unwrap();
+
         // Down: unreachable, said as such; back on the same port with the same data.
         etcd.kill();
         let err = client.get("/t/a").await.unwrap_err();

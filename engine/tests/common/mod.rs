@@ -505,3 +505,31 @@ pub async fn lost(
     }
     lost
 }
+
+/// Waits until `check` (which reads what it needs from etcd) says yes, on an etcd watch of
+/// `key` (or of every key under it, with `prefix`): `check` runs now and again after each
+/// change there, within [`DEADLINE`]; `what` names the wait in the panic.
+pub async fn etcd_wait<T, F, Fut>(
+    client: &fleet::Client,
+    key: &str,
+    prefix: bool,
+    what: &str,
+    mut check: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    // Registered before the first look: a change after it is an event.
+    let mut watch = client.watch(key, prefix).await.expect("an etcd watch");
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        tokio::time::timeout_at(deadline, watch.changed())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: not within {DEADLINE:?}"))
+            .expect("the etcd watch");
+    }
+}
