@@ -279,17 +279,10 @@ impl Witness {
 
     /// The pair's record, if there is one.
     pub async fn read_record(&self) -> Result<Option<PairRecord>, String> {
-        let kv = self
-            .client
-            .get(&self.pair_key())
+        self.client
+            .get_json(&self.pair_key())
             .await
-            .map_err(|e| e.to_string())?;
-        match kv {
-            None => Ok(None),
-            Some(kv) => serde_json::from_slice(&kv.value)
-                .map(Some)
-                .map_err(|e| format!("{} is not a pair record: {e}", self.pair_key())),
-        }
+            .map_err(|e| e.to_string())
     }
 
     /// Writes the pair's record, if this supervisor still leads: with a short deadline, or

@@ -153,6 +153,17 @@ impl Client {
         Ok(kvs(&v)?.into_iter().next())
     }
 
+    /// The key's value read as a JSON record, if the key exists; a value that is not one is
+    /// `Garbled`, naming the key.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        match self.get(key).await? {
+            None => Ok(None),
+            Some(kv) => serde_json::from_slice(&kv.value)
+                .map(Some)
+                .map_err(|e| Error::Garbled(format!("{key} is not the record expected: {e}"))),
+        }
+    }
+
     /// Every key under `prefix`, in key order.
     pub async fn get_prefix(&self, prefix: &str) -> Result<Vec<Kv>> {
         let v = self

@@ -195,17 +195,10 @@ pub fn run_blocking(config: FleetConfig) -> Result<FleetResult, Error> {
 
 /// Reads `P/campaign`, if etcd is given and holds one.
 async fn read_campaign(etcd: &EtcdSource) -> Result<Option<CampaignRecord>, String> {
-    let kv = etcd
-        .client
-        .get(&etcd.layout.campaign())
+    etcd.client
+        .get_json(&etcd.layout.campaign())
         .await
-        .map_err(|e| e.to_string())?;
-    match kv {
-        None => Ok(None),
-        Some(kv) => serde_json::from_slice(&kv.value)
-            .map(Some)
-            .map_err(|e| format!("{}: {e}", etcd.layout.campaign())),
-    }
+        .map_err(|e| e.to_string())
 }
 
 /// Drives every pair until the duration is up or the campaign ended, then writes the
